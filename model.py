@@ -1,0 +1,523 @@
+"""EMVOS (Cho et al., arXiv 2209.03139) in one module with named steps: encode -> match -> decode.
+
+Read top to bottom: the configuration, the building blocks (encoder, matcher, CBAM, decoder), the per-video state,
+the model, object aggregation, and `VideoSegmenter`, which streams a video through any model frame by frame.
+
+Naming: the trailing number is the stride, as in STCN: f4, f8, f16 are encoder features at strides 4, 8, 16.
+Shapes: B batch (clips), N objects, C channels, HW stride-16 positions, H x W the (padded) frame.
+
+Checkpoints: module names equal the official ones, and the official state dicts carry them under one extra prefix,
+`vos.` (the official top module wraps the network as `self.vos`). `from_official` / `to_official` strip and add it,
+so `coco_davis_best.pth` loads with strict=True and checkpoints written here load in the official code.
+"""
+
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision as tv
+from torch import Tensor
+
+import matching
+
+OFFICIAL_PREFIX = "vos."
+
+
+@dataclass
+class ModelConfig:
+    """Hyper-parameters of the EMVOS network. The defaults are the official release."""
+
+    encoder: str = "densenet121"  # 'densenet121' (official) or 'resnet50' (same widths at strides 4/8/16)
+    branches: tuple[str, ...] = ("surjective", "equalized")  # matching branches, 4 channels each (paper Table 4)
+    topk: int = 4  # K of bijective matching (BMVOS), used only when 'bijective' is a branch
+    key_dim: int = 512  # channels of the matching keys (matcher.conv1 / conv2)
+    train_encoder: bool = False  # the official training keeps the encoder frozen (no gradient, BatchNorm frozen)
+
+    def __post_init__(self) -> None:
+        self.branches = tuple(self.branches)
+        if self.encoder not in ENCODER_LAYERS:
+            raise ValueError(f"unknown encoder {self.encoder!r}; choose from {sorted(ENCODER_LAYERS)}")
+        for b in self.branches:
+            if b not in matching.BRANCHES:
+                raise ValueError(f"unknown matching branch {b!r}; choose from {matching.BRANCHES}")
+        if not self.branches:
+            raise ValueError("at least one matching branch is needed")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# building blocks
+# ---------------------------------------------------------------------------------------------------------------
+
+# (layers in order, the three whose outputs are f4, f8, f16). Both backbones give 256, 512, 1024 channels.
+ENCODER_LAYERS = {
+    "densenet121": (("conv0", "norm0", "relu0", "pool0", "denseblock1", "transition1", "denseblock2",
+                     "transition2", "denseblock3"), ("denseblock1", "denseblock2", "denseblock3")),
+    "resnet50": (("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3"), ("layer1", "layer2", "layer3")),
+}
+IMAGENET_WEIGHTS = {"densenet121": "DenseNet121_Weights", "resnet50": "ResNet50_Weights"}
+
+
+def imagenet_backbone(name: str, pretrained: bool) -> nn.Module:
+    """A torchvision backbone, with ImageNet weights through torchvision's weights API only when asked for.
+
+    Weights cannot be fetched on a machine without internet; then the error says which file to put where.
+    """
+    weights = getattr(tv.models, IMAGENET_WEIGHTS[name]).IMAGENET1K_V1 if pretrained else None
+    try:
+        net = getattr(tv.models, name)(weights=weights)
+    except (OSError, RuntimeError) as e:  # URLError is an OSError; a truncated download is a RuntimeError
+        hub = Path(torch.hub.get_dir()) / "checkpoints"
+        raise RuntimeError(
+            f"could not load the ImageNet weights of {name} ({e}). Download {weights.url} and put it in {hub}/, "
+            f"or pass --no-pretrained to start the backbone from scratch") from e
+    return net.features if name == "densenet121" else net
+
+
+class Encoder(nn.Module):
+    """ImageNet backbone cut after stride 16. RGB in [0, 1] -> (f4, f8, f16) with 256, 512, 1024 channels."""
+
+    def __init__(self, name: str = "densenet121", pretrained: bool = False):
+        super().__init__()
+        layers, self.taps = ENCODER_LAYERS[name]
+        backbone = imagenet_backbone(name, pretrained)
+        for n in layers:  # the official keys name the backbone's own submodules (vos.encoder.denseblock1...)
+            self.add_module(n, getattr(backbone, n))
+        self.layers = layers
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+
+    def forward(self, img: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        x = (img - self.mean) / self.std
+        feats = []
+        for n in self.layers:
+            x = getattr(self, n)(x)
+            if n in self.taps:
+                feats.append(x)
+        f4, f8, f16 = feats
+        return f4, f8, f16
+
+
+def _init(m: nn.Module) -> nn.Module:
+    # the official initialisation of every new conv: Kaiming-uniform weights, zero bias
+    nn.init.kaiming_uniform_(m.weight)
+    nn.init.zeros_(m.bias)
+    return m
+
+
+def conv(c_in: int, c_out: int, k: int, s: int = 1, p: int = 0, relu: bool = False) -> nn.Sequential:
+    """Conv2d (+ ReLU) wrapped as `.conv` (`.relu`): the wrapper gives the official `...conv.weight` keys."""
+    parts = [("conv", _init(nn.Conv2d(c_in, c_out, k, s, p)))] + ([("relu", nn.ReLU())] if relu else [])
+    return nn.Sequential(OrderedDict(parts))
+
+
+def deconv(c_in: int, c_out: int, k: int, s: int, p: int) -> nn.Sequential:
+    return nn.Sequential(OrderedDict(deconv=_init(nn.ConvTranspose2d(c_in, c_out, k, s, p))))
+
+
+class Matcher(nn.Module):
+    """The two key projections of f16: conv1 for surjective/bijective matching (L2-normalised), conv2 for equalized."""
+
+    def __init__(self, c_in: int = 1024, c_key: int = 512):
+        super().__init__()
+        self.conv1 = conv(c_in, c_key, 1)
+        self.conv2 = conv(c_in, c_key, 1)
+
+    def forward(self, f16: Tensor) -> "Keys":
+        nk = matching.l2_normalise(self.conv1(f16)).flatten(2)  # (B, C, HW)
+        k = self.conv2(f16).flatten(2)  # (B, C, HW)
+        return Keys(nk, k)
+
+
+class CBAM(nn.Module):
+    """Convolutional block attention (Woo et al., 2018) after a 3x3 conv: channel gate, then spatial gate."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.conv1 = conv(c, c, 3, 1, 1)
+        self.conv2 = nn.Sequential(conv(c, c, 1, relu=True), conv(c, c, 1))
+        self.conv3 = nn.Sequential(conv(2, 16, 3, 1, 1, relu=True), conv(16, 1, 3, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.conv1(x)
+        gate = self.conv2(F.adaptive_avg_pool2d(x, 1)) + self.conv2(F.adaptive_max_pool2d(x, 1))
+        x = x * torch.sigmoid(gate)
+        x = x * torch.sigmoid(self.conv3(torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], 1)))
+        return x
+
+
+class Decoder(nn.Module):
+    """Refines matching scores from stride 16 to full resolution with the encoder's skip features."""
+
+    def __init__(self, match_channels: int = 8):
+        super().__init__()
+        self.conv1 = conv(1024, 256, 1, relu=True)
+        self.blend1 = conv(256 + match_channels + 2, 256, 3, 1, 1, relu=True)
+        self.cbam1 = CBAM(256)
+        self.deconv1 = deconv(256, 2, 4, 2, 1)  # stride 16 -> 8
+        self.conv2 = conv(512, 256, 1, relu=True)
+        self.blend2 = conv(256 + 2, 256, 3, 1, 1, relu=True)
+        self.cbam2 = CBAM(256)
+        self.deconv2 = deconv(256, 2, 4, 2, 1)  # stride 8 -> 4
+        self.conv3 = conv(256, 256, 1, relu=True)
+        self.blend3 = conv(256 + 2, 256, 3, 1, 1, relu=True)
+        self.cbam3 = CBAM(256)
+        self.deconv3 = deconv(256, 2, 6, 4, 1)  # stride 4 -> 1
+
+    def project(self, f4: Tensor, f8: Tensor, f16: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The 1x1 projections of the skip features. They are the same for every object, so they run once a frame."""
+        return self.conv3(f4), self.conv2(f8), self.conv1(f16)
+
+    def forward(self, proj: tuple[Tensor, Tensor, Tensor], scores: Tensor, prev_mask16: Tensor) -> Tensor:
+        """proj: project()'s (B, 256, ...) x3; scores: (B, N, 8, h, w); prev_mask16: (B, N, 2, h, w).
+
+        Returns logits (B, N, 2, H, W). All objects of all clips run as one batch of B*N.
+        """
+        b, n = scores.shape[:2]
+
+        def per_object(x: Tensor) -> Tensor:  # (B, C, h, w) -> (B*N, C, h, w), the same map for every object
+            return x.unsqueeze(1).expand(b, n, *x.shape[1:]).flatten(0, 1)
+
+        p4, p8, p16 = proj
+        x = torch.cat([per_object(p16), scores.flatten(0, 1), prev_mask16.flatten(0, 1)], dim=1)
+        s8 = self.deconv1(self.cbam1(self.blend1(x)))
+        s4 = self.deconv2(self.cbam2(self.blend2(torch.cat([per_object(p8), s8], dim=1))))
+        out = self.deconv3(self.cbam3(self.blend3(torch.cat([per_object(p4), s4], dim=1))))
+        return out.unflatten(0, (b, n))  # (B, N, 2, H, W)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# per-video state
+# ---------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class Keys:
+    """A frame's matching keys, each (B, C, HW): `nk` L2-normalised (surjective, bijective), `k` raw (equalized)."""
+
+    nk: Tensor
+    k: Tensor
+
+
+@dataclass
+class FrameFeatures:
+    """What the encoder and matcher give for one frame."""
+
+    f4: Tensor  # (B, 256, H/4, W/4)
+    f8: Tensor  # (B, 512, H/8, W/8)
+    f16: Tensor  # (B, 1024, H/16, W/16)
+    keys: Keys
+
+    @property
+    def size16(self) -> tuple[int, int]:
+        return self.f16.shape[-2], self.f16.shape[-1]
+
+
+@dataclass
+class Reference:
+    """A frame at which objects were first given: the 'global' reference of those objects (paper Sec. 3.1)."""
+
+    keys: Keys
+    mask16: Tensor  # (B, n, 2, HW): the given [bg, fg] masks of its n objects, average-pooled to stride 16
+
+
+@dataclass
+class VideoState:
+    """Everything EMVOS remembers about a video. Objects are slots 0..N-1 in order of first appearance; the
+    references hold them in the same order (objects first given at the same frame share a reference)."""
+
+    references: list[Reference]
+    prev_keys: Keys  # the previous frame, shared by every object ('local' reference)
+    prev_mask16: Tensor  # (B, N, 2, HW): each object's previous soft mask [bg, fg] at stride 16
+
+    @property
+    def num_objects(self) -> int:
+        return self.prev_mask16.shape[1]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the model
+# ---------------------------------------------------------------------------------------------------------------
+
+class EMVOS(nn.Module):
+    """Encoder + surjective / equalized matching against the first and the previous frame + decoder."""
+
+    def __init__(self, config: ModelConfig | None = None, pretrained: bool = False):
+        super().__init__()
+        self.config = config or ModelConfig()
+        self.encoder = Encoder(self.config.encoder, pretrained)
+        self.matcher = Matcher(1024, self.config.key_dim)
+        self.decoder = Decoder(4 * len(self.config.branches))
+        # bound on the readout's temporary in bytes (matching.max_readout); None: unchunked. Runtime, not a weight.
+        self.max_readout_bytes: int | None = None
+
+    def train(self, mode: bool = True) -> "EMVOS":
+        super().train(mode)
+        self.encoder.eval()  # BatchNorm statistics stay frozen, as in the official training
+        return self
+
+    # --- the three named steps ----------------------------------------------------------------------------------
+    def encode(self, img: Tensor) -> FrameFeatures:
+        """img: (B, 3, H, W) RGB in [0, 1], H and W multiples of 16."""
+        with torch.set_grad_enabled(self.config.train_encoder and torch.is_grad_enabled()):
+            f4, f8, f16 = self.encoder(img)
+        return FrameFeatures(f4, f8, f16, self.matcher(f16))
+
+    def match(self, feats: FrameFeatures, state: VideoState) -> Tensor:
+        """Matching scores of every object: (B, N, 4 * branches, h, w).
+
+        Per branch, in the official channel order: global bg, fg (against each object's first frame), then local bg,
+        fg (against the previous frame). A similarity matrix depends only on the two frames, so each is computed
+        once per frame and read out for all objects together.
+        """
+        q = (feats.keys.nk, feats.keys.k)
+        b, n = state.prev_mask16.shape[:2]
+        h, w = feats.size16
+        hw_q = h * w
+
+        def readout(branch: str, keys: Keys, mask16: Tensor) -> Tensor:  # mask16 (B, n, 2, HW_r) -> (B, n, 2, HW_q)
+            sim = matching.similarity(branch, (keys.nk, keys.k), q, self.config.topk)  # (B, HW_r, HW_q)
+            masks = mask16.flatten(1, 2)  # (B, 2n, HW_r)
+            chunk = matching.readout_chunk_size(self.max_readout_bytes, b, masks.shape[1], sim.shape[1], hw_q,
+                                                sim.element_size())
+            return matching.max_readout(sim, masks, chunk).unflatten(1, mask16.shape[1:3])
+
+        channels = []
+        for branch in self.config.branches:
+            glob = torch.cat([readout(branch, ref.keys, ref.mask16) for ref in state.references], dim=1)
+            local = readout(branch, state.prev_keys, state.prev_mask16)
+            channels += [glob, local]
+        return torch.cat(channels, dim=2).unflatten(3, (h, w))  # (B, N, 4 * branches, h, w)
+
+    def decode(self, feats: FrameFeatures, scores: Tensor, state: VideoState) -> Tensor:
+        """-> logits (B, N, 2, H, W) for [bg, fg] of every object."""
+        proj = self.decoder.project(feats.f4, feats.f8, feats.f16)
+        prev = state.prev_mask16.unflatten(3, feats.size16)  # (B, N, 2, h, w)
+        return self.decoder(proj, scores, prev)
+
+    # --- memory ----------------------------------------------------------------------------------------------------
+    def init_state(self, feats: FrameFeatures, masks: Tensor) -> VideoState:
+        """Start a video from the objects given at this frame. masks: (B, n, 2, H, W) [bg, fg] in {0, 1}."""
+        mask16 = matching.pool_mask(masks.flatten(1, 2)).unflatten(1, masks.shape[1:3])  # (B, n, 2, HW)
+        return VideoState([Reference(feats.keys, mask16)], feats.keys, mask16)
+
+    def add_objects(self, state: VideoState, feats: FrameFeatures, masks: Tensor) -> None:
+        """Objects first given at a later frame (YouTube-VOS): this frame becomes their global reference."""
+        mask16 = matching.pool_mask(masks.flatten(1, 2)).unflatten(1, masks.shape[1:3])
+        state.references.append(Reference(feats.keys, mask16))
+        state.prev_mask16 = torch.cat([state.prev_mask16, mask16], dim=1)
+
+    def update(self, state: VideoState, feats: FrameFeatures, probs: Tensor) -> None:
+        """After a frame: it becomes the local reference, with the (aggregated) soft masks probs (B, N, 2, H, W)."""
+        state.prev_keys = feats.keys
+        state.prev_mask16 = matching.pool_mask(probs.flatten(1, 2)).unflatten(1, probs.shape[1:3])
+
+    def predict(self, feats: FrameFeatures, state: VideoState) -> Tensor:
+        """Logits (B, N, 2, H, W) of every tracked object in a new frame."""
+        return self.decode(feats, self.match(feats, state), state)
+
+    # --- training forward ------------------------------------------------------------------------------------------
+    def forward(self, imgs: Tensor, first_masks: Tensor) -> Tensor:
+        """Training forward (DESIGN 1.8): clips with only the first frame's mask given, one object (id 1).
+
+        imgs: (B, L, 3, H, W) RGB in [0, 1]; first_masks: (B, H, W) with values 0/1.
+        Returns the logits of frames 1..L-1, (B, L-1, 2, H, W); no aggregation, and the previous soft mask is the
+        softmax of the last logits, as in the official training.
+        """
+        b, length, _, height, width = imgs.shape
+        padding = get_padding(height, width)
+        imgs = pad(imgs.flatten(0, 1), padding).unflatten(0, (b, length))
+        first = pad_mask(first_masks, padding)
+        feats = self.encode(imgs[:, 0])
+        state = self.init_state(feats, one_hot(first, [1]))
+        logits = []
+        for i in range(1, length):
+            feats = self.encode(imgs[:, i])
+            logit = self.predict(feats, state)  # (B, 1, 2, H, W)
+            logits.append(logit[:, 0])
+            if i < length - 1:
+                self.update(state, feats, torch.softmax(logit, dim=2))
+        return unpad(torch.stack(logits, dim=1), padding)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# padding, masks, aggregation
+# ---------------------------------------------------------------------------------------------------------------
+
+def get_padding(height: int, width: int, div: int = 16) -> tuple[int, int, int, int]:
+    """(left, right, top, bottom) to reach multiples of div; the odd pixel goes left/top, as in the official code."""
+    h_pad, w_pad = (div - height % div) % div, (div - width % div) % div
+    return (w_pad + 1) // 2, w_pad // 2, (h_pad + 1) // 2, h_pad // 2
+
+
+def pad(x: Tensor, padding: tuple[int, int, int, int]) -> Tensor:
+    """Reflect-pad (B, C, H, W) images."""
+    return F.pad(x, padding, mode="reflect") if any(padding) else x
+
+
+def pad_mask(mask: Tensor, padding: tuple[int, int, int, int]) -> Tensor:
+    """Reflect-pad (B, H, W) id masks (reflect padding needs floats, as in the official code)."""
+    return pad(mask[:, None].float(), padding)[:, 0].long() if any(padding) else mask
+
+
+def unpad(x: Tensor, padding: tuple[int, int, int, int]) -> Tensor:
+    """Crop the padding off (..., H, W)."""
+    left, right, top, bottom = padding
+    return x[..., top:x.shape[-2] - bottom, left:x.shape[-1] - right]
+
+
+def one_hot(mask: Tensor, ids: list[int], dtype: torch.dtype = torch.float32) -> Tensor:
+    """(B, H, W) id mask -> (B, n, 2, H, W) [mask != id, mask == id] for each id."""
+    fg = torch.stack([mask == i for i in ids], dim=1).to(dtype)  # (B, n, H, W)
+    return torch.stack([1 - fg, fg], dim=2)
+
+
+def aggregate_objects(probs: Tensor, eps: float = 1e-7) -> tuple[Tensor, Tensor]:
+    """Soft aggregation of the objects' [bg, fg] probabilities (official EMVOS; as in RGMP / STM).
+
+    Background is the minimum of the objects' background probabilities; each class's odds p / (1 - p), with both
+    terms clamped to [eps, 1 - eps], are normalised by the sum of all odds.
+
+    Args:
+        probs: (B, N, 2, H, W) per-object [bg, fg] probabilities.
+    Returns:
+        labels: (B, H, W) in 0..N (0 background; ties go to the lower index, background first), and
+        aggregated: (B, N, 2, H, W) the objects' [1 - p, p] after aggregation (the next frame's previous masks).
+    """
+    bg = probs[:, :, 0].amin(dim=1, keepdim=True)  # (B, 1, H, W)
+    odds = torch.cat([bg.clamp(eps, 1 - eps) / (1 - bg).clamp(eps, 1 - eps),
+                      probs[:, :, 1].clamp(eps, 1 - eps) / probs[:, :, 0].clamp(eps, 1 - eps)], dim=1)  # (B, 1+N, H, W)
+    p = odds / odds.sum(dim=1, keepdim=True)
+    labels = p.argmax(dim=1)
+    fg = p[:, 1:]
+    return labels, torch.stack([1 - fg, fg], dim=2)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# checkpoints
+# ---------------------------------------------------------------------------------------------------------------
+
+def from_official(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Official key layout ('vos.encoder...') -> this module's ('encoder...'). Keys without the prefix pass as is."""
+    n = len(OFFICIAL_PREFIX)
+    return {(k[n:] if k.startswith(OFFICIAL_PREFIX) else k): v for k, v in state_dict.items()}
+
+
+def to_official(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """This module's keys -> the official layout, so files written here load in the authors' code."""
+    return {OFFICIAL_PREFIX + k: v for k, v in state_dict.items()}
+
+
+def missing_checkpoint_message(path: str | Path) -> str:
+    return (f"no checkpoint at '{path}'. Put the official EMVOS weights there (coco_davis_best.pth or "
+            f"coco_ytvos_best.pth from the trained_model/ folder of github.com/suhwan-cho/EMVOS), pass --weights PATH, "
+            f"or train one with `python run.py --train`.")
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Build the model a checkpoint describes and load its weights (strict).
+
+    Accepts an official state dict (keys 'vos.*', the official EMVOS config) or a file written by `run.py --train`
+    (a dict with 'model', 'config' and 'method'). Returns (model in eval mode, the file's metadata).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(missing_checkpoint_message(path))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated download, a git-lfs pointer, not a torch file
+        raise RuntimeError(f"could not read checkpoint '{path}' ({e}); download it again") from e
+    meta = {k: v for k, v in obj.items() if k != "model"} if "model" in obj else {}
+    state_dict = obj["model"] if "model" in obj else obj
+    method = meta.get("method", "emvos")
+    model = build_model(method, meta.get("config"))
+    try:
+        model.load_state_dict(from_official(state_dict), strict=True)
+    except RuntimeError as e:
+        raise RuntimeError(f"checkpoint '{path}' does not fit the {method} model with config {model.config}: "
+                           f"{str(e)[:600]}") from e
+    return model.to(device).eval(), meta
+
+
+def build_model(method: str = "emvos", config: dict | None = None, pretrained: bool = False) -> nn.Module:
+    """A fresh model by method name, from a config dict (as stored in checkpoints) or the defaults."""
+    if method == "emvos":
+        return EMVOS(ModelConfig(**(config or {})), pretrained=pretrained)
+    raise ValueError(f"unknown method {method!r}; choose from ['emvos']")
+
+
+def checkpoint_dict(model: nn.Module, method: str = "emvos", **extra: object) -> dict:
+    """What `run.py --train` saves: official-layout weights plus the config needed to rebuild the model."""
+    return {"model": to_official(model.state_dict()), "method": method, "config": asdict(model.config), **extra}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# streaming inference over one video
+# ---------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class VideoSegmenter:
+    """Segments one video frame by frame: `step(frame, mask=None)` -> the frame's id mask (as in XMem / Cutie).
+
+    Works with any model that has encode / init_state / add_objects / predict / update. Only the current frame and
+    the model's state are held, so memory does not grow with the video's length.
+
+    The first call needs a mask with at least one object. A later mask adds the objects it holds that are not
+    tracked yet (their first appearance, as in YouTube-VOS); its pixels overwrite the prediction in the output.
+    An object given again later is taken as a correction of that frame.
+    """
+
+    model: nn.Module
+    dtype: torch.dtype = torch.float32  # the frames' dtype: float64 to compare with a reference, else float32
+    autocast: torch.dtype | None = None  # bfloat16 / float16 under torch.autocast
+    object_ids: list[int] = field(default_factory=list)
+    state: VideoState | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.inference_mode()
+    def step(self, frame: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """frame: (3, H, W) RGB in [0, 1]; mask: (H, W) object ids or None.
+
+        Returns (labels (H, W) long object ids, probs (N, H, W) each object's aggregated foreground probability).
+        """
+        height, width = frame.shape[-2:]
+        padding = get_padding(height, width)
+        img = pad(frame[None].to(self.device, self.dtype), padding)
+        given = pad_mask(mask[None].to(self.device).long(), padding) if mask is not None else None
+        with torch.autocast(self.device.type, self.autocast, enabled=self.autocast is not None):
+            labels, probs = self._step(img, given)
+        return unpad(labels[0], padding), unpad(probs[0, :, 1].float(), padding)
+
+    def _step(self, img: Tensor, given: Tensor | None) -> tuple[Tensor, Tensor]:
+        feats = self.model.encode(img)
+        given_ids = [] if given is None else [i for i in given.unique().tolist() if i != 0]
+        new_ids = [i for i in given_ids if i not in self.object_ids]
+        if self.state is None:
+            if not new_ids:
+                raise ValueError("the first frame needs a mask with at least one object (non-zero pixels)")
+            masks = one_hot(given, new_ids, img.dtype)
+            self.object_ids = new_ids
+            self.state = self.model.init_state(feats, masks)
+            return given, masks  # the given frame is the output, as the official code returns it
+        probs = torch.softmax(self.model.predict(feats, self.state).to(img.dtype), dim=2)  # (1, N, 2, H, W)
+        corrected = [i for i in given_ids if i in self.object_ids]
+        if corrected:
+            slots = [self.object_ids.index(i) for i in corrected]
+            probs[:, slots] = one_hot(given, corrected, probs.dtype)
+        if new_ids:
+            masks = one_hot(given, new_ids, probs.dtype)
+            self.model.add_objects(self.state, feats, masks)
+            self.object_ids = self.object_ids + new_ids
+            probs = torch.cat([probs, masks], dim=1)
+        index, probs = aggregate_objects(probs)
+        ids = torch.tensor([0] + self.object_ids, device=index.device)
+        labels = ids[index]  # (1, H, W)
+        if given is not None:
+            labels = torch.where(given != 0, given, labels)
+        self.model.update(self.state, feats, probs)
+        return labels, probs
