@@ -1,0 +1,375 @@
+"""Datasets on disk (DESIGN section 4): test-time video readers and training clip samplers (DESIGN section 3).
+
+Test side: `DAVIS`, `YouTubeVOS` and `SingleVideo` each yield `TestVideo`s, lists of file paths that the runner
+reads one frame at a time, so no reader ever holds a whole video in memory.
+
+Every unusable input raises `utils.VOSInputError` naming the file or flag and the fix.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sys
+import tempfile
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+
+from utils import VOSInputError, read_frame, read_mask
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Test side
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TestVideo:
+    """One video to segment: paths only, images are read lazily one at a time."""
+
+    __test__ = False  # not a pytest test class despite the name
+
+    name: str
+    frames: list[Path]  # every frame to run on, in order
+    given_masks: dict[int, Path]  # frame index -> mask file (index 0 always; YouTube-VOS: objects first given later)
+    output_names: list[str | None]  # per frame: PNG file name to write ('00000.png'), or None = run but don't write
+    binary: bool = False  # DAVIS 2016: binarise masks (!= 0)
+    annotations: list[Path] | None = None  # ground truth per frame when the split has it (for evaluation)
+
+
+_IMAGE_EXTS = {".jpg", ".jpeg", ".png"}
+
+
+def _natural_key(path: Path) -> list:
+    """Sort 'frame2' before 'frame10'; zero-padded names (DAVIS, YouTube-VOS) sort the same either way."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", path.name)]
+
+
+def _list_files(folder: Path, exts: set[str]) -> list[Path]:
+    """Files in `folder` whose suffix (case-insensitive) is in `exts`, naturally sorted; [] if the folder is absent."""
+    if not folder.is_dir():
+        return []
+    return sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in exts), key=_natural_key)
+
+
+def _select(requested: list[str] | None, available: list[str], what: str) -> list[str]:
+    """The requested subset of sequence names, in the requested order; an unknown name is an error."""
+    if requested is None:
+        return list(available)
+    known = set(available)
+    unknown = [s for s in requested if s not in known]
+    if unknown:
+        examples = ", ".join(available[:5]) + (", ..." if len(available) > 5 else "")
+        raise VOSInputError(
+            f"unknown sequence(s) {', '.join(unknown)} in {what}; valid names include: {examples or '(none)'}"
+        )
+    return list(requested)
+
+
+class DAVIS:
+    """DAVIS 2016 / 2017 semi-supervised test reader, on either download layout.
+
+    * 2017 layout (DAVIS-2017-trainval-480p, DAVIS-2017-test-dev-480p): `ImageSets/{2016,2017}/<split>.txt` name
+      sequences; frames are every `JPEGImages/480p/<seq>/*.jpg`, annotations `Annotations/480p/<seq>/<frame>.png`.
+    * Original DAVIS 2016 layout: `ImageSets/480p/<split>.txt` lists "frame annotation" path pairs, masks are
+      mode L 0/255. Only year 2016 exists there.
+
+    Year 2016 means one merged object per sequence (`binary`), as the official TestDAVIS does with `masks != 0`.
+    """
+
+    def __init__(self, root: str | Path, year: str = "2017", split: str = "val", resolution: str = "480p") -> None:
+        self.root = Path(root)
+        self.year = str(year)
+        self.split = split
+        self.resolution = resolution
+        if self.year not in ("2016", "2017"):
+            raise VOSInputError(f"DAVIS year '{year}' is not supported; use 2016 or 2017")
+        if split not in ("train", "val", "trainval", "test-dev"):
+            raise VOSInputError(f"DAVIS split '{split}' is not supported; use train, val, trainval or test-dev")
+        if split == "test-dev" and self.year != "2017":
+            raise VOSInputError("DAVIS test-dev exists for year 2017 only; pass --year 2017 or another split")
+        if not (self.root / "JPEGImages" / resolution).is_dir():
+            raise VOSInputError(
+                f"DAVIS root '{self.root}' has no JPEGImages/{resolution}; pass --davis PATH "
+                f"(the folder that holds JPEGImages/ and Annotations/)"
+            )
+        self.binary = self.year == "2016"
+        self.has_annotations = split != "test-dev"  # test-dev ships the first-frame masks only
+        sets = self.root / "ImageSets"
+        self._listed: dict[str, tuple[list[Path], list[Path]]] = {}  # 2016 layout: seq -> (frames, annotations)
+        if (sets / "2017").is_dir() or (sets / "2016").is_dir():
+            self.layout = "2017"
+            self.sequences = sorted(self._read_2017_lists(sets))  # the official TestDAVIS sorts the list
+        elif (sets / resolution).is_dir():
+            self.layout = "2016"
+            self._read_2016_list(sets / resolution)
+            self.sequences = sorted(self._listed)
+        else:
+            raise VOSInputError(
+                f"DAVIS root '{self.root}' has no ImageSets/2017, ImageSets/2016 or ImageSets/{resolution}; the split "
+                "lists ship with the DAVIS download (DAVIS-2017-trainval-480p.zip, or DAVIS-data.zip for 2016)"
+            )
+
+    def _read_2017_lists(self, sets: Path) -> list[str]:
+        """Sequence names from ImageSets/<year>/<split>.txt (trainval = train + val when no trainval.txt)."""
+        names = (
+            ["train", "val"]
+            if self.split == "trainval" and not (sets / self.year / "trainval.txt").is_file()
+            else [self.split]
+        )
+        seqs: list[str] = []
+        for name in names:
+            path = sets / self.year / f"{name}.txt"
+            if not path.is_file():
+                download = (
+                    "the separate DAVIS-2017-test-dev-480p.zip download"
+                    if name == "test-dev"
+                    else "DAVIS-2017-trainval-480p.zip"
+                )
+                raise VOSInputError(f"DAVIS split list '{path}' does not exist; it ships with {download}")
+            seqs += [s.strip() for s in path.read_text().splitlines() if s.strip() and s.strip() not in seqs]
+        return seqs
+
+    def _read_2016_list(self, folder: Path) -> None:
+        """Parse the original 2016 list of '/JPEGImages/480p/<seq>/00000.jpg /Annotations/480p/<seq>/00000.png'."""
+        if self.year != "2016":
+            raise VOSInputError(
+                f"DAVIS root '{self.root}' is the original DAVIS 2016 download (ImageSets/{self.resolution}), which "
+                "has no DAVIS 2017 sequences; pass the DAVIS-2017-trainval-480p folder with --davis, or use --year 2016"
+            )
+        if self.split == "test-dev":
+            raise VOSInputError(f"DAVIS root '{self.root}' is the DAVIS 2016 download, which has no test-dev split")
+        path = folder / f"{self.split}.txt"
+        if not path.is_file():
+            raise VOSInputError(
+                f"DAVIS split list '{path}' does not exist; the DAVIS 2016 download (DAVIS-data.zip) ships "
+                f"train.txt, val.txt and trainval.txt in ImageSets/{self.resolution}"
+            )
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != 2:
+                raise VOSInputError(f"line {n} of '{path}' is not 'frame annotation': {line!r}")
+            frame, anno = (self.root / p.lstrip("/") for p in parts)
+            frames, annos = self._listed.setdefault(frame.parent.name, ([], []))
+            frames.append(frame)
+            annos.append(anno)
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+    def frames(self, seq: str) -> list[Path]:
+        """Every frame of `seq`, in order."""
+        _select([seq], self.sequences, f"DAVIS {self.year} {self.split} at '{self.root}'")
+        if self.layout == "2016":
+            frames = self._listed[seq][0]
+            missing = [p for p in frames if not p.is_file()]
+            if missing:
+                raise VOSInputError(
+                    f"frame '{missing[0]}' listed in '{self.root / 'ImageSets' / self.resolution / self.split}.txt' "
+                    f"does not exist ({len(missing)} missing in {seq}); re-download the sequence"
+                )
+            return list(frames)
+        folder = self.root / "JPEGImages" / self.resolution / seq
+        frames = _list_files(folder, {".jpg"})
+        if not frames:
+            raise VOSInputError(
+                f"sequence '{seq}' is listed in the {self.year} {self.split} split but '{folder}' holds no .jpg "
+                "frames; re-download or re-extract the DAVIS images"
+            )
+        return frames
+
+    def annotations(self, seq: str) -> list[Path]:
+        """The ground-truth mask path of every frame of `seq` (paths only: a missing file errors when it is read)."""
+        if not self.has_annotations:
+            raise VOSInputError(
+                "DAVIS test-dev has no ground truth beyond the first frame; evaluate it on the DAVIS challenge server"
+            )
+        if self.layout == "2016":
+            _select([seq], self.sequences, f"DAVIS 2016 {self.split} at '{self.root}'")
+            return list(self._listed[seq][1])
+        folder = self.root / "Annotations" / self.resolution / seq
+        return [folder / (f.stem + ".png") for f in self.frames(seq)]
+
+    def videos(self, sequences: list[str] | None = None) -> Iterator[TestVideo]:
+        """The test videos (all, or the named subset in that order); the first frame's mask is the given one."""
+        for seq in _select(sequences, self.sequences, f"DAVIS {self.year} {self.split} at '{self.root}'"):
+            frames = self.frames(seq)
+            if self.layout == "2016":
+                first = self._listed[seq][1][0]
+            else:
+                first = self.root / "Annotations" / self.resolution / seq / (frames[0].stem + ".png")
+            if not first.is_file():
+                raise VOSInputError(
+                    f"first-frame mask '{first}' of sequence '{seq}' does not exist; re-download the DAVIS annotations"
+                )
+            yield TestVideo(
+                name=seq,
+                frames=frames,
+                given_masks={0: first},
+                output_names=[f.stem + ".png" for f in frames],
+                binary=self.binary,
+                annotations=self.annotations(seq) if self.has_annotations else None,
+            )
+
+
+class YouTubeVOS:
+    """YouTube-VOS 2018 / 2019 validation reader (the layouts of both years are the same).
+
+    Runs on `valid_all_frames/JPEGImages/<video>` (every frame), writes only the frames that `valid/JPEGImages`
+    holds (the ones the server scores). Objects can first appear late: `valid/Annotations/<video>/<frame>.png` holds
+    the mask at each object's first appearance, and each such frame becomes a given mask. As the official TestYTVOS
+    does, frames before the first annotated one are dropped (neither run nor written).
+    """
+
+    def __init__(self, root: str | Path, year: str = "2018", split: str = "valid") -> None:
+        self.root = Path(root)
+        self.year = str(year)
+        self.split = split
+        if self.year not in ("2018", "2019"):
+            raise VOSInputError(f"YouTube-VOS year '{year}' is not supported; use 2018 or 2019")
+        self.image_dir = self.root / split / "JPEGImages"
+        self.mask_dir = self.root / split / "Annotations"
+        for folder in (self.image_dir, self.mask_dir):
+            if not folder.is_dir():
+                raise VOSInputError(
+                    f"YouTube-VOS root '{self.root}' has no {split}/{folder.name}; pass --ytvos PATH (the folder "
+                    f"that holds {split}/ and {split}_all_frames/ of the YouTube-VOS {self.year} download)"
+                )
+        self.all_frames_dir = self.root / f"{split}_all_frames" / "JPEGImages"
+        if not self.all_frames_dir.is_dir():
+            # Without the all-frames download the model still runs, on the scored frames only (5x sparser in
+            # time), which lowers accuracy; say so instead of failing.
+            print(
+                f"warning: '{self.all_frames_dir}' does not exist; running on the sparse frames of "
+                f"'{self.image_dir}' only. Download {split}_all_frames for the official protocol.",
+                file=sys.stderr,
+            )
+            self.all_frames_dir = self.image_dir
+        # The official reader lists valid/Annotations; meta.json is not needed to run.
+        self.sequences = sorted(p.name for p in self.mask_dir.iterdir() if p.is_dir())
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+    def videos(self, sequences: list[str] | None = None) -> Iterator[TestVideo]:
+        """The test videos (all, or the named subset in that order)."""
+        for name in _select(sequences, self.sequences, f"YouTube-VOS {self.year} {self.split} at '{self.root}'"):
+            yield self._video(name)
+
+    def _video(self, name: str) -> TestVideo:
+        frames = _list_files(self.all_frames_dir / name, {".jpg"})
+        if not frames:
+            raise VOSInputError(f"'{self.all_frames_dir / name}' holds no .jpg frames; re-extract the video '{name}'")
+        masks = {p.stem: p for p in _list_files(self.mask_dir / name, {".png"})}
+        if not masks:
+            raise VOSInputError(f"'{self.mask_dir / name}' holds no .png masks; re-extract the annotations")
+        index = {f.stem: i for i, f in enumerate(frames)}
+        for stem, path in masks.items():
+            if stem not in index:
+                raise VOSInputError(f"mask '{path}' has no frame '{stem}.jpg' in '{self.all_frames_dir / name}'")
+        scored = {p.stem for p in _list_files(self.image_dir / name, {".jpg"})}
+        start = min(index[s] for s in masks)  # official: frame ids below the first annotated one are dropped
+        frames = frames[start:]
+        return TestVideo(
+            name=name,
+            frames=frames,
+            given_masks={index[s] - start: p for s, p in sorted(masks.items(), key=lambda kv: index[kv[0]])},
+            output_names=[f.stem + ".png" if f.stem in scored else None for f in frames],
+        )
+
+
+_VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"}
+
+
+class SingleVideo:
+    """One user video: a folder of frames (.jpg/.jpeg/.png, natural order) or a video file, plus a first-frame mask.
+
+    A video file is decoded frame by frame into a temporary folder of JPEGs (quality 95) the first time `videos()`
+    is called, so memory holds one frame at a time; the folder is removed when this object is garbage-collected
+    or `close()` is called. Output names are `00000.png`, `00001.png`, ... by frame index.
+    """
+
+    def __init__(self, video: str | Path, mask: str | Path, name: str | None = None) -> None:
+        self.video = Path(video)
+        self.mask = Path(mask)
+        if not self.video.exists():
+            raise VOSInputError(f"video '{self.video}' does not exist; pass a folder of frames or a video file")
+        read_mask(self.mask)  # fail now (missing file, RGB mask) rather than after decoding a whole video
+        self.name = name or (self.video.name if self.video.is_dir() else self.video.stem)
+        self.sequences = [self.name]
+        self._frames: list[Path] | None = None
+        self._tmp: Path | None = None
+        self._cleanup = None
+        if self.video.is_dir():
+            # A mask stored next to the frames is not a frame.
+            frames = [p for p in _list_files(self.video, _IMAGE_EXTS) if p.resolve() != self.mask.resolve()]
+            if not frames:
+                raise VOSInputError(f"folder '{self.video}' holds no frames (.jpg, .jpeg or .png files)")
+            self._frames = frames
+        else:
+            if self.video.suffix.lower() in _IMAGE_EXTS:
+                raise VOSInputError(
+                    f"'{self.video}' is a single image; pass the folder that holds all frames, or a video file"
+                )
+            cap = cv2.VideoCapture(str(self.video))
+            ok = cap.isOpened() and cap.read()[0]
+            cap.release()
+            if not ok:
+                raise VOSInputError(
+                    f"cannot decode video '{self.video}'; extract its frames (e.g. `ffmpeg -i {self.video} "
+                    f"frames/%05d.jpg`) and pass the folder instead"
+                )
+
+    def __len__(self) -> int:
+        return 1
+
+    def _extract(self) -> list[Path]:
+        """Decode the video file into a temporary folder, one frame in memory at a time."""
+        self._tmp = Path(tempfile.mkdtemp(prefix=f"emvos_{self.name}_"))
+        self._cleanup = weakref.finalize(self, shutil.rmtree, str(self._tmp), True)
+        cap = cv2.VideoCapture(str(self.video))
+        frames = []
+        try:
+            while True:
+                ok, bgr = cap.read()
+                if not ok:
+                    break
+                path = self._tmp / f"{len(frames):05d}.jpg"
+                if not cv2.imwrite(str(path), bgr, [cv2.IMWRITE_JPEG_QUALITY, 95]):
+                    raise VOSInputError(f"cannot write extracted frame '{path}'; is the temporary disk full?")
+                frames.append(path)
+        finally:
+            cap.release()
+        if not frames:
+            raise VOSInputError(f"video '{self.video}' has no decodable frames")
+        return frames
+
+    def close(self) -> None:
+        """Remove the temporary frame folder of a video file now (it is also removed at garbage collection)."""
+        if self._cleanup is not None:
+            self._cleanup()
+            self._frames = None
+
+    def videos(self, sequences: list[str] | None = None) -> Iterator[TestVideo]:
+        """The one video, after checking that the mask has the frames' size."""
+        for _ in _select(sequences, self.sequences, f"video '{self.video}'"):
+            if self._frames is None:
+                self._frames = self._extract()
+            fh, fw = read_frame(self._frames[0]).shape[:2]
+            mh, mw = read_mask(self.mask).shape
+            if (fh, fw) != (mh, mw):
+                raise VOSInputError(
+                    f"mask '{self.mask}' is {mw}x{mh} but the first frame '{self._frames[0]}' is {fw}x{fh}; "
+                    "the mask must be drawn on the first frame at its full size"
+                )
+            yield TestVideo(
+                name=self.name,
+                frames=list(self._frames),
+                given_masks={0: self.mask},
+                output_names=[f"{i:05d}.png" for i in range(len(self._frames))],
+            )

@@ -1,0 +1,152 @@
+"""Shared fixtures: the real DAVIS 2016 sample and generators of tiny dataset trees in tmp_path."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # flat repo: tests import dataset, utils, ... from the repository root
+
+# The real sample (../shared/data/DAVIS2016 next to the checkout): 3 train sequences, original 2016 layout.
+DAVIS2016_SAMPLE = ROOT.parent / "shared" / "data" / "DAVIS2016"
+
+
+def save_mask(path: Path, ids: np.ndarray) -> None:
+    """utils.save_mask, imported late because the repository root joins sys.path only above."""
+    import utils
+
+    utils.save_mask(path, ids)
+
+
+def write_jpeg(path: Path, rgb: np.ndarray) -> Path:
+    """Write an (H, W, 3) uint8 RGB array as a JPEG, creating parent folders."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rgb).save(path, quality=95)
+    return path
+
+
+def square_frame(
+    h: int, w: int, t: int, squares: list[tuple[int, tuple[int, int, int]]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """A gray frame with coloured squares moving right by one pixel per frame t; returns (rgb, id map).
+
+    `squares` is [(object id, colour)], each square h//3 high, placed side by side.
+    """
+    rgb = np.full((h, w, 3), 128, np.uint8)
+    ids = np.zeros((h, w), np.uint8)
+    side = h // 3
+    for n, (obj, colour) in enumerate(squares):
+        y, x = h // 3, 2 + t + n * (side + 4)
+        rgb[y : y + side, x : x + side] = colour
+        ids[y : y + side, x : x + side] = obj
+    return rgb, ids
+
+
+@pytest.fixture(scope="session")
+def davis2016_root() -> Path:
+    """The real DAVIS 2016 sample, original layout (ImageSets/480p/train.txt only)."""
+    if not (DAVIS2016_SAMPLE / "ImageSets" / "480p" / "train.txt").is_file():
+        pytest.skip(f"real DAVIS 2016 sample not found at {DAVIS2016_SAMPLE}")
+    return DAVIS2016_SAMPLE
+
+
+@pytest.fixture(scope="session")
+def davis2017_root(davis2016_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A DAVIS 2017-layout tree built from the first 6 frames of the sample.
+
+    Frames are symlinks; masks are rewritten as palette PNGs with object ids. 'boat' gets a second object (id 2, a
+    box in the top-left corner) so that multi-object handling is visible. Splits: 2017/train = bear, hockey;
+    2017/val = bear, boat; 2016/val = boat.
+    """
+    root = tmp_path_factory.mktemp("davis2017")
+    for seq in ("bear", "boat", "hockey"):
+        (root / "JPEGImages" / "480p" / seq).mkdir(parents=True)
+        for i in range(6):
+            src = davis2016_root / "JPEGImages" / "480p" / seq / f"{i:05d}.jpg"
+            (root / "JPEGImages" / "480p" / seq / src.name).symlink_to(src)
+            ids = np.asarray(Image.open(davis2016_root / "Annotations" / "480p" / seq / f"{i:05d}.png")) != 0
+            ids = ids.astype(np.uint8)
+            if seq == "boat":
+                ids[10:60, 10:90] = 2
+            save_mask(root / "Annotations" / "480p" / seq / f"{i:05d}.png", ids)
+    lists = {"2017/train.txt": "bear\nhockey\n", "2017/val.txt": "bear\nboat\n", "2016/val.txt": "boat\n"}
+    for name, text in lists.items():
+        (root / "ImageSets" / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / "ImageSets" / name).write_text(text)
+    return root
+
+
+@pytest.fixture
+def davis2016_copy(davis2016_root: Path, tmp_path: Path) -> Path:
+    """A writable 2016-layout tree: the sample's list file over symlinked sequence folders, safe to break."""
+    root = tmp_path / "DAVIS2016"
+    for sub in ("JPEGImages/480p", "Annotations/480p"):
+        (root / sub).mkdir(parents=True)
+        for seq in (davis2016_root / sub).iterdir():
+            (root / sub / seq.name).symlink_to(seq)
+    (root / "ImageSets" / "480p").mkdir(parents=True)
+    shutil.copy(davis2016_root / "ImageSets" / "480p" / "train.txt", root / "ImageSets" / "480p" / "train.txt")
+    return root
+
+
+def make_ytvos_valid(root: Path, split: str = "valid") -> Path:
+    """A tiny YouTube-VOS validation tree (32x24 frames).
+
+    vid_a: 6 frames 00000..00005; scored frames (valid/JPEGImages) 00000 and 00005; object 1 given at 00000,
+           object 2 first given at 00005 (late object).
+    vid_b: 11 frames; scored 00000, 00005, 00010; the only annotation is at 00005, so frames 0-4 are dropped.
+    """
+    h, w = 24, 32
+    videos = {"vid_a": (6, {0: [(1, (255, 0, 0))], 5: [(2, (0, 255, 0))]}), "vid_b": (11, {5: [(1, (0, 0, 255))]})}
+    for name, (n, given) in videos.items():
+        for t in range(n):
+            rgb, _ = square_frame(h, w, t, [(1, (255, 0, 0)), (2, (0, 255, 0))])
+            write_jpeg(root / f"{split}_all_frames" / "JPEGImages" / name / f"{t:05d}.jpg", rgb)
+            if t % 5 == 0:
+                write_jpeg(root / split / "JPEGImages" / name / f"{t:05d}.jpg", rgb)
+            if t in given:
+                _, ids = square_frame(h, w, t, given[t])
+                save_mask(root / split / "Annotations" / name / f"{t:05d}.png", ids)
+    (root / split / "meta.json").write_text('{"videos": {}}')
+    return root
+
+
+@pytest.fixture
+def ytvos_root(tmp_path: Path) -> Path:
+    """Tiny YouTube-VOS tree with valid/ and valid_all_frames/ (see make_ytvos_valid)."""
+    return make_ytvos_valid(tmp_path / "YTVOS")
+
+
+@pytest.fixture
+def frame_folder(tmp_path: Path) -> tuple[Path, Path]:
+    """A folder of 4 tiny PNG frames named frame1..frame10-style (natural order matters) and a first-frame mask."""
+    folder = tmp_path / "frames"
+    for t, name in enumerate(["frame1.png", "frame2.png", "frame10.png", "frame11.png"]):
+        rgb, ids = square_frame(24, 32, t, [(1, (255, 0, 0))])
+        folder.mkdir(exist_ok=True)
+        Image.fromarray(rgb).save(folder / name)
+        if t == 0:
+            save_mask(tmp_path / "mask.png", ids)
+    return folder, tmp_path / "mask.png"
+
+
+@pytest.fixture
+def tiny_mp4(tmp_path: Path) -> tuple[Path, Path]:
+    """A 7-frame 32x24 mp4 (mp4v) and its first-frame mask."""
+    path = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, (32, 24))
+    assert writer.isOpened(), "this OpenCV build cannot write mp4v"
+    for t in range(7):
+        rgb, ids = square_frame(24, 32, t, [(1, (255, 0, 0))])
+        writer.write(rgb[:, :, ::-1].copy())
+        if t == 0:
+            save_mask(tmp_path / "clip_mask.png", ids)
+    writer.release()
+    return path, tmp_path / "clip_mask.png"

@@ -1,0 +1,149 @@
+"""Small shared helpers.
+
+Image I/O comes first: reading frames and object-id masks, and writing masks as DAVIS palette PNGs. Every bad
+input raises `VOSInputError` with a message that names the file and the fix, so that a user sees one readable line
+instead of a PIL traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Image I/O
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class VOSInputError(Exception):
+    """A dataset, frame, mask or flag given by the user is unusable; the message names it and says how to fix it."""
+
+
+def _davis_palette() -> list[int]:
+    """The 256-colour PASCAL VOC / DAVIS palette: the bits of the index are spread over R, G and B, high bit first."""
+    palette = []
+    for index in range(256):
+        r = g = b = 0
+        c = index
+        for shift in range(7, -1, -1):
+            r |= ((c >> 0) & 1) << shift
+            g |= ((c >> 1) & 1) << shift
+            b |= ((c >> 2) & 1) << shift
+            c >>= 3
+        palette += [r, g, b]
+    return palette
+
+
+# Flat [r0, g0, b0, r1, ...] list of 768 ints: 0 black, 1 (128, 0, 0), 2 (0, 128, 0), 3 (128, 128, 0), ...
+DAVIS_PALETTE: list[int] = _davis_palette()
+
+# Mask modes whose pixel values can be object ids. RGB(A) is refused: colours are not ids.
+_ID_MODES = {"P", "L", "1", "I", "I;16", "I;16B", "I;16L", "LA", "PA"}
+
+
+def _open_image(path: Path, what: str, fix: str) -> Image.Image:
+    """Open and fully decode an image, turning every failure into a VOSInputError that names the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise VOSInputError(f"{what} '{path}' does not exist; {fix}")
+    try:
+        img = Image.open(path)
+        img.load()  # decode now: a truncated file only fails here, and we want that error to name the file
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise VOSInputError(f"{what} '{path}' cannot be read ({e}); it is corrupt or truncated: {fix}") from e
+    return img
+
+
+def read_frame(path: str | os.PathLike) -> np.ndarray:
+    """Read a video frame as RGB.
+
+    Args:
+        path: a JPEG or PNG file (grayscale, palette and RGBA images are converted to RGB).
+    Returns:
+        uint8 array (H, W, 3), RGB.
+    Raises:
+        VOSInputError: the file is missing, corrupt or truncated.
+    """
+    img = _open_image(Path(path), "frame", "re-extract the frame or re-download the sequence")
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return np.asarray(img, dtype=np.uint8)
+
+
+def read_mask(path: str | os.PathLike, binary: bool = False) -> np.ndarray:
+    """Read an annotation as a map of object ids.
+
+    Palette ('P') and grayscale PNGs are read as index values, so pixel value k is object k (0 = background).
+    Value 255 is DAVIS "void" and becomes background, as the official loader does (LabelToLongTensor). One
+    exception: a grayscale image whose only values are 0 and 255 is a black/white mask (the DAVIS 2016 download
+    and most tools store single objects that way), so there 255 is object 1; reading it as void would lose it.
+
+    Args:
+        path: the PNG file.
+        binary: DAVIS 2016 protocol, every object merged into one (ids != 0 -> 1).
+    Returns:
+        uint8 array (H, W) of object ids.
+    Raises:
+        VOSInputError: the file is missing or unreadable, or is an RGB(A) image.
+    """
+    path = Path(path)
+    img = _open_image(path, "mask", "restore the annotation file (re-download the annotations)")
+    if img.mode not in _ID_MODES:
+        raise VOSInputError(
+            f"mask '{path}' is {img.mode}; masks must be palette or grayscale PNGs whose pixel values are object ids "
+            f"(0 = background, 1, 2, ... = objects); convert a black/white mask with "
+            f"`PIL.Image.open(path).convert('L').save(path)` or write ids with utils.save_mask"
+        )
+    if img.mode in ("LA", "PA"):
+        img = img.getchannel(0)
+    ids = np.asarray(img)
+    if ids.dtype == bool:
+        ids = ids.astype(np.uint8)
+    if ids.dtype != np.uint8:
+        if ids.size and (ids.min() < 0 or ids.max() > 255):
+            raise VOSInputError(f"mask '{path}' has values outside 0..255; object ids must fit in 8 bits")
+        ids = ids.astype(np.uint8)
+    if img.mode == "L" and ids.size and np.isin(ids, (0, 255)).all():
+        ids = (ids != 0).astype(np.uint8)
+    else:
+        ids = np.where(ids == 255, 0, ids).astype(np.uint8)
+    if binary:
+        ids = (ids != 0).astype(np.uint8)
+    return ids
+
+
+def save_mask(path: str | os.PathLike, mask: np.ndarray) -> None:
+    """Write an object-id map as a DAVIS palette PNG (pixel value = object id), creating the parent folders.
+
+    The PNG is written to a temporary file in the same folder and moved into place with os.replace, so a crash or
+    a full disk never leaves a half-written mask that a later evaluation would read as a valid prediction.
+
+    Args:
+        path: target .png file.
+        mask: (H, W) integer array of object ids in 0..255.
+    """
+    path = Path(path)
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"save_mask expects an (H, W) id map, got shape {mask.shape} for {path}")
+    if mask.size and (mask.min() < 0 or mask.max() > 255):
+        raise ValueError(
+            f"object ids must be in 0..255 to fit a palette PNG, got {mask.min()}..{mask.max()} for {path}"
+        )
+    img = Image.fromarray(mask.astype(np.uint8))
+    img.putpalette(DAVIS_PALETTE)  # turns the 'L' image into a 'P' image with the same index values
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            img.save(f, format="PNG")
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; masks are ordinary output files
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
