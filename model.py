@@ -430,7 +430,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     except Exception as e:  # a truncated download, a git-lfs pointer, not a torch file
         raise RuntimeError(f"could not read checkpoint '{path}' ({e}); download it again") from e
     meta = {k: v for k, v in obj.items() if k != "model"} if "model" in obj else {}
-    state_dict = obj["model"] if "model" in obj else obj
+    state_dict = obj.get("model", obj)
     method = meta.get("method", "emvos")
     model = build_model(method, meta.get("config"))
     try:
