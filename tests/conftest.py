@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -150,3 +151,102 @@ def tiny_mp4(tmp_path: Path) -> tuple[Path, Path]:
             save_mask(tmp_path / "clip_mask.png", ids)
     writer.release()
     return path, tmp_path / "clip_mask.png"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Training-side trees
+# ----------------------------------------------------------------------------------------------------------------------
+
+RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
+
+
+def two_object_frame(t: int, h: int = 36, w: int = 48) -> tuple[np.ndarray, np.ndarray]:
+    """Gray frame with a red square (object 1) and a green square (object 2), each h*0.4 wide, moving right."""
+    rgb = np.full((h, w, 3), 128, np.uint8)
+    ids = np.zeros((h, w), np.uint8)
+    side = int(h * 0.4)
+    for obj, colour, x in ((1, RED, 2 + t), (2, GREEN, w // 2 + t)):
+        rgb[h // 4 : h // 4 + side, x : x + side] = colour
+        ids[h // 4 : h // 4 + side, x : x + side] = obj
+    return rgb, ids
+
+
+def gradient_frame(t: int, h: int = 36, w: int = 48) -> tuple[np.ndarray, np.ndarray]:
+    """R rises left to right, G top to bottom (so flips are visible); B = 40 t outside the object (so time is
+    visible); object 1 is a centred box with B = 255."""
+    rgb = np.zeros((h, w, 3), np.uint8)
+    rgb[..., 0] = np.linspace(0, 255, w)[None, :]
+    rgb[..., 1] = np.linspace(0, 255, h)[:, None]
+    rgb[..., 2] = 40 * t
+    ids = np.zeros((h, w), np.uint8)
+    ids[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = 1
+    rgb[ids == 1, 2] = 255
+    return rgb, ids
+
+
+@pytest.fixture
+def ytvos_train_root(tmp_path: Path) -> Path:
+    """YouTube-VOS train tree: 'objs' (two objects, 4 annotated frames 00000..00015 plus an unannotated 00002.jpg)
+    and 'grad' (gradient frames, 4 annotated frames); train/meta.json lists both."""
+    root = tmp_path / "YTVOS"
+    for name, make in (("objs", two_object_frame), ("grad", gradient_frame)):
+        for t in range(4):
+            rgb, ids = make(t)
+            write_jpeg(root / "train" / "JPEGImages" / name / f"{5 * t:05d}.jpg", rgb)
+            save_mask(root / "train" / "Annotations" / name / f"{5 * t:05d}.png", ids)
+    write_jpeg(root / "train" / "JPEGImages" / "objs" / "00002.jpg", np.zeros((36, 48, 3), np.uint8))
+    (root / "train" / "meta.json").write_text(json.dumps({"videos": {"objs": {}, "grad": {}}}))
+    return root
+
+
+def _coco_image() -> tuple[np.ndarray, list[dict]]:
+    """A 64x48 image with a red and a green polygon instance and a blue crowd region (uncompressed RLE)."""
+    h, w = 48, 64
+    rgb = np.full((h, w, 3), 128, np.uint8)
+    rgb[4:30, 4:30] = RED  # polygon A, 26x26
+    rgb[10:40, 36:60] = GREEN  # polygon B, 30x24 (larger, painted first)
+    rgb[42:48, :] = BLUE  # crowd
+    crowd = np.zeros((h, w), np.uint8)
+    crowd[42:48, :] = 1
+    # Uncompressed RLE counts run over the column-major (Fortran) flattening, starting with a run of zeros.
+    flat = crowd.flatten(order="F")
+    changes = np.flatnonzero(np.diff(flat)) + 1
+    counts = np.diff(np.concatenate([[0], changes, [flat.size]])).tolist()
+    anns = [
+        {"segmentation": [[4, 4, 30, 4, 30, 30, 4, 30]], "area": 676.0, "iscrowd": 0, "category_id": 1},
+        {"segmentation": [[36, 10, 60, 10, 60, 40, 36, 40]], "area": 720.0, "iscrowd": 0, "category_id": 1},
+        {"segmentation": {"counts": counts, "size": [h, w]}, "area": 384.0, "iscrowd": 1, "category_id": 1},
+    ]
+    return rgb, anns
+
+
+@pytest.fixture
+def coco_raw_root(tmp_path: Path) -> Path:
+    """COCO download layout: train2017/ with two images and annotations/instances_train2017.json. Image 1 has two
+    polygon instances and a crowd region; image 2 has only a crowd annotation (so it is never sampled)."""
+    root = tmp_path / "COCO"
+    rgb, anns = _coco_image()
+    images, annotations = [], []
+    for image_id in (1, 2):
+        name = f"{image_id:012d}.jpg"
+        write_jpeg(root / "train2017" / name, rgb)
+        images.append({"id": image_id, "file_name": name, "height": 48, "width": 64})
+        for ann in anns if image_id == 1 else anns[2:]:
+            annotations.append({**ann, "id": len(annotations) + 1, "image_id": image_id})
+    data = {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "thing"}]}
+    (root / "annotations").mkdir(parents=True)
+    (root / "annotations" / "instances_train2017.json").write_text(json.dumps(data))
+    return root
+
+
+@pytest.fixture
+def coco_converted_root(tmp_path: Path) -> Path:
+    """The converted COCO folder of the official code: JPEGImages/*.jpg + Annotations/*.png (instance ids)."""
+    root = tmp_path / "COCO_converted"
+    rgb, _ = _coco_image()
+    ids = np.zeros(rgb.shape[:2], np.uint8)
+    ids[4:30, 4:30] = 1
+    ids[10:40, 36:60] = 2
+    write_jpeg(root / "JPEGImages" / "000000000001.jpg", rgb)
+    save_mask(root / "Annotations" / "000000000001.png", ids)
+    return root

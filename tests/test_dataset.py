@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from torch.utils.data import DataLoader
 
-from dataset import DAVIS, SingleVideo, TestVideo, YouTubeVOS
+from dataset import (
+    DAVIS,
+    SingleVideo,
+    TestVideo,
+    TrainCOCO,
+    TrainDAVIS,
+    TrainYTVOS,
+    YouTubeVOS,
+    random_crop_params,
+    seed_worker,
+)
 from utils import DAVIS_PALETTE, VOSInputError, read_frame, read_mask, save_mask
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -232,3 +245,189 @@ def test_single_video_errors(tmp_path: Path, frame_folder: tuple[Path, Path], ti
     Image.fromarray(np.zeros((24, 32, 3), np.uint8)).save(tmp_path / "rgbmask.png")
     with pytest.raises(VOSInputError, match="rgbmask.png.*RGB"):
         SingleVideo(folder, tmp_path / "rgbmask.png")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Training clip samplers
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def check_clip(clip: dict, length: int, size: tuple[int, int]) -> None:
+    """Shapes, dtypes and value ranges every sampler promises."""
+    imgs, masks = clip["imgs"], clip["masks"]
+    assert imgs.shape == (length, 3, *size) and imgs.dtype == torch.float32
+    assert masks.shape == (length, *size) and masks.dtype == torch.long
+    assert imgs.min() >= 0 and imgs.max() <= 1
+    assert set(masks.unique().tolist()) <= {0, 1}
+
+
+def target_colour(clip: dict, t: int) -> str:
+    """'red' or 'green': the colour under the target mask of frame t (median, robust to blurred edges)."""
+    pixels = clip["imgs"][t].permute(1, 2, 0)[clip["masks"][t] == 1]  # (n, 3)
+    r, g, _ = pixels.median(dim=0).values.tolist()
+    return "red" if r > g else "green"
+
+
+def test_random_crop_params() -> None:
+    random.seed(0)
+    # A 16:9 frame at 480p never fits a crop of >= 0.8 of its area with aspect <= 4/3 (h >= 496 > 480): the
+    # official rule always falls back to the centred 640x480 crop there (DAVIS, YouTube-VOS).
+    assert {random_crop_params(854, 480) for _ in range(200)} == {(0, 107, 480, 640)}
+    # A 4:3 frame gets random crops, and the full frame when no draw fits.
+    crops = [random_crop_params(640, 480) for _ in range(500)]
+    for top, left, h, w in crops:
+        assert top >= 0 and top + h <= 480 and left >= 0 and left + w <= 640
+        assert 3 / 4 - 0.01 <= w / h <= 4 / 3 + 0.01 and h * w >= 0.8 * 640 * 480 - 2000
+    assert len(set(crops)) > 10 and (0, 0, 480, 640) in crops
+
+
+def test_ytvos_clips_keep_one_object(ytvos_train_root: Path) -> None:
+    ds = TrainYTVOS(ytvos_train_root, output_size=(64, 64), clip_len=3, clips_per_epoch=7)
+    assert len(ds) == 7 and ds.videos == ["grad", "objs"]
+    frames, masks = ds.annotated_frames("objs")
+    assert [f.name for f in frames] == ["00000.jpg", "00005.jpg", "00010.jpg", "00015.jpg"]  # not 00002.jpg
+    assert [m.name for m in masks] == ["00000.png", "00005.png", "00010.png", "00015.png"]
+    colours = set()
+    for seed in range(12):
+        random.seed(seed)
+        ds.videos = ["objs"]
+        clip = ds[0]
+        check_clip(clip, 3, (64, 64))
+        assert clip["masks"][0].sum() >= 256  # the objects are big enough for that in every crop try
+        per_frame = {target_colour(clip, t) for t in range(3) if clip["masks"][t].sum() > 20}
+        assert len(per_frame) == 1  # the same object is the target in every frame
+        colours |= per_frame
+    assert colours == {"red", "green"}  # both objects get picked
+
+
+def test_video_clip_flips_reversal_and_end_repeat(ytvos_train_root: Path) -> None:
+    ds = TrainYTVOS(ytvos_train_root, output_size=(48, 64), clip_len=6)
+    ds.videos = ["grad"]
+    seen_h, seen_v, seen_dirs = set(), set(), set()
+    for seed in range(16):
+        random.seed(seed)
+        clip = ds[0]
+        check_clip(clip, 6, (48, 64))
+        imgs, masks = clip["imgs"], clip["masks"]
+        # R rises left->right and G top->bottom unless flipped; the flip is shared by every frame of the clip.
+        h_signs = {bool(img[0, :, -8:].mean() < img[0, :, :8].mean()) for img in imgs}
+        v_signs = {bool(img[1, -8:, :].mean() < img[1, :8, :].mean()) for img in imgs}
+        assert len(h_signs) == 1 and len(v_signs) == 1
+        seen_h |= h_signs
+        seen_v |= v_signs
+        # Time from the blue background: consecutive frames one step apart, the last one repeated at the end.
+        times = [round(img[2][m == 0].median().item() * 255 / 40) for img, m in zip(imgs, masks, strict=True)]
+        steps = {b - a for a, b in zip(times, times[1:], strict=False)}
+        assert steps <= {1, 0} or steps <= {-1, 0}
+        assert times[-1] in (0, 3) and times[-1] == times[-2]  # 4 annotated frames, 6 in the clip: the end repeats
+        seen_dirs.add(1 if times[-1] > times[0] else -1 if times[-1] < times[0] else 0)
+        assert masks.sum(dim=(1, 2)).min() > 0  # the one object is in every frame
+    assert seen_h == {False, True} and seen_v == {False, True}
+    assert {1, -1} <= seen_dirs  # played forwards and backwards
+
+
+def test_sampling_is_reproducible(ytvos_train_root: Path) -> None:
+    ds = TrainYTVOS(ytvos_train_root, output_size=(32, 32), clip_len=2, clips_per_epoch=4)
+
+    def epoch() -> list[torch.Tensor]:
+        torch.manual_seed(7)
+        loader = DataLoader(ds, batch_size=2, num_workers=2, worker_init_fn=seed_worker)
+        return [b["imgs"] for b in loader]
+
+    first, second = epoch(), epoch()
+    for a, b in zip(first, second, strict=True):
+        assert torch.equal(a, b)
+    random.seed(3)
+    c1 = ds[0]
+    random.seed(3)
+    c2 = ds[0]
+    assert torch.equal(c1["imgs"], c2["imgs"]) and torch.equal(c1["masks"], c2["masks"])
+
+
+def test_train_davis_on_both_layouts(davis2016_root: Path, davis2017_root: Path) -> None:
+    random.seed(0)
+    ds16 = TrainDAVIS(davis2016_root, year="2016", split="train", output_size=(64, 64), clip_len=3, clips_per_epoch=5)
+    assert len(ds16) == 5
+    for _ in range(3):
+        clip = ds16[0]
+        check_clip(clip, 3, (64, 64))
+        assert clip["masks"][0].sum() > 0  # 0/255 masks read as object 1, not as void
+    ds17 = TrainDAVIS(davis2017_root, year="2017", split="train", output_size=(64, 64), clip_len=3)
+    assert ds17.data.sequences == ["bear", "hockey"] and not ds17.data.binary
+    check_clip(ds17[0], 3, (64, 64))
+    # boat has two objects on the 2017 layout; year 2016 merges them.
+    ds_val = TrainDAVIS(davis2017_root, year="2016", split="val", output_size=(64, 64), clip_len=2)
+    assert ds_val.data.binary
+    check_clip(ds_val[0], 2, (64, 64))
+
+
+def test_coco_raw_download(coco_raw_root: Path) -> None:
+    ds = TrainCOCO(coco_raw_root, output_size=(64, 64), clip_len=5, clips_per_epoch=3)
+    assert ds.layout == "raw" and ds.num_images == 1 and len(ds) == 3  # image 2 has only a crowd: skipped
+    img, mask = ds.load(0)
+    ids = np.asarray(mask)
+    assert img.size == (64, 48) and set(np.unique(ids)) == {0, 1, 2}
+    assert (ids[42:, :] == 0).all()  # crowd pixels are background
+    assert ids[20, 48] == 1 and ids[15, 15] == 2  # the larger instance (area 720) is painted first, as id 1
+    colours = set()
+    for seed in range(10):
+        random.seed(seed)
+        clip = ds[0]
+        check_clip(clip, 5, (64, 64))
+        assert not torch.equal(clip["imgs"][0], clip["imgs"][1])  # each frame is warped further
+        per_frame = {target_colour(clip, t) for t in range(5) if clip["masks"][t].sum() > 20}
+        assert len(per_frame) == 1
+        colours |= per_frame
+    assert colours == {"red", "green"}
+
+
+def test_coco_converted_folder(coco_converted_root: Path) -> None:
+    ds = TrainCOCO(coco_converted_root, output_size=(48, 48), clip_len=3)
+    assert ds.layout == "converted" and ds.num_images == 1
+    random.seed(1)
+    clip = ds[0]
+    check_clip(clip, 3, (48, 48))
+    assert clip["masks"][0].sum() >= 256
+
+
+def test_coco_warp_fill_colour(coco_converted_root: Path) -> None:
+    """Pixels warped in from outside the image have the official fill colour (124, 116, 104) and mask 0."""
+    ds = TrainCOCO(coco_converted_root, clip_len=4)
+    random.seed(5)
+    filled = 0
+    for img, mask in ds._pseudo_video(0):
+        img, mask = np.asarray(img), np.asarray(mask)
+        fill = (img == np.array([124, 116, 104])).all(axis=-1)
+        assert (mask[fill] == 0).all()
+        filled += fill.sum()
+    assert filled > 0
+
+
+def test_training_errors(tmp_path: Path, coco_raw_root: Path, ytvos_train_root: Path, davis2017_root: Path) -> None:
+    with pytest.raises(VOSInputError, match="has no train/JPEGImages; pass --ytvos PATH"):
+        TrainYTVOS(tmp_path / "none")
+    with pytest.raises(VOSInputError, match=r"neither JPEGImages/.*instances_train2017.json.*--coco PATH"):
+        TrainCOCO(tmp_path / "none")
+    (coco_raw_root / "annotations" / "instances_train2017.json").unlink()
+    with pytest.raises(VOSInputError, match="instances_train2017.json.*annotations_trainval2017"):
+        TrainCOCO(coco_raw_root)
+    (coco_raw_root / "annotations" / "instances_train2017.json").write_text('{"images": [')
+    with pytest.raises(VOSInputError, match="instances_train2017.json.*not a COCO instances file"):
+        TrainCOCO(coco_raw_root)
+    (ytvos_train_root / "train" / "meta.json").write_text("not json")
+    with pytest.raises(VOSInputError, match="meta.json"):
+        TrainYTVOS(ytvos_train_root)
+    (ytvos_train_root / "train" / "meta.json").unlink()
+    (ytvos_train_root / "train" / "Annotations" / "empty").mkdir()
+    ds = TrainYTVOS(ytvos_train_root)
+    assert ds.videos == ["empty", "grad", "objs"]  # folder listing without meta.json
+    with pytest.raises(VOSInputError, match="'empty' has no frame"):
+        ds.annotated_frames("empty")
+    with pytest.raises(VOSInputError, match="'.*nowhere' has no JPEGImages/480p; pass --davis PATH"):
+        TrainDAVIS(tmp_path / "nowhere")
+    with pytest.raises(VOSInputError, match=r"ImageSets/2017/val.txt|val.txt"):
+        (davis2017_root / "ImageSets" / "2017" / "val.txt").rename(tmp_path / "val.txt")
+        try:
+            TrainDAVIS(davis2017_root, split="val")
+        finally:
+            (tmp_path / "val.txt").rename(davis2017_root / "ImageSets" / "2017" / "val.txt")
