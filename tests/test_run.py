@@ -1,0 +1,161 @@
+"""run.py --test end to end, the official resize rule, and bad input (clear errors, earlier outputs kept)."""
+
+import csv
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+WEIGHTS = ROOT.parent / "shared" / "golden" / "emvos_official.pth"  # official layout, random weights
+pytestmark = pytest.mark.skipif(not WEIGHTS.exists(), reason=f"golden weights not found at {WEIGHTS}")
+
+
+def _test(tmp_path: Path, *extra: str) -> int:
+    return run.main(["--test", "--device", "cpu", "--weights", str(WEIGHTS), "--output", str(tmp_path / "out"),
+                     *extra])
+
+
+def test_sample_end_to_end_writes_palette_pngs_and_csvs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # no --data and no DAVIS on disk: the newcomer path runs on the bundled sample
+    assert _test(tmp_path, "--davis", str(tmp_path / "nowhere"), "--sequences", "bear") == 0
+    out = tmp_path / "out" / "sample"
+    pngs = sorted((out / "bear").glob("*.png"))
+    assert [p.name for p in pngs] == [f"{i:05d}.png" for i in range(8)]
+    img = Image.open(pngs[3])
+    assert img.mode == "P" and img.size == (854, 480)
+    assert set(np.unique(np.array(img))) <= {0, 1}
+    # the first frame's output is the given mask itself
+    gt0 = np.array(Image.open(run.SAMPLE_ROOT / "Annotations/480p/bear/00000.png")) != 0
+    np.testing.assert_array_equal(np.array(Image.open(pngs[0])) != 0, gt0)
+    rows = list(csv.reader((out / "global_results-sample.csv").read_text().splitlines()))
+    assert rows[0] == ["J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay"]
+    assert all(0 <= float(v) <= 1 for v in rows[1][:3])
+    seq_rows = list(csv.reader((out / "per-sequence_results-sample.csv").read_text().splitlines()))
+    assert seq_rows[1][0] == "bear_1"
+    printed = capsys.readouterr().out
+    assert "bundled sample" in printed and "fps" in printed and "J&F" in printed
+
+
+def test_youtubevos_late_object_original_size_and_zip(tmp_path: Path, ytvos_root: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # a smaller "480" keeps the test fast while exercising resize-and-back exactly as at 480p
+    monkeypatch.setattr(run, "TEST_SHORT_SIDE", 48)
+    assert _test(tmp_path, "--data", "YTVOS18_val", "--ytvos", str(ytvos_root)) == 0
+    out = tmp_path / "out" / "YTVOS18_val"
+    assert sorted(p.name for p in (out / "vid_a").iterdir()) == ["00000.png", "00005.png"]
+    assert sorted(p.name for p in (out / "vid_b").iterdir()) == ["00005.png", "00010.png"]  # starts at its mask
+    late = np.array(Image.open(out / "vid_a" / "00005.png"))
+    assert late.shape == (24, 32)  # back at the original size
+    given = np.array(Image.open(ytvos_root / "valid/Annotations/vid_a/00005.png"))
+    assert (late[given == 2] == 2).all()  # the late object's given pixels overwrite the prediction
+    with zipfile.ZipFile(tmp_path / "out" / "YTVOS18_val.zip") as z:
+        assert "Annotations/vid_a/00005.png" in z.namelist() and len(z.namelist()) == 4
+
+
+def test_single_video_folder(tmp_path: Path, frame_folder: tuple[Path, Path],
+                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(run, "TEST_SHORT_SIDE", 48)
+    folder, mask = frame_folder
+    assert _test(tmp_path, "--video", str(folder), "--mask", str(mask)) == 0
+    written = list((tmp_path / "out").glob("*/*.png"))
+    assert len(written) == 4 and all(Image.open(p).size == (32, 24) for p in written)
+
+
+def test_resize_rule() -> None:
+    big = np.zeros((720, 1280), np.uint8)
+    big[100:300, 100:300] = 1
+    assert run.test_size(720, 1280, [big]) == (480, 853)
+    assert run.test_size(1280, 720, [big.T]) == (853, 480)  # portrait: the short side is the width
+    tiny = np.zeros((720, 1280), np.uint8)
+    tiny[10:40, 10:40] = 1  # 900 px, fewer than 1000 after resizing too: keep the original resolution
+    assert run.test_size(720, 1280, [big, tiny]) is None
+    assert run.test_size(480, 854, [big[:480, :854]]) is None  # already 480p
+
+
+def test_resize_frame_and_mask_match_official_interpolation() -> None:
+    frame = torch.rand(3, 36, 64)
+    out = run.resize_frame(frame, (48, 85))
+    assert out.shape == (3, 48, 85)
+    mask = torch.zeros(36, 64, dtype=torch.long)
+    mask[10:20, 5:30] = 3
+    assert set(run.resize_mask(mask, (48, 85)).unique().tolist()) == {0, 3}
+
+
+# --- bad input: a clear error naming the file and the fix, and what was written before stays -------------------
+
+def _sample_copy(tmp_path: Path) -> Path:
+    root = tmp_path / "DAVIS2016"
+    shutil.copytree(run.SAMPLE_ROOT, root)
+    return root
+
+
+def _run_copy(tmp_path: Path, root: Path, capsys: pytest.CaptureFixture) -> tuple[int, str]:
+    keep = tmp_path / "out" / "DAVIS16_val" / "earlier" / "00000.png"
+    keep.parent.mkdir(parents=True)
+    keep.write_bytes(b"earlier result")
+    # the sample's list is train.txt: present it as the val split of a DAVIS 2016 download
+    shutil.copy(root / "ImageSets/480p/train.txt", root / "ImageSets/480p/val.txt")
+    code = _test(tmp_path, "--data", "DAVIS16_val", "--davis", str(root), "--sequences", "bear")
+    assert keep.read_bytes() == b"earlier result"
+    return code, capsys.readouterr().err
+
+
+def test_missing_root(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert _test(tmp_path, "--data", "DAVIS17_val", "--davis", str(tmp_path / "missing")) == 2
+    err = capsys.readouterr().err
+    assert "missing" in err and "--davis" in err
+
+
+def test_missing_checkpoint_says_where_to_put_it(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code = run.main(["--test", "--device", "cpu", "--weights", str(tmp_path / "coco_davis_best.pth")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "coco_davis_best.pth" in err and "suhwan-cho/EMVOS" in err and "--train" in err
+
+
+def test_missing_frame(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = _sample_copy(tmp_path)
+    (root / "JPEGImages/480p/bear/00000.jpg").unlink()
+    code, err = _run_copy(tmp_path, root, capsys)
+    assert code == 2 and "00000.jpg" in err
+
+
+def test_mask_size_differs_from_frame(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = _sample_copy(tmp_path)
+    path = root / "Annotations/480p/bear/00000.png"
+    Image.open(path).resize((427, 240)).save(path)
+    code, err = _run_copy(tmp_path, root, capsys)
+    assert code == 2 and "00000.png" in err and "size" in err
+
+
+def test_rgb_mask(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = _sample_copy(tmp_path)
+    path = root / "Annotations/480p/bear/00000.png"
+    Image.open(path).convert("RGB").save(path)
+    code, err = _run_copy(tmp_path, root, capsys)
+    assert code == 2 and "00000.png" in err and "RGB" in err
+
+
+def test_first_mask_without_object(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = _sample_copy(tmp_path)
+    path = root / "Annotations/480p/bear/00000.png"
+    Image.fromarray(np.zeros((480, 854), np.uint8), "L").save(path)
+    code, err = _run_copy(tmp_path, root, capsys)
+    assert code == 2 and "00000.png" in err and "no object" in err
+
+
+def test_corrupt_jpeg_keeps_the_frames_already_written(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = _sample_copy(tmp_path)
+    (root / "JPEGImages/480p/bear/00002.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    code, err = _run_copy(tmp_path, root, capsys)
+    assert code == 2 and "00002.jpg" in err
+    written = sorted(p.name for p in (tmp_path / "out/DAVIS16_val/bear").glob("*.png"))
+    assert written == ["00000.png", "00001.png"]  # the frames before the bad one are on disk
