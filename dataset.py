@@ -302,7 +302,8 @@ _VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg",
 class SingleVideo:
     """One user video: a folder of frames (.jpg/.jpeg/.png, natural order) or a video file, plus a first-frame mask.
 
-    A video file is decoded frame by frame into a temporary folder of JPEGs (quality 95) the first time `videos()`
+    A video file is decoded frame by frame into a temporary folder of lossless PNGs (a second JPEG encoding would
+    add artefacts the model never saw in training) the first time `videos()`
     is called, so memory holds one frame at a time; the folder is removed when this object is garbage-collected
     or `close()` is called. Output names are `00000.png`, `00001.png`, ... by frame index.
     """
@@ -352,8 +353,8 @@ class SingleVideo:
                 ok, bgr = cap.read()
                 if not ok:
                     break
-                path = self._tmp / f"{len(frames):05d}.jpg"
-                if not cv2.imwrite(str(path), bgr, [cv2.IMWRITE_JPEG_QUALITY, 95]):
+                path = self._tmp / f"{len(frames):05d}.png"
+                if not cv2.imwrite(str(path), bgr, [cv2.IMWRITE_PNG_COMPRESSION, 1]):
                     raise VOSInputError(f"cannot write extracted frame '{path}'; is the temporary disk full?")
                 frames.append(path)
         finally:
