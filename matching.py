@@ -125,3 +125,118 @@ def max_readout(sim: Tensor, masks: Tensor, chunk: int | None = None) -> Tensor:
 def pool_mask(mask: Tensor, stride: int = 16) -> Tensor:
     """Average-pool a soft mask to the key stride and flatten it: (B, M, H, W) -> (B, M, H*W/stride^2)."""
     return F.avg_pool2d(mask, stride).flatten(2)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# VideoMatch (Hu et al., "VideoMatch: Matching based Video Object Segmentation", ECCV 2018)
+#
+# Here HW_r / HW_q count the positions of the VideoMatch feature map (stride 8, times the upsample factor), and a
+# reference "set" is a boolean mask over the reference positions: the features of the set are the rows it selects.
+# ---------------------------------------------------------------------------------------------------------------
+
+def cosine_similarity(ref: Tensor, query: Tensor, eps: float = 1e-12) -> Tensor:
+    """Cosine similarity between every reference and every query position (VideoMatch Sec. 3.1).
+
+    Args:
+        ref: (B, C, HW_r) reference features; query: (B, C, HW_q) query features (any scale).
+        eps: lower bound on the norms. Unlike EMVOS's keys, VideoMatch features come straight out of a ReLU, so a
+            position can be all zeros; with the bound its similarity is 0 to everything instead of NaN.
+    Returns:
+        (B, HW_r, HW_q) in [-1, 1].
+    """
+    ref = F.normalize(ref, dim=1, eps=eps)
+    query = F.normalize(query, dim=1, eps=eps)
+    return torch.bmm(ref.transpose(1, 2), query)  # (B, HW_r, HW_q)
+
+
+def topk_mean_scores(sim: Tensor, ref_masks: Tensor, k: int = 20, empty: float = -1.0,
+                     chunk: int | None = None) -> Tensor:
+    """The soft matching layer's readout (VideoMatch Sec. 3.1): for every query position and every reference set,
+    the mean of the K largest similarities to the reference positions inside the set.
+
+    A set with fewer than K positions averages all of them (the mean of what there is, not a sum divided by K, so a
+    small object is not penalised for its size). An empty set scores `empty` everywhere: -1, the lowest cosine
+    similarity, says "nothing of this set resembles the pixel", so the softmax against the other set goes to that
+    one (an object absent from the reference frame is not found; a frame that is all object has no background).
+
+    Args:
+        sim: (B, HW_r, HW_q) similarities, e.g. cosine_similarity.
+        ref_masks: (B, M, HW_r) bool, the reference sets (per object: background, foreground).
+        k: K of the paper (20).
+        empty: the score of an empty set.
+        chunk: query positions processed at once; bounds the temporary (B, HW_r, chunk) per set. The result does
+            not depend on it.
+    Returns:
+        (B, M, HW_q). Differentiable in sim (the gradient reaches the selected similarities).
+    """
+    hw_r, hw_q = sim.shape[1:]
+    kk = min(k, hw_r)
+    chunk = hw_q if chunk is None else max(1, chunk)
+    count = ref_masks.sum(dim=2).clamp(max=k).to(sim.dtype)  # (B, M): how many similarities each mean averages
+    outside = ~ref_masks.unsqueeze(3)  # (B, M, HW_r, 1)
+    scores = []
+    for m in range(ref_masks.shape[1]):  # one set at a time: the masked copy of sim is the large temporary
+        parts = []
+        for s in range(0, hw_q, chunk):
+            masked = sim[:, :, s:s + chunk].masked_fill(outside[:, m], float("-inf"))  # (B, HW_r, chunk)
+            top = masked.topk(kk, dim=1).values  # (B, K, chunk); -inf where the set has fewer than K positions
+            parts.append(torch.where(torch.isfinite(top), top, torch.zeros_like(top)).sum(dim=1))  # (B, chunk)
+        scores.append(torch.cat(parts, dim=1) if len(parts) > 1 else parts[0])
+    total = torch.stack(scores, dim=1)  # (B, M, HW_q)
+    mean = total / count.clamp(min=1).unsqueeze(2)
+    return torch.where(count.unsqueeze(2) > 0, mean, torch.full_like(mean, empty))
+
+
+def soft_match(sim: Tensor, sets: Tensor, k: int = 20, chunk: int | None = None) -> Tensor:
+    """Background and foreground scores of every object: (B, HW_r, HW_q), (B, N, 2, HW_r) -> (B, N, 2, HW_q).
+
+    sets holds each object's [bg, fg] reference sets; softmax over dim 2 of the result gives the [bg, fg]
+    probabilities of the paper (a softmax over the two scores, no temperature).
+    """
+    return topk_mean_scores(sim, sets.flatten(1, 2), k, chunk=chunk).unflatten(1, sets.shape[1:3])
+
+
+def mask_sets(fg: Tensor, size: tuple[int, int]) -> Tensor:
+    """Reference sets of given masks on a feature grid: (B, M, H, W) in [0, 1] -> (B, M, 2, h*w) bool [bg, fg].
+
+    A feature position belongs to the foreground when at least half of the pixels it covers do (area average);
+    everything else is background, so the two sets split the frame. An object that covers no position by half
+    (smaller than a cell) would lose every reference feature; it takes the positions it touches instead.
+    """
+    frac = F.adaptive_avg_pool2d(fg, size).flatten(2)  # (B, M, hw)
+    fg_set = frac >= 0.5
+    tiny = ~fg_set.any(dim=2, keepdim=True) & (frac > 0).any(dim=2, keepdim=True)  # (B, M, 1)
+    fg_set = torch.where(tiny, frac > 0, fg_set)
+    return torch.stack([~fg_set, fg_set], dim=2)
+
+
+def confident_sets(fg_prob: Tensor, size: tuple[int, int], threshold: float = 0.9) -> Tensor:
+    """The confidently predicted positions of a frame, for the online update (VideoMatch Sec. 3.3).
+
+    (B, M, H, W) foreground probabilities -> (B, M, 2, h*w) bool [bg, fg]: foreground where the probability, averaged
+    over the pixels of the feature position, is at least `threshold`; background where it is at most 1 - threshold;
+    positions in between (object boundaries, doubtful regions) join neither set.
+    """
+    frac = F.adaptive_avg_pool2d(fg_prob, size).flatten(2)  # (B, M, hw)
+    return torch.stack([frac <= 1 - threshold, frac >= threshold], dim=2)
+
+
+def dilate_mask(mask: Tensor, d: int) -> Tensor:
+    """Binary dilation by a d x d square: (B, M, H, W) bool -> bool, the same size (d odd).
+
+    Exactly max_pool2d with a d x d window, stride 1, padding d // 2; the square is separable, so it runs as a 1 x d
+    and a d x 1 pool (2d instead of d^2 comparisons per pixel, which matters at d = 51).
+    """
+    if d % 2 != 1:
+        raise ValueError(f"the dilation kernel must have an odd size, got {d}")
+    x = mask.float()
+    x = F.max_pool2d(x, (1, d), stride=1, padding=(0, d // 2))
+    x = F.max_pool2d(x, (d, 1), stride=1, padding=(d // 2, 0))
+    return x > 0
+
+
+def remove_outliers(fg: Tensor, prev: Tensor, d: int = 51) -> Tensor:
+    """Outlier removal (VideoMatch Sec. 3.3): keep predicted foreground only inside the previous mask dilated by a
+    d x d kernel. fg, prev: (B, M, H, W) bool -> (B, M, H, W) bool. An object cannot jump further than d / 2 pixels
+    from where it was in one frame, so a far-away look-alike is dropped."""
+    return fg & dilate_mask(prev, d)

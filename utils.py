@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
@@ -147,3 +149,100 @@ def save_mask(path: str | os.PathLike, mask: np.ndarray) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Visualisation (both methods). Files only: nothing opens a window or waits for one, so it runs on a headless server.
+# ----------------------------------------------------------------------------------------------------------------------
+
+_PALETTE_RGB = np.array(DAVIS_PALETTE, dtype=np.uint8).reshape(256, 3)
+
+
+def overlay_mask(frame: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Blend each object's palette colour into a frame.
+
+    Args:
+        frame: (H, W, 3) uint8 RGB.
+        mask: (H, W) object ids (0 = background, left as it is).
+        alpha: weight of the colour on object pixels.
+    Returns:
+        (H, W, 3) uint8 RGB.
+    """
+    frame = np.asarray(frame, dtype=np.uint8)
+    mask = np.asarray(mask)
+    if mask.shape != frame.shape[:2]:
+        raise ValueError(f"mask {mask.shape} and frame {frame.shape[:2]} differ in size; resize the mask to the frame")
+    colour = _PALETTE_RGB[mask.astype(np.uint8)].astype(np.float32)  # (H, W, 3)
+    blended = (1 - alpha) * frame.astype(np.float32) + alpha * colour
+    return np.where((mask != 0)[..., None], np.rint(blended), frame).astype(np.uint8)
+
+
+def write_overlay_video(frames: Iterable[np.ndarray], masks: Iterable[np.ndarray], path: str | os.PathLike,
+                        fps: float = 24.0, alpha: float = 0.5) -> int:
+    """Write an MP4 (codec mp4v) of frames with their masks blended in, streaming: one frame in memory at a time.
+
+    Args:
+        frames: (H, W, 3) uint8 RGB frames, all of one size.
+        masks: (H, W) object-id masks, one per frame.
+        path: the .mp4 file; parent folders are created.
+        fps: frames per second of the video.
+        alpha: weight of the palette colour on object pixels (overlay_mask).
+    Returns:
+        the number of frames written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = None
+    count = 0
+    frames, masks = iter(frames), iter(masks)
+    try:
+        while True:
+            frame, mask = next(frames, None), next(masks, None)
+            if frame is None and mask is None:
+                break
+            if frame is None or mask is None:
+                raise ValueError(f"frames and masks differ in number: one ran out after {count} frames of '{path}'")
+            image = overlay_mask(frame, mask, alpha)
+            height, width = image.shape[:2]
+            if writer is None:
+                writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+                if not writer.isOpened():
+                    raise RuntimeError(f"OpenCV cannot write '{path}' with codec mp4v; give a path ending in .mp4 "
+                                       f"in a writable folder")
+                size = (height, width)
+            elif (height, width) != size:  # VideoWriter would drop the frame without a word
+                raise ValueError(f"frame {count} is {width}x{height} but the video '{path}' is {size[1]}x{size[0]}; "
+                                 f"all frames of one video must have one size")
+            writer.write(np.ascontiguousarray(image[:, :, ::-1]))  # OpenCV takes BGR
+            count += 1
+    finally:
+        if writer is not None:
+            writer.release()
+    return count
+
+
+def colorize(prob: np.ndarray, colormap: int = cv2.COLORMAP_JET) -> np.ndarray:
+    """(H, W) values in [0, 1] -> (H, W, 3) uint8 RGB through an OpenCV colour map (JET: 0 blue, 1 red)."""
+    grey = np.rint(np.clip(np.asarray(prob, dtype=np.float32), 0, 1) * 255).astype(np.uint8)
+    return cv2.applyColorMap(grey, colormap)[:, :, ::-1]
+
+
+def save_probability_maps(path: str | os.PathLike, fg: np.ndarray, bg: np.ndarray) -> np.ndarray:
+    """Write a PNG of foreground and background probability maps side by side (VideoMatch's soft matching output).
+
+    Args:
+        path: the .png file; parent folders are created.
+        fg, bg: (H, W) or (N, H, W) probabilities in [0, 1], one map per object.
+    Returns:
+        the image written, (N * H, 2 * W, 3) uint8 RGB: one row per object, foreground left, background right.
+    """
+    fg, bg = np.asarray(fg), np.asarray(bg)
+    if fg.ndim == 2:
+        fg, bg = fg[None], bg[None]
+    if fg.shape != bg.shape or fg.ndim != 3:
+        raise ValueError(f"foreground {fg.shape} and background {bg.shape} maps must both be (H, W) or (N, H, W)")
+    image = np.concatenate([np.concatenate([colorize(f), colorize(b)], axis=1) for f, b in zip(fg, bg, strict=True)])
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path, format="PNG")
+    return image
