@@ -485,6 +485,7 @@ class VideoSegmenter:
     autocast: torch.dtype | None = None  # bfloat16 / float16 under torch.autocast
     object_ids: list[int] = field(default_factory=list)
     state: VideoState | None = None
+    frame_size: tuple[int, int] | None = None  # (H, W) of the last frame given to step, before padding
 
     @property
     def device(self) -> torch.device:
@@ -496,7 +497,7 @@ class VideoSegmenter:
 
         Returns (labels (H, W) long object ids, probs (N, H, W) each object's aggregated foreground probability).
         """
-        height, width = frame.shape[-2:]
+        height, width = self.frame_size = tuple(frame.shape[-2:])
         padding = get_padding(height, width)
         img = pad(frame[None].to(self.device, self.dtype), padding)
         given = pad_mask(mask[None].to(self.device).long(), padding) if mask is not None else None

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 import evaluation
 from dataset import DAVIS, SingleVideo, TestVideo, YouTubeVOS
 from model import VideoSegmenter, load_checkpoint
-from utils import VOSInputError, read_frame, read_mask, save_mask
+from utils import OverlayWriter, VOSInputError, read_frame, read_mask, save_mask, save_probability_maps
 
 # Dataset roots and weights: edit these or pass the flags (--davis, --ytvos, --coco, --weights), as in the official
 # run.py. The DAVIS reader works out whether it was given the 2017 layout or the original DAVIS 2016 download.
@@ -28,7 +28,7 @@ DAVIS_ROOT = "../DB/DAVIS"
 YTVOS18_ROOT = "../DB/YTVOS18"
 YTVOS19_ROOT = "../DB/YTVOS19"
 COCO_ROOT = "../DB/COCO"
-WEIGHTS = "trained_model/coco_davis_best.pth"
+WEIGHTS = {"emvos": "trained_model/coco_davis_best.pth", "videomatch": "trained_model/videomatch_davis_best.pth"}
 SAMPLE_ROOT = Path(__file__).resolve().parent / "sample" / "DAVIS2016"  # CC BY 4.0, see sample/README.md
 
 # --data key -> (benchmark, year, split)
@@ -177,6 +177,27 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class Visualizer:
+    """`--visualize`: an overlay MP4 next to a video's PNGs and, for VideoMatch, its soft matching layer's foreground
+    and background probability maps of one frame as a PNG. Written as the frames go; nothing waits on a window."""
+
+    def __init__(self, video: TestVideo, out_dir: Path, vis_frame: int = 1, fps: float = 24.0) -> None:
+        self.out_dir = out_dir / video.name
+        self.overlay = OverlayWriter(self.out_dir / "overlay.mp4", fps)
+        self.vis_frame = vis_frame
+
+    def __call__(self, index: int, rgb: np.ndarray, labels: np.ndarray, seg: VideoSegmenter) -> None:
+        self.overlay.write(rgb, labels)
+        maps = getattr(seg.state, "probability_maps", None)  # only VideoMatch's state exposes them
+        if index == self.vis_frame and maps is not None:
+            probs = maps(*seg.frame_size)[0].float()  # (N, 2, h, w) at the size the model ran at
+            probs = F.interpolate(probs, size=labels.shape, mode="bilinear", align_corners=False).cpu().numpy()
+            save_probability_maps(self.out_dir / f"probabilities_{index:05d}.png", probs[:, 1], probs[:, 0])
+
+    def close(self) -> None:
+        self.overlay.close()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # datasets
 # ---------------------------------------------------------------------------------------------------------------
@@ -247,16 +268,27 @@ def run_settings(args: argparse.Namespace) -> RunSettings:
 
 def test(args: argparse.Namespace) -> list[evaluation.EvaluationResult]:
     settings = run_settings(args)
-    model, _ = load_checkpoint(args.weights, settings.device)
+    weights = args.weights or WEIGHTS[args.method]
+    model, meta = load_checkpoint(weights, settings.device)
+    method = meta.get("method", "emvos")
+    if args.weights is not None and args.method_given and method != args.method:
+        raise VOSInputError(f"--weights {weights} holds a {method} model but --method {args.method} was asked for; "
+                            f"drop --method or pass a {args.method} checkpoint")
+    print(f"{method}: {weights}")
     model = model.to(settings.dtype) if settings.dtype == torch.float64 else model
     out_root = Path(args.output)
     results = []
+
+    def visualize(video: TestVideo, out_dir: Path) -> Visualizer:
+        return Visualizer(video, out_dir, args.vis_frame)
+
+    vis = visualize if args.visualize else None
     if args.video is not None:
         if args.mask is None:
             raise VOSInputError("--video needs --mask PATH: the first frame's mask (a palette or grayscale PNG)")
         single = SingleVideo(args.video, args.mask)
         try:
-            run_dataset(model, "video", single.videos(), out_root, settings, None, False, None)
+            run_dataset(model, "video", single.videos(), out_root, settings, None, False, None, vis)
         finally:
             single.close()
         return results
@@ -270,7 +302,7 @@ def test(args: argparse.Namespace) -> list[evaluation.EvaluationResult]:
             gt = {n: dataset.annotations(n) for n in names if n in dataset.sequences}
         zip_prefix = "Annotations/" if bench == "ytvos" else ("" if split == "test-dev" else None)
         result = run_dataset(model, key, dataset.videos(args.sequences), out_root / key, settings, gt,
-                             getattr(dataset, "binary", False), zip_prefix)
+                             getattr(dataset, "binary", False), zip_prefix, vis)
         if result is not None:
             results.append(result)
     return results
@@ -290,7 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--train", action="store_true", help="train (stages, see --stages)")
     mode.add_argument("--test", action="store_true", help="segment datasets or one video and score them")
-    p.add_argument("--method", default="emvos", choices=["emvos"], help="which method to train")
+    p.add_argument("--method", default=None, choices=list(WEIGHTS),
+                   help="emvos (default) or videomatch; --test takes the method from the checkpoint")
     p.add_argument("--davis", default=DAVIS_ROOT, help="DAVIS root (2017 layout or the original DAVIS 2016 download)")
     p.add_argument("--ytvos", default=None, help=f"YouTube-VOS root (default {YTVOS18_ROOT} / {YTVOS19_ROOT})")
     p.add_argument("--coco", default=COCO_ROOT, help="COCO root (converted JPEGImages/+Annotations/ or raw download)")
@@ -300,11 +333,15 @@ def build_parser() -> argparse.ArgumentParser:
     t = p.add_argument_group("test")
     t.add_argument("--data", nargs="+", choices=list(TEST_KEYS), default=None,
                    help="datasets to test on (default: DAVIS16_val DAVIS17_val, or the bundled sample)")
-    t.add_argument("--weights", default=WEIGHTS, help="checkpoint: official .pth or one written by --train")
+    t.add_argument("--weights", default=None,
+                   help=f"checkpoint: official .pth or one written by --train (default {WEIGHTS['emvos']})")
     t.add_argument("--output", default="outputs", help="PNGs go to OUTPUT/<KEY>/<sequence>/<frame>.png")
     t.add_argument("--sequences", nargs="+", default=None, help="run only these sequences")
     t.add_argument("--video", default=None, help="one video: a folder of frames or a video file (needs --mask)")
     t.add_argument("--mask", default=None, help="first-frame mask PNG for --video (pixel values = object ids)")
+    t.add_argument("--visualize", action="store_true",
+                   help="also write <sequence>/overlay.mp4 and, for VideoMatch, the probability maps of --vis-frame")
+    t.add_argument("--vis-frame", type=int, default=1, help="frame whose VideoMatch fg/bg probabilities are saved")
     try:
         import trainer
     except ImportError as e:  # the test side must keep working without the training dependencies
@@ -316,6 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.method_given = args.method is not None
+    args.method = args.method or "emvos"
     try:
         if args.train:
             if getattr(args, "train_unavailable", None):

@@ -177,6 +177,46 @@ def overlay_mask(frame: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.
     return np.where((mask != 0)[..., None], np.rint(blended), frame).astype(np.uint8)
 
 
+class OverlayWriter:
+    """An MP4 (codec mp4v) of frames with their masks blended in, written one frame at a time (never blocks on a
+    window, holds no frame): `write(frame, mask)` per frame, then `close()`; also a context manager."""
+
+    def __init__(self, path: str | os.PathLike, fps: float = 24.0, alpha: float = 0.5) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fps, self.alpha = fps, alpha
+        self.count = 0
+        self._writer: cv2.VideoWriter | None = None
+        self._size: tuple[int, int] | None = None
+
+    def write(self, frame: np.ndarray, mask: np.ndarray) -> None:
+        """frame: (H, W, 3) uint8 RGB; mask: (H, W) object ids."""
+        image = overlay_mask(frame, mask, self.alpha)
+        height, width = image.shape[:2]
+        if self._writer is None:
+            self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (width, height))
+            if not self._writer.isOpened():
+                raise RuntimeError(f"OpenCV cannot write '{self.path}' with codec mp4v; give a path ending in .mp4 "
+                                   f"in a writable folder")
+            self._size = (height, width)
+        elif (height, width) != self._size:  # VideoWriter would drop the frame without a word
+            raise ValueError(f"frame {self.count} is {width}x{height} but the video '{self.path}' is "
+                             f"{self._size[1]}x{self._size[0]}; all frames of one video must have one size")
+        self._writer.write(np.ascontiguousarray(image[:, :, ::-1]))  # OpenCV takes BGR
+        self.count += 1
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+
+    def __enter__(self) -> OverlayWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def write_overlay_video(frames: Iterable[np.ndarray], masks: Iterable[np.ndarray], path: str | os.PathLike,
                         fps: float = 24.0, alpha: float = 0.5) -> int:
     """Write an MP4 (codec mp4v) of frames with their masks blended in, streaming: one frame in memory at a time.
@@ -190,35 +230,17 @@ def write_overlay_video(frames: Iterable[np.ndarray], masks: Iterable[np.ndarray
     Returns:
         the number of frames written.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    writer = None
-    count = 0
     frames, masks = iter(frames), iter(masks)
-    try:
+    with OverlayWriter(path, fps, alpha) as writer:
         while True:
             frame, mask = next(frames, None), next(masks, None)
             if frame is None and mask is None:
                 break
             if frame is None or mask is None:
-                raise ValueError(f"frames and masks differ in number: one ran out after {count} frames of '{path}'")
-            image = overlay_mask(frame, mask, alpha)
-            height, width = image.shape[:2]
-            if writer is None:
-                writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
-                if not writer.isOpened():
-                    raise RuntimeError(f"OpenCV cannot write '{path}' with codec mp4v; give a path ending in .mp4 "
-                                       f"in a writable folder")
-                size = (height, width)
-            elif (height, width) != size:  # VideoWriter would drop the frame without a word
-                raise ValueError(f"frame {count} is {width}x{height} but the video '{path}' is {size[1]}x{size[0]}; "
-                                 f"all frames of one video must have one size")
-            writer.write(np.ascontiguousarray(image[:, :, ::-1]))  # OpenCV takes BGR
-            count += 1
-    finally:
-        if writer is not None:
-            writer.release()
-    return count
+                raise ValueError(f"frames and masks differ in number: one ran out after {writer.count} frames of "
+                                 f"'{path}'")
+            writer.write(frame, mask)
+    return writer.count
 
 
 def colorize(prob: np.ndarray, colormap: int = cv2.COLORMAP_JET) -> np.ndarray:

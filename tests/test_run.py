@@ -159,3 +159,32 @@ def test_corrupt_jpeg_keeps_the_frames_already_written(tmp_path: Path, capsys: p
     assert code == 2 and "00002.jpg" in err
     written = sorted(p.name for p in (tmp_path / "out/DAVIS16_val/bear").glob("*.png"))
     assert written == ["00000.png", "00001.png"]  # the frames before the bad one are on disk
+
+
+def test_videomatch_end_to_end_with_visualisation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cv2
+
+    from model import build_model, checkpoint_dict
+
+    torch.manual_seed(0)
+    model = build_model("videomatch", {"encoder": "resnet101"})
+    ckpt = tmp_path / "videomatch.pth"
+    torch.save(checkpoint_dict(model), ckpt)
+    monkeypatch.setattr(run, "TEST_SHORT_SIDE", 120)  # a quarter of 480p keeps the test fast
+    code = run.main(["--test", "--device", "cpu", "--weights", str(ckpt), "--output", str(tmp_path / "out"),
+                     "--data", "sample", "--sequences", "boat", "--visualize", "--vis-frame", "2"])
+    assert code == 0
+    seq = tmp_path / "out" / "sample" / "boat"
+    assert len(list(seq.glob("0*.png"))) == 8
+    assert (tmp_path / "out" / "sample" / "global_results-sample.csv").exists()
+    cap = cv2.VideoCapture(str(seq / "overlay.mp4"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 8
+    assert (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))) == (854, 480)
+    cap.release()
+    maps = Image.open(seq / "probabilities_00002.png")
+    assert maps.size == (2 * 854, 480)  # foreground | background, one row per object
+
+
+def test_method_mismatch_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert _test(tmp_path, "--method", "videomatch", "--data", "sample") == 2
+    assert "--method" in capsys.readouterr().err
