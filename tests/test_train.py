@@ -1,0 +1,318 @@
+"""Training on tiny clips (64x64, 3 frames, batch 2, --no-pretrained): the loss falls, --resume is exact, two DDP
+processes agree, checkpoints load as run.py --test loads them, and bad runs stop with clear messages."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from urllib.error import URLError
+
+import numpy as np
+import pytest
+import torch
+from conftest import save_mask, square_frame, write_jpeg
+
+import evaluation
+import model
+import run
+import trainer
+from utils import VOSInputError
+
+ROOT = Path(__file__).resolve().parents[1]
+GOLDEN_WEIGHTS = ROOT.parent / "shared" / "golden" / "emvos_official.pth"
+
+TINY = ["--device", "cpu", "--no-pretrained", "--crop", "64", "64", "--clip-len", "3", "--batch-size", "2",
+        "--workers", "0", "--val-every", "0"]
+
+
+def _davis_args(root: Path, save_dir: Path, *extra: str) -> list[str]:
+    """The davis stage on the real DAVIS 2016 sample (year 2016, split train)."""
+    return [*TINY, "--davis", str(root), "--davis-year", "2016", "--stages", "davis", "--save-dir", str(save_dir),
+            *extra]
+
+
+def _train(argv: list[str]) -> torch.nn.Module:
+    return trainer.train(trainer.build_parser().parse_args(argv))
+
+
+def _log(save_dir: Path) -> list[dict]:
+    with open(save_dir / "train_log.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> object:
+    """One intra-op thread: on a shared 2-core machine, OpenMP threads that spin against DataLoader workers and
+    other processes make a 0.2 s step take seconds."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def sample_run(davis2016_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """16 epochs of one step each on the sample, checkpoints every 8 epochs."""
+    save_dir = tmp_path_factory.mktemp("sample_run")
+    _train(_davis_args(davis2016_root, save_dir, "--clips-per-epoch", "2", "--epochs", "16", "--save-every", "8"))
+    return save_dir
+
+
+def test_loss_falls_on_the_davis2016_sample(sample_run: Path) -> None:
+    rows = _log(sample_run)
+    assert [r["epoch"] for r in rows] == [str(e) for e in range(1, 17)]
+    assert list(rows[0]) == list(trainer.LOG_COLUMNS)
+    losses = [float(r["loss"]) for r in rows if r["loss"]]  # an epoch whose only batch was skipped has none
+    assert len(losses) >= 12
+    assert all(r["val_jf"] == "" for r in rows) and all(float(r["lr"]) == 1e-4 for r in rows)
+    # the decoder starts from random weights: the loss must clearly fall within 16 steps (seeded, deterministic)
+    first, last = np.mean(losses[:4]), np.mean(losses[-4:])
+    assert last < 0.8 * first, losses
+
+
+def test_checkpoint_loads_like_run_test_with_the_official_keys(sample_run: Path) -> None:
+    names = sorted(p.name for p in sample_run.iterdir())
+    # official names; the last epoch is always written; no temporary files left behind
+    assert names == ["coco_davis_0008.pth", "coco_davis_0016.pth", "coco_davis_best.pth", "train_log.csv"]
+    net, meta = model.load_checkpoint(sample_run / "coco_davis_0016.pth")  # what run.py --test --weights does
+    assert meta["stage"] == "davis" and meta["epoch"] == 16 and meta["method"] == "emvos"
+    saved = _weights(sample_run / "coco_davis_0016.pth")
+    if GOLDEN_WEIGHTS.exists():  # an official state dict: the same keys and shapes, strictly
+        official = torch.load(GOLDEN_WEIGHTS, map_location="cpu", weights_only=True)
+        assert {k: v.shape for k, v in saved.items()} == {k: v.shape for k, v in official.items()}
+    assert all(k.startswith("vos.") for k in saved) and len(saved) == 576
+    # no validation ran: the best checkpoint is the last one
+    best = _weights(sample_run / "coco_davis_best.pth")
+    assert all(torch.equal(best[k], saved[k]) for k in saved)
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, saved["vos." + k])
+
+
+def _interrupt_at(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
+    """Send ourselves SIGINT (Ctrl+C) inside the loss of the given step, as a user would mid-iteration."""
+    calls = []
+    method = trainer.METHODS["emvos"]
+
+    def loss(logits: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        if len(calls) == step:
+            os.kill(os.getpid(), signal.SIGINT)
+        return method.loss(logits, gt)
+
+    monkeypatch.setitem(trainer.METHODS, "emvos", dataclasses.replace(method, loss=loss))
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_resume_after_ctrl_c_continues_exactly(davis2016_root: Path, tmp_path: Path, workers: str,
+                                               monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture) -> None:
+    args = ["--clips-per-epoch", "6", "--epochs", "3", "--save-every", "3", "--workers", workers]
+    _train(_davis_args(davis2016_root, tmp_path / "a", *args))
+
+    with monkeypatch.context() as m:
+        _interrupt_at(m, 5)  # epoch 2 (3 batches per epoch), the step finishes, then the run stops
+        with pytest.raises(trainer.TrainingInterrupted) as stopped:
+            _train(_davis_args(davis2016_root, tmp_path / "b", *args))
+    assert stopped.value.code == 130
+    ckpt = tmp_path / "b" / "coco_davis_interrupted.pth"
+    assert stopped.value.checkpoint == ckpt
+    out = capsys.readouterr().out
+    assert "Resume with:" in out and f"--resume {ckpt}" in out
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert state["epoch"] == 1 and 0 < state["partial"]["batches"] < 3
+
+    # only the data root and the file: the stages, sizes and the save folder come from the checkpoint
+    _train(["--device", "cpu", "--davis", str(davis2016_root), "--resume", str(ckpt)])
+    a, b = _log(tmp_path / "a"), _log(tmp_path / "b")
+    for row in a + b:
+        row.pop("sec_per_iter")
+    assert a == b  # the same loss and IoU in every epoch, before and after the interruption
+    final_a = _weights(tmp_path / "a" / "coco_davis_0003.pth")
+    final_b = _weights(tmp_path / "b" / "coco_davis_0003.pth")
+    assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
+
+
+@pytest.mark.parametrize(("clips", "message"), [("4", "iteration 2"), ("2", "is not finite")])
+def test_nan_stops_without_writing_a_checkpoint(davis2016_root: Path, tmp_path: Path, clips: str,
+                                                message: str) -> None:
+    # lr = inf: the first update makes the weights inf/NaN. With two steps per epoch the second loss is NaN; with one,
+    # the end-of-epoch save finds the weights non-finite. Either way nothing is written from that state.
+    with pytest.raises(trainer.TrainingError) as err:
+        _train(_davis_args(davis2016_root, tmp_path, "--lr", "inf", "--clips-per-epoch", clips, "--epochs", "2",
+                           "--save-every", "1"))
+    text = str(err.value)
+    assert message in text and "--lr" in text and "--amp" in text
+    if clips == "4":
+        assert "stage 'davis', epoch 1" in text
+    assert not list(tmp_path.glob("*.pth")) and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_missing_data_roots_name_the_flags_before_training(tmp_path: Path) -> None:
+    with pytest.raises(VOSInputError) as err:
+        _train([*TINY, "--stages", "coco", "davis", "--coco", str(tmp_path / "no_coco"), "--davis",
+                str(tmp_path / "no_davis"), "--save-dir", str(tmp_path / "out")])
+    text = str(err.value)
+    assert "stage(s) coco" in text and "--coco" in text and "no_coco" in text
+    assert "stage(s) davis" in text and "--davis PATH" in text
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_imagenet_weights_say_what_to_do(davis2016_root: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    def offline(*args: object, **kwargs: object) -> None:
+        raise URLError("no network")
+
+    monkeypatch.setattr("torchvision.models._api.load_state_dict_from_url", offline)
+    argv = [a for a in _davis_args(davis2016_root, tmp_path / "out") if a != "--no-pretrained"]
+    assert trainer.main(argv) == 2
+    text = capsys.readouterr().err
+    assert "densenet121" in text and "--no-pretrained" in text
+    assert str(Path(torch.hub.get_dir()) / "checkpoints") in text  # where to put the file
+
+
+def test_amp_on_cpu_runs(davis2016_root: Path, tmp_path: Path) -> None:
+    # bf16 autocast (CPU has no fp16 autocast); a smaller clip, since bf16 convolutions are slow on most CPUs
+    _train(_davis_args(davis2016_root, tmp_path, "--amp", "--clips-per-epoch", "2", "--epochs", "2", "--crop", "32",
+                       "32", "--clip-len", "2"))
+    losses = [float(r["loss"]) for r in _log(tmp_path) if r["loss"]]
+    assert losses and all(0 < v < 10 for v in losses)
+
+
+def test_stages_chain_with_official_names(davis2016_root: Path, coco_converted_root: Path, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    starts = {}
+    run_stage = trainer.Trainer.run_stage
+
+    def spy(self: trainer.Trainer, stage: trainer.StageConfig, resumed: dict | None) -> None:
+        starts[stage.name] = {k: v.clone() for k, v in self.net.state_dict().items()}
+        run_stage(self, stage, resumed)
+
+    monkeypatch.setattr(trainer.Trainer, "run_stage", spy)
+    argv = [*TINY, "--stages", "coco", "davis", "--coco", str(coco_converted_root), "--davis", str(davis2016_root),
+            "--davis-year", "2016", "--clips-per-epoch", "2", "--epochs", "2", "--val-every", "1",
+            "--save-dir", str(tmp_path)]
+    _train(argv)
+    names = sorted(p.name for p in tmp_path.glob("*.pth"))
+    assert names == ["coco_0002.pth", "coco_best.pth", "coco_davis_0002.pth", "coco_davis_best.pth"]
+    # the davis stage starts from the coco stage's last weights (the official run.py carries the model over)
+    coco_last = model.from_official(_weights(tmp_path / "coco_0002.pth"))
+    assert all(torch.equal(starts["davis"][k], v) for k, v in coco_last.items())
+    assert capsys.readouterr().out.count("no DAVIS 2016 val") == 1  # said once, not per stage or epoch
+    assert [r["stage"] for r in _log(tmp_path)] == ["coco", "coco", "davis", "davis"]
+
+    # resuming from the finished coco stage runs the davis stage exactly as the chained run did
+    _train(["--device", "cpu", "--davis", str(davis2016_root), "--resume", str(tmp_path / "coco_0002.pth"),
+            "--save-dir", str(tmp_path / "resumed")])
+    assert sorted(p.name for p in (tmp_path / "resumed").glob("*.pth")) == ["coco_davis_0002.pth",
+                                                                            "coco_davis_best.pth"]
+    a, b = _weights(tmp_path / "coco_davis_0002.pth"), _weights(tmp_path / "resumed" / "coco_davis_0002.pth")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture
+def tiny_davis2017(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A DAVIS 2017 tree of 48x64 frames with a moving square (train: a, b; val: c, d), and run.py's test size set
+    to 48 so that validation runs at that size, as `run.py --test` then does."""
+    monkeypatch.setattr(run, "TEST_SHORT_SIDE", 48)
+    root = tmp_path / "DAVIS"
+    for seq, colour in (("a", (255, 0, 0)), ("b", (0, 255, 0)), ("c", (0, 0, 255)), ("d", (255, 255, 0))):
+        for t in range(5):
+            rgb, ids = square_frame(48, 64, 2 * t, [(1, colour)])
+            write_jpeg(root / "JPEGImages" / "480p" / seq / f"{t:05d}.jpg", rgb)
+            save_mask(root / "Annotations" / "480p" / seq / f"{t:05d}.png", ids)
+    (root / "ImageSets" / "2017").mkdir(parents=True)
+    (root / "ImageSets" / "2017" / "train.txt").write_text("a\nb\n")
+    (root / "ImageSets" / "2017" / "val.txt").write_text("c\nd\n")
+    return root
+
+
+def test_validation_matches_run_test_and_keeps_the_best(tiny_davis2017: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    args = [*TINY, "--stages", "davis", "--davis", str(tiny_davis2017), "--clips-per-epoch", "2", "--epochs", "2",
+            "--val-every", "1", "--save-every", "2", "--val-sequences", "c", "d"]
+    _train([*args, "--save-dir", str(tmp_path / "a")])
+    scores = [float(r["val_jf"]) for r in _log(tmp_path / "a")]
+    assert len(scores) == 2
+    best = torch.load(tmp_path / "a" / "coco_davis_best.pth", map_location="cpu", weights_only=True)
+    assert best["best_score"] == pytest.approx(max(scores), abs=1e-6)  # the log keeps 6 decimals
+    assert best["epoch"] == scores.index(max(scores)) + 1
+    # the masks run.py --test writes with the best weights score the very number validation recorded
+    assert run.main(["--test", "--device", "cpu", "--weights", str(tmp_path / "a" / "coco_davis_best.pth"),
+                     "--davis", str(tiny_davis2017), "--data", "DAVIS17_val", "--sequences", "c", "d",
+                     "--output", str(tmp_path / "test")]) == 0
+    gt = {n: sorted((tiny_davis2017 / "Annotations" / "480p" / n).glob("*.png")) for n in ("c", "d")}
+    result = evaluation.evaluate_sequences(gt, tmp_path / "test" / "DAVIS17_val", binary=False, workers=1)
+    assert result.jf_mean == best["best_score"]
+
+    # Ctrl+C during the first validation (in its first video): the run saves, and the resumed run validates that
+    # epoch again and ends as the uninterrupted one did
+    segment_video = run.segment_video
+    calls = []
+
+    def interrupting(*a: object, **k: object) -> object:
+        calls.append(1)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return segment_video(*a, **k)
+
+    with monkeypatch.context() as m:
+        m.setattr(run, "segment_video", interrupting)
+        with pytest.raises(trainer.TrainingInterrupted) as stopped:
+            _train([*args, "--save-dir", str(tmp_path / "b")])
+    state = torch.load(stopped.value.checkpoint, map_location="cpu", weights_only=True)
+    assert state["epoch_end_pending"] and state["epoch"] == 1
+    _train(["--device", "cpu", "--davis", str(tiny_davis2017), "--resume", str(stopped.value.checkpoint)])
+    a, b = _log(tmp_path / "a"), _log(tmp_path / "b")
+    for row in a + b:
+        row.pop("sec_per_iter")
+    assert a == b
+    best_b = torch.load(tmp_path / "b" / "coco_davis_best.pth", map_location="cpu", weights_only=True)
+    assert best_b["best_score"] == best["best_score"]
+    assert all(torch.equal(best["model"][k], best_b["model"][k]) for k in best["model"])
+
+
+DDP_DRIVER = textwrap.dedent("""
+    import os, sys
+    import torch
+    sys.path.insert(0, {root!r})
+    import dataset, trainer
+    torch.set_num_threads(1)
+    clips = []
+    get = dataset.TrainDAVIS.__getitem__
+    def record(self, index):
+        clip = get(self, index)
+        clips.append(float(clip["imgs"].sum()))
+        return clip
+    dataset.TrainDAVIS.__getitem__ = record
+    net = trainer.train(trainer.build_parser().parse_args(sys.argv[1:]))
+    torch.save({{"state": net.state_dict(), "clips": clips}}, os.path.join({out!r}, f"rank{{os.environ['RANK']}}.pt"))
+""")
+
+
+def test_two_process_ddp_ends_with_identical_weights(davis2016_root: Path, tmp_path: Path) -> None:
+    driver = tmp_path / "driver.py"
+    driver.write_text(DDP_DRIVER.format(root=str(ROOT), out=str(tmp_path)))
+    argv = _davis_args(davis2016_root, tmp_path / "out", "--batch-size", "4", "--clips-per-epoch", "4",
+                       "--epochs", "2", "--save-every", "2")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(driver), *argv], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert all(torch.equal(r0["state"][k], r1["state"][k]) for k in r0["state"])
+    assert len(r0["clips"]) == len(r1["clips"]) == 4 and r0["clips"] != r1["clips"]  # each rank its own clips
+    # rank 0 alone writes: one log row per epoch, its checkpoint equal to the weights both ranks hold
+    assert [r["epoch"] for r in _log(tmp_path / "out")] == ["1", "2"]
+    saved = model.from_official(_weights(tmp_path / "out" / "coco_davis_0002.pth"))
+    assert all(torch.equal(saved[k], r0["state"][k]) for k in saved)
