@@ -360,7 +360,11 @@ def main(argv: list[str] | None = None) -> int:
             if getattr(args, "train_unavailable", None):
                 raise VOSInputError(f"training is unavailable: {args.train_unavailable}")
             import trainer
-            trainer.train(args)
+            try:
+                trainer.train(args)
+            except trainer.TrainingError as e:  # a NaN/inf stop: the message says where and what to change
+                print(f"error: {e}", file=sys.stderr)
+                return 3
         else:
             if args.data is None and args.video is None:
                 args.data = default_data(args)
