@@ -101,6 +101,17 @@ EMVOS_STAGES = {
 }
 
 
+# VideoMatch (DESIGN 6): pairs of frames (the first frame's mask given, the second predicted), Adam lr 1e-5 with
+# weight decay 5e-4, the whole network trained (its BatchNorm statistics stay frozen). No swap-and-attach: that is
+# EMVOS's augmentation. The schedule (epochs, batch, save / validation cadence) is ours: the paper's is not in DESIGN.
+VIDEOMATCH_STAGES = {
+    "davis": StageConfig("davis", "videomatch_davis", "davis", clip_len=2, clips_per_epoch=128, batch_size=8,
+                         epochs=2000, save_every=1000, val_every=100, lr=1e-5, weight_decay=5e-4, swap_above=1.0),
+    "ytvos": StageConfig("ytvos", "videomatch_ytvos", "ytvos", clip_len=2, clips_per_epoch=128, batch_size=8,
+                         epochs=2000, save_every=1000, val_every=0, lr=1e-5, weight_decay=5e-4, swap_above=1.0),
+}
+
+
 def emvos_loss(logits: Tensor, gt: Tensor) -> Tensor:
     """Cross-entropy of the 2-channel logits (B, L-1, 2, H, W) against gt (B, L-1, H, W) in {0, 1}, averaged over
     every pixel of every frame, as the official nn.CrossEntropyLoss on scores.view(-1, 2, H, W)."""
@@ -118,10 +129,20 @@ class Method:
     stages: dict[str, StageConfig]
     default_stages: tuple[str, ...]
     loss: Callable[[Tensor, Tensor], Tensor]
+    losses: dict[str, Callable[[Tensor, Tensor], Tensor]] = field(default_factory=dict)  # what --loss may pick
+
+
+def _float_loss(loss: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
+    """The loss on fp32 logits (under --amp they come out in bf16 / fp16), as emvos_loss does."""
+    return lambda logits, gt: loss(logits.float(), gt)
+
+
+VIDEOMATCH_LOSSES = {name: _float_loss(f) for name, f in model_lib.VIDEOMATCH_LOSSES.items()}
 
 
 METHODS: dict[str, Method] = {
     "emvos": Method(EMVOS_STAGES, ("coco", "davis"), emvos_loss),  # the official run.py trains coco, then davis
+    "videomatch": Method(VIDEOMATCH_STAGES, ("davis",), VIDEOMATCH_LOSSES["bce"], VIDEOMATCH_LOSSES),
 }
 
 DATA_FLAGS = {  # stage data -> (root flag, what the folder must hold)
@@ -179,6 +200,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--train-encoder", action="store_true", default=None,
                    help="fine-tune the encoder too (official: frozen; its BatchNorm statistics stay frozen anyway)")
     g.add_argument("--seed", type=int, default=None, help=f"random seed ({SEED}, official)")
+    g.add_argument("--loss", default=None, choices=sorted(VIDEOMATCH_LOSSES),
+                   help="VideoMatch training loss: bce (default), balanced_bce or dice")
 
 
 @dataclass
@@ -196,6 +219,7 @@ class TrainOptions:
     workers: int = 4
     train_encoder: bool = False
     seed: int = SEED
+    loss: str | None = None  # --loss: one of the method's losses by name; None: its default
 
 
 def resolve_options(args: argparse.Namespace, method: Method, saved: dict | None = None) -> TrainOptions:
@@ -871,12 +895,13 @@ def build_network(method_name: str, opts: TrainOptions, resumed: dict | None, in
         if opts.train_encoder:
             net.config.train_encoder = True
     else:
-        config = {"train_encoder": True} if opts.train_encoder else None
+        config = {"train_encoder": True} if opts.train_encoder and method_name == "emvos" else None
         try:
             net = model_lib.build_model(method_name, config, pretrained=opts.pretrained)
         except RuntimeError as e:  # imagenet_backbone's message names the file, the folder and --no-pretrained
             raise VOSInputError(str(e)) from e
-    if not getattr(net.config, "train_encoder", False) and hasattr(net, "encoder"):
+    # a config without train_encoder (VideoMatch: the encoder is the whole network) trains everything
+    if not getattr(net.config, "train_encoder", True) and hasattr(net, "encoder"):
         # No gradient for the encoder (official: frozen). Keeping it out of the optimizer changes nothing (Adam skips
         # parameters without gradient) and lets DistributedDataParallel expect gradients for every parameter it sees.
         net.encoder.requires_grad_(False)
@@ -897,6 +922,11 @@ def train(args: argparse.Namespace) -> nn.Module:
         raise VOSInputError("pass --resume or --init, not both: --resume restores the weights it holds")
     resumed = load_resume(args.resume, method_name) if args.resume else None
     opts = resolve_options(args, method, resumed["train_options"] if resumed else None)
+    if opts.loss is not None:
+        if opts.loss not in method.losses:
+            raise VOSInputError(f"--loss {opts.loss} is not a loss of {method_name}; "
+                                f"{'choose from ' + ', '.join(method.losses) if method.losses else 'drop --loss'}")
+        method = replace(method, loss=method.losses[opts.loss])
     stages = stage_configs(opts, method)
     first, finished = 0, False
     if resumed is not None:

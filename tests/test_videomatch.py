@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import matching
+import trainer
 from dataset import TrainDAVIS
 from model import (
     MatchState,
@@ -28,6 +29,7 @@ from model import (
     one_hot,
     videomatch_loss,
 )
+from utils import VOSInputError
 
 DAVIS2016 = Path(__file__).resolve().parents[2] / "shared" / "data" / "DAVIS2016"
 
@@ -314,3 +316,18 @@ def test_training_on_real_pairs_lowers_the_loss() -> None:
         losses.append(loss.item())
     assert all(b < a for a, b in zip(losses, losses[1:], strict=False)), losses  # every step lowers it
     assert losses[-1] < 0.95 * losses[0], losses
+
+
+@pytest.mark.skipif(not (DAVIS2016 / "JPEGImages").is_dir(), reason=f"DAVIS 2016 sample not found at {DAVIS2016}")
+def test_trainer_preset_trains_videomatch(tmp_path: Path) -> None:
+    stage = trainer.METHODS["videomatch"].stages["davis"]
+    assert (stage.clip_len, stage.lr, stage.weight_decay) == (2, 1e-5, 5e-4)
+    argv = ["--method", "videomatch", "--device", "cpu", "--no-pretrained", "--crop", "32", "32", "--batch-size", "2",
+            "--workers", "0", "--val-every", "0", "--epochs", "1", "--clips-per-epoch", "2", "--loss", "dice",
+            "--davis", str(DAVIS2016), "--davis-year", "2016", "--save-dir", str(tmp_path)]
+    net = trainer.train(trainer.build_parser().parse_args(argv))
+    assert all(p.requires_grad for p in net.parameters())  # the encoder is the whole network: it is trained
+    loaded, meta = load_checkpoint(tmp_path / "videomatch_davis_best.pth")
+    assert isinstance(loaded, VideoMatch) and meta["train_options"]["loss"] == "dice"
+    with pytest.raises(VOSInputError, match="--loss"):
+        trainer.train(trainer.build_parser().parse_args(["--loss", "dice", "--save-dir", str(tmp_path / "e")]))
