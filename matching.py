@@ -10,6 +10,8 @@ Pure functions on key tensors, shared by the model, the tests and the benchmark.
 A similarity matrix is always laid out (B, HW_r, HW_q): one row per reference pixel.
 """
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -89,19 +91,63 @@ def similarity(branch: str, ref: tuple[Tensor, Tensor], query: tuple[Tensor, Ten
     raise ValueError(f"unknown matching branch {branch!r}; choose from {BRANCHES}")
 
 
-def readout_chunk_size(max_bytes: int | None, batch: int, channels: int, hw_ref: int, hw_query: int,
-                       element_size: int = 4) -> int:
-    """Query positions per chunk so that max_readout's temporary, (B, M, HW_r, chunk), fits in max_bytes.
+# On CPU the readout works in tiles of about this many bytes even without a memory limit: a larger temporary is
+# fresh memory from the OS at every call, and its page faults cost more than the arithmetic (854x480, 3 objects:
+# 47 ms for one 63 MB temporary, 4 ms in 4 MB tiles; bench.py). A GPU's caching allocator has no such cost.
+READOUT_TILE_BYTES = 4 * 2**20
 
-    None means no limit (one chunk). At least one query position is always processed.
+
+def readout_tiles(max_bytes: int | None, batch: int, masks: int, hw_ref: int, hw_query: int, element_size: int = 4,
+                  min_queries: int = 64) -> tuple[int, int]:
+    """(masks, query positions) per tile so that max_readout's temporary, (B, masks, HW_r, queries), fits max_bytes.
+
+    None means no limit (one tile). Query positions are cut first, down to min_queries (smaller tiles pay more in
+    per-call overhead than they save), then masks, then query positions again; at least one of each.
     """
     if max_bytes is None:
-        return hw_query
-    per_query = batch * channels * hw_ref * element_size
-    return int(max(1, min(hw_query, max_bytes // per_query)))
+        return masks, hw_query
+    queries = max_bytes // (batch * masks * hw_ref * element_size)
+    if queries >= min(hw_query, min_queries):
+        return masks, int(min(hw_query, queries))
+    queries = min(hw_query, min_queries)
+    per_mask = max_bytes // (batch * hw_ref * queries * element_size)
+    if per_mask >= 1:
+        return int(per_mask), queries
+    return 1, int(max(1, max_bytes // (batch * hw_ref * element_size)))
 
 
-def max_readout(sim: Tensor, masks: Tensor, chunk: int | None = None) -> Tensor:
+def available_memory(device: torch.device | str) -> int:
+    """Bytes that can still be allocated on a device, now.
+
+    CUDA: free device memory plus what PyTorch's caching allocator holds without using it. CPU: the kernel's
+    MemAvailable (Linux), elsewhere the free physical pages.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+# Share of the free memory one frame's temporaries may take when the budget is automatic. A quarter leaves room for
+# what the budget does not cover (similarity matrices, full-resolution logits, aggregation) and for other programs;
+# larger batches gain little (bench.py), so there is no reason to press closer to the limit.
+AUTO_BUDGET_FRACTION = 0.25
+
+
+def auto_memory_budget(device: torch.device | str, fraction: float = AUTO_BUDGET_FRACTION) -> int:
+    """The automatic memory budget (bytes) for one frame's readout and decoder temporaries on a device."""
+    return int(fraction * available_memory(device))
+
+
+def max_readout(sim: Tensor, masks: Tensor, chunk: int | None = None, mask_chunk: int | None = None) -> Tensor:
     """Read a mask out through a similarity matrix: score[m, q] = max_r sim[r, q] * masks[m, r].
 
     This is the matching score of the paper (Sec. 3.2/3.3, the same for every branch): for each query pixel, the
@@ -110,16 +156,25 @@ def max_readout(sim: Tensor, masks: Tensor, chunk: int | None = None) -> Tensor:
     Args:
         sim: (B, HW_r, HW_q) similarity matrix.
         masks: (B, M, HW_r) soft masks at the reference's stride-16 positions.
-        chunk: query positions processed at once; bounds the temporary (B, M, HW_r, chunk). The result does not
-            depend on it: max and product are exact, so every chunk size gives identical numbers.
+        chunk: query positions processed at once; mask_chunk: masks processed at once (see readout_tiles). They
+            bound the temporary (B, mask_chunk, HW_r, chunk). The result does not depend on them: max and product
+            are exact, so every tiling gives identical numbers.
     Returns:
         (B, M, HW_q).
     """
+    b, n_masks, _ = masks.shape
     hw_q = sim.shape[2]
     chunk = hw_q if chunk is None else max(1, chunk)
+    mask_chunk = n_masks if mask_chunk is None else max(1, mask_chunk)
     masks = masks.unsqueeze(3)  # (B, M, HW_r, 1)
-    parts = [(sim[:, None, :, s:s + chunk] * masks).amax(dim=2) for s in range(0, hw_q, chunk)]  # (B, M, chunk)
-    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)  # (B, M, HW_q)
+    if chunk >= hw_q and mask_chunk >= n_masks:
+        return (sim[:, None] * masks).amax(dim=2)  # (B, M, HW_q)
+    out = sim.new_empty(b, n_masks, hw_q, dtype=torch.result_type(sim, masks))
+    for s in range(0, hw_q, chunk):  # query tiles outside: a tile of sim stays in cache while every mask reads it
+        tile = sim[:, None, :, s:s + chunk]  # (B, 1, HW_r, chunk)
+        for m in range(0, n_masks, mask_chunk):
+            out[:, m:m + mask_chunk, s:s + chunk] = (tile * masks[:, m:m + mask_chunk]).amax(dim=2)
+    return out
 
 
 def pool_mask(mask: Tensor, stride: int = 16) -> Tensor:

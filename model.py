@@ -191,6 +191,23 @@ class Decoder(nn.Module):
         out = self.deconv3(self.cbam3(self.blend3(torch.cat([per_object(p4), s4], dim=1))))
         return out.unflatten(0, (b, n))  # (B, N, 2, H, W)
 
+    # Feature maps of (256 + 2) channels at stride 4 alive at once per object at the decoder's peak (blend3's input
+    # and output, CBAM's conv and gated copies): 3.3-5.5 measured at 480p (the first object of a batch costs the
+    # most), rounded up.
+    LIVE_MAPS = 5
+
+    def bytes_per_object(self, f4: Tensor, dtype: torch.dtype) -> int:
+        """Estimated peak temporary memory of one object in forward, from the stride-4 features f4 (B, 256, h, w)."""
+        b, _, h, w = f4.shape
+        return self.LIVE_MAPS * (256 + 2) * b * h * w * torch.empty(0, dtype=dtype).element_size()
+
+
+def decoder_chunk_size(max_bytes: int | None, objects: int, bytes_per_object: int) -> int:
+    """Objects per decoder batch so that the batch's temporaries fit max_bytes (None: all); at least one."""
+    if max_bytes is None:
+        return objects
+    return int(max(1, min(objects, max_bytes // max(1, bytes_per_object))))
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # per-video state
@@ -253,8 +270,15 @@ class EMVOS(nn.Module):
         self.encoder = Encoder(self.config.encoder, pretrained)
         self.matcher = Matcher(1024, self.config.key_dim)
         self.decoder = Decoder(4 * len(self.config.branches))
-        # bound on the readout's temporary in bytes (matching.max_readout); None: unchunked. Runtime, not a weight.
+        # bound on the readout's temporary in bytes (matching.max_readout); None: follow memory_budget. Runtime.
         self.max_readout_bytes: int | None = None
+        # bound on one frame's matching and decoder temporaries (set_memory_budget); "auto": a share of free memory
+        self.memory_budget: int | str | None = "auto"
+        # Objects per decoder call. 1: each object alone, which keeps its float32 logits bit-identical to the official
+        # per-object decoder (oneDNN and cuDNN choose kernels, hence summation orders, by batch size; random-weight
+        # models have ties that such 1e-6 differences flip) and is also the fastest on CPU (bench.py). None: as many
+        # as the memory budget allows, which may pay on a GPU at small frames.
+        self.decoder_batch: int | None = 1
 
     def train(self, mode: bool = True) -> "EMVOS":
         super().train(mode)
@@ -279,13 +303,17 @@ class EMVOS(nn.Module):
         b, n = state.prev_mask16.shape[:2]
         h, w = feats.size16
         hw_q = h * w
+        limit = self.max_readout_bytes if self.max_readout_bytes is not None else self.budget_bytes(q[0].device)
+        if q[0].device.type == "cpu":
+            limit = min(limit or matching.READOUT_TILE_BYTES, matching.READOUT_TILE_BYTES)
 
         def readout(branch: str, keys: Keys, mask16: Tensor) -> Tensor:  # mask16 (B, n, 2, HW_r) -> (B, n, 2, HW_q)
             sim = matching.similarity(branch, (keys.nk, keys.k), q, self.config.topk)  # (B, HW_r, HW_q)
             masks = mask16.flatten(1, 2)  # (B, 2n, HW_r)
-            chunk = matching.readout_chunk_size(self.max_readout_bytes, b, masks.shape[1], sim.shape[1], hw_q,
-                                                sim.element_size())
-            return matching.max_readout(sim, masks, chunk).unflatten(1, mask16.shape[1:3])
+            # under autocast the product sim * mask takes the wider of the two dtypes
+            mask_chunk, chunk = matching.readout_tiles(limit, b, masks.shape[1], sim.shape[1], hw_q,
+                                                       max(sim.element_size(), masks.element_size()))
+            return matching.max_readout(sim, masks, chunk, mask_chunk).unflatten(1, mask16.shape[1:3])
 
         channels = []
         for branch in self.config.branches:
@@ -295,10 +323,50 @@ class EMVOS(nn.Module):
         return torch.cat(channels, dim=2).unflatten(3, (h, w))  # (B, N, 4 * branches, h, w)
 
     def decode(self, feats: FrameFeatures, scores: Tensor, state: VideoState) -> Tensor:
-        """-> logits (B, N, 2, H, W) for [bg, fg] of every object."""
+        """-> logits (B, N, 2, H, W) for [bg, fg] of every object.
+
+        Objects go through the decoder decoder_batch at a time, fewer if the memory budget says so; an object's logits
+        do not depend on the others in its batch (up to float rounding, see decoder_batch).
+        """
         proj = self.decoder.project(feats.f4, feats.f8, feats.f16)
         prev = state.prev_mask16.unflatten(3, feats.size16)  # (B, N, 2, h, w)
-        return self.decoder(proj, scores, prev)
+        n = scores.shape[1]
+        chunk = min(n, self.decoder_batch or n)
+        if chunk > 1:
+            per_object = self.decoder.bytes_per_object(feats.f4, torch.promote_types(feats.f4.dtype, scores.dtype))
+            chunk = decoder_chunk_size(self.budget_bytes(feats.f4.device), chunk, per_object)
+        if chunk >= n:
+            return self.decoder(proj, scores, prev)
+        return torch.cat([self.decoder(proj, scores[:, s:s + chunk], prev[:, s:s + chunk]) for s in range(0, n, chunk)],
+                         dim=1)  # (B, N, 2, H, W)
+
+    # --- runtime settings (not weights) -------------------------------------------------------------------------
+    def set_memory_budget(self, max_bytes: int | str | None = "auto") -> "EMVOS":
+        """Bound the temporaries of one frame's matching readout and decoder to max_bytes.
+
+        "auto" (the default): a share of the memory free on the frame's device, looked up every frame
+        (matching.auto_memory_budget). None: no bound. The readout is cut into tiles of query positions and masks
+        (exact: the numbers do not depend on the tiling); the decoder takes at most decoder_batch objects at a time
+        (default 1, which needs no budget) and fewer when their temporaries would not fit. Not covered: the
+        similarity matrices (HW x HW each) and the full-resolution logits and aggregation, which every budget needs.
+        run.py's --max-memory: `model.set_memory_budget(bytes or None or "auto")`.
+        """
+        if isinstance(max_bytes, str) and max_bytes != "auto":
+            raise ValueError(f"memory budget must be bytes, None or 'auto', not {max_bytes!r}")
+        self.memory_budget = max_bytes
+        return self
+
+    def budget_bytes(self, device: torch.device) -> int | None:
+        """The memory budget in bytes for a frame on device, resolving "auto" now."""
+        if self.memory_budget == "auto":
+            return matching.auto_memory_budget(device)
+        return self.memory_budget
+
+    def compile_modules(self, **options: object) -> "EMVOS":
+        """torch.compile the encoder and the decoder in place (options go to torch.compile; keys stay unchanged)."""
+        self.encoder.compile(**options)
+        self.decoder.compile(**options)
+        return self
 
     # --- memory ----------------------------------------------------------------------------------------------------
     def init_state(self, feats: FrameFeatures, masks: Tensor) -> VideoState:

@@ -1,0 +1,574 @@
+"""Speed, memory and precision of EMVOS inference: this repository's batched model against the official structure.
+
+Two ways to segment the same video with the same modules and weights:
+
+- `per-object`: the structure of the official code (suhwan-cho/EMVOS, `VOS.forward`), reimplemented here: every
+  object computes its own four HW x HW similarity matrices, its own decoder projections and runs the decoder alone
+  (batch 1).
+- `ours`: `model.VideoSegmenter`: similarities and projections once per frame, all objects through the decoder as
+  one batch, plus the fast paths chosen on the command line (channels_last, torch.compile).
+
+Every configuration (device x resolution x objects) streams one synthetic video (random frames, random blob masks)
+through every path and precision in lockstep, frame by frame, so that noise from other processes on the machine
+hits all paths alike; a frame's time is the median over the timed frames. Masks and logits are compared with the
+fp32 per-object path on the same frame. Examples:
+
+    python bench.py --quick                                   # seconds: tiny frames, 1 and 3 objects (CI)
+    python bench.py --resolutions 480p --objects 1 3 --frames 5
+    python bench.py --resolutions 1080p --objects 40 --paths ours --precisions fp32 --frames 3 --max-memory 4G
+    python bench.py --memory-growth --resolutions 480p --objects 3 --frames 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import math
+import os
+import re
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.flop_counter import FlopCounterMode
+
+import matching
+import model as emvos
+
+RESOLUTIONS = {"480p": (480, 854), "720p": (720, 1280), "1080p": (1080, 1920), "tiny": (96, 160)}
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PATHS = ("per-object", "ours")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the official per-object structure
+# ---------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class ObjectState:
+    """What the official code keeps per object (its `state[k]` dict): keys (1, C, h, w) and masks (1, 2, h, w)."""
+
+    init_nk: Tensor
+    init_k: Tensor
+    init_mask16: Tensor
+    prev_nk: Tensor
+    prev_k: Tensor
+    prev_mask16: Tensor
+
+
+@dataclass
+class PerObjectSegmenter:
+    """The official inference structure (`VOS.forward` of suhwan-cho/EMVOS) on this repository's modules.
+
+    Per object and frame: four similarity matrices, eight max-readouts in the official (B, HW, h, w) layout, the
+    decoder's 1x1 projections and a batch-1 decoder. Aggregation is the model's own, so that any difference from
+    `ours` comes from the network. Objects are given in the first frame only (what the benchmark needs).
+    """
+
+    model: emvos.EMVOS
+    dtype: torch.dtype = torch.float32
+    autocast: torch.dtype | None = None
+    object_ids: list[int] = field(default_factory=list)
+    objects: list[ObjectState] = field(default_factory=list)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.inference_mode()
+    def step(self, frame: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Same contract as `model.VideoSegmenter.step`: frame (3, H, W), mask (H, W) ids on the first frame only."""
+        height, width = frame.shape[-2:]
+        padding = emvos.get_padding(height, width)
+        img = emvos.pad(frame[None].to(self.device, self.dtype), padding)
+        with torch.autocast(self.device.type, self.autocast, enabled=self.autocast is not None):
+            feats = self.model.encoder(img)
+            nk = matching.l2_normalise(self.model.matcher.conv1(feats[2]))  # (1, C, h, w)
+            k = self.model.matcher.conv2(feats[2])
+            if not self.objects:
+                if mask is None:
+                    raise ValueError("the first frame needs a mask")
+                given = emvos.pad_mask(mask[None].to(self.device).long(), padding)
+                self.object_ids = [i for i in given.unique().tolist() if i != 0]
+                for i in self.object_ids:
+                    m16 = F.avg_pool2d(torch.stack([given != i, given == i], dim=1).to(img.dtype), 16)
+                    self.objects.append(ObjectState(nk, k, m16, nk, k, m16))
+                fg = torch.stack([given[0] == i for i in self.object_ids]).to(img.dtype)  # (N, H, W)
+                return emvos.unpad(given[0], padding), emvos.unpad(fg, padding)
+            if mask is not None:
+                raise ValueError("the per-object path takes objects in the first frame only")
+            logits = torch.cat([self._object_logits(feats, nk, k, obj) for obj in self.objects], dim=1)
+            probs = torch.softmax(logits.to(img.dtype), dim=2)  # (1, N, 2, H, W)
+            index, probs = emvos.aggregate_objects(probs)
+            for n, obj in enumerate(self.objects):
+                obj.prev_nk, obj.prev_k, obj.prev_mask16 = nk, k, F.avg_pool2d(probs[:, n], 16)
+        ids = torch.tensor([0] + self.object_ids, device=index.device)
+        return emvos.unpad(ids[index][0], padding), emvos.unpad(probs[0, :, 1].float(), padding)
+
+    def _object_logits(self, feats: tuple[Tensor, Tensor, Tensor], nk: Tensor, k: Tensor, obj: ObjectState) -> Tensor:
+        b, _, h, w = nk.shape
+
+        def rows(x: Tensor) -> Tensor:  # (1, C, h, w) -> (1, HW, C)
+            return x.flatten(2).transpose(1, 2)
+
+        cos_init = (torch.bmm(rows(obj.init_nk), nk.flatten(2)).view(b, h * w, h, w) + 1) / 2
+        cos_prev = (torch.bmm(rows(obj.prev_nk), nk.flatten(2)).view(b, h * w, h, w) + 1) / 2
+        soft_init = torch.softmax(torch.bmm(rows(obj.init_k), k.flatten(2)), dim=2).view(b, h * w, h, w)
+        soft_prev = torch.softmax(torch.bmm(rows(obj.prev_k), k.flatten(2)), dim=2).view(b, h * w, h, w)
+        scores = []
+        for sim, m16 in ((cos_init, obj.init_mask16), (cos_prev, obj.prev_mask16),
+                         (soft_init, obj.init_mask16), (soft_prev, obj.prev_mask16)):
+            for c in (0, 1):  # bg, fg
+                scores.append(torch.max(sim * m16[:, c].reshape(b, h * w, 1, 1), dim=1, keepdim=True)[0])
+        d = self.model.decoder
+        f4, f8, f16 = feats
+        x = torch.cat([d.conv1(f16), *scores, obj.prev_mask16], dim=1)
+        s8 = d.deconv1(d.cbam1(d.blend1(x)))
+        s4 = d.deconv2(d.cbam2(d.blend2(torch.cat([d.conv2(f8), s8], dim=1))))
+        return d.deconv3(d.cbam3(d.blend3(torch.cat([d.conv3(f4), s4], dim=1))))[:, None]  # (1, 1, 2, H, W)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# measuring
+# ---------------------------------------------------------------------------------------------------------------
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+LIBC = _libc()
+
+
+def _proc_status_kib(key: str) -> int | None:
+    try:
+        text = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    found = re.search(rf"^{key}:\s+(\d+) kB", text, re.M)
+    return int(found.group(1)) if found else None
+
+
+def rss_bytes() -> int:
+    """Resident memory of this process now (Linux /proc; elsewhere the lifetime peak, the best the OS gives)."""
+    kib = _proc_status_kib("VmRSS")
+    if kib is not None:
+        return kib * 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+
+def _reset_cpu_peak() -> bool:
+    # writing 5 to clear_refs resets VmHWM (Linux >= 4.0), so each block gets its own peak without psutil
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+class PeakMemory:
+    """Peak memory of a block above what was resident when it began.
+
+    CPU: the resident set (VmHWM after a reset of the high-water mark); freed heap memory is handed back to the OS
+    first (malloc_trim), so that memory a previous block left in the allocator does not hide this block's needs.
+    CUDA: torch.cuda.max_memory_allocated, i.e. tensors only, not the caching allocator's reserve.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.peak = 0
+        self.exact = True
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.start = torch.cuda.memory_allocated(self.device)
+        else:
+            if LIBC is not None:
+                LIBC.malloc_trim(0)
+            self.exact = _reset_cpu_peak()
+            self.start = rss_bytes()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak = torch.cuda.max_memory_allocated(self.device) - self.start
+        else:
+            hwm = _proc_status_kib("VmHWM")
+            self.peak = max(0, (hwm * 1024 if hwm is not None else rss_bytes()) - self.start)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def other_cpu_seconds() -> float:
+    """CPU seconds the whole machine has been busy, minus this process's (Linux /proc/stat; else 0).
+
+    Other programs on a shared machine slow a benchmark down; the table reports how many cores they took meanwhile.
+    """
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0.0
+    busy = sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0)  # all but idle and iowait
+    mine = os.times()
+    return busy / os.sysconf("SC_CLK_TCK") - (mine.user + mine.system)
+
+
+def matmul_peak(device: torch.device, precision: str, size: int = 2048, repeats: int = 5) -> dict[str, float]:
+    """Measured FLOP/s of a size^3 matrix product in the given precision, the roofline of the table, two ways.
+
+    'mm': torch.mm (BLAS: MKL on CPU, cuBLAS on CUDA). 'conv': the same product as a 1x1 convolution of size
+    channels over size pixels (oneDNN on CPU, cuDNN on CUDA), the library EMVOS's convolutions run on. The two can
+    differ a lot: on this project's AMD CPU MKL's sgemm reaches 210 GFLOP/s and oneDNN 440-520.
+    """
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=g).to(device, dtype)
+    b = torch.randn(size, size, generator=g).to(device, dtype)
+    side = 2 ** (int(math.log2(size)) // 2)
+    x = b.reshape(1, size, side, size // side).contiguous(memory_format=torch.channels_last)
+    w = a.reshape(size, size, 1, 1).contiguous(memory_format=torch.channels_last)
+    out = {}
+    with torch.inference_mode():
+        for name, fn in (("mm", lambda: a @ b), ("conv", lambda: F.conv2d(x, w))):
+            best = math.inf
+            for i in range(repeats + 2):
+                synchronize(device)
+                t = time.perf_counter()
+                fn()
+                synchronize(device)
+                if i >= 2:  # the first products pay for thread start-up and kernel selection
+                    best = min(best, time.perf_counter() - t)
+            out[name] = 2 * size**3 / best
+    return out
+
+
+def count_flops(fn: Callable[[], object]) -> tuple[int, object]:
+    """FLOPs of the matrix products and convolutions in fn (torch.utils.flop_counter), and fn's result."""
+    with FlopCounterMode(display=False) as counter:
+        out = fn()
+    return counter.get_total_flops(), out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# synthetic videos
+# ---------------------------------------------------------------------------------------------------------------
+
+def blob_mask(height: int, width: int, objects: int, seed: int) -> Tensor:
+    """(H, W) ids 0..objects: one random ellipse per object, later ones on top, every id keeping some pixels."""
+    g = torch.Generator().manual_seed(seed)
+    yy = torch.arange(height, dtype=torch.float32)[:, None]
+    xx = torch.arange(width, dtype=torch.float32)[None, :]
+    # sizes such that the objects together cover about 30% of the frame
+    base = math.sqrt(0.3 * height * width / (math.pi * max(1, objects)))
+    for _ in range(100):
+        mask = torch.zeros(height, width, dtype=torch.long)
+        for i in range(1, objects + 1):
+            cy, cx = torch.rand(2, generator=g).tolist()
+            ry, rx = (base * (0.6 + 0.8 * torch.rand(2, generator=g))).tolist()
+            mask[((yy - cy * height) / ry) ** 2 + ((xx - cx * width) / rx) ** 2 <= 1] = i
+        if len(mask.unique()) == objects + 1:
+            return mask
+    raise RuntimeError(f"could not place {objects} visible objects on a {width}x{height} frame")
+
+
+def random_frame(height: int, width: int, seed: int) -> Tensor:
+    """(3, H, W) in [0, 1]: smooth random structure plus noise, generated on demand (nothing is held)."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(1, 3, max(1, height // 32), max(1, width // 32), generator=g)
+    smooth = F.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)[0]
+    return (0.8 * smooth + 0.2 * torch.rand(3, height, width, generator=g)).clamp(0, 1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# one configuration
+# ---------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class Row:
+    device: str
+    resolution: str
+    objects: int
+    path: str
+    precision: str
+    times: list[float] = field(default_factory=list)
+    others: list[float] = field(default_factory=list)  # cores other processes used during each timed frame
+    peak_bytes: int = 0
+    flops: int = 0
+    mask_diff: float = 0.0  # largest fraction of pixels whose label differs from the fp32 per-object path
+    logit_diff: float = 0.0  # largest |logit difference| from the fp32 per-object path
+    matmul_peak: float = math.nan
+
+    @property
+    def seconds(self) -> float:
+        return statistics.median(self.times) if self.times else math.nan
+
+
+@contextmanager
+def capture_logits(segmenter: object, sink: list[Tensor]) -> Iterator[None]:
+    """Record the logits a segmenter's model predicts for a frame (both paths; they run on one model)."""
+    if isinstance(segmenter, PerObjectSegmenter):
+        target, name = segmenter, "_object_logits"
+    else:
+        target, name = segmenter.model, "predict"
+    original = getattr(target, name)
+
+    def recording(*args: object) -> Tensor:
+        out = original(*args)
+        sink.append(out.detach())
+        return out
+
+    setattr(target, name, recording)
+    try:
+        yield
+    finally:
+        delattr(target, name)
+
+
+def make_segmenter(path: str, model: emvos.EMVOS, precision: str) -> object:
+    autocast = PRECISIONS[precision]
+    if path == "per-object":
+        return PerObjectSegmenter(model, autocast=autocast)
+    return emvos.VideoSegmenter(model, autocast=autocast)
+
+
+def run_configuration(models: dict[str, emvos.EMVOS], device: torch.device, resolution: str, objects: int,
+                      precisions: list[str], paths: list[str], frames: int, seed: int = 0) -> list[Row]:
+    """Stream one synthetic video through every (path, precision) in lockstep; see the module docstring.
+
+    Frame 0 gives the masks, frame 1 is a warm-up whose FLOPs are counted, frames 2.. are timed.
+    models: the model each path runs on (the same weights; `ours` may carry fast paths).
+    """
+    height, width = RESOLUTIONS[resolution]
+    combos = [("per-object", "fp32")] + [(p, q) for q in precisions for p in paths if (p, q) != ("per-object", "fp32")]
+    rows = [Row(device.type, resolution, objects, p, q) for p, q in combos]
+    segs = [make_segmenter(p, models[p], q) for p, q in combos]
+    mask = blob_mask(height, width, objects, seed)
+    for t in range(frames + 2):
+        frame = random_frame(height, width, seed * 1000 + t)
+        reference: Tensor | None = None
+        ref_labels: Tensor | None = None
+        for row, seg in zip(rows, segs, strict=True):
+            logits: list[Tensor] = []
+            with capture_logits(seg, logits), PeakMemory(device) as mem:
+                synchronize(device)
+                start, other = time.perf_counter(), other_cpu_seconds()
+                if t == 0:
+                    labels, _ = seg.step(frame, mask)
+                elif t == 1:
+                    row.flops, (labels, _) = count_flops(lambda seg=seg, frame=frame: seg.step(frame))
+                else:
+                    labels, _ = seg.step(frame)
+                synchronize(device)
+                elapsed = time.perf_counter() - start
+                other = other_cpu_seconds() - other
+            if t >= 2:
+                row.times.append(elapsed)
+                row.others.append(other / elapsed)
+            row.peak_bytes = max(row.peak_bytes, mem.peak)
+            if t == 0:
+                continue
+            out = torch.cat(logits, dim=1).float()  # (1, N, 2, H, W)
+            if reference is None:  # the first combination is the fp32 per-object reference
+                reference, ref_labels = out, labels
+            row.logit_diff = max(row.logit_diff, (out - reference).abs().max().item())
+            row.mask_diff = max(row.mask_diff, (labels != ref_labels).float().mean().item())
+            del out, logits
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# memory growth over a long video
+# ---------------------------------------------------------------------------------------------------------------
+
+def memory_growth(model: emvos.EMVOS, device: torch.device, resolution: str, objects: int, frames: int,
+                  precision: str = "fp32", probe: int = 5) -> tuple[list[int], float]:
+    """Peak memory of each frame of a synthetic video through `ours` (bytes), and seconds per frame.
+
+    CPU: the process's resident high-water mark during the frame (reset before it); CUDA: max allocated.
+    Memory that does not grow with the video's length is the same after frame `probe` as at the end.
+    """
+    height, width = RESOLUTIONS[resolution]
+    seg = make_segmenter("ours", model, precision)
+    mask = blob_mask(height, width, objects, 0)
+    peaks, times = [], []
+    for t in range(frames):
+        frame = random_frame(height, width, t)
+        synchronize(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        else:
+            _reset_cpu_peak()
+        start = time.perf_counter()
+        seg.step(frame, mask if t == 0 else None)
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+        if device.type == "cuda":
+            peaks.append(torch.cuda.max_memory_allocated(device))
+        else:
+            hwm = _proc_status_kib("VmHWM")
+            peaks.append(hwm * 1024 if hwm is not None else rss_bytes())
+        print(f"frame {t:3d}: {times[-1]:7.2f} s, peak {peaks[-1] / 2**30:6.2f} GiB", flush=True)
+    return peaks, statistics.median(times[1:]) if len(times) > 1 else times[0]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# command line
+# ---------------------------------------------------------------------------------------------------------------
+
+def parse_bytes(text: str) -> int | str | None:
+    """'4G', '512M', '1e9' -> bytes; 'none' -> None (no bound); 'auto' stays (model.EMVOS.set_memory_budget)."""
+    text = text.strip().lower()
+    if text == "auto":
+        return text
+    if text in ("none", "off", "0"):
+        return None
+    scale = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+    if text[-1] in scale:
+        return int(float(text[:-1]) * scale[text[-1]])
+    return int(float(text))
+
+
+def format_table(rows: list[Row], peaks: dict[tuple[str, str], float]) -> str:
+    """One line per (device, resolution, objects, path, precision)."""
+    head = (f"{'device':6} {'res':>6} {'obj':>3} {'path':10} {'prec':4} {'fps':>7} {'s/frame':>8} "
+            f"{'x per-obj':>9} {'peak MiB':>9} {'GFLOP':>7} {'GFLOP/s':>8} {'% peak':>6} {'mask diff':>9} "
+            f"{'logit diff':>10} {'load':>5}")
+    lines = [head, "-" * len(head)]
+    for row in rows:
+        base = next((r for r in rows if r.path == "per-object" and r.precision == row.precision
+                     and (r.device, r.resolution, r.objects) == (row.device, row.resolution, row.objects)), None)
+        # paired: the two paths ran the same frames back to back, so the ratio per frame cancels slow spells
+        speedup = statistics.median(b / o for b, o in zip(base.times, row.times, strict=True)) if base else math.nan
+        achieved = row.flops / row.seconds
+        peak = peaks.get((row.device, row.precision), math.nan)
+        lines.append(
+            f"{row.device:6} {row.resolution:>6} {row.objects:3d} {row.path:10} {row.precision:4} "
+            f"{1 / row.seconds:7.3f} {row.seconds:8.3f} {speedup:9.2f} {row.peak_bytes / 2**20:9.0f} "
+            f"{row.flops / 1e9:7.1f} {achieved / 1e9:8.1f} {100 * achieved / peak:6.1f} "
+            f"{row.mask_diff:9.2e} {row.logit_diff:10.2e} {max(0.0, statistics.mean(row.others or [0])):5.1f}")
+    return "\n".join(lines)
+
+
+def build_models(args: argparse.Namespace, device: torch.device) -> dict[str, emvos.EMVOS]:
+    """The per-object path runs the plain model; `ours` a second copy with the same weights and the fast paths."""
+    if args.weights:
+        plain, _ = emvos.load_checkpoint(args.weights, device)
+    else:
+        torch.manual_seed(args.seed)
+        plain = emvos.EMVOS().to(device).eval()
+    ours, _ = (emvos.load_checkpoint(args.weights, device) if args.weights else (emvos.EMVOS().to(device).eval(), None))
+    ours.load_state_dict(plain.state_dict())
+    ours.set_memory_budget(args.max_memory)
+    if args.channels_last:  # both paths: the comparison is of structure, at bit-identical float32 numbers
+        plain.to(memory_format=torch.channels_last)
+        ours.to(memory_format=torch.channels_last)
+    if args.compile:
+        ours.compile_modules()
+    return {"per-object": plain, "ours": ours}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="tiny frames, 1 and 3 objects, fp32 and bf16, few frames (CI)")
+    p.add_argument("--device", nargs="+", default=None, help="cpu and/or cuda (default: cpu, and cuda when present)")
+    p.add_argument("--resolutions", nargs="+", default=["480p", "720p", "1080p"], choices=list(RESOLUTIONS))
+    p.add_argument("--objects", nargs="+", type=int, default=[1, 3, 10])
+    p.add_argument("--precisions", nargs="+", default=None, choices=list(PRECISIONS),
+                   help="default: fp32 bf16 (+ fp16 on CUDA); bf16 on CPU runs where the CPU supports it")
+    p.add_argument("--paths", nargs="+", default=list(PATHS), choices=list(PATHS))
+    p.add_argument("--frames", type=int, default=3, help="timed frames per configuration (after 2 untimed)")
+    p.add_argument("--max-memory", type=parse_bytes, default="auto",
+                   help="bound on one frame's matching/decoder temporaries for `ours`, e.g. 4G; 'none': unbounded; "
+                        "default: automatic, from free memory")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                   help="channels_last convolutions (both paths, so that their float32 numbers stay identical)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the encoder and decoder of `ours`")
+    p.add_argument("--weights", default=None, help="checkpoint to load (default: random init, --seed)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--memory-growth", action="store_true",
+                   help="instead of the table: peak memory per frame of `ours` over --frames frames")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.resolutions, args.objects, args.frames = ["tiny"], [1, 3], 2
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    devices = args.device or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    rows: list[Row] = []
+    peaks: dict[tuple[str, str], float] = {}
+    for name in devices:
+        device = torch.device(name)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            print("CUDA is not available on this machine; drop --device cuda", file=sys.stderr)
+            return 2
+        precisions = args.precisions or (["fp32", "bf16", "fp16"] if device.type == "cuda" else ["fp32", "bf16"])
+        precisions = [q for q in precisions if supported(device, q)]
+        models = build_models(args, device)
+        if args.memory_growth:
+            for res in args.resolutions:
+                for n in args.objects:
+                    print(f"memory growth: {device.type} {res} {n} objects, {args.frames} frames")
+                    per_frame, spf = memory_growth(models["ours"], device, res, n, args.frames, precisions[0])
+                    probe = min(5, len(per_frame) // 2)
+                    growth = per_frame[-1] - per_frame[probe]
+                    print(f"peak after frame {probe}: {per_frame[probe] / 2**30:.2f} GiB, after frame "
+                          f"{len(per_frame) - 1}: {per_frame[-1] / 2**30:.2f} GiB, growth {growth / 2**20:+.0f} MiB; "
+                          f"{spf:.2f} s/frame")
+            continue
+        for q in precisions:
+            measured = matmul_peak(device, q)
+            peaks[(device.type, q)] = max(measured.values())
+            both = ", ".join(f"{k} {v / 1e9:.0f}" for k, v in measured.items())
+            print(f"{device.type} {q} 2048^3 matmul peak: {both} GFLOP/s; % peak is of the larger", flush=True)
+        for res in args.resolutions:
+            for n in args.objects:
+                start = time.perf_counter()
+                rows += run_configuration(models, device, res, n, precisions, args.paths, args.frames, args.seed)
+                print(f"  {device.type} {res} {n} objects done in {time.perf_counter() - start:.0f} s", flush=True)
+    if rows:
+        print(f"\nthreads {torch.get_num_threads()}, channels_last {args.channels_last}, compile {args.compile}, "
+              f"max memory {args.max_memory}. Times: medians of {args.frames} frames; x per-obj: median per-frame "
+              f"ratio to the per-object path in the same precision; % peak: of the measured matmul peak in that "
+              f"precision; diffs: vs the fp32 per-object path (mask: fraction of pixels, logit: max abs); load: cores "
+              f"other processes took meanwhile.")
+        print(format_table(rows, peaks))
+    return 0
+
+
+def supported(device: torch.device, precision: str) -> bool:
+    """fp16 autocast is a CUDA path; bf16 needs CPU or GPU support (else it is left out with a note)."""
+    if precision == "fp32":
+        return True
+    if device.type == "cuda":
+        ok = precision == "fp16" or torch.cuda.is_bf16_supported()
+    else:
+        ok = precision == "bf16" and torch.backends.mkldnn.is_available()
+    if not ok:
+        print(f"skipping {precision} on {device.type}: not supported there", file=sys.stderr)
+    return ok
+
+
+if __name__ == "__main__":
+    sys.exit(main())

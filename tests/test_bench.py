@@ -1,0 +1,150 @@
+"""Memory-bounded matching and decoding give identical numbers, the batched model equals the official per-object
+structure bit for bit, and bench.py runs. Correctness only: the timed benchmark stays out of the test suite."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import matching
+from bench import PerObjectSegmenter, blob_mask, capture_logits, random_frame
+from model import EMVOS, VideoSegmenter, load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+GOLDEN = Path(os.environ.get("EMVOS_SHARED", ROOT.parent / "shared")) / "golden" / "cases.npz"
+H, W = 40, 72  # not multiples of 16, so padding is included; 3 x 5 = 15 stride-16 positions
+
+
+@pytest.fixture(scope="module")
+def tiny_model() -> EMVOS:
+    torch.manual_seed(0)
+    return EMVOS().eval()
+
+
+def _stream(seg: object, frames: int = 4, objects: int = 3) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Labels and logits of a synthetic video (bench's generators) through a segmenter."""
+    mask = blob_mask(H, W, objects, seed=1)
+    labels, logits = [], []
+    with capture_logits(seg, logits):
+        for t in range(frames):
+            labels.append(seg.step(random_frame(H, W, t).to(seg.dtype), mask if t == 0 else None)[0])
+    return labels, logits
+
+
+@pytest.mark.parametrize("chunk, mask_chunk", [(1, None), (7, None), (64, None), (300, None), (13, 1), (5, 3),
+                                               (None, 4), (1000, 7)])
+def test_max_readout_chunks_identical(chunk: int | None, mask_chunk: int | None) -> None:
+    g = torch.Generator().manual_seed(0)
+    sim = torch.rand(2, 91, 97, generator=g, dtype=torch.float64)  # 97 query positions: prime, no chunk divides it
+    masks = torch.rand(2, 6, 91, generator=g, dtype=torch.float64)
+    ref = (sim[:, None] * masks[..., None]).amax(dim=2)  # the definition, unchunked
+    assert torch.equal(matching.max_readout(sim, masks), ref)
+    assert torch.equal(matching.max_readout(sim, masks, chunk, mask_chunk), ref)
+
+
+@pytest.mark.parametrize("max_bytes", [1, 100, 5000, 40_000, 10**6, None])
+def test_readout_tiles_fit_the_budget(max_bytes: int | None) -> None:
+    b, m, hw_r, hw_q, size = 1, 10, 300, 400, 8
+    masks, queries = matching.readout_tiles(max_bytes, b, m, hw_r, hw_q, size)
+    assert 1 <= masks <= m and 1 <= queries <= hw_q
+    if max_bytes is None:
+        assert (masks, queries) == (m, hw_q)
+    elif max_bytes >= b * hw_r * size:  # one query position of one mask fits: the tile must fit too
+        assert b * masks * hw_r * queries * size <= max_bytes
+
+
+def test_model_chunked_readout_identical(tiny_model: EMVOS) -> None:
+    model = tiny_model.double()
+    try:
+        model.set_memory_budget(None)
+        ref_labels, ref_logits = _stream(VideoSegmenter(model, dtype=torch.float64))
+        # float64, 15 reference positions, 6 masks (3 objects): tiles of 1 mask x 1 query position; 1 mask x 4 queries
+        # (4 does not divide 15); 2 masks x all 15 queries (readout_tiles)
+        for max_bytes in (8, 8 * 15 * 4, 8 * 15 * 15 * 2):
+            model.max_readout_bytes = max_bytes
+            labels, logits = _stream(VideoSegmenter(model, dtype=torch.float64))
+            assert all(torch.equal(a, b) for a, b in zip(labels, ref_labels, strict=True))
+            assert all(torch.equal(a, b) for a, b in zip(logits, ref_logits, strict=True))
+    finally:
+        model.max_readout_bytes = None
+        model.set_memory_budget("auto")
+        model.float()
+
+
+def test_decoder_object_batches_identical(tiny_model: EMVOS) -> None:
+    # The default, one object per decoder call, is what the budget cannot change. Larger batches (decoder_batch=None)
+    # give the same logits up to summation order: the convolution kernels differ by batch size (measured 2e-14 on
+    # logits of magnitude 4-8 in float64), so the masks are the same.
+    model = tiny_model.double()
+    try:
+        model.set_memory_budget(None)
+        model.decoder_batch = 1
+        ref_labels, ref_logits = _stream(VideoSegmenter(model, dtype=torch.float64), objects=5)
+        model.set_memory_budget(1)  # the smallest budget: still one object per call, so bit-identical
+        labels, logits = _stream(VideoSegmenter(model, dtype=torch.float64), objects=5)
+        assert all(torch.equal(a, b) for a, b in zip(logits, ref_logits, strict=True))
+        model.decoder_batch = None
+        f4_pixels = (48 // 4) * (80 // 4)  # the frame padded to 48 x 80, at stride 4
+        per_object = model.decoder.bytes_per_object(torch.empty(1, 256, f4_pixels, 1), torch.float64)
+        for budget in (None, 2 * per_object):  # all 5 objects at once; batches of 2, 2, 1
+            model.set_memory_budget(budget)
+            labels, logits = _stream(VideoSegmenter(model, dtype=torch.float64), objects=5)
+            for a, b in zip(logits, ref_logits, strict=True):
+                torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+            assert all(torch.equal(a, b) for a, b in zip(labels, ref_labels, strict=True))
+    finally:
+        model.decoder_batch = 1
+        model.set_memory_budget("auto")
+        model.float()
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_ours_equals_per_object_bitwise_fp32(tiny_model: EMVOS, channels_last: bool) -> None:
+    # Shared similarities and projections are the same operations on the same inputs, and the decoder sees one
+    # object at a time as in the official code, so float32 logits are identical, not merely close.
+    model = tiny_model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    try:
+        ref_labels, ref_logits = _stream(PerObjectSegmenter(model))
+        labels, logits = _stream(VideoSegmenter(model))
+    finally:
+        model.to(memory_format=torch.contiguous_format)
+    assert torch.equal(torch.cat(logits, 1), torch.cat(ref_logits, 1))
+    assert all(torch.equal(a, b) for a, b in zip(labels, ref_labels, strict=True))
+
+
+@pytest.mark.skipif(not GOLDEN.is_file(), reason=f"golden vectors not found at {GOLDEN}")
+def test_channels_last_keeps_golden_parity() -> None:
+    # channels_last changes float32 summation order (logits move by ~1e-5), so its parity is the float64 golden case
+    cases = np.load(GOLDEN)
+    model, _ = load_checkpoint(GOLDEN.parent / "emvos_official.pth")
+    model = model.double().to(memory_format=torch.channels_last)
+    seg = VideoSegmenter(model, dtype=torch.float64)
+    out = [seg.step(torch.from_numpy(img).permute(2, 0, 1).double() / 255,
+                    torch.from_numpy(cases["a_first_mask"]).long() if i == 0 else None)[0].numpy()
+           for i, img in enumerate(cases["a_imgs"])]
+    np.testing.assert_array_equal(np.stack(out), cases["a_masks_out"])
+
+
+def test_memory_budget_api(tiny_model: EMVOS) -> None:
+    assert 0 < tiny_model.set_memory_budget("auto").budget_bytes(torch.device("cpu")) < matching.available_memory("cpu")
+    assert tiny_model.set_memory_budget(123).budget_bytes(torch.device("cpu")) == 123
+    assert tiny_model.set_memory_budget(None).budget_bytes(torch.device("cpu")) is None
+    with pytest.raises(ValueError, match="memory budget"):
+        tiny_model.set_memory_budget("lots")
+    tiny_model.set_memory_budget("auto")
+
+
+def test_bench_quick_prints_the_table() -> None:
+    out = subprocess.run([sys.executable, str(ROOT / "bench.py"), "--quick", "--precisions", "fp32"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert any(line.startswith("device") and "fps" in line and "mask diff" in line for line in lines), out.stdout
+    rows = [line.split() for line in lines if line.startswith("cpu ") and " tiny " in line]
+    assert {(r[2], r[3]) for r in rows} == {("1", "per-object"), ("1", "ours"), ("3", "per-object"), ("3", "ours")}
+    # identical float32 masks and logits between the two structures (columns: mask diff, logit diff, load)
+    assert all(float(r[-3]) == 0 and float(r[-2]) == 0 for r in rows), out.stdout
