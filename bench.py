@@ -22,6 +22,7 @@ fp32 per-object path on the same frame. Examples:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import math
 import os
@@ -30,7 +31,6 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -320,7 +320,7 @@ class Row:
         return statistics.median(self.times) if self.times else math.nan
 
 
-@contextmanager
+@contextlib.contextmanager
 def capture_logits(segmenter: object, sink: list[Tensor]) -> Iterator[None]:
     """Record the logits a segmenter's model predicts for a frame (both paths; they run on one model)."""
     if isinstance(segmenter, PerObjectSegmenter):
@@ -349,10 +349,11 @@ def make_segmenter(path: str, model: emvos.EMVOS, precision: str) -> object:
 
 
 def run_configuration(models: dict[str, emvos.EMVOS], device: torch.device, resolution: str, objects: int,
-                      precisions: list[str], paths: list[str], frames: int, seed: int = 0) -> list[Row]:
+                      precisions: list[str], paths: list[str], frames: int, seed: int = 0, warmup: int = 1
+                      ) -> list[Row]:
     """Stream one synthetic video through every (path, precision) in lockstep; see the module docstring.
 
-    Frame 0 gives the masks, frame 1 is a warm-up whose FLOPs are counted, frames 2.. are timed.
+    Frame 0 gives the masks, frames 1..warmup are untimed (FLOPs counted on frame 1), the next `frames` are timed.
     models: the model each path runs on (the same weights; `ours` may carry fast paths).
     """
     height, width = RESOLUTIONS[resolution]
@@ -360,13 +361,16 @@ def run_configuration(models: dict[str, emvos.EMVOS], device: torch.device, reso
     rows = [Row(device.type, resolution, objects, p, q) for p, q in combos]
     segs = [make_segmenter(p, models[p], q) for p, q in combos]
     mask = blob_mask(height, width, objects, seed)
-    for t in range(frames + 2):
+    for t in range(frames + warmup + 1):
         frame = random_frame(height, width, seed * 1000 + t)
         reference: Tensor | None = None
         ref_labels: Tensor | None = None
         for row, seg in zip(rows, segs, strict=True):
             logits: list[Tensor] = []
-            with capture_logits(seg, logits), PeakMemory(device) as mem:
+            # Memory is measured on the last untimed frame only: PeakMemory hands freed memory back to the OS first,
+            # and a step that must then fault all its memory in again would be timed slower than in real use.
+            mem = PeakMemory(device) if t == warmup else contextlib.nullcontext()
+            with capture_logits(seg, logits), mem:
                 synchronize(device)
                 start, other = time.perf_counter(), other_cpu_seconds()
                 if t == 0:
@@ -378,10 +382,11 @@ def run_configuration(models: dict[str, emvos.EMVOS], device: torch.device, reso
                 synchronize(device)
                 elapsed = time.perf_counter() - start
                 other = other_cpu_seconds() - other
-            if t >= 2:
+            if t > warmup:
                 row.times.append(elapsed)
                 row.others.append(other / elapsed)
-            row.peak_bytes = max(row.peak_bytes, mem.peak)
+            if t == warmup:
+                row.peak_bytes = mem.peak
             if t == 0:
                 continue
             out = torch.cat(logits, dim=1).float()  # (1, N, 2, H, W)
@@ -476,6 +481,7 @@ def build_models(args: argparse.Namespace, device: torch.device) -> dict[str, em
     ours, _ = (emvos.load_checkpoint(args.weights, device) if args.weights else (emvos.EMVOS().to(device).eval(), None))
     ours.load_state_dict(plain.state_dict())
     ours.set_memory_budget(args.max_memory)
+    ours.decoder_batch = args.decoder_batch or None
     if args.channels_last:  # both paths: the comparison is of structure, at bit-identical float32 numbers
         plain.to(memory_format=torch.channels_last)
         ours.to(memory_format=torch.channels_last)
@@ -499,6 +505,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "default: automatic, from free memory")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                    help="channels_last convolutions (both paths, so that their float32 numbers stay identical)")
+    p.add_argument("--decoder-batch", type=int, default=1,
+                   help="objects per decoder call for `ours` (model.EMVOS.decoder_batch); 0: all the budget allows")
     p.add_argument("--compile", action="store_true", help="torch.compile the encoder and decoder of `ours`")
     p.add_argument("--weights", default=None, help="checkpoint to load (default: random init, --seed)")
     p.add_argument("--seed", type=int, default=0)
@@ -545,14 +553,17 @@ def main(argv: list[str] | None = None) -> int:
         for res in args.resolutions:
             for n in args.objects:
                 start = time.perf_counter()
-                rows += run_configuration(models, device, res, n, precisions, args.paths, args.frames, args.seed)
+                # torch.compile specialises on the first frames it sees (and recompiles once for dynamic shapes)
+                warmup = 3 if args.compile else 1
+                rows += run_configuration(models, device, res, n, precisions, args.paths, args.frames, args.seed,
+                                          warmup)
                 print(f"  {device.type} {res} {n} objects done in {time.perf_counter() - start:.0f} s", flush=True)
     if rows:
         print(f"\nthreads {torch.get_num_threads()}, channels_last {args.channels_last}, compile {args.compile}, "
-              f"max memory {args.max_memory}. Times: medians of {args.frames} frames; x per-obj: median per-frame "
-              f"ratio to the per-object path in the same precision; % peak: of the measured matmul peak in that "
-              f"precision; diffs: vs the fp32 per-object path (mask: fraction of pixels, logit: max abs); load: cores "
-              f"other processes took meanwhile.")
+              f"decoder batch {args.decoder_batch or 'all'}, max memory {args.max_memory}. Times: medians of "
+              f"{args.frames} frames; x per-obj: median per-frame ratio to the per-object path in the same "
+              f"precision; % peak: of the measured matmul peak in that precision; diffs: vs the fp32 per-object "
+              f"path (mask: fraction of pixels, logit: max abs); load: cores other processes took meanwhile.")
         print(format_table(rows, peaks))
     return 0
 
