@@ -41,6 +41,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import matching
 import model as emvos
+from utils import parse_bytes
 
 RESOLUTIONS = {"480p": (480, 854), "720p": (720, 1280), "1080p": (1080, 1920), "tiny": (96, 160)}
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -436,19 +437,6 @@ def memory_growth(model: emvos.EMVOS, device: torch.device, resolution: str, obj
 # ---------------------------------------------------------------------------------------------------------------
 # command line
 # ---------------------------------------------------------------------------------------------------------------
-
-def parse_bytes(text: str) -> int | str | None:
-    """'4G', '512M', '1e9' -> bytes; 'none' -> None (no bound); 'auto' stays (model.EMVOS.set_memory_budget)."""
-    text = text.strip().lower()
-    if text == "auto":
-        return text
-    if text in ("none", "off", "0"):
-        return None
-    scale = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
-    if text[-1] in scale:
-        return int(float(text[:-1]) * scale[text[-1]])
-    return int(float(text))
-
 
 def format_table(rows: list[Row], peaks: dict[tuple[str, str], float]) -> str:
     """One line per (device, resolution, objects, path, precision)."""

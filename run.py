@@ -20,7 +20,7 @@ import torch.nn.functional as F
 import evaluation
 from dataset import DAVIS, SingleVideo, TestVideo, YouTubeVOS
 from model import VideoSegmenter, load_checkpoint
-from utils import OverlayWriter, VOSInputError, read_frame, read_mask, save_mask, save_probability_maps
+from utils import OverlayWriter, VOSInputError, parse_bytes, read_frame, read_mask, save_mask, save_probability_maps
 
 # Dataset roots and weights: edit these or pass the flags (--davis, --ytvos, --coco, --weights), as in the official
 # run.py. The DAVIS reader works out whether it was given the 2017 layout or the original DAVIS 2016 download.
@@ -276,6 +276,12 @@ def test(args: argparse.Namespace) -> list[evaluation.EvaluationResult]:
                             f"drop --method or pass a {args.method} checkpoint")
     print(f"{method}: {weights}")
     model = model.to(settings.dtype) if settings.dtype == torch.float64 else model
+    if args.channels_last:  # NHWC convolutions: faster with oneDNN and cuDNN (bench.py), the same numbers
+        model = model.to(memory_format=torch.channels_last)
+    if hasattr(model, "set_memory_budget"):
+        model.set_memory_budget(args.max_memory)
+    if args.compile:
+        model.compile_modules()
     out_root = Path(args.output)
     results = []
 
@@ -339,6 +345,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--sequences", nargs="+", default=None, help="run only these sequences")
     t.add_argument("--video", default=None, help="one video: a folder of frames or a video file (needs --mask)")
     t.add_argument("--mask", default=None, help="first-frame mask PNG for --video (pixel values = object ids)")
+    t.add_argument("--max-memory", type=parse_bytes, default="auto",
+                   help="bound on one frame's matching/decoder temporaries, e.g. 4G or 512M; 'none': no bound; "
+                        "default: automatic, from free memory")
+    t.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                   help="channels_last convolutions (default on)")
+    t.add_argument("--compile", action="store_true", help="torch.compile the encoder and decoder (fixed sizes pay)")
     t.add_argument("--visualize", action="store_true",
                    help="also write <sequence>/overlay.mp4 and, for VideoMatch, the probability maps of --vis-frame")
     t.add_argument("--vis-frame", type=int, default=1, help="frame whose VideoMatch fg/bg probabilities are saved")

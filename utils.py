@@ -268,3 +268,16 @@ def save_probability_maps(path: str | os.PathLike, fg: np.ndarray, bg: np.ndarra
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(image).save(path, format="PNG")
     return image
+
+
+def parse_bytes(text: str) -> int | str | None:
+    """--max-memory: '4G', '512M', '1e9' -> bytes; 'none' -> None (no bound); 'auto' stays (EMVOS.set_memory_budget)."""
+    text = text.strip().lower()
+    if text == "auto":
+        return text
+    if text in ("none", "off", "0"):
+        return None
+    scale = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+    if text[-1] in scale:
+        return int(float(text[:-1]) * scale[text[-1]])
+    return int(float(text))
