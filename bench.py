@@ -5,8 +5,12 @@ Two ways to segment the same video with the same modules and weights:
 - `per-object`: the structure of the official code (suhwan-cho/EMVOS, `VOS.forward`), reimplemented here: every
   object computes its own four HW x HW similarity matrices, its own decoder projections and runs the decoder alone
   (batch 1).
-- `ours`: `model.VideoSegmenter`: similarities and projections once per frame, all objects through the decoder as
-  one batch, plus the fast paths chosen on the command line (channels_last, torch.compile).
+- `ours`: `model.VideoSegmenter`: similarities and projections once per frame for all objects, the readout in
+  cache-sized tiles, the decoder one object per call (model.EMVOS.decoder_batch: bit-identical to the official
+  per-object decoder and the fastest on CPU), plus torch.compile if asked for.
+
+channels_last (default on) applies to both paths, so that the comparison is of structure at identical float32
+numbers; run with --no-channels-last for the NCHW layout of the official code.
 
 Every configuration (device x resolution x objects) streams one synthetic video (random frames, random blob masks)
 through every path and precision in lockstep, frame by frame, so that noise from other processes on the machine
@@ -169,13 +173,10 @@ def rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
 
 
-def _reset_cpu_peak() -> bool:
+def _reset_cpu_peak() -> None:
     # writing 5 to clear_refs resets VmHWM (Linux >= 4.0), so each block gets its own peak without psutil
-    try:
+    with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
 
 
 class PeakMemory:
@@ -189,7 +190,6 @@ class PeakMemory:
     def __init__(self, device: torch.device):
         self.device = device
         self.peak = 0
-        self.exact = True
 
     def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
@@ -199,7 +199,7 @@ class PeakMemory:
         else:
             if LIBC is not None:
                 LIBC.malloc_trim(0)
-            self.exact = _reset_cpu_peak()
+            _reset_cpu_peak()  # where it cannot be reset, VmHWM is the lifetime peak: an upper bound
             self.start = rss_bytes()
         return self
 
@@ -314,7 +314,6 @@ class Row:
     flops: int = 0
     mask_diff: float = 0.0  # largest fraction of pixels whose label differs from the fp32 per-object path
     logit_diff: float = 0.0  # largest |logit difference| from the fp32 per-object path
-    matmul_peak: float = math.nan
 
     @property
     def seconds(self) -> float:
@@ -403,17 +402,48 @@ def run_configuration(models: dict[str, emvos.EMVOS], device: torch.device, reso
 # memory growth over a long video
 # ---------------------------------------------------------------------------------------------------------------
 
-def memory_growth(model: emvos.EMVOS, device: torch.device, resolution: str, objects: int, frames: int,
-                  precision: str = "fp32", probe: int = 5) -> tuple[list[int], float]:
-    """Peak memory of each frame of a synthetic video through `ours` (bytes), and seconds per frame.
+def state_bytes(state: object) -> int:
+    """Bytes of the distinct tensor storages a (nested) dataclass / list holds: what a video's state keeps."""
+    seen: dict[int, int] = {}
 
-    CPU: the process's resident high-water mark during the frame (reset before it); CUDA: max allocated.
-    Memory that does not grow with the video's length is the same after frame `probe` as at the end.
+    def visit(x: object) -> None:
+        if isinstance(x, Tensor):
+            seen[x.untyped_storage().data_ptr()] = x.untyped_storage().nbytes()
+        elif isinstance(x, list | tuple):
+            for y in x:
+                visit(y)
+        elif hasattr(x, "__dataclass_fields__"):
+            for name in x.__dataclass_fields__:
+                visit(getattr(x, name))
+
+    visit(state)
+    return sum(seen.values())
+
+
+@dataclass
+class Growth:
+    """Per frame of a long video: peak memory during the frame, memory resident after it, the state's bytes."""
+
+    peak: list[int] = field(default_factory=list)
+    resident: list[int] = field(default_factory=list)
+    state: list[int] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
+
+
+def memory_growth(model: emvos.EMVOS, device: torch.device, resolution: str, objects: int, frames: int,
+                  precision: str = "fp32") -> Growth:
+    """Stream a synthetic video through `ours` and record memory per frame.
+
+    CPU: peak = the process's resident high-water mark during the frame (reset before it); resident = the resident
+    set after the frame once freed heap memory went back to the OS (malloc_trim), i.e. live memory plus allocator
+    fragmentation. CUDA: max allocated during the frame, allocated after it. Memory that does not grow with the
+    video's length gives the same numbers at frame 5 and at the end, up to allocator noise; the state's bytes must
+    be exactly constant.
     """
     height, width = RESOLUTIONS[resolution]
     seg = make_segmenter("ours", model, precision)
     mask = blob_mask(height, width, objects, 0)
-    peaks, times = [], []
+    out = Growth()
     for t in range(frames):
         frame = random_frame(height, width, t)
         synchronize(device)
@@ -424,14 +454,20 @@ def memory_growth(model: emvos.EMVOS, device: torch.device, resolution: str, obj
         start = time.perf_counter()
         seg.step(frame, mask if t == 0 else None)
         synchronize(device)
-        times.append(time.perf_counter() - start)
+        out.times.append(time.perf_counter() - start)
         if device.type == "cuda":
-            peaks.append(torch.cuda.max_memory_allocated(device))
+            out.peak.append(torch.cuda.max_memory_allocated(device))
+            out.resident.append(torch.cuda.memory_allocated(device))
         else:
             hwm = _proc_status_kib("VmHWM")
-            peaks.append(hwm * 1024 if hwm is not None else rss_bytes())
-        print(f"frame {t:3d}: {times[-1]:7.2f} s, peak {peaks[-1] / 2**30:6.2f} GiB", flush=True)
-    return peaks, statistics.median(times[1:]) if len(times) > 1 else times[0]
+            out.peak.append(hwm * 1024 if hwm is not None else rss_bytes())
+            if LIBC is not None:
+                LIBC.malloc_trim(0)
+            out.resident.append(rss_bytes())
+        out.state.append(state_bytes(seg.state))
+        print(f"frame {t:3d}: {out.times[-1]:7.2f} s, peak {out.peak[-1] / 2**30:6.2f} GiB, resident after "
+              f"{out.resident[-1] / 2**30:6.2f} GiB, state {out.state[-1] / 2**20:7.2f} MiB", flush=True)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -487,7 +523,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precisions", nargs="+", default=None, choices=list(PRECISIONS),
                    help="default: fp32 bf16 (+ fp16 on CUDA); bf16 on CPU runs where the CPU supports it")
     p.add_argument("--paths", nargs="+", default=list(PATHS), choices=list(PATHS))
-    p.add_argument("--frames", type=int, default=3, help="timed frames per configuration (after 2 untimed)")
+    p.add_argument("--frames", type=int, default=3,
+                   help="timed frames per configuration (after the given frame and a warm-up)")
     p.add_argument("--max-memory", type=parse_bytes, default="auto",
                    help="bound on one frame's matching/decoder temporaries for `ours`, e.g. 4G; 'none': unbounded; "
                         "default: automatic, from free memory")
@@ -526,12 +563,13 @@ def main(argv: list[str] | None = None) -> int:
             for res in args.resolutions:
                 for n in args.objects:
                     print(f"memory growth: {device.type} {res} {n} objects, {args.frames} frames")
-                    per_frame, spf = memory_growth(models["ours"], device, res, n, args.frames, precisions[0])
-                    probe = min(5, len(per_frame) // 2)
-                    growth = per_frame[-1] - per_frame[probe]
-                    print(f"peak after frame {probe}: {per_frame[probe] / 2**30:.2f} GiB, after frame "
-                          f"{len(per_frame) - 1}: {per_frame[-1] / 2**30:.2f} GiB, growth {growth / 2**20:+.0f} MiB; "
-                          f"{spf:.2f} s/frame")
+                    g = memory_growth(models["ours"], device, res, n, args.frames, precisions[0])
+                    probe, last = min(5, len(g.peak) // 2), len(g.peak) - 1
+                    for kind, values in (("peak", g.peak), ("resident", g.resident), ("state", g.state)):
+                        print(f"{kind:8s} frame {probe}: {values[probe] / 2**20:8.1f} MiB, frame {last}: "
+                              f"{values[last] / 2**20:8.1f} MiB ({(values[last] - values[probe]) / 2**20:+.1f}); "
+                              f"largest {max(values) / 2**20:.1f} MiB")
+                    print(f"{statistics.median(g.times[1:] or g.times):.2f} s/frame (median)")
             continue
         for q in precisions:
             measured = matmul_peak(device, q)
