@@ -276,11 +276,13 @@ def test(args: argparse.Namespace) -> list[evaluation.EvaluationResult]:
                             f"drop --method or pass a {args.method} checkpoint")
     print(f"{method}: {weights}")
     model = model.to(settings.dtype) if settings.dtype == torch.float64 else model
-    if args.channels_last:  # NHWC convolutions: faster with oneDNN and cuDNN (bench.py), the same numbers
+    if args.channels_last:  # NHWC convolutions: faster with oneDNN and cuDNN (bench.py); fp32 logits move ~1e-5
         model = model.to(memory_format=torch.channels_last)
     if hasattr(model, "set_memory_budget"):
         model.set_memory_budget(args.max_memory)
     if args.compile:
+        if not hasattr(model, "compile_modules"):
+            raise VOSInputError(f"--compile is implemented for EMVOS only, not for {method}; drop --compile")
         model.compile_modules()
     out_root = Path(args.output)
     results = []
