@@ -5,8 +5,8 @@ Two ways to segment the same video with the same modules and weights:
 - `per-object`: the structure of the official code (suhwan-cho/EMVOS, `VOS.forward`), reimplemented here: every
   object computes its own four HW x HW similarity matrices, its own decoder projections and runs the decoder alone
   (batch 1).
-- `ours`: `model.VideoSegmenter`: similarities and projections once per frame for all objects, the readout in
-  cache-sized tiles, the decoder one object per call (model.EMVOS.decoder_batch: bit-identical to the official
+- `ours`: `inference.VideoSegmenter`: similarities and projections once per frame for all objects, the readout in
+  cache-sized tiles, the decoder one object per call (model.Runtime.decoder_batch: bit-identical to the official
   per-object decoder and the fastest on CPU), plus torch.compile if asked for.
 
 channels_last (default on) applies to both paths, so that the comparison is of structure at identical float32
@@ -44,7 +44,9 @@ from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
 import matching
+import methods
 import model as emvos
+from inference import VideoSegmenter
 from utils import parse_bytes
 
 RESOLUTIONS = {"480p": (480, 854), "720p": (720, 1280), "1080p": (1080, 1920), "tiny": (96, 160)}
@@ -89,7 +91,7 @@ class PerObjectSegmenter:
 
     @torch.inference_mode()
     def step(self, frame: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Same contract as `model.VideoSegmenter.step`: frame (3, H, W), mask (H, W) ids on the first frame only."""
+        """As `inference.VideoSegmenter.step`: frame (3, H, W), mask (H, W) ids on the first frame only."""
         height, width = frame.shape[-2:]
         padding = emvos.get_padding(height, width)
         img = emvos.pad(frame[None].to(self.device, self.dtype), padding)
@@ -341,16 +343,16 @@ def capture_logits(segmenter: object, sink: list[Tensor]) -> Iterator[None]:
         delattr(target, name)
 
 
-def make_segmenter(path: str, model: emvos.EMVOS, precision: str) -> object:
+def make_segmenter(path: str, model: emvos.EMVOS, precision: str, runtime: emvos.Runtime | None = None) -> object:
     autocast = PRECISIONS[precision]
     if path == "per-object":
         return PerObjectSegmenter(model, autocast=autocast)
-    return emvos.VideoSegmenter(model, autocast=autocast)
+    return VideoSegmenter(model, autocast=autocast, runtime=runtime or emvos.Runtime())
 
 
 def run_configuration(models: dict[str, emvos.EMVOS], device: torch.device, resolution: str, objects: int,
-                      precisions: list[str], paths: list[str], frames: int, seed: int = 0, warmup: int = 1
-                      ) -> list[Row]:
+                      precisions: list[str], paths: list[str], frames: int, seed: int = 0, warmup: int = 1,
+                      runtime: emvos.Runtime | None = None) -> list[Row]:
     """Stream one synthetic video through every (path, precision) in lockstep; see the module docstring.
 
     Frame 0 gives the masks, frames 1..warmup are untimed (FLOPs counted on frame 1), the next `frames` are timed.
@@ -359,7 +361,7 @@ def run_configuration(models: dict[str, emvos.EMVOS], device: torch.device, reso
     height, width = RESOLUTIONS[resolution]
     combos = [("per-object", "fp32")] + [(p, q) for q in precisions for p in paths if (p, q) != ("per-object", "fp32")]
     rows = [Row(device.type, resolution, objects, p, q) for p, q in combos]
-    segs = [make_segmenter(p, models[p], q) for p, q in combos]
+    segs = [make_segmenter(p, models[p], q, runtime) for p, q in combos]
     mask = blob_mask(height, width, objects, seed)
     for t in range(frames + warmup + 1):
         frame = random_frame(height, width, seed * 1000 + t)
@@ -431,7 +433,7 @@ class Growth:
 
 
 def memory_growth(model: emvos.EMVOS, device: torch.device, resolution: str, objects: int, frames: int,
-                  precision: str = "fp32") -> Growth:
+                  precision: str = "fp32", runtime: emvos.Runtime | None = None) -> Growth:
     """Stream a synthetic video through `ours` and record memory per frame.
 
     CPU: peak = the process's resident high-water mark during the frame (reset before it); resident = the resident
@@ -441,7 +443,7 @@ def memory_growth(model: emvos.EMVOS, device: torch.device, resolution: str, obj
     be exactly constant.
     """
     height, width = RESOLUTIONS[resolution]
-    seg = make_segmenter("ours", model, precision)
+    seg = make_segmenter("ours", model, precision, runtime)
     mask = blob_mask(height, width, objects, 0)
     out = Growth()
     for t in range(frames):
@@ -498,14 +500,12 @@ def format_table(rows: list[Row], peaks: dict[tuple[str, str], float]) -> str:
 def build_models(args: argparse.Namespace, device: torch.device) -> dict[str, emvos.EMVOS]:
     """The per-object path runs the plain model; `ours` a second copy with the same weights and the fast paths."""
     if args.weights:
-        plain, _ = emvos.load_checkpoint(args.weights, device)
+        plain = methods.load_weights(args.weights)[0].to(device)
     else:
         torch.manual_seed(args.seed)
         plain = emvos.EMVOS().to(device).eval()
-    ours, _ = (emvos.load_checkpoint(args.weights, device) if args.weights else (emvos.EMVOS().to(device).eval(), None))
+    ours = emvos.EMVOS(plain.config).to(device).eval()
     ours.load_state_dict(plain.state_dict())
-    ours.set_memory_budget(args.max_memory)
-    ours.decoder_batch = args.decoder_batch or None
     if args.channels_last:  # both paths: the comparison is of structure, at bit-identical float32 numbers
         plain.to(memory_format=torch.channels_last)
         ours.to(memory_format=torch.channels_last)
@@ -531,7 +531,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                    help="channels_last convolutions (both paths, so that their float32 numbers stay identical)")
     p.add_argument("--decoder-batch", type=int, default=1,
-                   help="objects per decoder call for `ours` (model.EMVOS.decoder_batch); 0: all the budget allows")
+                   help="objects per decoder call for `ours` (model.Runtime.decoder_batch); 0: all the budget allows")
     p.add_argument("--compile", action="store_true", help="torch.compile the encoder and decoder of `ours`")
     p.add_argument("--weights", default=None, help="checkpoint to load (default: random init, --seed)")
     p.add_argument("--seed", type=int, default=0)
@@ -559,11 +559,12 @@ def main(argv: list[str] | None = None) -> int:
         precisions = args.precisions or (["fp32", "bf16", "fp16"] if device.type == "cuda" else ["fp32", "bf16"])
         precisions = [q for q in precisions if supported(device, q)]
         models = build_models(args, device)
+        runtime = emvos.Runtime(memory_budget=args.max_memory, decoder_batch=args.decoder_batch or None)
         if args.memory_growth:
             for res in args.resolutions:
                 for n in args.objects:
                     print(f"memory growth: {device.type} {res} {n} objects, {args.frames} frames")
-                    g = memory_growth(models["ours"], device, res, n, args.frames, precisions[0])
+                    g = memory_growth(models["ours"], device, res, n, args.frames, precisions[0], runtime)
                     probe, last = min(5, len(g.peak) // 2), len(g.peak) - 1
                     for kind, values in (("peak", g.peak), ("resident", g.resident), ("state", g.state)):
                         print(f"{kind:8s} frame {probe}: {values[probe] / 2**20:8.1f} MiB, frame {last}: "
@@ -582,7 +583,7 @@ def main(argv: list[str] | None = None) -> int:
                 # torch.compile specialises on the first frames it sees (and recompiles once for dynamic shapes)
                 warmup = 3 if args.compile else 1
                 rows += run_configuration(models, device, res, n, precisions, args.paths, args.frames, args.seed,
-                                          warmup)
+                                          warmup, runtime)
                 print(f"  {device.type} {res} {n} objects done in {time.perf_counter() - start:.0f} s", flush=True)
     if rows:
         print(f"\nthreads {torch.get_num_threads()}, channels_last {args.channels_last}, compile {args.compile}, "

@@ -39,6 +39,13 @@ from utils import VOSInputError, read_frame, read_mask
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+# Where the datasets are by default (run.py re-exports these as editable constants; the flags override them).
+DAVIS_ROOT = "../DB/DAVIS"
+YTVOS18_ROOT = "../DB/YTVOS18"
+YTVOS19_ROOT = "../DB/YTVOS19"
+COCO_ROOT = "../DB/COCO"
+
+
 @dataclass
 class TestVideo:
     """One video to segment: paths only, images are read lazily one at a time."""

@@ -15,7 +15,7 @@ VideoMatch (Hu et al., ECCV 2018), the second method, follows at the end with th
 
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,6 +25,7 @@ import torchvision as tv
 from torch import Tensor
 
 import matching
+from utils import auto_memory_budget
 
 OFFICIAL_PREFIX = "vos."
 
@@ -48,6 +49,36 @@ class ModelConfig:
                 raise ValueError(f"unknown matching branch {b!r}; choose from {matching.BRANCHES}")
         if not self.branches:
             raise ValueError("at least one matching branch is needed")
+
+
+@dataclass
+class Runtime:
+    """How to run a model on this machine. Not part of the weights, so it is passed to `predict` (by the driver,
+    `inference.VideoSegmenter`) rather than stored on the network."""
+
+    # bound in bytes on one frame's matching readout and decoder temporaries; "auto": a share of the memory free on
+    # the frame's device, looked up every frame (utils.auto_memory_budget); None: no bound. run.py's --max-memory.
+    memory_budget: int | str | None = "auto"
+    # Objects per decoder call. 1: each object alone, which keeps its float32 logits bit-identical to the official
+    # per-object decoder (oneDNN and cuDNN choose kernels, hence summation orders, by batch size; random-weight
+    # models have ties that such 1e-6 differences flip) and is also the fastest on CPU (bench.py). None: as many
+    # as the memory budget allows, which may pay on a GPU at small frames.
+    decoder_batch: int | None = 1
+    readout_bytes: int | None = None  # fixed readout tile size in bytes (tests); None: from memory_budget
+    topk_chunk: int | None = None  # VideoMatch: query positions per top-K chunk; None: all at once
+
+    def __post_init__(self) -> None:
+        if isinstance(self.memory_budget, str) and self.memory_budget != "auto":
+            raise ValueError(f"memory budget must be bytes, None or 'auto', not {self.memory_budget!r}")
+
+    def budget_bytes(self, device: torch.device) -> int | None:
+        """The memory budget in bytes for a frame on device, resolving "auto" now."""
+        if self.memory_budget == "auto":
+            return auto_memory_budget(device)
+        return self.memory_budget  # type: ignore[return-value]
+
+
+DEFAULT_RUNTIME = Runtime()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -278,15 +309,9 @@ class EMVOS(nn.Module):
         self.encoder = Encoder(self.config.encoder, pretrained)
         self.matcher = Matcher(1024, self.config.key_dim)
         self.decoder = Decoder(4 * len(self.config.branches))
-        # bound on the readout's temporary in bytes (matching.max_readout); None: follow memory_budget. Runtime.
-        self.max_readout_bytes: int | None = None
-        # bound on one frame's matching and decoder temporaries (set_memory_budget); "auto": a share of free memory
-        self.memory_budget: int | str | None = "auto"
-        # Objects per decoder call. 1: each object alone, which keeps its float32 logits bit-identical to the official
-        # per-object decoder (oneDNN and cuDNN choose kernels, hence summation orders, by batch size; random-weight
-        # models have ties that such 1e-6 differences flip) and is also the fastest on CPU (bench.py). None: as many
-        # as the memory budget allows, which may pay on a GPU at small frames.
-        self.decoder_batch: int | None = 1
+        # The official training keeps the encoder frozen: no gradient for it, so the trainer's optimizer (which takes
+        # the parameters that require one) and DistributedDataParallel leave it alone.
+        self.encoder.requires_grad_(self.config.train_encoder)
 
     def train(self, mode: bool = True) -> "EMVOS":
         super().train(mode)
@@ -300,7 +325,7 @@ class EMVOS(nn.Module):
             f4, f8, f16 = self.encoder(img)
         return FrameFeatures(f4, f8, f16, self.matcher(f16))
 
-    def match(self, feats: FrameFeatures, state: VideoState) -> Tensor:
+    def match(self, feats: FrameFeatures, state: VideoState, runtime: Runtime = DEFAULT_RUNTIME) -> Tensor:
         """Matching scores of every object: (B, N, 4 * branches, h, w).
 
         Per branch, in the official channel order: global bg, fg (against each object's first frame), then local bg,
@@ -311,7 +336,7 @@ class EMVOS(nn.Module):
         b, n = state.prev_mask16.shape[:2]
         h, w = feats.size16
         hw_q = h * w
-        limit = self.max_readout_bytes if self.max_readout_bytes is not None else self.budget_bytes(q[0].device)
+        limit = runtime.readout_bytes if runtime.readout_bytes is not None else runtime.budget_bytes(q[0].device)
         if q[0].device.type == "cpu":
             limit = min(limit or matching.READOUT_TILE_BYTES, matching.READOUT_TILE_BYTES)
 
@@ -330,7 +355,8 @@ class EMVOS(nn.Module):
             channels += [glob, local]
         return torch.cat(channels, dim=2).unflatten(3, (h, w))  # (B, N, 4 * branches, h, w)
 
-    def decode(self, feats: FrameFeatures, scores: Tensor, state: VideoState) -> Tensor:
+    def decode(self, feats: FrameFeatures, scores: Tensor, state: VideoState, runtime: Runtime = DEFAULT_RUNTIME
+               ) -> Tensor:
         """-> logits (B, N, 2, H, W) for [bg, fg] of every object.
 
         Objects go through the decoder decoder_batch at a time, fewer if the memory budget says so; an object's logits
@@ -339,37 +365,16 @@ class EMVOS(nn.Module):
         proj = self.decoder.project(feats.f4, feats.f8, feats.f16)
         prev = state.prev_mask16.unflatten(3, feats.size16)  # (B, N, 2, h, w)
         n = scores.shape[1]
-        chunk = min(n, self.decoder_batch or n)
+        chunk = min(n, runtime.decoder_batch or n)
         if chunk > 1:
             per_object = self.decoder.bytes_per_object(feats.f4, torch.promote_types(feats.f4.dtype, scores.dtype))
-            chunk = decoder_chunk_size(self.budget_bytes(feats.f4.device), chunk, per_object)
+            chunk = decoder_chunk_size(runtime.budget_bytes(feats.f4.device), chunk, per_object)
         if chunk >= n:
             return self.decoder(proj, scores, prev)
         return torch.cat([self.decoder(proj, scores[:, s:s + chunk], prev[:, s:s + chunk]) for s in range(0, n, chunk)],
                          dim=1)  # (B, N, 2, H, W)
 
-    # --- runtime settings (not weights) -------------------------------------------------------------------------
-    def set_memory_budget(self, max_bytes: int | str | None = "auto") -> "EMVOS":
-        """Bound the temporaries of one frame's matching readout and decoder to max_bytes.
-
-        "auto" (the default): a share of the memory free on the frame's device, looked up every frame
-        (matching.auto_memory_budget). None: no bound. The readout is cut into tiles of query positions and masks
-        (exact: the numbers do not depend on the tiling); the decoder takes at most decoder_batch objects at a time
-        (default 1, which needs no budget) and fewer when their temporaries would not fit. Not covered: the
-        similarity matrices (HW x HW each) and the full-resolution logits and aggregation, which every budget needs.
-        run.py's --max-memory: `model.set_memory_budget(bytes or None or "auto")`.
-        """
-        if isinstance(max_bytes, str) and max_bytes != "auto":
-            raise ValueError(f"memory budget must be bytes, None or 'auto', not {max_bytes!r}")
-        self.memory_budget = max_bytes
-        return self
-
-    def budget_bytes(self, device: torch.device) -> int | None:
-        """The memory budget in bytes for a frame on device, resolving "auto" now."""
-        if self.memory_budget == "auto":
-            return matching.auto_memory_budget(device)
-        return self.memory_budget
-
+    # --- run-time ------------------------------------------------------------------------------------------------
     def compile_modules(self, **options: object) -> "EMVOS":
         """torch.compile the encoder and the decoder in place (options go to torch.compile; keys stay unchanged)."""
         self.encoder.compile(**options)
@@ -393,32 +398,46 @@ class EMVOS(nn.Module):
         state.prev_keys = feats.keys
         state.prev_mask16 = matching.pool_mask(probs.flatten(1, 2)).unflatten(1, probs.shape[1:3])
 
-    def predict(self, feats: FrameFeatures, state: VideoState) -> Tensor:
+    def predict(self, feats: FrameFeatures, state: VideoState, runtime: Runtime | None = None) -> Tensor:
         """Logits (B, N, 2, H, W) of every tracked object in a new frame."""
-        return self.decode(feats, self.match(feats, state), state)
+        runtime = runtime or DEFAULT_RUNTIME
+        return self.decode(feats, self.match(feats, state, runtime), state, runtime)
 
     # --- training forward ------------------------------------------------------------------------------------------
     def forward(self, imgs: Tensor, first_masks: Tensor) -> Tensor:
-        """Training forward (DESIGN 1.8): clips with only the first frame's mask given, one object (id 1).
+        """Training forward (clip_forward): clips (B, L, 3, H, W), first masks (B, H, W) -> logits (B, L-1, 2, H, W)."""
+        return clip_forward(self, imgs, first_masks)
 
-        imgs: (B, L, 3, H, W) RGB in [0, 1]; first_masks: (B, H, W) with values 0/1.
-        Returns the logits of frames 1..L-1, (B, L-1, 2, H, W); no aggregation, and the previous soft mask is the
-        softmax of the last logits, as in the official training.
-        """
-        b, length, _, height, width = imgs.shape
-        padding = get_padding(height, width)
-        imgs = pad(imgs.flatten(0, 1), padding).unflatten(0, (b, length))
-        first = pad_mask(first_masks, padding)
-        feats = self.encode(imgs[:, 0])
-        state = self.init_state(feats, one_hot(first, [1]))
-        logits = []
-        for i in range(1, length):
-            feats = self.encode(imgs[:, i])
-            logit = self.predict(feats, state)  # (B, 1, 2, H, W)
-            logits.append(logit[:, 0])
-            if i < length - 1:
-                self.update(state, feats, torch.softmax(logit, dim=2))
-        return unpad(torch.stack(logits, dim=1), padding)
+
+def emvos_loss(logits: Tensor, gt: Tensor) -> Tensor:
+    """Cross-entropy of the 2-channel logits (B, L-1, 2, H, W) against gt (B, L-1, H, W) in {0, 1}, averaged over
+    every pixel of every frame, as the official nn.CrossEntropyLoss on scores.view(-1, 2, H, W). Computed in fp32
+    (under --amp the logits come out in bf16 / fp16)."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), gt.flatten(0, 1))
+
+
+def clip_forward(net: nn.Module, imgs: Tensor, first_masks: Tensor) -> Tensor:
+    """The training forward of any method with the streaming interface: clips with only the first frame's mask
+    given, one object (id 1), no aggregation; the previous soft mask is the softmax of the last logits, as in the
+    official EMVOS training.
+
+    imgs: (B, L, 3, H, W) RGB in [0, 1]; first_masks: (B, H, W) with values 0/1.
+    Returns the logits of frames 1..L-1, (B, L-1, 2, H, W), with the padding to a multiple of 16 cropped off.
+    """
+    b, length, _, height, width = imgs.shape
+    padding = get_padding(height, width)
+    imgs = pad(imgs.flatten(0, 1), padding).unflatten(0, (b, length))
+    first = pad_mask(first_masks, padding)
+    feats = net.encode(imgs[:, 0])
+    state = net.init_state(feats, one_hot(first, [1], imgs.dtype))
+    logits = []
+    for i in range(1, length):
+        feats = net.encode(imgs[:, i])
+        logit = net.predict(feats, state)  # (B, 1, 2, H, W)
+        logits.append(logit[:, 0])
+        if i < length - 1:
+            net.update(state, feats, torch.softmax(logit, dim=2))
+    return unpad(torch.stack(logits, dim=1), padding)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -489,397 +508,20 @@ def to_official(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return {OFFICIAL_PREFIX + k: v for k, v in state_dict.items()}
 
 
-def missing_checkpoint_message(path: str | Path) -> str:
-    return (f"no checkpoint at '{path}'. Put the official EMVOS weights there (coco_davis_best.pth or "
-            f"coco_ytvos_best.pth from the trained_model/ folder of github.com/suhwan-cho/EMVOS), pass --weights PATH, "
-            f"or train one with `python run.py --train`.")
-
-
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """Build the model a checkpoint describes and load its weights (strict).
-
-    Accepts an official state dict (keys 'vos.*', the official EMVOS config) or a file written by `run.py --train`
-    (a dict with 'model', 'config' and 'method'). Returns (model in eval mode, the file's metadata).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(missing_checkpoint_message(path))
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated download, a git-lfs pointer, not a torch file
-        raise RuntimeError(f"could not read checkpoint '{path}' ({e}); download it again") from e
-    meta = {k: v for k, v in obj.items() if k != "model"} if "model" in obj else {}
-    state_dict = obj.get("model", obj)
-    method = meta.get("method", "emvos")
-    model = build_model(method, meta.get("config"))
-    try:
-        model.load_state_dict(from_official(state_dict), strict=True)
-    except RuntimeError as e:
-        raise RuntimeError(f"checkpoint '{path}' does not fit the {method} model with config {model.config}: "
-                           f"{str(e)[:600]}") from e
-    return model.to(device).eval(), meta
-
-
-def build_model(method: str = "emvos", config: dict | None = None, pretrained: bool = False) -> nn.Module:
-    """A fresh model by method name, from a config dict (as stored in checkpoints) or the defaults."""
-    if method == "emvos":
-        return EMVOS(ModelConfig(**(config or {})), pretrained=pretrained)
-    if method == "videomatch":
-        return VideoMatch(VideoMatchConfig(**(config or {})), pretrained=pretrained)
-    raise ValueError(f"unknown method {method!r}; choose from ['emvos', 'videomatch']")
-
-
-def checkpoint_dict(model: nn.Module, method: str | None = None, **extra: object) -> dict:
-    """What `run.py --train` saves: the weights plus the method and config needed to rebuild the model.
-
-    method defaults to the model's. EMVOS weights are written in the official layout ('vos.' prefix) so that the
-    authors' code loads them; VideoMatch has no official layout and keeps its own keys.
-    """
-    method = method or ("videomatch" if isinstance(model, VideoMatch) else "emvos")
-    weights = to_official(model.state_dict()) if method == "emvos" else model.state_dict()
-    return {"model": weights, "method": method, "config": asdict(model.config), **extra}
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# streaming inference over one video
-# ---------------------------------------------------------------------------------------------------------------
-
-@dataclass
-class VideoSegmenter:
-    """Segments one video frame by frame: `step(frame, mask=None)` -> the frame's id mask (as in XMem / Cutie).
-
-    Works with any model that has encode / init_state / add_objects / predict / update. Only the current frame and
-    the model's state are held, so memory does not grow with the video's length.
-
-    The first call needs a mask with at least one object. A later mask adds the objects it holds that are not
-    tracked yet (their first appearance, as in YouTube-VOS); its pixels overwrite the prediction in the output.
-    An object given again later is taken as a correction of that frame.
-    """
-
-    model: nn.Module
-    dtype: torch.dtype = torch.float32  # the frames' dtype: float64 to compare with a reference, else float32
-    autocast: torch.dtype | None = None  # bfloat16 / float16 under torch.autocast
-    object_ids: list[int] = field(default_factory=list)
-    state: VideoState | None = None
-    frame_size: tuple[int, int] | None = None  # (H, W) of the last frame given to step, before padding
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @torch.inference_mode()
-    def step(self, frame: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """frame: (3, H, W) RGB in [0, 1]; mask: (H, W) object ids or None.
-
-        Returns (labels (H, W) long object ids, probs (N, H, W) each object's aggregated foreground probability).
-        """
-        height, width = self.frame_size = tuple(frame.shape[-2:])
-        padding = get_padding(height, width)
-        img = pad(frame[None].to(self.device, self.dtype), padding)
-        given = pad_mask(mask[None].to(self.device).long(), padding) if mask is not None else None
-        with torch.autocast(self.device.type, self.autocast, enabled=self.autocast is not None):
-            labels, probs = self._step(img, given)
-        return unpad(labels[0], padding), unpad(probs[0, :, 1].float(), padding)
-
-    def _step(self, img: Tensor, given: Tensor | None) -> tuple[Tensor, Tensor]:
-        feats = self.model.encode(img)
-        given_ids = [] if given is None else [i for i in given.unique().tolist() if i != 0]
-        new_ids = [i for i in given_ids if i not in self.object_ids]
-        if self.state is None:
-            if not new_ids:
-                raise ValueError("the first frame needs a mask with at least one object (non-zero pixels)")
-            masks = one_hot(given, new_ids, img.dtype)
-            self.object_ids = new_ids
-            self.state = self.model.init_state(feats, masks)
-            return given, masks  # the given frame is the output, as the official code returns it
-        probs = torch.softmax(self.model.predict(feats, self.state).to(img.dtype), dim=2)  # (1, N, 2, H, W)
-        corrected = [i for i in given_ids if i in self.object_ids]
-        if corrected:
-            slots = [self.object_ids.index(i) for i in corrected]
-            probs[:, slots] = one_hot(given, corrected, probs.dtype)
-        if new_ids:
-            masks = one_hot(given, new_ids, probs.dtype)
-            self.model.add_objects(self.state, feats, masks)
-            self.object_ids = self.object_ids + new_ids
-            probs = torch.cat([probs, masks], dim=1)
-        index, probs = aggregate_objects(probs)
-        ids = torch.tensor([0] + self.object_ids, device=index.device)
-        labels = ids[index]  # (1, H, W)
-        if given is not None:
-            labels = torch.where(given != 0, given, labels)
-        self.model.update(self.state, feats, probs)
-        return labels, probs
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# VideoMatch (Hu, Huang and Schwing, "VideoMatch: Matching based Video Object Segmentation", ECCV 2018)
-#
-# The second method, with the same streaming interface as EMVOS (encode / init_state / add_objects / predict /
-# update), so VideoSegmenter runs it unchanged and its objects go through the same soft aggregation. There is no
-# decoder network: the soft matching layer's scores, upsampled, are the logits. Shapes: HW the positions of the
-# stride-8 feature map (times the upsample factor), H x W the (padded) frame.
-# ---------------------------------------------------------------------------------------------------------------
-
-@dataclass
-class VideoMatchConfig:
-    """Hyper-parameters of VideoMatch. The defaults are the paper's: VGG-19, K = 20, d = 51, no online update."""
-
-    encoder: str = "vgg19"  # 'vgg19' (without its last two max-pools) or 'resnet101' (up to layer2); both stride 8
-    upsample: float = 1.0  # bilinear upsampling of the feature map: finer matching, at HW^2 cost in time and memory
-    topk: int = 20  # K: the soft matching layer averages the K best similarities in each set (paper Sec. 3.1)
-    dilation: int = 51  # d of outlier removal (Sec. 3.3), odd, in pixels of the frame; 0 turns it off
-    online_update: bool = False  # Sec. 3.3: extend the reference sets with the previous frame's confident features
-    online_threshold: float = 0.9  # confident: aggregated fg probability >= this (foreground) or <= 1 - this (bg)
-
-    def __post_init__(self) -> None:
-        if self.encoder not in VIDEOMATCH_ENCODERS:
-            raise ValueError(f"unknown VideoMatch encoder {self.encoder!r}; choose from {sorted(VIDEOMATCH_ENCODERS)}")
-        if self.upsample <= 0:
-            raise ValueError(f"the upsample factor must be positive, got {self.upsample}")
-        if self.topk < 1:
-            raise ValueError(f"topk (K) must be at least 1, got {self.topk}")
-        if self.dilation < 0 or (self.dilation and self.dilation % 2 == 0):
-            raise ValueError(f"dilation (d) must be odd, or 0 to turn outlier removal off; got {self.dilation}")
-        if not 0.5 < self.online_threshold <= 1:
-            raise ValueError(f"online_threshold must be in (0.5, 1], got {self.online_threshold}")
-
-
-# The backbone's layers up to stride 8 (torchvision names). VGG-19 keeps all 16 convolutions and loses max-pools 4
-# and 5, so its last 8 convolutions run at stride 8; ResNet-101 stops after layer2. Both give 512 channels.
-VIDEOMATCH_ENCODERS = {
-    "vgg19": None,  # every module of vgg19().features except the last two MaxPool2d
-    "resnet101": ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2"),
-}
-
-
-class VideoMatchEncoder(nn.Module):
-    """The Siamese feature extractor: RGB in [0, 1] (B, 3, H, W) -> (B, 512, H/8 * f, W/8 * f), f the upsample factor.
-
-    Weights are `features.<torchvision name>`, so ImageNet weights come from the torchvision model as is.
-    """
-
-    def __init__(self, name: str = "vgg19", pretrained: bool = False, upsample: float = 1.0):
-        super().__init__()
-        backbone = imagenet_backbone(name, pretrained)
-        if name == "vgg19":
-            children = list(backbone.features.named_children())
-            pools = [n for n, m in children if isinstance(m, nn.MaxPool2d)][-2:]
-            layers = [(n, m) for n, m in children if n not in pools]
-        else:
-            layers = [(n, getattr(backbone, n)) for n in VIDEOMATCH_ENCODERS[name]]
-        self.features = nn.Sequential(OrderedDict(layers))
-        self.upsample = upsample
-        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
-
-    def forward(self, img: Tensor) -> Tensor:
-        x = self.features((img - self.mean) / self.std)  # (B, 512, H/8, W/8)
-        if self.upsample != 1:
-            size = (max(1, round(x.shape[-2] * self.upsample)), max(1, round(x.shape[-1] * self.upsample)))
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-        return x
-
-
-@dataclass
-class MatchState:
-    """Everything VideoMatch remembers about a video. Objects are slots 0..N-1 in order of first appearance.
-
-    The reference features of every frame at which objects were given are concatenated along HW_r; each object's
-    [bg, fg] sets select its own frame's positions there (False elsewhere), so all objects share one similarity
-    matrix per query frame.
-    """
-
-    ref_feats: Tensor  # (B, C, HW_r) unit-norm features of the frames objects were given at
-    ref_sets: Tensor  # (B, N, 2, HW_r) bool: each object's given [bg, fg] positions
-    prev_mask: Tensor  # (B, N, H, W) bool: each object's pixels in the previous output (outlier removal)
-    online_feats: Tensor | None = None  # (B, C, HW) the previous frame's features (online update only)
-    online_sets: Tensor | None = None  # (B, N, 2, HW) bool: its confidently predicted [bg, fg] positions
-    last_probs: Tensor | None = None  # (B, N, 2, H, W) the soft matching layer's [bg, fg] probabilities, last frame
-
-    @property
-    def num_objects(self) -> int:
-        return self.prev_mask.shape[1]
-
-    def reference(self) -> tuple[Tensor, Tensor]:
-        """The features (B, C, HW_r') and [bg, fg] sets (B, N, 2, HW_r') matched against: the given frames, plus the
-        previous frame's confident positions when the online update is on."""
-        if self.online_feats is None:
-            return self.ref_feats, self.ref_sets
-        return (torch.cat([self.ref_feats, self.online_feats], dim=2),
-                torch.cat([self.ref_sets, self.online_sets], dim=3))
-
-    def probability_maps(self, height: int, width: int) -> Tensor:
-        """The last predicted frame's per-object [bg, fg] probabilities of the soft matching layer (before outlier
-        removal and aggregation: what the matching alone says), (B, N, 2, height, width).
-
-        height, width: the frame's size before VideoSegmenter padded it; the padding is cropped off.
-        """
-        if self.last_probs is None:
-            raise ValueError("no frame has been predicted yet: the first frame's mask is given, not matched; "
-                             "visualise a later frame (--vis-frame 1 or more)")
-        return unpad(self.last_probs, get_padding(height, width))
-
-
-def object_masks(probs: Tensor) -> Tensor:
-    """(B, N, 2, H, W) aggregated [1 - p, p] -> (B, N, H, W) bool: the pixels each object wins in the id mask.
-
-    Background is what the objects leave, 1 - sum(p); ties go to the lower index, as in aggregate_objects. With one
-    object this is p > 0.5.
-    """
-    fg = probs[:, :, 1]
-    winner = torch.cat([1 - fg.sum(dim=1, keepdim=True), fg], dim=1).argmax(dim=1)  # (B, H, W) in 0..N
-    ids = torch.arange(1, fg.shape[1] + 1, device=fg.device).view(1, -1, 1, 1)
-    return winner.unsqueeze(1) == ids
-
-
-class VideoMatch(nn.Module):
-    """Siamese encoder + soft matching layer (top-K mean of cosine similarities) + outlier removal."""
-
-    def __init__(self, config: VideoMatchConfig | None = None, pretrained: bool = False):
-        super().__init__()
-        self.config = config or VideoMatchConfig()
-        self.encoder = VideoMatchEncoder(self.config.encoder, pretrained, self.config.upsample)
-        # query positions per top-K chunk (matching.topk_mean_scores); None: all at once. Runtime, not a weight.
-        self.topk_chunk: int | None = None
-
-    def train(self, mode: bool = True) -> "VideoMatch":
-        super().train(mode)
-        # BatchNorm statistics stay frozen (ResNet-101): training batches of frame pairs are too small to estimate
-        # them, as in EMVOS's training. VGG-19 has none.
-        for m in self.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.eval()
-        return self
-
-    # --- the three named steps ----------------------------------------------------------------------------------
-    def encode(self, img: Tensor) -> Tensor:
-        """img: (B, 3, H, W) RGB in [0, 1], H and W multiples of 8 -> (B, C, h, w) features, unit norm per position."""
-        return F.normalize(self.encoder(img), dim=1, eps=1e-12)
-
-    def match(self, feats: Tensor, state: MatchState) -> Tensor:
-        """Soft matching layer (Sec. 3.1): [bg, fg] scores of every object, (B, N, 2, h, w), in [-1, 1]."""
-        ref_feats, sets = state.reference()
-        sim = matching.cosine_similarity(ref_feats, feats.flatten(2))  # (B, HW_r, HW_q), one for all objects
-        scores = matching.soft_match(sim, sets, self.config.topk, self.topk_chunk)  # (B, N, 2, HW_q)
-        return scores.unflatten(3, feats.shape[-2:])
-
-    def decode(self, scores: Tensor, size: tuple[int, int]) -> Tensor:
-        """Bilinear upsampling of the scores to the frame (Sec. 3.1): logits (B, N, 2, H, W); softmax over dim 2 gives
-        the paper's [bg, fg] probabilities."""
-        up = F.interpolate(scores.flatten(1, 2), size=size, mode="bilinear", align_corners=False)
-        return up.unflatten(1, scores.shape[1:3])
-
-    # --- memory ----------------------------------------------------------------------------------------------------
-    def init_state(self, feats: Tensor, masks: Tensor) -> MatchState:
-        """Start a video from the objects given at this frame. masks: (B, n, 2, H, W) [bg, fg] in {0, 1}."""
-        sets = matching.mask_sets(masks[:, :, 1], feats.shape[-2:])  # (B, n, 2, HW)
-        return MatchState(feats.flatten(2), sets, masks[:, :, 1] > 0.5)
-
-    def add_objects(self, state: MatchState, feats: Tensor, masks: Tensor) -> None:
-        """Objects first given at a later frame (YouTube-VOS): this frame's features become their reference."""
-        new = matching.mask_sets(masks[:, :, 1], feats.shape[-2:])  # (B, n, 2, HW)
-        b, n_old, _, hw_old = state.ref_sets.shape
-        n_new, hw_new = new.shape[1], new.shape[3]
-        old_sets = torch.cat([state.ref_sets, state.ref_sets.new_zeros(b, n_old, 2, hw_new)], dim=3)
-        new_sets = torch.cat([new.new_zeros(b, n_new, 2, hw_old), new], dim=3)
-        state.ref_feats = torch.cat([state.ref_feats, feats.flatten(2)], dim=2)
-        state.ref_sets = torch.cat([old_sets, new_sets], dim=1)
-        state.prev_mask = torch.cat([state.prev_mask, masks[:, :, 1] > 0.5], dim=1)
-        if state.online_sets is not None:  # the new objects have no confident positions in the previous frame
-            state.online_sets = torch.cat([state.online_sets, state.online_sets.new_zeros(b, n_new, 2,
-                                                                                          state.online_sets.shape[3])],
-                                          dim=1)
-
-    def update(self, state: MatchState, feats: Tensor, probs: Tensor) -> None:
-        """After a frame, with the (aggregated) soft masks probs (B, N, 2, H, W).
-
-        Its id mask becomes the previous mask of outlier removal. With the online update (Sec. 3.3), this frame's
-        confidently predicted positions (matching.confident_sets: cell-averaged foreground probability >=
-        online_threshold, or <= 1 - online_threshold for background) extend the given frame's sets until the next
-        frame replaces them: the references are the given frames plus the last frame, so time and memory per frame
-        stay constant however long the video. The paper's notes here do not fix the threshold; a single object's
-        aggregated probability p^2 / (p^2 + (1 - p)^2) reaches 0.98 at the largest cosine gap, so 0.9 is reachable.
-        """
-        state.prev_mask = object_masks(probs)
-        if self.config.online_update:
-            state.online_feats = feats.flatten(2)
-            state.online_sets = matching.confident_sets(probs[:, :, 1], feats.shape[-2:], self.config.online_threshold)
-
-    def predict(self, feats: Tensor, state: MatchState, remove_outliers: bool = True) -> Tensor:
-        """Logits (B, N, 2, H, W) of every tracked object in a new frame.
-
-        With outlier removal (Sec. 3.3, on unless dilation is 0), foreground outside each object's previous mask
-        dilated by d x d gets the lowest logit, so its probability is exactly 0 and the pixel cannot be the object's.
-        The training forward turns it off: it is a test-time step, and it would cut the gradient there.
-        """
-        logits = self.decode(self.match(feats, state), tuple(state.prev_mask.shape[-2:]))
-        state.last_probs = torch.softmax(logits.detach(), dim=2)
-        if remove_outliers and self.config.dilation:
-            keep = matching.dilate_mask(state.prev_mask, self.config.dilation)  # (B, N, H, W)
-            fg = logits[:, :, 1].masked_fill(~keep, torch.finfo(logits.dtype).min)
-            logits = torch.stack([logits[:, :, 0], fg], dim=2)
-        return logits
-
-    # --- training forward ------------------------------------------------------------------------------------------
-    def forward(self, imgs: Tensor, first_masks: Tensor) -> Tensor:
-        """Training forward, as EMVOS's: clips with only the first frame's mask given, one object (id 1).
-
-        imgs: (B, L, 3, H, W) RGB in [0, 1]; first_masks: (B, H, W) with values 0/1. The paper trains on pairs
-        (L = 2); longer clips carry the previous mask (and, with the online update, the confident sets) along.
-        Returns the logits of frames 1..L-1, (B, L-1, 2, H, W), without outlier removal.
-        """
-        b, length, _, height, width = imgs.shape
-        padding = get_padding(height, width)
-        imgs = pad(imgs.flatten(0, 1), padding)
-        first = pad_mask(first_masks, padding)
-        feats = self.encode(imgs).unflatten(0, (b, length))  # every frame in one pass: BatchNorm is frozen
-        state = self.init_state(feats[:, 0], one_hot(first, [1], imgs.dtype))
-        logits = []
-        for i in range(1, length):
-            logit = self.predict(feats[:, i], state, remove_outliers=False)  # (B, 1, 2, H, W)
-            logits.append(logit[:, 0])
-            if i < length - 1:
-                self.update(state, feats[:, i], torch.softmax(logit, dim=2))
-        return unpad(torch.stack(logits, dim=1), padding)
-
-
-# --- VideoMatch training losses (paper Sec. 4: BCE, class-balanced BCE or Dice on the foreground probability) ---
-# Each takes logits (..., 2, H, W) [bg, fg] and targets (..., H, W) in {0, 1} and returns a scalar.
-
-def bce_loss(logits: Tensor, target: Tensor) -> Tensor:
-    """Binary cross-entropy of the foreground probability, averaged over pixels and frames.
-
-    From log_softmax of the two logits (numerically stable); for two classes it equals the cross-entropy EMVOS uses.
-    """
-    logp = torch.log_softmax(logits, dim=-3)
-    t = target.to(logp.dtype)
-    return -(t * logp[..., 1, :, :] + (1 - t) * logp[..., 0, :, :]).mean()
-
-
-def balanced_bce_loss(logits: Tensor, target: Tensor) -> Tensor:
-    """Class-balanced BCE (HED, Xie and Tu 2015; OSVOS): per frame, foreground pixels weigh beta = the share of
-    background pixels and background pixels 1 - beta, so a small object counts as much as the background around it.
-    Averaged over pixels and frames."""
-    logp = torch.log_softmax(logits, dim=-3)
-    t = target.to(logp.dtype)
-    beta = 1 - t.mean(dim=(-2, -1), keepdim=True)  # (..., 1, 1)
-    return -(beta * t * logp[..., 1, :, :] + (1 - beta) * (1 - t) * logp[..., 0, :, :]).mean()
-
-
-def dice_loss(logits: Tensor, target: Tensor, eps: float = 1.0) -> Tensor:
-    """Soft Dice loss (Milletari et al., 2016): 1 - (2 |P T| + eps) / (|P| + |T| + eps) per frame, P the foreground
-    probabilities, averaged over frames. eps keeps a frame without object (P, T ~ 0) at a loss near 0, not 0 / 0."""
-    p = torch.softmax(logits, dim=-3)[..., 1, :, :].flatten(-2)  # (..., HW)
-    t = target.flatten(-2).to(p.dtype)
-    return (1 - (2 * (p * t).sum(-1) + eps) / (p.sum(-1) + t.sum(-1) + eps)).mean()
-
-
-VIDEOMATCH_LOSSES = {"bce": bce_loss, "balanced_bce": balanced_bce_loss, "dice": dice_loss}
-
-
-def videomatch_loss(name: str, logits: Tensor, target: Tensor) -> Tensor:
-    """The training loss chosen by name (`--loss dice|bce|balanced_bce`): logits (B, T, 2, H, W), target (B, T, H, W)
-    -> scalar."""
-    if name not in VIDEOMATCH_LOSSES:
-        raise ValueError(f"unknown VideoMatch loss {name!r}; pass --loss with one of {sorted(VIDEOMATCH_LOSSES)}")
-    return VIDEOMATCH_LOSSES[name](logits, target)
+def is_official_architecture(config: ModelConfig) -> bool:
+    """Whether the authors' code builds this network (so its weights are written in their plain layout)."""
+    official = ModelConfig()
+    return (config.encoder, config.branches, config.key_dim) == (official.encoder, official.branches, official.key_dim)
+
+
+def official_config(weights: Mapping[str, Tensor]) -> dict | None:
+    """{} (the official config) for a state dict in the official layout, else None."""
+    keys = ("vos.encoder.denseblock1.denselayer1.conv1.weight", "vos.matcher.conv2.conv.weight",
+            "vos.decoder.blend1.conv.weight")
+    if not all(k in weights for k in keys):
+        return None
+    official = ModelConfig()
+    c_in = weights["vos.decoder.blend1.conv.weight"].shape[1]
+    if weights["vos.matcher.conv2.conv.weight"].shape[0] != official.key_dim or c_in != 256 + 4 * 2 + 2:
+        return None
+    return {}

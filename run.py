@@ -1,34 +1,39 @@
 """EMVOS: `python run.py --test` segments DAVIS / YouTube-VOS (or one video), `python run.py --train` trains.
 
-With no dataset on disk and no flags, `python run.py --test` runs on the short DAVIS sample shipped in `sample/`.
+With no dataset on disk and no flags, `python run.py --test` runs on the short DAVIS sample shipped in `sample/`,
+with the authors' checkpoint (fetched into trained_model/ on first use).
 """
 
 import argparse
+import errno
+import os
 import sys
-import time
+import tempfile
 import zipfile
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+import dataset
 import evaluation
+import methods
+import trainer
+import weights
 from dataset import DAVIS, SingleVideo, TestVideo, YouTubeVOS
-from model import VideoSegmenter, load_checkpoint
-from utils import OverlayWriter, VOSInputError, parse_bytes, read_frame, read_mask, save_mask, save_probability_maps
+from inference import PRECISIONS, RunSettings, VideoSegmenter, run_settings, segment_video
+from model import Runtime
+from utils import OverlayWriter, VOSInputError, parse_bytes, save_probability_maps
 
-# Dataset roots and weights: edit these or pass the flags (--davis, --ytvos, --coco, --weights), as in the official
-# run.py. The DAVIS reader works out whether it was given the 2017 layout or the original DAVIS 2016 download.
-DAVIS_ROOT = "../DB/DAVIS"
-YTVOS18_ROOT = "../DB/YTVOS18"
-YTVOS19_ROOT = "../DB/YTVOS19"
-COCO_ROOT = "../DB/COCO"
-WEIGHTS = {"emvos": "trained_model/coco_davis_best.pth", "videomatch": "trained_model/videomatch_davis_best.pth"}
+# Dataset roots: edit these or pass the flags (--davis, --ytvos, --coco), as in the official run.py. The DAVIS reader
+# works out whether it was given the 2017 layout or the original DAVIS 2016 download.
+DAVIS_ROOT = dataset.DAVIS_ROOT
+YTVOS18_ROOT = dataset.YTVOS18_ROOT
+YTVOS19_ROOT = dataset.YTVOS19_ROOT
+COCO_ROOT = dataset.COCO_ROOT
 SAMPLE_ROOT = Path(__file__).resolve().parent / "sample" / "DAVIS2016"  # CC BY 4.0, see sample/README.md
 
 # --data key -> (benchmark, year, split)
@@ -40,167 +45,31 @@ TEST_KEYS = {
     "YTVOS19_val": ("ytvos", "2019", "valid"),
     "sample": ("sample", "2016", "train"),  # the bundled piece of DAVIS 2016 train
 }
-PRECISIONS = {"fp32": (torch.float32, None), "fp64": (torch.float64, None),
-              "bf16": (torch.float32, torch.bfloat16), "fp16": (torch.float32, torch.float16)}
-
-# The official protocol (DESIGN 2): short side to 480 unless a given object would then have fewer pixels than this.
-TEST_SHORT_SIDE = 480
-MIN_OBJECT_PIXELS = 1000
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# the official test-time resize rule
+# --test
 # ---------------------------------------------------------------------------------------------------------------
-
-def test_size(height: int, width: int, given: Iterable[np.ndarray]) -> tuple[int, int] | None:
-    """The size to run at, or None to keep the original: the short side goes to 480 (bicubic frames, nearest masks),
-    unless any given object would then have fewer than 1000 pixels (the official evaluator's rule)."""
-    if min(height, width) == TEST_SHORT_SIDE:
-        return None
-    if height > width:
-        size = (int(TEST_SHORT_SIDE / width * height), TEST_SHORT_SIDE)
-    else:
-        size = (TEST_SHORT_SIDE, int(TEST_SHORT_SIDE / height * width))
-    for mask in given:
-        resized = resize_mask(torch.from_numpy(mask).long(), size)
-        ids, counts = resized.unique(return_counts=True)
-        if any(c < MIN_OBJECT_PIXELS for i, c in zip(ids.tolist(), counts.tolist(), strict=True) if i != 0):
-            return None
-    return size
-
-
-def resize_frame(frame: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(3, H, W) -> (3, h, w) bicubic, not clamped: the official code feeds the overshoot to the network as is."""
-    return F.interpolate(frame[None], size=size, mode="bicubic", align_corners=False)[0]
-
-
-def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(H, W) ids -> (h, w) ids, nearest (as F.interpolate does it in the official code)."""
-    return F.interpolate(mask[None, None].float(), size=size, mode="nearest")[0, 0].long()
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# one video
-# ---------------------------------------------------------------------------------------------------------------
-
-@dataclass
-class RunSettings:
-    """How to run the model: device, precision and what to write."""
-
-    device: torch.device
-    dtype: torch.dtype = torch.float32
-    autocast: torch.dtype | None = None
-
-
-def prefetch(items: list, load: Callable, depth: int = 2) -> Iterator:
-    """Yield load(item) for each item, reading up to `depth` ahead in a thread so disk and model overlap.
-    Only `depth` items are ever held, so memory does not grow with the video's length."""
-    with ThreadPoolExecutor(1) as pool:
-        pending: deque[Future] = deque(pool.submit(load, x) for x in items[:depth])
-        for nxt in items[depth:] + [None] * depth:
-            result = pending.popleft().result()
-            if nxt is not None:
-                pending.append(pool.submit(load, nxt))
-            yield result
-
-
-def load_given_masks(video: TestVideo, frame_size: tuple[int, int]) -> dict[int, np.ndarray]:
-    """Read and check every given mask of a video up front (they decide the resize rule)."""
-    given = {}
-    for index, path in sorted(video.given_masks.items()):
-        mask = read_mask(path, binary=video.binary)
-        if mask.shape != frame_size:
-            raise VOSInputError(
-                f"mask {path} is {mask.shape[1]}x{mask.shape[0]} but its frame {video.frames[index]} is "
-                f"{frame_size[1]}x{frame_size[0]}; masks must have the size of their frame (resize it with nearest "
-                f"neighbour interpolation)")
-        given[index] = mask
-    if not given or 0 not in given:
-        raise VOSInputError(f"video {video.name} has no mask for its first frame {video.frames[0]}")
-    if not given[0].any():
-        raise VOSInputError(f"first-frame mask {video.given_masks[0]} has no object (every pixel is 0); give at "
-                            f"least one object as pixel values 1..255")
-    return given
-
-
-def segment_video(model: torch.nn.Module, video: TestVideo, out_dir: Path, settings: RunSettings,
-                  on_frame: Callable[[int, np.ndarray, np.ndarray, VideoSegmenter], None] | None = None
-                  ) -> tuple[int, float]:
-    """Run one video frame by frame and write its palette PNGs to out_dir. Returns (frames run, model seconds).
-
-    on_frame(index, rgb frame, id mask, segmenter) is called after each frame (visualisation hooks).
-    """
-    first = read_frame(video.frames[0])
-    height, width = first.shape[:2]
-    given = load_given_masks(video, (height, width))
-    size = test_size(height, width, given.values())
-    seg = VideoSegmenter(model, dtype=settings.dtype, autocast=settings.autocast)
-    seconds, frames = 0.0, 0
-
-    def load(index: int) -> tuple[int, np.ndarray]:
-        return index, first if index == 0 else read_frame(video.frames[index])
-
-    with ThreadPoolExecutor(1) as writer:
-        writes: deque[Future] = deque()
-        for index, rgb in prefetch(list(range(len(video.frames))), load):
-            if rgb.shape[:2] != (height, width):
-                raise VOSInputError(f"frame {video.frames[index]} is {rgb.shape[1]}x{rgb.shape[0]} but the video's "
-                                    f"first frame is {width}x{height}; all frames of a video must have one size")
-            frame = torch.tensor(rgb).permute(2, 0, 1).float().div(255)  # a copy: PIL arrays are read-only
-            mask = torch.from_numpy(given[index]).long() if index in given else None
-            if size is not None:
-                frame = resize_frame(frame, size)
-                mask = resize_mask(mask, size) if mask is not None else None
-            sync(settings.device)
-            t0 = time.perf_counter()
-            labels, _ = seg.step(frame, mask)
-            sync(settings.device)
-            seconds += time.perf_counter() - t0
-            frames += 1
-            if size is not None:  # masks go out at the original size (YouTube-VOS is scored at it)
-                labels = resize_mask(labels, (height, width))
-            labels = labels.to("cpu", torch.uint8).numpy()
-            name = video.output_names[index]
-            if name is not None:
-                writes.append(writer.submit(save_mask, out_dir / name, labels))
-            while len(writes) > 4 or (writes and writes[0].done()):
-                writes.popleft().result()  # surface write errors early; bound the queue
-            if on_frame is not None:
-                on_frame(index, rgb, labels, seg)
-        for w in writes:
-            w.result()
-    return frames, seconds
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
 
 class Visualizer:
-    """`--visualize`: an overlay MP4 next to a video's PNGs and, for VideoMatch, its soft matching layer's foreground
-    and background probability maps of one frame as a PNG. Written as the frames go; nothing waits on a window."""
+    """`--visualize`: an overlay MP4 of each video and the per-object foreground / background probabilities of one
+    frame (--vis-frame) as a PNG, both under <output>/visualize/<video>/, never among the masks. Written as the
+    frames go; nothing waits on a window."""
 
-    def __init__(self, video: TestVideo, out_dir: Path, vis_frame: int = 1, fps: float = 24.0) -> None:
-        self.out_dir = out_dir / video.name
+    def __init__(self, video: TestVideo, vis_dir: Path, vis_frame: int = 1, fps: float = 24.0) -> None:
+        self.out_dir = vis_dir / video.name
         self.overlay = OverlayWriter(self.out_dir / "overlay.mp4", fps)
         self.vis_frame = vis_frame
 
     def __call__(self, index: int, rgb: np.ndarray, labels: np.ndarray, seg: VideoSegmenter) -> None:
         self.overlay.write(rgb, labels)
-        maps = getattr(seg.state, "probability_maps", None)  # only VideoMatch's state exposes them
-        if index == self.vis_frame and maps is not None:
-            probs = maps(*seg.frame_size)[0].float()  # (N, 2, h, w) at the size the model ran at
-            probs = F.interpolate(probs, size=labels.shape, mode="bilinear", align_corners=False).cpu().numpy()
+        if index == self.vis_frame and seg.last_probs is not None:
+            probs = F.interpolate(seg.last_probs, size=labels.shape, mode="bilinear", align_corners=False).numpy()
             save_probability_maps(self.out_dir / f"probabilities_{index:05d}.png", probs[:, 1], probs[:, 0])
 
     def close(self) -> None:
         self.overlay.close()
 
-
-# ---------------------------------------------------------------------------------------------------------------
-# datasets
-# ---------------------------------------------------------------------------------------------------------------
 
 def open_dataset(key: str, args: argparse.Namespace) -> DAVIS | YouTubeVOS:
     bench, year, split = TEST_KEYS[key]
@@ -212,117 +81,165 @@ def open_dataset(key: str, args: argparse.Namespace) -> DAVIS | YouTubeVOS:
     return YouTubeVOS(root, year, split)
 
 
-def write_zip(out_dir: Path, zip_path: Path, prefix: str) -> Path:
-    """Zip the PNGs for an evaluation server: `<prefix><video>/<frame>.png` (YouTube-VOS wants 'Annotations/')."""
-    tmp = zip_path.with_suffix(".zip.tmp")
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
-        for png in sorted(out_dir.glob("*/*.png")):
-            z.write(png, f"{prefix}{png.parent.name}/{png.name}")
-    tmp.replace(zip_path)
+def write_zip(files: Iterable[Path], zip_path: Path, prefix: str) -> Path:
+    """Zip exactly these mask files for an evaluation server as `<prefix><video>/<frame>.png` (YouTube-VOS wants
+    'Annotations/'): never whatever else sits in the folder from an earlier run. Written to a unique temporary name
+    and renamed, so two runs never write into one file and a kill leaves no half archive."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{zip_path.name}.", suffix=".tmp", dir=zip_path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as z:
+            for png in files:
+                z.write(png, f"{prefix}{png.parent.name}/{png.name}")
+        os.replace(tmp, zip_path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return zip_path
 
 
-def run_dataset(model: torch.nn.Module, key: str, videos: Iterable[TestVideo], out_dir: Path, settings: RunSettings,
-                gt: dict[str, list[Path]] | None, binary: bool, zip_prefix: str | None,
-                visualize: Callable | None = None) -> evaluation.EvaluationResult | None:
-    """Segment every video of one dataset into out_dir/<video>/, then score (if gt) and zip (if zip_prefix)."""
+def run_dataset(model: methods.VOSModel, key: str, videos: Iterable[TestVideo], out_dir: Path,
+                settings: RunSettings, scored: bool, binary: bool, zip_prefix: str | None,
+                visualize: Callable[[TestVideo], Visualizer] | None = None) -> evaluation.EvaluationResult | None:
+    """Segment every video of one dataset into out_dir/<video>/, then score (if scored) and zip (if zip_prefix)."""
     total_frames, total_seconds = 0, 0.0
-    names = []
+    written: list[Path] = []
+    gt: dict[str, list[Path]] = {}
     for video in videos:
-        hook = visualize(video, out_dir) if visualize else None
-        frames, seconds = segment_video(model, video, out_dir / video.name, settings, hook)
-        if hook is not None:
-            hook.close()
-        total_frames, total_seconds = total_frames + frames, total_seconds + seconds
-        names.append(video.name)
-        print(f"{key} {video.name}: {frames} frames, {frames / max(seconds, 1e-9):.2f} fps", flush=True)
+        hook = visualize(video) if visualize else None
+        try:
+            done = segment_video(model, video, out_dir / video.name, settings, hook, keep_probabilities=bool(hook))
+        finally:
+            if hook is not None:
+                hook.close()
+        total_frames, total_seconds = total_frames + done.frames, total_seconds + done.seconds
+        written += done.written
+        gt[video.name] = video.annotations or []
+        print(f"{key} {video.name}: {done.frames} frames, {done.frames / max(done.seconds, 1e-9):.2f} fps", flush=True)
     fps = total_frames / max(total_seconds, 1e-9)
-    print(f"{key}: {len(names)} videos, {total_frames} frames, {fps:.2f} fps (model time)")
+    print(f"{key}: {len(gt)} videos, {total_frames} frames, {fps:.2f} fps (model time)")
     result = None
-    if gt is not None:
-        result = evaluation.evaluate_sequences({n: gt[n] for n in names}, out_dir, binary)
+    if scored:
+        result = evaluation.evaluate_sequences(gt, out_dir, binary)
         evaluation.write_csvs(result, out_dir, "val" if "val" in key else key)
         print(evaluation.format_table(result, key))
         print(f"{key}: J&F {result.jf_mean:.3f}  J {result.j_mean:.3f}  F {result.f_mean:.3f}  {fps:.2f} fps")
     if zip_prefix is not None:
-        path = write_zip(out_dir, out_dir.parent / f"{key}.zip", zip_prefix)
-        print(f"{key}: submission archive {path}")
+        path = write_zip(written, out_dir.parent / f"{key}.zip", zip_prefix)
+        print(f"{key}: submission archive {path} ({len(written)} masks)")
     return result
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# entry point
-# ---------------------------------------------------------------------------------------------------------------
+def writable_dir(path: Path, flag: str) -> Path:
+    """Create `path` and check that files can be written there, before any work is done."""
+    if path.exists() and not path.is_dir():
+        raise VOSInputError(f"{flag} {path} is a file, not a folder; pass a folder path")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise VOSInputError(f"{flag} {path} is not writable ({e.strerror}); pass a folder you can write to") from e
+    return path
 
-def run_settings(args: argparse.Namespace) -> RunSettings:
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise VOSInputError("--device cuda was asked for but PyTorch sees no CUDA device; pass --device cpu")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype, autocast = PRECISIONS[args.precision]
-    if args.precision == "fp16" and device.type != "cuda":
-        raise VOSInputError("--precision fp16 needs --device cuda; on CPU use --precision bf16 or fp32")
-    if args.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise VOSInputError("this GPU has no bfloat16; pass --precision fp16 or fp32")
-    return RunSettings(device, dtype, autocast)
+
+def load_model(args: argparse.Namespace, settings: RunSettings) -> tuple[methods.VOSModel, str]:
+    """The checkpoint named by --weights (a path or an alias such as official-ytvos; default: the method's own),
+    fetched on first use when it is one of the authors' files, checked, on the run's device and precision."""
+    spec = methods.get(args.method)
+    path = weights.resolve_weights(args.weights or spec.weights, download=not args.no_download)
+    net, meta = methods.load_weights(path, "--weights")
+    if args.method_given and meta["method"] != args.method:
+        raise VOSInputError(f"--weights {path} holds a {meta['method']} model but --method {args.method} was asked "
+                            f"for; drop --method or pass a {args.method} checkpoint")
+    method = methods.get(meta["method"])
+    print(f"{method.name}: {path}")
+    net = net.to(settings.device)
+    if settings.dtype == torch.float64:
+        net = net.to(torch.float64)
+    if args.channels_last:  # NHWC convolutions: faster with oneDNN and cuDNN (bench.py); fp32 logits move ~1e-5
+        net = net.to(memory_format=torch.channels_last)
+    if args.compile:
+        if not method.compilable:
+            able = ", ".join(m.name for m in methods.METHODS.values() if m.compilable)
+            raise VOSInputError(f"--compile is implemented for {able}, not for {method.name}; drop --compile")
+        net.compile_modules()
+    return net, method.name
 
 
 def test(args: argparse.Namespace) -> list[evaluation.EvaluationResult]:
-    settings = run_settings(args)
-    weights = args.weights or WEIGHTS[args.method]
-    model, meta = load_checkpoint(weights, settings.device)
-    method = meta.get("method", "emvos")
-    if args.weights is not None and args.method_given and method != args.method:
-        raise VOSInputError(f"--weights {weights} holds a {method} model but --method {args.method} was asked for; "
-                            f"drop --method or pass a {args.method} checkpoint")
-    print(f"{method}: {weights}")
-    model = model.to(settings.dtype) if settings.dtype == torch.float64 else model
-    if args.channels_last:  # NHWC convolutions: faster with oneDNN and cuDNN (bench.py); fp32 logits move ~1e-5
-        model = model.to(memory_format=torch.channels_last)
-    if hasattr(model, "set_memory_budget"):
-        model.set_memory_budget(args.max_memory)
-    if args.compile:
-        if not hasattr(model, "compile_modules"):
-            raise VOSInputError(f"--compile is implemented for EMVOS only, not for {method}; drop --compile")
-        model.compile_modules()
-    out_root = Path(args.output)
+    settings = run_settings(args.device, args.precision, Runtime(memory_budget=args.max_memory))
+    out_root = writable_dir(Path(args.output), "--output")
+    model, _ = load_model(args, settings)
     results = []
 
-    def visualize(video: TestVideo, out_dir: Path) -> Visualizer:
-        return Visualizer(video, out_dir, args.vis_frame)
+    def visualizer(out_dir: Path) -> Callable[[TestVideo], Visualizer] | None:
+        if not args.visualize:
+            return None
+        return lambda video: Visualizer(video, out_dir / "visualize", args.vis_frame)
 
-    vis = visualize if args.visualize else None
     if args.video is not None:
-        if args.mask is None:
-            raise VOSInputError("--video needs --mask PATH: the first frame's mask (a palette or grayscale PNG)")
         single = SingleVideo(args.video, args.mask)
         try:
-            run_dataset(model, "video", single.videos(), out_root, settings, None, False, None, vis)
+            run_dataset(model, "video", single.videos(), out_root, settings, False, False, None, visualizer(out_root))
         finally:
             single.close()
         return results
     for key in args.data:
         bench, _, split = TEST_KEYS[key]
-        dataset = open_dataset(key, args)
-        has_gt = bench != "ytvos" and split != "test-dev"
-        gt = None
-        if has_gt:
-            names = dataset.sequences if args.sequences is None else args.sequences
-            gt = {n: dataset.annotations(n) for n in names if n in dataset.sequences}
+        data = open_dataset(key, args)
+        scored = bench != "ytvos" and split != "test-dev"
         zip_prefix = "Annotations/" if bench == "ytvos" else ("" if split == "test-dev" else None)
-        result = run_dataset(model, key, dataset.videos(args.sequences), out_root / key, settings, gt,
-                             getattr(dataset, "binary", False), zip_prefix, vis)
+        out_dir = out_root / key
+        result = run_dataset(model, key, data.videos(args.sequences), out_dir, settings, scored,
+                             getattr(data, "binary", False), zip_prefix, visualizer(out_root / f"{key}-visualize"))
         if result is not None:
             results.append(result)
     return results
 
 
 def default_data(args: argparse.Namespace) -> list[str]:
-    """With no --data: the official DAVIS sets when DAVIS is on disk, else the bundled sample."""
+    """With no --data: the official DAVIS sets when DAVIS is on disk, else the bundled sample. A --davis given on the
+    command line that does not exist is an error, never a silent switch to the sample."""
     if Path(args.davis, "JPEGImages").is_dir():
         return ["DAVIS16_val", "DAVIS17_val"]
+    if args.davis != DAVIS_ROOT:
+        raise VOSInputError(f"--davis {args.davis} has no JPEGImages/ folder; pass the DAVIS root (the folder that "
+                            f"holds JPEGImages/ and Annotations/), or drop --davis to run on the bundled sample")
     print(f"no DAVIS at '{args.davis}' (set DAVIS_ROOT in run.py or pass --davis PATH); "
           f"running on the bundled sample {SAMPLE_ROOT}")
     return ["sample"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the command line
+# ---------------------------------------------------------------------------------------------------------------
+
+# Help for the stage fields that --train may override (each becomes --<field-name>); the defaults are the presets.
+STAGE_FLAG_HELP = {
+    "epochs": "epochs per stage (official: coco 8000, davis 4000)",
+    "batch_size": "clips per step over all processes (16 / 8)",
+    "clip_len": "frames per clip (coco 5, davis 10)",
+    "clips_per_epoch": "clips per epoch (128)",
+    "crop": "clip size H W (384 384)",
+    "lr": "Adam learning rate (1e-4)",
+    "weight_decay": "Adam weight decay (EMVOS 0, VideoMatch 5e-4)",
+    "val_every": "validate every N epochs, 0 = never (400 / 200)",
+    "save_every": "write a checkpoint every N epochs (4000 / 2000)",
+    "swap_above": "swap-and-attach when a uniform draw exceeds this (0.8: p = 0.2; 1: never)",
+}
+
+
+def add_stage_flags(group: argparse._ArgumentGroup) -> None:
+    """One override flag per tunable StageConfig field, typed from the field."""
+    for f in fields(methods.StageConfig):
+        if f.name not in STAGE_FLAG_HELP:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if f.name == "crop":
+            group.add_argument(flag, type=int, nargs=2, default=None, metavar=("H", "W"), help=STAGE_FLAG_HELP[f.name])
+        else:
+            kind = {"int": int, "float": float}[f.type if isinstance(f.type, str) else f.type.__name__]
+            group.add_argument(flag, type=kind, default=None, help=STAGE_FLAG_HELP[f.name])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -330,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--train", action="store_true", help="train (stages, see --stages)")
     mode.add_argument("--test", action="store_true", help="segment datasets or one video and score them")
-    p.add_argument("--method", default=None, choices=list(WEIGHTS),
+    p.add_argument("--method", default=None, choices=list(methods.METHODS),
                    help="emvos (default) or videomatch; --test takes the method from the checkpoint")
     p.add_argument("--davis", default=DAVIS_ROOT, help="DAVIS root (2017 layout or the original DAVIS 2016 download)")
     p.add_argument("--ytvos", default=None, help=f"YouTube-VOS root (default {YTVOS18_ROOT} / {YTVOS19_ROOT})")
@@ -338,13 +255,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, choices=["cpu", "cuda"], help="default: cuda when available")
     p.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
                    help="fp32; bf16/fp16 by autocast (fp16 needs CUDA); fp64 to compare with a reference")
+    p.add_argument("--no-download", action="store_true",
+                   help=f"never download weights (also: {weights.DOWNLOAD_ENV}=1); missing files are an error that "
+                        f"says where to put them")
     t = p.add_argument_group("test")
     t.add_argument("--data", nargs="+", choices=list(TEST_KEYS), default=None,
                    help="datasets to test on (default: DAVIS16_val DAVIS17_val, or the bundled sample)")
     t.add_argument("--weights", default=None,
-                   help=f"checkpoint: official .pth or one written by --train (default {WEIGHTS['emvos']})")
+                   help="checkpoint path, or official-davis / official-ytvos for the authors' files (fetched into "
+                        "trained_model/ on first use); default: the method's own, "
+                        f"{methods.get('emvos').weights} for EMVOS")
     t.add_argument("--output", default="outputs", help="PNGs go to OUTPUT/<KEY>/<sequence>/<frame>.png")
-    t.add_argument("--sequences", nargs="+", default=None, help="run only these sequences")
+    t.add_argument("--sequences", nargs="+", default=None, help="run only these sequences (not with --video)")
     t.add_argument("--video", default=None, help="one video: a folder of frames or a video file (needs --mask)")
     t.add_argument("--mask", default=None, help="first-frame mask PNG for --video (pixel values = object ids)")
     t.add_argument("--max-memory", type=parse_bytes, default="auto",
@@ -354,37 +276,102 @@ def build_parser() -> argparse.ArgumentParser:
                    help="channels_last convolutions (default on)")
     t.add_argument("--compile", action="store_true", help="torch.compile the encoder and decoder (fixed sizes pay)")
     t.add_argument("--visualize", action="store_true",
-                   help="also write <sequence>/overlay.mp4 and, for VideoMatch, the probability maps of --vis-frame")
-    t.add_argument("--vis-frame", type=int, default=1, help="frame whose VideoMatch fg/bg probabilities are saved")
-    try:
-        import trainer
-    except ImportError as e:  # the test side must keep working without the training dependencies
-        p.set_defaults(train_unavailable=str(e))
-    else:
-        trainer.add_train_arguments(p)
+                   help="also write OUTPUT/<KEY>-visualize/<sequence>/overlay.mp4 and the probability maps of "
+                        "--vis-frame (kept apart from the masks and the zips)")
+    t.add_argument("--vis-frame", type=int, default=None, help="frame whose fg/bg probabilities --visualize saves (1)")
+    g = p.add_argument_group("train")
+    g.add_argument("--stages", nargs="+", default=None, metavar="STAGE",
+                   help="stages in order, each starting from the previous one's weights (EMVOS default: coco davis, "
+                        "as the official run.py; presets: " + ", ".join(methods.EMVOS_STAGES) + ")")
+    add_stage_flags(g)
+    g.add_argument("--val-sequences", nargs="+", default=None, help="validate on these DAVIS val sequences only")
+    g.add_argument("--davis-year", choices=["2016", "2017"], default=None,
+                   help="DAVIS year for the davis stage's train split and for validation (2017, official); 2016 "
+                        "merges the objects into one and also reads the original DAVIS 2016 download")
+    g.add_argument("--save-dir", default=None,
+                   help="where checkpoints and train_log.csv go (trained_model; with --resume, the file's folder)")
+    g.add_argument("--no-pretrained", action="store_true", default=None,
+                   help="start the backbone from scratch instead of its ImageNet weights")
+    g.add_argument("--init", default=None, metavar="PATH",
+                   help="start the first stage from these weights (an official .pth or one written here)")
+    g.add_argument("--resume", default=None, metavar="PATH",
+                   help="go on exactly where the run that wrote this checkpoint stopped (X.pth or its X.train.pth)")
+    g.add_argument("--chain", choices=["last", "best"], default=None,
+                   help="a later stage starts from the previous stage's last weights (official: the model object is "
+                        "carried over) or from its best checkpoint")
+    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="mixed precision: bf16 autocast (fp16 + GradScaler on GPUs without bf16)")
+    g.add_argument("--workers", type=int, default=None, help="DataLoader worker processes (4, official)")
+    g.add_argument("--train-encoder", action="store_true", default=None,
+                   help="EMVOS: fine-tune the encoder too (official: frozen; its BatchNorm statistics stay frozen)")
+    g.add_argument("--seed", type=int, default=None, help=f"random seed ({trainer.SEED}, official)")
+    g.add_argument("--loss", default=None, choices=sorted({n for m in methods.METHODS.values() for n in m.losses}),
+                   help="training loss by name (EMVOS: cross_entropy; VideoMatch: bce (default), balanced_bce, dice)")
     return p
 
 
+TEST_ONLY = ("data", "weights", "sequences", "video", "mask", "visualize", "vis_frame", "compile", "max_memory",
+             "channels_last")
+TRAIN_ONLY = ("stages", "val_sequences", "davis_year", "save_dir", "no_pretrained", "init", "resume", "chain", "amp",
+              "workers", "train_encoder", "seed", "loss", *STAGE_FLAG_HELP)
+
+
+def check_flags(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Flags that do nothing in this mode or with this method are errors, not silently ignored."""
+    defaults = {a.dest: a.default for a in parser._actions}
+    wrong_mode = TEST_ONLY if args.train else TRAIN_ONLY
+    given = [d for d in wrong_mode if getattr(args, d) != defaults.get(d)]
+    if given:
+        flags = ", ".join("--" + d.replace("_", "-") for d in given)
+        raise VOSInputError(f"{flags} {'is' if len(given) == 1 else 'are'} for "
+                            f"{'--test' if args.train else '--train'}; drop {'it' if len(given) == 1 else 'them'}")
+    if args.test:
+        if args.video is not None and args.mask is None:
+            raise VOSInputError("--video needs --mask PATH: the first frame's mask (a palette or grayscale PNG)")
+        if args.mask is not None and args.video is None:
+            raise VOSInputError("--mask is the first-frame mask of --video; pass --video PATH too")
+        if args.video is not None and (args.sequences or args.data):
+            raise VOSInputError("--video runs one video; drop --sequences / --data, or drop --video")
+        if args.vis_frame is not None and not args.visualize:
+            raise VOSInputError("--vis-frame chooses the frame --visualize draws; pass --visualize too")
+        args.vis_frame = 1 if args.vis_frame is None else args.vis_frame
+    if args.train and args.train_encoder and args.method == "videomatch":
+        raise VOSInputError("--train-encoder is for EMVOS (its encoder is frozen by default); VideoMatch trains its "
+                            "whole network (the encoder is all of it) without the flag")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     args.method_given = args.method is not None
     args.method = args.method or "emvos"
     try:
+        check_flags(args, parser)
         if args.train:
-            if getattr(args, "train_unavailable", None):
-                raise VOSInputError(f"training is unavailable: {args.train_unavailable}")
-            import trainer
             try:
                 trainer.train(args)
             except trainer.TrainingError as e:  # a NaN/inf stop: the message says where and what to change
                 print(f"error: {e}", file=sys.stderr)
                 return 3
+            except trainer.TrainingInterrupted as e:
+                return int(e.code)
         else:
             if args.data is None and args.video is None:
                 args.data = default_data(args)
-            test(args)
-    except (VOSInputError, FileNotFoundError, evaluation.EvaluationError) as e:
+            try:
+                test(args)
+            except KeyboardInterrupt:
+                print(f"\ninterrupted: the masks written so far are complete files in {args.output}; run the same "
+                      f"command again to redo the rest", file=sys.stderr)
+                return 130
+    except (VOSInputError, evaluation.EvaluationError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+            raise
+        print(f"error: could not write {e.filename or ''}: {e.strerror}; files finished before stay as they were "
+              f"(each is written whole or not at all)", file=sys.stderr)
         return 2
     return 0
 

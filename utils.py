@@ -14,6 +14,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 from PIL import Image, UnidentifiedImageError
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -281,3 +282,34 @@ def parse_bytes(text: str) -> int | str | None:
     if text[-1] in scale:
         return int(float(text[:-1]) * scale[text[-1]])
     return int(float(text))
+
+
+def available_memory(device: torch.device | str) -> int:
+    """Bytes that can still be allocated on a device, now.
+
+    CUDA: free device memory plus what PyTorch's caching allocator holds without using it. CPU: the kernel's
+    MemAvailable (Linux), elsewhere the free physical pages.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+# Share of the free memory one frame's temporaries may take when the budget is automatic. A quarter leaves room for
+# what the budget does not cover (similarity matrices, full-resolution logits, aggregation) and for other programs;
+# larger batches gain little (bench.py), so there is no reason to press closer to the limit.
+AUTO_BUDGET_FRACTION = 0.25
+
+
+def auto_memory_budget(device: torch.device | str, fraction: float = AUTO_BUDGET_FRACTION) -> int:
+    """The automatic memory budget (bytes) for one frame's readout and decoder temporaries on a device."""
+    return int(fraction * available_memory(device))

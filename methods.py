@@ -1,0 +1,205 @@
+"""The methods this repository implements, in one table, and the interface every method meets.
+
+A method is a model class that meets `VOSModel` plus one `Method` entry in `METHODS`: its config class, default
+weights, training stages and losses. run.py, the trainer, the checkpoint code and bench.py read this table and
+nothing else, so adding a method means writing its module and calling `register(Method(...))` (tests/test_extend.py
+registers a tiny one and runs it through `run.py --test` and a training step).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import torch.nn as nn
+from torch import Tensor
+
+import model
+import videomatch
+from utils import VOSInputError
+from weights import load_state_dict_file
+
+
+@runtime_checkable
+class VOSModel(Protocol):
+    """What the driver (`inference.VideoSegmenter`) and the trainer call on a model.
+
+    Shapes: B clips (1 at test time), N tracked objects, n objects given at one frame, H x W the frame padded to a
+    multiple of 16. `feats` and `state` are the method's own types (a small dataclass each).
+    """
+
+    config: Any  # a dataclass; asdict(config) rebuilds the model with the method's config class
+
+    def encode(self, img: Tensor) -> Any:
+        """(B, 3, H, W) RGB in [0, 1] -> the frame's features."""
+
+    def init_state(self, feats: Any, masks: Tensor) -> Any:
+        """Start a video from the objects given at this frame; masks (B, n, 2, H, W) [bg, fg] in {0, 1}."""
+
+    def add_objects(self, state: Any, feats: Any, masks: Tensor) -> None:
+        """Objects first given at a later frame join the state (masks as in init_state)."""
+
+    def predict(self, feats: Any, state: Any, runtime: model.Runtime | None = None) -> Tensor:
+        """Logits (B, N, 2, H, W) [bg, fg] of every tracked object in a new frame."""
+
+    def update(self, state: Any, feats: Any, probs: Tensor) -> None:
+        """After a frame: remember it with the aggregated soft masks probs (B, N, 2, H, W)."""
+
+    def forward(self, imgs: Tensor, first_masks: Tensor) -> Tensor:
+        """Training: clips (B, L, 3, H, W), first masks (B, H, W) in {0, 1} -> logits (B, L-1, 2, H, W)."""
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """One training stage. EMVOS's presets are the official run.py's train_coco / train_davis / train_ytvos."""
+
+    name: str  # what --stages calls it
+    save_name: str  # checkpoint prefix, the official one: '<save_name>_best.pth', '<save_name>_<epoch:04d>.pth'
+    data: str  # 'coco', 'davis' or 'ytvos': which clip sampler, and which root flag (--coco, --davis, --ytvos)
+    clip_len: int  # frames per clip; the loss covers frames 1..clip_len-1
+    clips_per_epoch: int  # an epoch is this many random clips (the official clip_n)
+    batch_size: int  # clips per optimizer step, over all processes together
+    epochs: int
+    save_every: int  # write '<save_name>_<epoch:04d>.pth' every this many epochs (and after the last one)
+    val_every: int  # validate on DAVIS val every this many epochs; 0 = never
+    crop: tuple[int, int] = (384, 384)  # clip size (H, W) after the random resized crop
+    lr: float = 1e-4  # Adam, no schedule (official)
+    weight_decay: float = 0.0  # official: none
+    swap_above: float = 0.8  # swap-and-attach when random.random() > this (p = 0.2); the official comparison
+
+
+Loss = Callable[[Tensor, Tensor], Tensor]  # logits (B, L-1, 2, H, W), gt (B, L-1, H, W) in {0, 1} -> scalar
+
+
+@dataclass(frozen=True)
+class Method:
+    """One row of the table: everything run.py, the trainer and the checkpoint code need to know of a method."""
+
+    name: str
+    model: type[nn.Module]  # its class meets VOSModel; built as model(config, pretrained=...)
+    config: type  # the model's config dataclass
+    weights: str  # default checkpoint of `run.py --test`
+    stages: dict[str, StageConfig]  # training presets by name
+    default_stages: tuple[str, ...]  # what `run.py --train` runs with no --stages
+    losses: dict[str, Loss]  # what --loss may pick
+    default_loss: str
+    compilable: bool = False  # --compile is implemented (model.compile_modules())
+    # the file's key layout <-> this repository's state-dict keys (EMVOS: the official 'vos.' prefix)
+    to_file: Callable[[Mapping[str, Tensor]], dict[str, Tensor]] = dict
+    from_file: Callable[[Mapping[str, Tensor]], dict[str, Tensor]] = dict
+    # whether a model of this config is written as a plain state dict (the official layout) rather than with its
+    # method and config beside the weights
+    plain: Callable[[Any], bool] = lambda config: False
+    # the config of a plain state dict in this method's file layout (from its keys and shapes), or None if not one
+    infer_config: Callable[[Mapping[str, Tensor]], dict | None] = lambda weights: None
+
+
+EMVOS_STAGES = {
+    "coco": StageConfig("coco", "coco", "coco", clip_len=5, clips_per_epoch=128, batch_size=16, epochs=8000,
+                        save_every=4000, val_every=400),
+    "davis": StageConfig("davis", "coco_davis", "davis", clip_len=10, clips_per_epoch=128, batch_size=8, epochs=4000,
+                         save_every=2000, val_every=200),
+    # The official train_ytvos passes val_set=None: no validation, so its best checkpoint is the last one here.
+    # --val-every N turns DAVIS validation on for it.
+    "ytvos": StageConfig("ytvos", "coco_ytvos", "ytvos", clip_len=10, clips_per_epoch=128, batch_size=8, epochs=8000,
+                         save_every=2000, val_every=0),
+}
+
+# VideoMatch (Sec. 4 of the paper): pairs of frames (the first frame's mask given, the second predicted), Adam lr 1e-5
+# with weight decay 5e-4, the whole network trained (its BatchNorm statistics stay frozen). No swap-and-attach: that
+# is EMVOS's augmentation.
+VIDEOMATCH_STAGES = {
+    "davis": StageConfig("davis", "videomatch_davis", "davis", clip_len=2, clips_per_epoch=128, batch_size=8,
+                         epochs=2000, save_every=1000, val_every=100, lr=1e-5, weight_decay=5e-4, swap_above=1.0),
+    "ytvos": StageConfig("ytvos", "videomatch_ytvos", "ytvos", clip_len=2, clips_per_epoch=128, batch_size=8,
+                         epochs=2000, save_every=1000, val_every=0, lr=1e-5, weight_decay=5e-4, swap_above=1.0),
+}
+
+METHODS: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    """Add a method to the table (or replace the entry of that name)."""
+    METHODS[method.name] = method
+    return method
+
+
+def get(name: str) -> Method:
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+register(Method("emvos", model.EMVOS, model.ModelConfig, "trained_model/coco_davis_best.pth", EMVOS_STAGES,
+                ("coco", "davis"), {"cross_entropy": model.emvos_loss}, "cross_entropy", compilable=True,
+                to_file=model.to_official, from_file=model.from_official, plain=model.is_official_architecture,
+                infer_config=model.official_config))
+register(Method("videomatch", videomatch.VideoMatch, videomatch.VideoMatchConfig,
+                "trained_model/videomatch_davis_best.pth", VIDEOMATCH_STAGES, ("davis",), videomatch.LOSSES, "bce"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# building models and checkpoints
+# ---------------------------------------------------------------------------------------------------------------
+
+def build_model(method: str = "emvos", config: dict | None = None, pretrained: bool = False) -> nn.Module:
+    """A fresh model by method name, from a config dict (as stored in checkpoints) or the defaults."""
+    spec = get(method)
+    return spec.model(spec.config(**(config or {})), pretrained=pretrained)
+
+
+def weights_payload(net: nn.Module, method: str) -> dict:
+    """What a weights file holds. A method with an official layout (EMVOS with the official architecture) gets
+    exactly that: a plain state dict with the official keys, which the authors' code loads with
+    `load_state_dict(torch.load(path))`. Otherwise the weights plus what rebuilds the model: {model, method, config}.
+    """
+    spec = get(method)
+    weights = spec.to_file(net.state_dict())
+    if spec.plain(net.config):
+        return weights
+    return {"model": weights, "method": method, "config": asdict(net.config)}
+
+
+def recognise(weights: Mapping[str, Tensor]) -> tuple[str, dict] | None:
+    """(method, config) of a plain state dict, from its keys and shapes; None when no registered method owns it."""
+    for spec in METHODS.values():
+        config = spec.infer_config(weights)
+        if config is not None:
+            return spec.name, config
+    return None
+
+
+def load_weights(path: str | Path, what: str = "--weights", overrides: dict | None = None) -> tuple[nn.Module, dict]:
+    """Build the model a weights file describes and load it (strict). Returns (model on CPU in eval mode, metadata).
+
+    overrides: config fields to set on top of the file's (e.g. train_encoder for --init --train-encoder).
+    Reads a plain state dict (an official EMVOS checkpoint, a VideoMatch port encoder), a {model, method, config}
+    file, or a training-state file (`*.train.pth`); every failure is a VOSInputError that names the file.
+    """
+    state, meta = load_state_dict_file(path, what)
+    if "method" in meta:
+        method, config = meta["method"], meta.get("config") or {}
+        if method not in METHODS:
+            raise VOSInputError(f"{what} {path} holds a {method!r} model, which this repository does not implement "
+                                f"(methods: {', '.join(METHODS)})")
+    else:
+        found = recognise(state)
+        if found is None:
+            keys = ", ".join(list(state)[:3])
+            raise VOSInputError(f"{what} {path} holds a state dict of {len(state)} tensors ({keys}, ...) that is not "
+                                f"the weights of any method here ({', '.join(METHODS)}); pass an EMVOS or VideoMatch "
+                                f"checkpoint")
+        method, config = found
+    config = {**config, **(overrides or {})}
+    try:
+        net = build_model(method, config)
+    except (TypeError, ValueError) as e:
+        raise VOSInputError(f"{what} {path}: its {method} config {config} is not valid here ({e})") from e
+    try:
+        net.load_state_dict(get(method).from_file(state), strict=True)
+    except RuntimeError as e:
+        raise VOSInputError(f"{what} {path} does not fit the {method} model with config {net.config}: "
+                            f"{str(e).splitlines()[0][:300]}") from e
+    return net.eval(), {"method": method, "config": config, **meta}

@@ -1,0 +1,242 @@
+"""VideoMatch (Hu, Huang and Schwing, "VideoMatch: Matching based Video Object Segmentation", ECCV 2018).
+
+The second method, with the same streaming interface as EMVOS (`methods.VOSModel`: encode / init_state /
+add_objects / predict / update / forward), so the same driver runs it and its objects go through the same soft
+aggregation. There is no decoder network: the soft matching layer's scores, upsampled, are the logits.
+Shapes: B clips, N objects, HW the positions of the stride-8 feature map (times the upsample factor), H x W the
+(padded) frame.
+"""
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+import matching
+from model import DEFAULT_RUNTIME, Runtime, clip_forward, imagenet_backbone
+
+
+@dataclass
+class VideoMatchConfig:
+    """Hyper-parameters of VideoMatch. The defaults are the paper's: VGG-19, K = 20, d = 51, no online update."""
+
+    encoder: str = "vgg19"  # 'vgg19' (without its last two max-pools) or 'resnet101' (up to layer2); both stride 8
+    upsample: float = 1.0  # bilinear upsampling of the feature map: finer matching, at HW^2 cost in time and memory
+    topk: int = 20  # K: the soft matching layer averages the K best similarities in each set (paper Sec. 3.1)
+    dilation: int = 51  # d of outlier removal (Sec. 3.3), odd, in pixels of the frame; 0 turns it off
+    online_update: bool = False  # Sec. 3.3: extend the reference sets with the previous frame's confident features
+    online_threshold: float = 0.9  # confident: aggregated fg probability >= this (foreground) or <= 1 - this (bg)
+
+    def __post_init__(self) -> None:
+        if self.encoder not in VIDEOMATCH_ENCODERS:
+            raise ValueError(f"unknown VideoMatch encoder {self.encoder!r}; choose from {sorted(VIDEOMATCH_ENCODERS)}")
+        if self.upsample <= 0:
+            raise ValueError(f"the upsample factor must be positive, got {self.upsample}")
+        if self.topk < 1:
+            raise ValueError(f"topk (K) must be at least 1, got {self.topk}")
+        if self.dilation < 0 or (self.dilation and self.dilation % 2 == 0):
+            raise ValueError(f"dilation (d) must be odd, or 0 to turn outlier removal off; got {self.dilation}")
+        if not 0.5 < self.online_threshold <= 1:
+            raise ValueError(f"online_threshold must be in (0.5, 1], got {self.online_threshold}")
+
+
+# The backbone's layers up to stride 8 (torchvision names). VGG-19 keeps all 16 convolutions and loses max-pools 4
+# and 5, so its last 8 convolutions run at stride 8; ResNet-101 stops after layer2. Both give 512 channels.
+VIDEOMATCH_ENCODERS = {
+    "vgg19": None,  # every module of vgg19().features except the last two MaxPool2d
+    "resnet101": ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2"),
+}
+
+
+class VideoMatchEncoder(nn.Module):
+    """The Siamese feature extractor: RGB in [0, 1] (B, 3, H, W) -> (B, 512, H/8 * f, W/8 * f), f the upsample factor.
+
+    Weights are `features.<torchvision name>`, so ImageNet weights come from the torchvision model as is.
+    """
+
+    def __init__(self, name: str = "vgg19", pretrained: bool = False, upsample: float = 1.0):
+        super().__init__()
+        backbone = imagenet_backbone(name, pretrained)
+        if name == "vgg19":
+            children = list(backbone.features.named_children())
+            pools = [n for n, m in children if isinstance(m, nn.MaxPool2d)][-2:]
+            layers = [(n, m) for n, m in children if n not in pools]
+        else:
+            layers = [(n, getattr(backbone, n)) for n in VIDEOMATCH_ENCODERS[name]]
+        self.features = nn.Sequential(OrderedDict(layers))
+        self.upsample = upsample
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+
+    def forward(self, img: Tensor) -> Tensor:
+        x = self.features((img - self.mean) / self.std)  # (B, 512, H/8, W/8)
+        if self.upsample != 1:
+            size = (max(1, round(x.shape[-2] * self.upsample)), max(1, round(x.shape[-1] * self.upsample)))
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        return x
+
+
+@dataclass
+class MatchState:
+    """Everything VideoMatch remembers about a video. Objects are slots 0..N-1 in order of first appearance.
+
+    The reference features of every frame at which objects were given are concatenated along HW_r; each object's
+    [bg, fg] sets select its own frame's positions there (False elsewhere), so all objects share one similarity
+    matrix per query frame.
+    """
+
+    ref_feats: Tensor  # (B, C, HW_r) unit-norm features of the frames objects were given at
+    ref_sets: Tensor  # (B, N, 2, HW_r) bool: each object's given [bg, fg] positions
+    prev_mask: Tensor  # (B, N, H, W) bool: each object's pixels in the previous output (outlier removal)
+    online_feats: Tensor | None = None  # (B, C, HW) the previous frame's features (online update only)
+    online_sets: Tensor | None = None  # (B, N, 2, HW) bool: its confidently predicted [bg, fg] positions
+
+    def reference(self) -> tuple[Tensor, Tensor]:
+        """The features (B, C, HW_r') and [bg, fg] sets (B, N, 2, HW_r') matched against: the given frames, plus the
+        previous frame's confident positions when the online update is on."""
+        if self.online_feats is None:
+            return self.ref_feats, self.ref_sets
+        return (torch.cat([self.ref_feats, self.online_feats], dim=2),
+                torch.cat([self.ref_sets, self.online_sets], dim=3))
+
+
+def object_masks(probs: Tensor) -> Tensor:
+    """(B, N, 2, H, W) aggregated [1 - p, p] -> (B, N, H, W) bool: the pixels each object wins in the id mask.
+
+    Background is what the objects leave, 1 - sum(p); ties go to the lower index, as in aggregate_objects. With one
+    object this is p > 0.5.
+    """
+    fg = probs[:, :, 1]
+    winner = torch.cat([1 - fg.sum(dim=1, keepdim=True), fg], dim=1).argmax(dim=1)  # (B, H, W) in 0..N
+    ids = torch.arange(1, fg.shape[1] + 1, device=fg.device).view(1, -1, 1, 1)
+    return winner.unsqueeze(1) == ids
+
+
+class VideoMatch(nn.Module):
+    """Siamese encoder + soft matching layer (top-K mean of cosine similarities) + outlier removal."""
+
+    def __init__(self, config: VideoMatchConfig | None = None, pretrained: bool = False):
+        super().__init__()
+        self.config = config or VideoMatchConfig()
+        self.encoder = VideoMatchEncoder(self.config.encoder, pretrained, self.config.upsample)
+
+    def train(self, mode: bool = True) -> "VideoMatch":
+        super().train(mode)
+        # BatchNorm statistics stay frozen (ResNet-101): training batches of frame pairs are too small to estimate
+        # them, as in EMVOS's training. VGG-19 has none.
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.eval()
+        return self
+
+    # --- the three named steps ----------------------------------------------------------------------------------
+    def encode(self, img: Tensor) -> Tensor:
+        """img: (B, 3, H, W) RGB in [0, 1], H and W multiples of 8 -> (B, C, h, w) features, unit norm per position."""
+        return F.normalize(self.encoder(img), dim=1, eps=1e-12)
+
+    def match(self, feats: Tensor, state: MatchState, runtime: Runtime = DEFAULT_RUNTIME) -> Tensor:
+        """Soft matching layer (Sec. 3.1): [bg, fg] scores of every object, (B, N, 2, h, w), in [-1, 1]."""
+        ref_feats, sets = state.reference()
+        sim = matching.cosine_similarity(ref_feats, feats.flatten(2))  # (B, HW_r, HW_q), one for all objects
+        scores = matching.soft_match(sim, sets, self.config.topk, runtime.topk_chunk)  # (B, N, 2, HW_q)
+        return scores.unflatten(3, feats.shape[-2:])
+
+    def decode(self, scores: Tensor, size: tuple[int, int]) -> Tensor:
+        """Bilinear upsampling of the scores to the frame (Sec. 3.1): logits (B, N, 2, H, W); softmax over dim 2 gives
+        the paper's [bg, fg] probabilities."""
+        up = F.interpolate(scores.flatten(1, 2), size=size, mode="bilinear", align_corners=False)
+        return up.unflatten(1, scores.shape[1:3])
+
+    # --- memory ----------------------------------------------------------------------------------------------------
+    def init_state(self, feats: Tensor, masks: Tensor) -> MatchState:
+        """Start a video from the objects given at this frame. masks: (B, n, 2, H, W) [bg, fg] in {0, 1}."""
+        sets = matching.mask_sets(masks[:, :, 1], feats.shape[-2:])  # (B, n, 2, HW)
+        return MatchState(feats.flatten(2), sets, masks[:, :, 1] > 0.5)
+
+    def add_objects(self, state: MatchState, feats: Tensor, masks: Tensor) -> None:
+        """Objects first given at a later frame (YouTube-VOS): this frame's features become their reference."""
+        new = matching.mask_sets(masks[:, :, 1], feats.shape[-2:])  # (B, n, 2, HW)
+        b, n_old, _, hw_old = state.ref_sets.shape
+        n_new, hw_new = new.shape[1], new.shape[3]
+        old_sets = torch.cat([state.ref_sets, state.ref_sets.new_zeros(b, n_old, 2, hw_new)], dim=3)
+        new_sets = torch.cat([new.new_zeros(b, n_new, 2, hw_old), new], dim=3)
+        state.ref_feats = torch.cat([state.ref_feats, feats.flatten(2)], dim=2)
+        state.ref_sets = torch.cat([old_sets, new_sets], dim=1)
+        state.prev_mask = torch.cat([state.prev_mask, masks[:, :, 1] > 0.5], dim=1)
+        if state.online_sets is not None:  # the new objects have no confident positions in the previous frame
+            state.online_sets = torch.cat([state.online_sets, state.online_sets.new_zeros(b, n_new, 2,
+                                                                                          state.online_sets.shape[3])],
+                                          dim=1)
+
+    def update(self, state: MatchState, feats: Tensor, probs: Tensor) -> None:
+        """After a frame, with the (aggregated) soft masks probs (B, N, 2, H, W).
+
+        Its id mask becomes the previous mask of outlier removal. With the online update (Sec. 3.3), this frame's
+        confidently predicted positions (matching.confident_sets: cell-averaged foreground probability >=
+        online_threshold, or <= 1 - online_threshold for background) extend the given frame's sets until the next
+        frame replaces them: the references are the given frames plus the last frame, so time and memory per frame
+        stay constant however long the video. The paper's notes here do not fix the threshold; a single object's
+        aggregated probability p^2 / (p^2 + (1 - p)^2) reaches 0.98 at the largest cosine gap, so 0.9 is reachable.
+        """
+        state.prev_mask = object_masks(probs)
+        if self.config.online_update:
+            state.online_feats = feats.flatten(2)
+            state.online_sets = matching.confident_sets(probs[:, :, 1], feats.shape[-2:], self.config.online_threshold)
+
+    def predict(self, feats: Tensor, state: MatchState, runtime: Runtime | None = None) -> Tensor:
+        """Logits (B, N, 2, H, W) of every tracked object in a new frame.
+
+        In eval mode, outlier removal (Sec. 3.3, on unless dilation is 0) gives foreground outside each object's
+        previous mask dilated by d x d the lowest logit, so its probability is exactly 0 and the pixel cannot be the
+        object's. In training mode it is off: it is a test-time step, and it would cut the gradient there.
+        """
+        logits = self.decode(self.match(feats, state, runtime or DEFAULT_RUNTIME), tuple(state.prev_mask.shape[-2:]))
+        if not self.training and self.config.dilation:
+            keep = matching.dilate_mask(state.prev_mask, self.config.dilation)  # (B, N, H, W)
+            fg = logits[:, :, 1].masked_fill(~keep, torch.finfo(logits.dtype).min)
+            logits = torch.stack([logits[:, :, 0], fg], dim=2)
+        return logits
+
+    # --- training forward ------------------------------------------------------------------------------------------
+    def forward(self, imgs: Tensor, first_masks: Tensor) -> Tensor:
+        """Training forward (model.clip_forward, as EMVOS's): the paper trains on pairs (L = 2); longer clips carry
+        the previous mask (and, with the online update, the confident sets) along. No outlier removal in training."""
+        return clip_forward(self, imgs, first_masks)
+
+
+# --- VideoMatch training losses (paper Sec. 4: BCE, class-balanced BCE or Dice on the foreground probability) ---
+# Each takes logits (..., 2, H, W) [bg, fg] and targets (..., H, W) in {0, 1} and returns a scalar, computed in fp32
+# (under --amp the logits come out in bf16 / fp16).
+
+def bce_loss(logits: Tensor, target: Tensor) -> Tensor:
+    """Binary cross-entropy of the foreground probability, averaged over pixels and frames.
+
+    From log_softmax of the two logits (numerically stable); for two classes it equals the cross-entropy EMVOS uses.
+    """
+    logp = torch.log_softmax(logits.float(), dim=-3)
+    t = target.to(logp.dtype)
+    return -(t * logp[..., 1, :, :] + (1 - t) * logp[..., 0, :, :]).mean()
+
+
+def balanced_bce_loss(logits: Tensor, target: Tensor) -> Tensor:
+    """Class-balanced BCE (HED, Xie and Tu 2015; OSVOS): per frame, foreground pixels weigh beta = the share of
+    background pixels and background pixels 1 - beta, so a small object counts as much as the background around it.
+    Averaged over pixels and frames."""
+    logp = torch.log_softmax(logits.float(), dim=-3)
+    t = target.to(logp.dtype)
+    beta = 1 - t.mean(dim=(-2, -1), keepdim=True)  # (..., 1, 1)
+    return -(beta * t * logp[..., 1, :, :] + (1 - beta) * (1 - t) * logp[..., 0, :, :]).mean()
+
+
+def dice_loss(logits: Tensor, target: Tensor, eps: float = 1.0) -> Tensor:
+    """Soft Dice loss (Milletari et al., 2016): 1 - (2 |P T| + eps) / (|P| + |T| + eps) per frame, P the foreground
+    probabilities, averaged over frames. eps keeps a frame without object (P, T ~ 0) at a loss near 0, not 0 / 0."""
+    p = torch.softmax(logits.float(), dim=-3)[..., 1, :, :].flatten(-2)  # (..., HW)
+    t = target.flatten(-2).to(p.dtype)
+    return (1 - (2 * (p * t).sum(-1) + eps) / (p.sum(-1) + t.sum(-1) + eps)).mean()
+
+
+LOSSES = {"bce": bce_loss, "balanced_bce": balanced_bce_loss, "dice": dice_loss}
