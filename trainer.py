@@ -850,7 +850,7 @@ def train(args: argparse.Namespace) -> nn.Module:
     TrainingError when the loss or the weights stop being finite, and TrainingInterrupted (a SystemExit, code 130)
     after Ctrl+C.
     """
-    method = methods.get(getattr(args, "method", "emvos"))
+    method = methods.get(getattr(args, "method", None) or "emvos")
     resumed = load_resume(args.resume, method.name) if args.resume else None
     opts = resolve_options(args, method, resumed["train_options"] if resumed else None)
     check_recipe(args, method, opts)

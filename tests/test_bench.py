@@ -11,8 +11,11 @@ import pytest
 import torch
 
 import matching
+import utils
 from bench import PerObjectSegmenter, blob_mask, capture_logits, random_frame
-from model import EMVOS, VideoSegmenter, load_checkpoint
+from inference import VideoSegmenter
+from methods import load_weights
+from model import EMVOS, Runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = Path(os.environ.get("EMVOS_SHARED", ROOT.parent / "shared")) / "golden" / "cases.npz"
@@ -60,18 +63,15 @@ def test_readout_tiles_fit_the_budget(max_bytes: int | None) -> None:
 def test_model_chunked_readout_identical(tiny_model: EMVOS) -> None:
     model = tiny_model.double()
     try:
-        model.set_memory_budget(None)
-        ref_labels, ref_logits = _stream(VideoSegmenter(model, dtype=torch.float64))
+        ref_labels, ref_logits = _stream(VideoSegmenter(model, torch.float64, runtime=Runtime(memory_budget=None)))
         # float64, 15 reference positions, 6 masks (3 objects): tiles of 1 mask x 1 query position; 1 mask x 4 queries
         # (4 does not divide 15); 2 masks x all 15 queries (readout_tiles)
         for max_bytes in (8, 8 * 15 * 4, 8 * 15 * 15 * 2):
-            model.max_readout_bytes = max_bytes
-            labels, logits = _stream(VideoSegmenter(model, dtype=torch.float64))
+            runtime = Runtime(memory_budget=None, readout_bytes=max_bytes)
+            labels, logits = _stream(VideoSegmenter(model, torch.float64, runtime=runtime))
             assert all(torch.equal(a, b) for a, b in zip(labels, ref_labels, strict=True))
             assert all(torch.equal(a, b) for a, b in zip(logits, ref_logits, strict=True))
     finally:
-        model.max_readout_bytes = None
-        model.set_memory_budget("auto")
         model.float()
 
 
@@ -80,25 +80,23 @@ def test_decoder_object_batches_identical(tiny_model: EMVOS) -> None:
     # give the same logits up to summation order: the convolution kernels differ by batch size (measured 2e-14 on
     # logits of magnitude 4-8 in float64), so the masks are the same.
     model = tiny_model.double()
+
+    def stream(memory_budget: int | None, decoder_batch: int | None) -> tuple[list, list]:
+        runtime = Runtime(memory_budget=memory_budget, decoder_batch=decoder_batch)
+        return _stream(VideoSegmenter(model, torch.float64, runtime=runtime), objects=5)
+
     try:
-        model.set_memory_budget(None)
-        model.decoder_batch = 1
-        ref_labels, ref_logits = _stream(VideoSegmenter(model, dtype=torch.float64), objects=5)
-        model.set_memory_budget(1)  # the smallest budget: still one object per call, so bit-identical
-        labels, logits = _stream(VideoSegmenter(model, dtype=torch.float64), objects=5)
+        ref_labels, ref_logits = stream(None, 1)
+        labels, logits = stream(1, 1)  # the smallest budget: still one object per call, so bit-identical
         assert all(torch.equal(a, b) for a, b in zip(logits, ref_logits, strict=True))
-        model.decoder_batch = None
         f4_pixels = (48 // 4) * (80 // 4)  # the frame padded to 48 x 80, at stride 4
         per_object = model.decoder.bytes_per_object(torch.empty(1, 256, f4_pixels, 1), torch.float64)
         for budget in (None, 2 * per_object):  # all 5 objects at once; batches of 2, 2, 1
-            model.set_memory_budget(budget)
-            labels, logits = _stream(VideoSegmenter(model, dtype=torch.float64), objects=5)
+            labels, logits = stream(budget, None)
             for a, b in zip(logits, ref_logits, strict=True):
                 torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
             assert all(torch.equal(a, b) for a, b in zip(labels, ref_labels, strict=True))
     finally:
-        model.decoder_batch = 1
-        model.set_memory_budget("auto")
         model.float()
 
 
@@ -120,7 +118,7 @@ def test_ours_equals_per_object_bitwise_fp32(tiny_model: EMVOS, channels_last: b
 def test_channels_last_keeps_golden_parity() -> None:
     # channels_last changes float32 summation order (logits move by ~1e-5), so its parity is the float64 golden case
     cases = np.load(GOLDEN)
-    model, _ = load_checkpoint(GOLDEN.parent / "emvos_official.pth")
+    model, _ = load_weights(GOLDEN.parent / "emvos_official.pth")
     model = model.double().to(memory_format=torch.channels_last)
     seg = VideoSegmenter(model, dtype=torch.float64)
     out = [seg.step(torch.from_numpy(img).permute(2, 0, 1).double() / 255,
@@ -129,13 +127,13 @@ def test_channels_last_keeps_golden_parity() -> None:
     np.testing.assert_array_equal(np.stack(out), cases["a_masks_out"])
 
 
-def test_memory_budget_api(tiny_model: EMVOS) -> None:
-    assert 0 < tiny_model.set_memory_budget("auto").budget_bytes(torch.device("cpu")) < matching.available_memory("cpu")
-    assert tiny_model.set_memory_budget(123).budget_bytes(torch.device("cpu")) == 123
-    assert tiny_model.set_memory_budget(None).budget_bytes(torch.device("cpu")) is None
+def test_memory_budget_api() -> None:
+    cpu = torch.device("cpu")
+    assert 0 < Runtime().budget_bytes(cpu) < utils.available_memory("cpu")
+    assert Runtime(memory_budget=123).budget_bytes(cpu) == 123
+    assert Runtime(memory_budget=None).budget_bytes(cpu) is None
     with pytest.raises(ValueError, match="memory budget"):
-        tiny_model.set_memory_budget("lots")
-    tiny_model.set_memory_budget("auto")
+        Runtime(memory_budget="lots")
 
 
 def test_bench_quick_prints_the_table() -> None:

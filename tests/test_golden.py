@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from model import EMVOS, VideoSegmenter, from_official, load_checkpoint, to_official
+from inference import VideoSegmenter
+from methods import load_weights
+from model import EMVOS, Runtime, from_official, to_official
 
 # ../shared beside the checkout, as CI lays it out; EMVOS_SHARED overrides
 SHARED = Path(os.environ.get("EMVOS_SHARED", Path(__file__).resolve().parents[2] / "shared"))
@@ -24,7 +26,7 @@ def cases() -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def model64() -> EMVOS:
-    model, _ = load_checkpoint(WEIGHTS)
+    model, _ = load_weights(WEIGHTS)
     return model.double()
 
 
@@ -32,8 +34,9 @@ def _frame(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(a).permute(2, 0, 1).double() / 255
 
 
-def _run(model: EMVOS, imgs: np.ndarray, masks: dict[int, np.ndarray]) -> np.ndarray:
-    seg = VideoSegmenter(model, dtype=torch.float64)
+def _run(model: EMVOS, imgs: np.ndarray, masks: dict[int, np.ndarray], runtime: Runtime | None = None
+         ) -> np.ndarray:
+    seg = VideoSegmenter(model, dtype=torch.float64, runtime=runtime or Runtime())
     out = []
     for i, img in enumerate(imgs):
         given = torch.from_numpy(masks[i]).long() if i in masks else None
@@ -72,9 +75,6 @@ def test_case_c_training_forward_scores(model64: EMVOS, cases: dict) -> None:
 
 def test_chunked_readout_gives_identical_masks(model64: EMVOS, cases: dict) -> None:
     # the memory-bounded readout must not change a single number
-    model64.max_readout_bytes = 3 * 2 * 8 * 1000  # a few query positions per chunk, not a divisor of HW
-    try:
-        out = _run(model64, cases["b_imgs"], {0: cases["b_first_mask"], 2: cases["b_frame2_mask"]})
-    finally:
-        model64.max_readout_bytes = None
+    runtime = Runtime(readout_bytes=3 * 2 * 8 * 1000)  # a few query positions per chunk, not a divisor of HW
+    out = _run(model64, cases["b_imgs"], {0: cases["b_first_mask"], 2: cases["b_frame2_mask"]}, runtime)
     np.testing.assert_array_equal(out, cases["b_masks_out"])

@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 
 from bench import capture_logits
-from model import VideoSegmenter, load_checkpoint
+from inference import VideoSegmenter
+from methods import load_weights
 
 SHARED = Path(os.environ.get("EMVOS_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 WEIGHTS = SHARED / "golden" / "emvos_official.pth"
@@ -46,7 +47,7 @@ def _logits(model: torch.nn.Module, autocast: torch.dtype | None) -> torch.Tenso
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 def test_bf16_logits_close_to_fp32(channels_last: bool) -> None:
-    model, _ = load_checkpoint(WEIGHTS)
+    model, _ = load_weights(WEIGHTS)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     ref = _logits(model, None)

@@ -8,9 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
+import inference
+import methods
 import run
+import videomatch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,7 +41,14 @@ def test_sample_end_to_end_writes_palette_pngs_and_csvs(tmp_path: Path, capsys: 
     np.testing.assert_array_equal(np.array(Image.open(pngs[0])) != 0, gt0)
     rows = list(csv.reader((out / "global_results-sample.csv").read_text().splitlines()))
     assert rows[0] == ["J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay"]
-    assert all(0 <= float(v) <= 1 for v in rows[1][:3])
+    # J-Mean by hand from the written PNGs: IoU with the ground truth over frames 1..6 (first and last excluded)
+    ious = []
+    for png in pngs[1:-1]:
+        pred = np.array(Image.open(png)) != 0
+        gt = np.array(Image.open(run.SAMPLE_ROOT / "Annotations/480p/bear" / png.name)) != 0
+        ious.append((pred & gt).sum() / (pred | gt).sum())
+    assert float(rows[1][1]) == pytest.approx(np.mean(ious), abs=5e-4)
+    assert float(rows[1][2]) == pytest.approx(np.mean(np.array(ious) > 0.5), abs=5e-4)  # J-Recall
     seq_rows = list(csv.reader((out / "per-sequence_results-sample.csv").read_text().splitlines()))
     assert seq_rows[1][0] == "bear_1"
     printed = capsys.readouterr().out
@@ -47,7 +58,7 @@ def test_sample_end_to_end_writes_palette_pngs_and_csvs(tmp_path: Path, capsys: 
 def test_youtubevos_late_object_original_size_and_zip(tmp_path: Path, ytvos_root: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     # a smaller "480" keeps the test fast while exercising resize-and-back exactly as at 480p
-    monkeypatch.setattr(run, "TEST_SHORT_SIDE", 48)
+    monkeypatch.setattr(inference, "TEST_SHORT_SIDE", 48)
     assert _test(tmp_path, "--data", "YTVOS18_val", "--ytvos", str(ytvos_root)) == 0
     out = tmp_path / "out" / "YTVOS18_val"
     assert sorted(p.name for p in (out / "vid_a").iterdir()) == ["00000.png", "00005.png"]
@@ -62,7 +73,7 @@ def test_youtubevos_late_object_original_size_and_zip(tmp_path: Path, ytvos_root
 
 def test_single_video_folder(tmp_path: Path, frame_folder: tuple[Path, Path],
                              monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(run, "TEST_SHORT_SIDE", 48)
+    monkeypatch.setattr(inference, "TEST_SHORT_SIDE", 48)
     folder, mask = frame_folder
     assert _test(tmp_path, "--video", str(folder), "--mask", str(mask)) == 0
     written = list((tmp_path / "out").glob("*/*.png"))
@@ -72,21 +83,24 @@ def test_single_video_folder(tmp_path: Path, frame_folder: tuple[Path, Path],
 def test_resize_rule() -> None:
     big = np.zeros((720, 1280), np.uint8)
     big[100:300, 100:300] = 1
-    assert run.test_size(720, 1280, [big]) == (480, 853)
-    assert run.test_size(1280, 720, [big.T]) == (853, 480)  # portrait: the short side is the width
+    assert inference.test_size(720, 1280, [big]) == (480, 853)
+    assert inference.test_size(1280, 720, [big.T]) == (853, 480)  # portrait: the short side is the width
     tiny = np.zeros((720, 1280), np.uint8)
     tiny[10:40, 10:40] = 1  # 900 px, fewer than 1000 after resizing too: keep the original resolution
-    assert run.test_size(720, 1280, [big, tiny]) is None
-    assert run.test_size(480, 854, [big[:480, :854]]) is None  # already 480p
+    assert inference.test_size(720, 1280, [big, tiny]) is None
+    assert inference.test_size(480, 854, [big[:480, :854]]) is None  # already 480p
 
 
-def test_resize_frame_and_mask_match_official_interpolation() -> None:
-    frame = torch.rand(3, 36, 64)
-    out = run.resize_frame(frame, (48, 85))
-    assert out.shape == (3, 48, 85)
-    mask = torch.zeros(36, 64, dtype=torch.long)
-    mask[10:20, 5:30] = 3
-    assert set(run.resize_mask(mask, (48, 85)).unique().tolist()) == {0, 3}
+def test_resize_frame_bicubic_unclamped_and_mask_nearest() -> None:
+    # bicubic overshoots at a step edge; the official code feeds the overshoot to the network, so no clamping
+    frame = torch.zeros(3, 4, 8)
+    frame[:, :, 4:] = 1.0
+    out = inference.resize_frame(frame, (8, 16))
+    assert out.shape == (3, 8, 16) and out.max() > 1.0 and out.min() < 0.0
+    torch.testing.assert_close(out, F.interpolate(frame[None], size=(8, 16), mode="bicubic")[0], rtol=0, atol=0)
+    # nearest: output pixel i takes input pixel floor(i * in / out); ids are never blended
+    mask = torch.arange(6).view(1, 6).expand(2, 6).contiguous()
+    assert inference.resize_mask(mask, (2, 4))[0].tolist() == [0, 1, 3, 4]
 
 
 # --- bad input: a clear error naming the file and the fix, and what was written before stays -------------------
@@ -118,7 +132,7 @@ def test_missing_checkpoint_says_where_to_put_it(tmp_path: Path, capsys: pytest.
     code = run.main(["--test", "--device", "cpu", "--weights", str(tmp_path / "coco_davis_best.pth")])
     assert code == 2
     err = capsys.readouterr().err
-    assert "coco_davis_best.pth" in err and "suhwan-cho/EMVOS" in err and "--train" in err
+    assert "coco_davis_best.pth" in err and "--train" in err
 
 
 def test_missing_frame(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -164,24 +178,23 @@ def test_corrupt_jpeg_keeps_the_frames_already_written(tmp_path: Path, capsys: p
 def test_videomatch_end_to_end_with_visualisation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import cv2
 
-    from model import build_model, checkpoint_dict
-
     torch.manual_seed(0)
-    model = build_model("videomatch", {"encoder": "resnet101"})
+    model = methods.build_model("videomatch", {"encoder": "resnet101"})
     ckpt = tmp_path / "videomatch.pth"
-    torch.save(checkpoint_dict(model), ckpt)
-    monkeypatch.setattr(run, "TEST_SHORT_SIDE", 120)  # a quarter of 480p keeps the test fast
+    torch.save(methods.weights_payload(model, "videomatch"), ckpt)
+    monkeypatch.setattr(inference, "TEST_SHORT_SIDE", 120)  # a quarter of 480p keeps the test fast
     code = run.main(["--test", "--device", "cpu", "--weights", str(ckpt), "--output", str(tmp_path / "out"),
                      "--data", "sample", "--sequences", "boat", "--visualize", "--vis-frame", "2"])
     assert code == 0
     seq = tmp_path / "out" / "sample" / "boat"
-    assert len(list(seq.glob("0*.png"))) == 8
+    assert sorted(p.name for p in seq.iterdir()) == [f"{i:05d}.png" for i in range(8)]  # masks only
     assert (tmp_path / "out" / "sample" / "global_results-sample.csv").exists()
-    cap = cv2.VideoCapture(str(seq / "overlay.mp4"))
+    vis = tmp_path / "out" / "sample-visualize" / "boat"
+    cap = cv2.VideoCapture(str(vis / "overlay.mp4"))
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 8
     assert (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))) == (854, 480)
     cap.release()
-    maps = Image.open(seq / "probabilities_00002.png")
+    maps = Image.open(vis / "probabilities_00002.png")
     assert maps.size == (2 * 854, 480)  # foreground | background, one row per object
 
 

@@ -4,7 +4,6 @@ processes agree, checkpoints load as run.py --test loads them, and bad runs stop
 from __future__ import annotations
 
 import csv
-import dataclasses
 import os
 import signal
 import subprocess
@@ -19,6 +18,8 @@ import torch
 from conftest import save_mask, square_frame, write_jpeg
 
 import evaluation
+import inference
+import methods
 import model
 import run
 import trainer
@@ -38,7 +39,7 @@ def _davis_args(root: Path, save_dir: Path, *extra: str) -> list[str]:
 
 
 def _train(argv: list[str]) -> torch.nn.Module:
-    return trainer.train(trainer.build_parser().parse_args(argv))
+    return trainer.train(run.build_parser().parse_args(["--train", *argv]))
 
 
 def _log(save_dir: Path) -> list[dict]:
@@ -47,7 +48,13 @@ def _log(save_dir: Path) -> list[dict]:
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+    """An EMVOS weights file written by --train: a plain state dict in the official layout."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _state(path: Path) -> dict:
+    """The training state written beside a resumable checkpoint X.pth (X.train.pth)."""
+    return torch.load(trainer.training_state_path(path), map_location="cpu", weights_only=True)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -82,14 +89,24 @@ def test_loss_falls_on_the_davis2016_sample(sample_run: Path) -> None:
 
 def test_checkpoint_loads_like_run_test_with_the_official_keys(sample_run: Path) -> None:
     names = sorted(p.name for p in sample_run.iterdir())
-    # official names; the last epoch is always written; no temporary files left behind
-    assert names == ["coco_davis_0008.pth", "coco_davis_0016.pth", "coco_davis_best.pth", "train_log.csv"]
-    net, meta = model.load_checkpoint(sample_run / "coco_davis_0016.pth")  # what run.py --test --weights does
-    assert meta["stage"] == "davis" and meta["epoch"] == 16 and meta["method"] == "emvos"
+    # official names, each resumable one with its training state beside it; the last epoch is always written; no
+    # temporary files left behind
+    assert names == ["coco_davis_0008.pth", "coco_davis_0008.train.pth", "coco_davis_0016.pth",
+                     "coco_davis_0016.train.pth", "coco_davis_best.pth", "train_log.csv"]
+    net, meta = methods.load_weights(sample_run / "coco_davis_0016.pth")  # what run.py --test --weights does
+    assert meta["method"] == "emvos"
+    state = _state(sample_run / "coco_davis_0016.pth")
+    assert state["stage"] == "davis" and state["epoch"] == 16 and state["method"] == "emvos"
     saved = _weights(sample_run / "coco_davis_0016.pth")
-    if GOLDEN_WEIGHTS.exists():  # an official state dict: the same keys and shapes, strictly
+    # exactly the official layout: a plain state dict with the keys and shapes of the official release, which the
+    # authors' run.py reads with model.load_state_dict(torch.load(path)) into a model built from those keys
+    assert type(saved) is dict and all(isinstance(v, torch.Tensor) for v in saved.values())
+    if GOLDEN_WEIGHTS.exists():
         official = torch.load(GOLDEN_WEIGHTS, map_location="cpu", weights_only=True)
         assert {k: v.shape for k, v in saved.items()} == {k: v.shape for k, v in official.items()}
+        strict = model.EMVOS()
+        strict.load_state_dict(model.from_official(official), strict=True)
+        strict.load_state_dict(model.from_official(saved), strict=True)
     assert all(k.startswith("vos.") for k in saved) and len(saved) == 576
     # no validation ran: the best checkpoint is the last one
     best = _weights(sample_run / "coco_davis_best.pth")
@@ -101,15 +118,16 @@ def test_checkpoint_loads_like_run_test_with_the_official_keys(sample_run: Path)
 def _interrupt_at(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
     """Send ourselves SIGINT (Ctrl+C) inside the loss of the given step, as a user would mid-iteration."""
     calls = []
-    method = trainer.METHODS["emvos"]
+    losses = methods.get("emvos").losses
+    original = losses["cross_entropy"]
 
     def loss(logits: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
         calls.append(1)
         if len(calls) == step:
             os.kill(os.getpid(), signal.SIGINT)
-        return method.loss(logits, gt)
+        return original(logits, gt)
 
-    monkeypatch.setitem(trainer.METHODS, "emvos", dataclasses.replace(method, loss=loss))
+    monkeypatch.setitem(losses, "cross_entropy", loss)
 
 
 @pytest.mark.parametrize("workers", ["0", "2"])
@@ -128,7 +146,7 @@ def test_resume_after_ctrl_c_continues_exactly(davis2016_root: Path, tmp_path: P
     assert stopped.value.checkpoint == ckpt
     out = capsys.readouterr().out
     assert "Resume with:" in out and f"--resume {ckpt}" in out
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    state = _state(ckpt)
     assert state["epoch"] == 1 and 0 < state["partial"]["batches"] < 3
 
     # only the data root and the file: the stages, sizes and the save folder come from the checkpoint
@@ -175,18 +193,30 @@ def test_missing_imagenet_weights_say_what_to_do(davis2016_root: Path, tmp_path:
 
     monkeypatch.setattr("torchvision.models._api.load_state_dict_from_url", offline)
     argv = [a for a in _davis_args(davis2016_root, tmp_path / "out") if a != "--no-pretrained"]
-    assert trainer.main(argv) == 2
+    assert run.main(["--train", *argv]) == 2
     text = capsys.readouterr().err
     assert "densenet121" in text and "--no-pretrained" in text
     assert str(Path(torch.hub.get_dir()) / "checkpoints") in text  # where to put the file
 
 
-def test_amp_on_cpu_runs(davis2016_root: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("amp", [True, False], ids=["amp", "fp32"])
+def test_amp_on_cpu_runs_the_forward_in_bf16(davis2016_root: Path, tmp_path: Path, amp: bool,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
     # bf16 autocast (CPU has no fp16 autocast); a smaller clip, since bf16 convolutions are slow on most CPUs
-    _train(_davis_args(davis2016_root, tmp_path, "--amp", "--clips-per-epoch", "2", "--epochs", "2", "--crop", "32",
-                       "32", "--clip-len", "2"))
-    losses = [float(r["loss"]) for r in _log(tmp_path) if r["loss"]]
-    assert losses and all(0 < v < 10 for v in losses)
+    seen = []
+    losses = methods.get("emvos").losses
+    original = losses["cross_entropy"]
+
+    def spy(logits: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+        seen.append(logits.dtype)
+        return original(logits, gt)
+
+    monkeypatch.setitem(losses, "cross_entropy", spy)
+    _train(_davis_args(davis2016_root, tmp_path, "--amp" if amp else "--no-amp", "--clips-per-epoch", "2",
+                       "--epochs", "2", "--crop", "32", "32", "--clip-len", "2"))
+    assert seen and set(seen) == {torch.bfloat16 if amp else torch.float32}
+    logged = [float(r["loss"]) for r in _log(tmp_path) if r["loss"]]
+    assert logged and all(np.isfinite(logged))
 
 
 def test_stages_chain_with_official_names(davis2016_root: Path, coco_converted_root: Path, tmp_path: Path,
@@ -194,9 +224,9 @@ def test_stages_chain_with_official_names(davis2016_root: Path, coco_converted_r
     starts = {}
     run_stage = trainer.Trainer.run_stage
 
-    def spy(self: trainer.Trainer, stage: trainer.StageConfig, resumed: dict | None) -> None:
-        starts[stage.name] = {k: v.clone() for k, v in self.net.state_dict().items()}
-        run_stage(self, stage, resumed)
+    def spy(self: trainer.Trainer, stage_run: trainer.StageRun) -> None:
+        starts[stage_run.stage.name] = {k: v.clone() for k, v in self.net.state_dict().items()}
+        run_stage(self, stage_run)
 
     monkeypatch.setattr(trainer.Trainer, "run_stage", spy)
     argv = [*TINY, "--stages", "coco", "davis", "--coco", str(coco_converted_root), "--davis", str(davis2016_root),
@@ -204,7 +234,8 @@ def test_stages_chain_with_official_names(davis2016_root: Path, coco_converted_r
             "--save-dir", str(tmp_path)]
     _train(argv)
     names = sorted(p.name for p in tmp_path.glob("*.pth"))
-    assert names == ["coco_0002.pth", "coco_best.pth", "coco_davis_0002.pth", "coco_davis_best.pth"]
+    assert names == ["coco_0002.pth", "coco_0002.train.pth", "coco_best.pth", "coco_davis_0002.pth",
+                     "coco_davis_0002.train.pth", "coco_davis_best.pth"]
     # the davis stage starts from the coco stage's last weights (the official run.py carries the model over)
     coco_last = model.from_official(_weights(tmp_path / "coco_0002.pth"))
     assert all(torch.equal(starts["davis"][k], v) for k, v in coco_last.items())
@@ -214,8 +245,8 @@ def test_stages_chain_with_official_names(davis2016_root: Path, coco_converted_r
     # resuming from the finished coco stage runs the davis stage exactly as the chained run did
     _train(["--device", "cpu", "--davis", str(davis2016_root), "--resume", str(tmp_path / "coco_0002.pth"),
             "--save-dir", str(tmp_path / "resumed")])
-    assert sorted(p.name for p in (tmp_path / "resumed").glob("*.pth")) == ["coco_davis_0002.pth",
-                                                                            "coco_davis_best.pth"]
+    assert sorted(p.name for p in (tmp_path / "resumed").glob("*.pth")) == [
+        "coco_davis_0002.pth", "coco_davis_0002.train.pth", "coco_davis_best.pth"]
     a, b = _weights(tmp_path / "coco_davis_0002.pth"), _weights(tmp_path / "resumed" / "coco_davis_0002.pth")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -224,7 +255,7 @@ def test_stages_chain_with_official_names(davis2016_root: Path, coco_converted_r
 def tiny_davis2017(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A DAVIS 2017 tree of 48x64 frames with a moving square (train: a, b; val: c, d), and run.py's test size set
     to 48 so that validation runs at that size, as `run.py --test` then does."""
-    monkeypatch.setattr(run, "TEST_SHORT_SIDE", 48)
+    monkeypatch.setattr(inference, "TEST_SHORT_SIDE", 48)
     root = tmp_path / "DAVIS"
     for seq, colour in (("a", (255, 0, 0)), ("b", (0, 255, 0)), ("c", (0, 0, 255)), ("d", (255, 255, 0))):
         for t in range(5):
@@ -244,20 +275,20 @@ def test_validation_matches_run_test_and_keeps_the_best(tiny_davis2017: Path, tm
     _train([*args, "--save-dir", str(tmp_path / "a")])
     scores = [float(r["val_jf"]) for r in _log(tmp_path / "a")]
     assert len(scores) == 2
-    best = torch.load(tmp_path / "a" / "coco_davis_best.pth", map_location="cpu", weights_only=True)
-    assert best["best_score"] == pytest.approx(max(scores), abs=1e-6)  # the log keeps 6 decimals
-    assert best["epoch"] == scores.index(max(scores)) + 1
+    state = _state(tmp_path / "a" / "coco_davis_0002.pth")
+    assert state["best_score"] == pytest.approx(max(scores), abs=1e-6)  # the log keeps 6 decimals
+    best = _weights(tmp_path / "a" / "coco_davis_best.pth")
     # the masks run.py --test writes with the best weights score the very number validation recorded
     assert run.main(["--test", "--device", "cpu", "--weights", str(tmp_path / "a" / "coco_davis_best.pth"),
                      "--davis", str(tiny_davis2017), "--data", "DAVIS17_val", "--sequences", "c", "d",
                      "--output", str(tmp_path / "test")]) == 0
     gt = {n: sorted((tiny_davis2017 / "Annotations" / "480p" / n).glob("*.png")) for n in ("c", "d")}
     result = evaluation.evaluate_sequences(gt, tmp_path / "test" / "DAVIS17_val", binary=False, workers=1)
-    assert result.jf_mean == best["best_score"]
+    assert result.jf_mean == state["best_score"]
 
     # Ctrl+C during the first validation (in its first video): the run saves, and the resumed run validates that
     # epoch again and ends as the uninterrupted one did
-    segment_video = run.segment_video
+    segment_video = trainer.segment_video
     calls = []
 
     def interrupting(*a: object, **k: object) -> object:
@@ -267,26 +298,26 @@ def test_validation_matches_run_test_and_keeps_the_best(tiny_davis2017: Path, tm
         return segment_video(*a, **k)
 
     with monkeypatch.context() as m:
-        m.setattr(run, "segment_video", interrupting)
+        m.setattr(trainer, "segment_video", interrupting)
         with pytest.raises(trainer.TrainingInterrupted) as stopped:
             _train([*args, "--save-dir", str(tmp_path / "b")])
-    state = torch.load(stopped.value.checkpoint, map_location="cpu", weights_only=True)
-    assert state["epoch_end_pending"] and state["epoch"] == 1
+    stopped_state = _state(stopped.value.checkpoint)
+    assert stopped_state["epoch_end_pending"] and stopped_state["epoch"] == 1
     _train(["--device", "cpu", "--davis", str(tiny_davis2017), "--resume", str(stopped.value.checkpoint)])
     a, b = _log(tmp_path / "a"), _log(tmp_path / "b")
     for row in a + b:
         row.pop("sec_per_iter")
     assert a == b
-    best_b = torch.load(tmp_path / "b" / "coco_davis_best.pth", map_location="cpu", weights_only=True)
-    assert best_b["best_score"] == best["best_score"]
-    assert all(torch.equal(best["model"][k], best_b["model"][k]) for k in best["model"])
+    assert _state(tmp_path / "b" / "coco_davis_0002.pth")["best_score"] == state["best_score"]
+    best_b = _weights(tmp_path / "b" / "coco_davis_best.pth")
+    assert all(torch.equal(best[k], best_b[k]) for k in best)
 
 
 DDP_DRIVER = textwrap.dedent("""
     import os, sys
     import torch
     sys.path.insert(0, {root!r})
-    import dataset, trainer
+    import dataset, run, trainer
     torch.set_num_threads(1)
     clips = []
     get = dataset.TrainDAVIS.__getitem__
@@ -295,7 +326,7 @@ DDP_DRIVER = textwrap.dedent("""
         clips.append(float(clip["imgs"].sum()))
         return clip
     dataset.TrainDAVIS.__getitem__ = record
-    net = trainer.train(trainer.build_parser().parse_args(sys.argv[1:]))
+    net = trainer.train(run.build_parser().parse_args(["--train", *sys.argv[1:]]))
     torch.save({{"state": net.state_dict(), "clips": clips}}, os.path.join({out!r}, f"rank{{os.environ['RANK']}}.pt"))
 """)
 
