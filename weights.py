@@ -147,6 +147,7 @@ def fetch_official(
                 f"{got}, expected {expected} (a cut transfer or a changed file); it was deleted, nothing was saved "
                 f"in {folder}/. Try again; {_by_hand(url, folder, name)}"
             )
+        os.chmod(tmp, 0o644)  # as trainer.save_atomic: a 0600 temporary must not hide the weights from other users
         os.replace(tmp, dest)  # same folder, so atomic: dest is either absent or the whole checked file
     finally:
         tmp.unlink(missing_ok=True)  # gone after os.replace; otherwise this is the cleanup
@@ -453,7 +454,7 @@ def load_imagenet_weights(
     """
     url = weights_entry.url
     name = os.path.basename(urllib.parse.urlparse(url).path)
-    m = _HASH_IN_NAME.fullmatch(name.split(".")[0])
+    m = _HASH_IN_NAME.fullmatch(Path(name).stem)
     if m is None:
         raise ValueError(f"the file name of {url} carries no SHA-256 prefix (<name>-<hex>.pth); it cannot be checked")
     prefix = m.group(1)
