@@ -1,28 +1,505 @@
-"""Loading weight files safely (provisional; replaced by the full module)."""
+"""Weight files: the official EMVOS checkpoints on demand, safe loading of files a user hands in, and ImageNet
+backbone weights without running code.
 
+Read top to bottom:
+1. The official release: the two checkpoints in the authors' repository, pinned to one commit and checked by their
+   git blob ids. `resolve_weights` turns `--weights official-davis` (or a path) into a file on disk, fetching the
+   official one when it is missing; a download lands in a hidden temporary file and is moved into place only after
+   its blob id matches, so the folder never holds half a file.
+2. `load_file` / `load_state_dict_file`: every `torch.load` of a user's file goes through here, with
+   `weights_only=True` and one readable error per way a file can be wrong (missing, empty, truncated, a git-lfs
+   pointer, a pickle with code in it).
+3. `load_imagenet_weights`: torchvision's `weights.get_state_dict()` unpickles a file already in the hub cache with
+   `weights_only=False` and checks its hash only when it downloads it, so a file planted in
+   `$TORCH_HOME/hub/checkpoints/` runs code. Here the SHA-256 the file name carries is checked before anything is
+   unpickled, and the unpickling is `weights_only` as well.
+
+Downloading is off when the environment variable EMVOS_NO_DOWNLOAD is set to anything but "" or "0" (read at each
+call, not at import).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import io
+import os
+import re
+import tempfile
+import urllib.error
+import urllib.parse
+import zipfile
+from collections.abc import Mapping
 from pathlib import Path
+from typing import BinaryIO, Protocol
 
 import torch
+import torch.nn as nn
 from torch import Tensor
 
 from utils import VOSInputError
 
+# ----------------------------------------------------------------------------------------------------------------------
+# 1. The official EMVOS checkpoints
+# ----------------------------------------------------------------------------------------------------------------------
 
-def load_state_dict_file(path: str | Path, what: str = "checkpoint") -> tuple[dict[str, Tensor], dict]:
-    path = Path(path)
-    if not path.is_file():
-        raise VOSInputError(f"{what} {path}: no such file")
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(obj, dict) and "model" in obj:
-        return obj["model"], {k: v for k, v in obj.items() if k != "model"}
-    return obj, {}
+# The authors' repository at the commit whose trained_model/ holds the released checkpoints. Pinning the commit (not
+# `master`) is what makes the blob ids below a fixed property of the URL.
+OFFICIAL_COMMIT = "7e1e200338e9e74afa9f9d3cffb592fcc570d00b"
+OFFICIAL_BASE_URL = f"https://github.com/suhwan-cho/EMVOS/raw/{OFFICIAL_COMMIT}/trained_model"
 
+# file name -> git blob id at OFFICIAL_COMMIT (SHA-1 of b"blob <size>\0" + bytes, what `git hash-object` prints)
+OFFICIAL_BLOB_IDS: dict[str, str] = {
+    "coco_davis_best.pth": "fd1081e60b4c7ab791edd1267a321c9621f86391",
+    "coco_ytvos_best.pth": "1778292b21ea66d8cfb18ceaf39f70f3fc8dc179",
+}
+
+# what `--weights` accepts besides a path
+WEIGHT_ALIASES: dict[str, str] = {
+    "official-davis": "coco_davis_best.pth",
+    "official-ytvos": "coco_ytvos_best.pth",
+}
 
 DOWNLOAD_ENV = "EMVOS_NO_DOWNLOAD"
 
+# Errors that mean "the network did not deliver": URLError covers refused connections, DNS failures and HTTPError
+# (404, 500, ...); ConnectionError and TimeoutError come from a transfer that breaks after it started; IncompleteRead
+# and the other http.client errors are HTTPExceptions. A full disk is an OSError outside this tuple on purpose: the
+# "put it there by hand" advice would not help.
+_NETWORK_ERRORS = (urllib.error.URLError, ConnectionError, TimeoutError, http.client.HTTPException)
 
-def resolve_weights(spec: str, folder: Path = Path("trained_model"), download: bool = True) -> Path:
-    path = Path(spec)
-    if not path.is_file():
-        raise VOSInputError(f"no checkpoint at '{path}'")
-    return path
+_CHUNK = 1 << 20  # hash files 1 MiB at a time: checkpoints are 100+ MB and need not sit in memory twice
+
+
+class WeightsUnavailableError(VOSInputError):
+    """Weights that are neither on disk nor downloadable now (offline, or downloading turned off)."""
+
+
+def git_blob_id(path: str | os.PathLike) -> str:
+    """The git blob id of a file, as `git hash-object FILE` prints it: SHA-1 of b"blob <size>\\0" + contents.
+
+    Read in 1 MiB chunks, so a large checkpoint is never held in memory.
+    """
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size  # the size of the file we read, not of whatever the path names later
+        h = hashlib.sha1(b"blob %d\0" % size)
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def download_disabled(download: bool = True) -> str | None:
+    """Why downloading is off (a phrase for an error message), or None when it is allowed."""
+    flag = os.environ.get(DOWNLOAD_ENV, "")
+    if flag not in ("", "0"):
+        return f"{DOWNLOAD_ENV}={flag} is set; unset it (or set it to 0) to allow downloading"
+    if not download:
+        return "the caller turned downloading off (download=False); run without the option that does that"
+    return None
+
+
+def _by_hand(url: str, folder: Path, name: str) -> str:
+    """The manual way out, for machines without internet."""
+    return f"to place it by hand, download {url} on a machine with internet and put it in {folder}/ as {folder / name}"
+
+
+def fetch_official(
+    name: str, folder: Path = Path("trained_model"), base_url: str = OFFICIAL_BASE_URL, progress: bool = True
+) -> Path:
+    """Download one official checkpoint into `folder` and return its path.
+
+    The bytes go to a hidden temporary file in `folder` (`.<name>.XXXXXXXX.part`) and are moved into place with
+    `os.replace` only when their git blob id equals OFFICIAL_BLOB_IDS[name]. Whatever goes wrong (a refused
+    connection, an HTTP error, a cut transfer, a wrong file, Ctrl-C), the temporary file is removed, so `folder`
+    never holds a partial or unchecked checkpoint.
+
+    Raises:
+        ValueError: `name` is not one of the official files.
+        WeightsUnavailableError: the transfer failed (the message names the URL and where to put the file by hand).
+        VOSInputError: the downloaded bytes are not the official file.
+    """
+    if name not in OFFICIAL_BLOB_IDS:
+        raise ValueError(f"{name!r} is not an official EMVOS checkpoint; choose from {sorted(OFFICIAL_BLOB_IDS)}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    url = f"{base_url.rstrip('/')}/{name}"
+    dest = folder / name
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=folder)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        try:
+            # torch.hub writes its own `<tmp>.<uuid>.partial` and renames it onto tmp; it removes that file itself
+            # on any error, including KeyboardInterrupt.
+            torch.hub.download_url_to_file(url, str(tmp), progress=progress)
+        except _NETWORK_ERRORS as e:
+            raise WeightsUnavailableError(
+                f"could not download the official EMVOS weights {name} from {url} ({e}); nothing was saved. "
+                f"Check the connection and run again; {_by_hand(url, folder, name)}; or pass --weights PATH to a "
+                f"checkpoint you have"
+            ) from e
+        expected, got = OFFICIAL_BLOB_IDS[name], git_blob_id(tmp)
+        if got != expected:
+            # Python's http.client does not raise on a body shorter than its Content-Length when read in chunks,
+            # so a cut transfer ends here too; the size helps tell it from a changed file.
+            raise VOSInputError(
+                f"the download of {url} ({tmp.stat().st_size} bytes) is not the official {name}: its git blob id is "
+                f"{got}, expected {expected} (a cut transfer or a changed file); it was deleted, nothing was saved "
+                f"in {folder}/. Try again; {_by_hand(url, folder, name)}"
+            )
+        os.chmod(tmp, 0o644)  # as trainer.save_atomic: a 0600 temporary must not hide the weights from other users
+        os.replace(tmp, dest)  # same folder, so atomic: dest is either absent or the whole checked file
+    finally:
+        tmp.unlink(missing_ok=True)  # gone after os.replace; otherwise this is the cleanup
+    return dest
+
+
+def resolve_weights(
+    spec: str,
+    folder: Path = Path("trained_model"),
+    download: bool = True,
+    base_url: str = OFFICIAL_BASE_URL,
+    progress: bool = True,
+) -> Path:
+    """Turn a `--weights` value into a checkpoint file on disk.
+
+    - `official-davis` / `official-ytvos` name `folder/coco_davis_best.pth` / `folder/coco_ytvos_best.pth`.
+    - An existing file is returned as it is (not re-checked).
+    - A missing file named like an official checkpoint is downloaded (`fetch_official`): into `folder` when `spec`
+      is an alias or a bare file name (after looking for it there), else into the folder `spec` names.
+    - Anything else that is missing is an error naming the path and the ways out.
+
+    Args:
+        spec: an alias or a path.
+        folder: where the official files live (the authors' layout: trained_model/).
+        download: False forbids the network (so does EMVOS_NO_DOWNLOAD set to anything but "" or "0").
+        base_url: where the official files are served (tests point it at a local server).
+        progress: show a progress bar while downloading.
+    Raises:
+        WeightsUnavailableError: an official file is missing and cannot be downloaded now.
+        VOSInputError: any other missing path, or a folder where a file was expected.
+    """
+    folder = Path(folder)
+    path = folder / WEIGHT_ALIASES[spec] if spec in WEIGHT_ALIASES else Path(spec)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        raise VOSInputError(
+            f"--weights '{path}' is a folder; pass the .pth file inside it, or --weights official-davis"
+        )
+    if path.name not in OFFICIAL_BLOB_IDS:
+        raise VOSInputError(
+            f"no checkpoint at '{path}'. Pass --weights official-davis (or official-ytvos) to use the authors' "
+            f"weights (downloaded into {folder}/ when missing), --weights PATH to a checkpoint you have, or train "
+            f"one with `python run.py --train`"
+        )
+    if path.parent == Path("."):  # a bare official name means the official folder, as the alias does
+        path = folder / path.name
+        if path.is_file():
+            return path
+    why_not = download_disabled(download)
+    if why_not is not None:
+        url = f"{base_url.rstrip('/')}/{path.name}"
+        raise WeightsUnavailableError(
+            f"the official EMVOS weights {path.name} are not in {path.parent}/ and downloading is off: {why_not}. "
+            f"Or, {_by_hand(url, path.parent, path.name)}"
+        )
+    return fetch_official(path.name, path.parent, base_url, progress)
+
+
+# Temporary files that an interrupted write leaves: trainer.save_atomic's `.{name}.XXXXXXXX.tmp`, fetch_official's
+# `.{name}.XXXXXXXX.part`, and the `.{name}.XXXXXXXX.part.<uuid hex>.partial` that torch.hub writes inside the latter.
+# XXXXXXXX is tempfile's random part ([a-z0-9_]).
+_STALE_PATTERNS = (
+    re.compile(r"\..+\.[a-z0-9_]+\.(?:tmp|part)"),
+    re.compile(r"\..+\.[a-z0-9_]+\.part\.[0-9a-f]{32}\.partial"),
+)
+
+
+def clean_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove the hidden temporary files of interrupted downloads and checkpoint saves in `folder` (not below it).
+
+    Only plain files whose names match the patterns above are touched; returns what was removed. Call it at start-up:
+    a save or download running at the same moment in another process would lose its temporary file.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and not p.is_symlink() and any(r.fullmatch(p.name) for r in _STALE_PATTERNS):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 2. Loading a file a user hands in
+# ----------------------------------------------------------------------------------------------------------------------
+
+_LFS_HEADER = b"version https://git-lfs.github.com/spec/"
+_ZIP_HEADER = b"PK\x03\x04"  # torch.save since 1.6 writes a zip archive
+_PICKLE_PROTO = 0x80  # the PROTO opcode: the first byte of a pickle (and of torch.save's legacy format)
+
+
+def _refusal_reason(e: Exception) -> str:
+    """The one line of torch's weights_only refusal that says what was refused, without its advice to allowlist it."""
+    text = str(e)
+    text = text.split("WeightsUnpickler error:", 1)[-1].split("Check the documentation", 1)[0]
+    text = text.split(" Please use", 1)[0]  # torch suggests add_safe_globals: exactly what must not happen here
+    return " ".join(text.split()).rstrip(".") or "unsupported content"
+
+
+def _load_error(path: Path, what: str, head: bytes, e: Exception, fix: str) -> VOSInputError:
+    """Name what a file that torch.load refused actually is, judged from its first bytes and the error."""
+    text = str(e)
+    is_torch_like = head[:1] == bytes([_PICKLE_PROTO]) or head.startswith(_ZIP_HEADER)
+    if "Weights only load failed" in text and is_torch_like:
+        reason = _refusal_reason(e)
+        if reason.startswith("Unsupported operand"):
+            # pickle opcodes torch.save never writes (e.g. protocol 4 framing of a plain pickle.dump)
+            kind = f"is a pickle the safe loader cannot read ({reason}): not torch.save's format, so it may hold code"
+        else:
+            kind = f"contains code or Python objects other than tensors ({reason})"
+        return VOSInputError(
+            f"{what} '{path}' {kind}; it was NOT loaded and nothing in it ran. Only plain weights are read "
+            f"(torch.load with weights_only=True); re-save the tensors alone (torch.save(model.state_dict(), path)) "
+            f"from a copy you trust"
+        )
+    if head.startswith(_ZIP_HEADER) or isinstance(e, EOFError):
+        first = text.split(". ")[0].splitlines()[0] if text else type(e).__name__  # torch's first sentence says it
+        return VOSInputError(f"{what} '{path}' is truncated or corrupt ({first}); {fix}")
+    return VOSInputError(f"{what} '{path}' is not a PyTorch file (it starts with {head[:8]!r}); {fix}")
+
+
+def _load_open_file(f: BinaryIO, path: Path, what: str, fix: str) -> object:
+    """torch.load(weights_only=True) of an open file, every failure turned into one VOSInputError naming `path`."""
+    if os.fstat(f.fileno()).st_size == 0:
+        raise VOSInputError(f"{what} '{path}' is empty (0 bytes), an interrupted download or copy; {fix}")
+    head = f.read(64)
+    f.seek(0)
+    if head.startswith(_LFS_HEADER):
+        raise VOSInputError(
+            f"{what} '{path}' is a git-lfs pointer (a small text file that names the real one), not the weights; "
+            f"run `git lfs pull` in the repository it came from, or download the file itself"
+        )
+    try:
+        return torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as e:  # RuntimeError, UnpicklingError, EOFError, ValueError...: all mean "bad file"
+        raise _load_error(path, what, head, e, fix) from e
+
+
+def _open_user_file(path: Path, what: str) -> BinaryIO:
+    if not path.exists():
+        raise VOSInputError(f"{what} '{path}' does not exist; check the path")
+    if path.is_dir():
+        raise VOSInputError(f"{what} '{path}' is a folder, not a file; pass the .pth file inside it")
+    try:
+        return open(path, "rb")  # the callers close it in a with block
+    except OSError as e:
+        raise VOSInputError(f"{what} '{path}' cannot be opened ({e.strerror}); check its permissions") from e
+
+
+def load_file(path: str | os.PathLike, what: str = "checkpoint") -> object:
+    """`torch.load(path, map_location="cpu", weights_only=True)` with one clear error per way the file can be wrong.
+
+    Never falls back to `weights_only=False`: a file that holds code or arbitrary Python objects is refused unread.
+
+    Args:
+        path: the file.
+        what: what the file is meant to be, for the message ("checkpoint", "--init weights", ...).
+    Raises:
+        VOSInputError: missing, a folder, empty, a git-lfs pointer, truncated or corrupt, not a PyTorch file, or a
+            pickle that weights_only refuses. The message names the file.
+    """
+    path = Path(path)
+    fix = "download or copy it again"
+    with _open_user_file(path, what) as f:
+        return _load_open_file(f, path, what, fix)
+
+
+def _article(name: str) -> str:
+    return f"an {name}" if name[:1] in "aeiou" else f"a {name}"
+
+
+def _describe(obj: object) -> str:
+    if isinstance(obj, Tensor):
+        return f"a single tensor of shape {tuple(obj.shape)}"
+    return _article(type(obj).__name__)
+
+
+def _tensor_map_problem(obj: object) -> str | None:
+    """Why `obj` is not a state dict (str -> Tensor), or None when it is one."""
+    if not isinstance(obj, Mapping):
+        return f"holds {_describe(obj)}"
+    if not obj:
+        return "holds an empty dict, no weights"
+    for k, v in obj.items():
+        if not isinstance(k, str):
+            return f"holds a dict with the key {k!r} ({_describe(k)}, not a parameter name)"
+        if not isinstance(v, Tensor):
+            return f"holds a dict whose entry {k!r} is {_describe(v)}"
+    return None
+
+
+def _as_state_dict(obj: object, path: Path, what: str) -> tuple[dict[str, Tensor], dict]:
+    """(weights, metadata) from a loaded object: a plain state dict, or a dict with one under "model"."""
+    if _tensor_map_problem(obj) is None:
+        # keep an OrderedDict as it is: load_state_dict reads its `_metadata` (module versions) when present
+        return (obj if isinstance(obj, dict) else dict(obj)), {}
+    if isinstance(obj, Mapping) and "model" in obj:
+        problem = _tensor_map_problem(obj["model"])
+        if problem is None:
+            inner = obj["model"]
+            meta = {k: v for k, v in obj.items() if k != "model"}
+            return (inner if isinstance(inner, dict) else dict(inner)), meta
+        raise VOSInputError(f"{what} '{path}': its 'model' entry {problem}, not a state dict of tensors")
+    raise VOSInputError(
+        f"{what} '{path}' {_tensor_map_problem(obj)}, not a state dict of tensors (a dict of parameter name -> "
+        f"tensor, or a dict with one under 'model'); pass a checkpoint saved from a model's state_dict()"
+    )
+
+
+def load_state_dict_file(path: str | os.PathLike, what: str = "checkpoint") -> tuple[dict[str, Tensor], dict]:
+    """Load a checkpoint safely and return (weights, metadata).
+
+    Accepts a plain state dict (parameter name -> tensor, e.g. the official EMVOS files; metadata is then {}) or a
+    dict holding one under "model" (what `run.py --train` writes; metadata is every other entry: method, config,
+    optimizer, ...).
+
+    Raises:
+        VOSInputError: everything `load_file` refuses, and a file that holds anything else (a tensor, a list, a
+            dict with non-tensor values); the message names the file and what it holds.
+    """
+    path = Path(path)
+    return _as_state_dict(load_file(path, what), path, what)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 3. ImageNet backbone weights, hash-checked before unpickling
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class WeightsURL(Protocol):
+    """What `load_imagenet_weights` needs of a weights entry: a torchvision `WeightsEnum` member has it."""
+
+    @property
+    def url(self) -> str: ...
+
+
+# torchvision's naming: `<name>-<first hex digits of the SHA-256>.pth` (torch.hub says eight or more digits)
+_HASH_IN_NAME = re.compile(r".+-([0-9a-f]{8,})")
+
+# Old DenseNet files name layers `norm.1`, `conv.2`...; the modules are `norm1`, `conv2` since '.' left module names.
+# The same rewrite as torchvision.models.densenet._load_state_dict; it matches no key of other networks.
+_OLD_DENSENET_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+)
+
+
+def _sha256(f: BinaryIO) -> str:
+    h = hashlib.sha256()
+    for chunk in iter(lambda: f.read(_CHUNK), b""):
+        h.update(chunk)
+    f.seek(0)
+    return h.hexdigest()
+
+
+def _load_hub_file(f: BinaryIO, path: Path, what: str, fix: str) -> object:
+    """weights_only load of a hub file, including torch.hub's legacy format: a zip holding one pre-1.6 torch file."""
+    if zipfile.is_zipfile(f):
+        f.seek(0)
+        with zipfile.ZipFile(f) as zf:
+            members = zf.infolist()
+            if len(members) == 1 and not members[0].is_dir():  # torch.save archives hold several entries
+                return _load_open_bytes(zf.read(members[0]), path, what, fix)
+    f.seek(0)
+    return _load_open_file(f, path, what, fix)
+
+
+def _load_open_bytes(data: bytes, path: Path, what: str, fix: str) -> object:
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # as in _load_open_file
+        raise _load_error(path, what, data[:64], e, fix) from e
+
+
+def load_imagenet_weights(
+    net: nn.Module,
+    weights_entry: WeightsURL,
+    cache_dir: Path | None = None,
+    download: bool = True,
+    progress: bool = True,
+) -> None:
+    """Load ImageNet weights into `net` (strict), checking the file's SHA-256 before anything is unpickled.
+
+    The replacement for `torchvision.models.<net>(weights=...)`: build the network with `weights=None`, then call
+    this. The file is `<cache_dir>/<basename of weights_entry.url>` (by default torch.hub's cache,
+    `$TORCH_HOME/hub/checkpoints`, so files torchvision already downloaded are used). Its name carries the first hex
+    digits of its SHA-256; a file that does not match is refused unread, and a missing one is downloaded (torch.hub
+    checks the same prefix). Loading is `weights_only=True`, and old DenseNet key names are rewritten as torchvision
+    does.
+
+    Args:
+        net: the torchvision network, e.g. `torchvision.models.densenet121(weights=None)`.
+        weights_entry: e.g. `torchvision.models.DenseNet121_Weights.IMAGENET1K_V1`, or anything with `.url`.
+        cache_dir: the folder of downloaded weights.
+        download: False forbids the network (so does EMVOS_NO_DOWNLOAD).
+        progress: show a progress bar while downloading.
+    Raises:
+        ValueError: the URL's file name carries no hash (`<name>-<hex>.pth`), so the file could not be checked.
+        WeightsUnavailableError: the file is missing and cannot be downloaded now.
+        VOSInputError: the file does not match its hash, or is not a file of plain weights.
+        RuntimeError: the weights do not fit `net` (load_state_dict, strict).
+    """
+    url = weights_entry.url
+    name = os.path.basename(urllib.parse.urlparse(url).path)
+    m = _HASH_IN_NAME.fullmatch(Path(name).stem)
+    if m is None:
+        raise ValueError(f"the file name of {url} carries no SHA-256 prefix (<name>-<hex>.pth); it cannot be checked")
+    prefix = m.group(1)
+    cache_dir = Path(torch.hub.get_dir()) / "checkpoints" if cache_dir is None else Path(cache_dir)
+    path = cache_dir / name
+    what = "ImageNet weights"
+    fix = f"delete it and run again to download it afresh from {url}, or pass --no-pretrained"
+
+    if not path.exists():
+        why_not = download_disabled(download)
+        if why_not is not None:
+            raise WeightsUnavailableError(
+                f"the ImageNet weights {name} are not in {cache_dir}/ and downloading is off: {why_not}. "
+                f"Or, {_by_hand(url, cache_dir, name)}; or pass --no-pretrained to start the backbone from scratch"
+            )
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            # writes `<path>.<uuid>.partial`, checks the SHA-256 prefix, then renames; it removes the partial on error
+            torch.hub.download_url_to_file(url, str(path), hash_prefix=prefix, progress=progress)
+        except _NETWORK_ERRORS as e:
+            raise WeightsUnavailableError(
+                f"could not download the ImageNet weights from {url} ({e}); nothing was saved. "
+                f"Check the connection and run again; {_by_hand(url, cache_dir, name)}; or pass --no-pretrained to "
+                f"start the backbone from scratch"
+            ) from e
+        except RuntimeError as e:
+            if "invalid hash value" not in str(e):
+                raise
+            raise VOSInputError(
+                f"the download of {url} does not match the hash its name carries ({e}); it was deleted, nothing was "
+                f"saved in {cache_dir}/. Try again, or pass --no-pretrained"
+            ) from e
+
+    with _open_user_file(path, what) as f:
+        # Hash and load through one open file: a file swapped in by rename between the check and the load is not read.
+        digest = _sha256(f)
+        if not digest.startswith(prefix):
+            raise VOSInputError(
+                f"{what} '{path}' does not match the hash its name carries (SHA-256 {digest[: len(prefix)]}..., the "
+                f"name says {prefix}); it was NOT loaded. It may have been damaged or planted: {fix}"
+            )
+        obj = _load_hub_file(f, path, what, fix)
+    state, _ = _as_state_dict(obj, path, what)
+    for key in list(state):
+        old = _OLD_DENSENET_KEY.match(key)
+        if old:
+            state[old.group(1) + old.group(2)] = state.pop(key)
+    net.load_state_dict(state, strict=True)
