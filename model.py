@@ -16,7 +16,6 @@ VideoMatch (Hu et al., ECCV 2018), the second method, follows at the end with th
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -25,6 +24,7 @@ import torchvision as tv
 from torch import Tensor
 
 import matching
+import weights
 from utils import auto_memory_budget
 
 OFFICIAL_PREFIX = "vos."
@@ -96,18 +96,15 @@ IMAGENET_WEIGHTS = {"densenet121": "DenseNet121_Weights", "resnet50": "ResNet50_
 
 
 def imagenet_backbone(name: str, pretrained: bool) -> nn.Module:
-    """A torchvision backbone, with ImageNet weights through torchvision's weights API only when asked for.
+    """A torchvision backbone, with its ImageNet weights (torchvision's IMAGENET1K_V1 file) only when asked for.
 
-    Weights cannot be fetched on a machine without internet; then the error says which file to put where.
+    The file is loaded by weights.load_imagenet_weights, not by torchvision: its SHA-256 is checked against the hash
+    its name carries before anything is unpickled, and it is unpickled with weights_only=True, so a file planted in
+    the torch hub cache cannot run code. Without internet the error names the URL, the folder and --no-pretrained.
     """
-    weights = getattr(tv.models, IMAGENET_WEIGHTS[name]).IMAGENET1K_V1 if pretrained else None
-    try:
-        net = getattr(tv.models, name)(weights=weights)
-    except (OSError, RuntimeError) as e:  # URLError is an OSError; a truncated download is a RuntimeError
-        hub = Path(torch.hub.get_dir()) / "checkpoints"
-        raise RuntimeError(
-            f"could not load the ImageNet weights of {name} ({e}). Download {weights.url} and put it in {hub}/, "
-            f"or pass --no-pretrained to start the backbone from scratch") from e
+    net = getattr(tv.models, name)(weights=None)
+    if pretrained:
+        weights.load_imagenet_weights(net, getattr(tv.models, IMAGENET_WEIGHTS[name]).IMAGENET1K_V1)
     return net.features if name == "densenet121" else net
 
 

@@ -53,8 +53,8 @@ TEST_KEYS = {
 
 class Visualizer:
     """`--visualize`: an overlay MP4 of each video and the per-object foreground / background probabilities of one
-    frame (--vis-frame) as a PNG, both under <output>/visualize/<video>/, never among the masks. Written as the
-    frames go; nothing waits on a window."""
+    frame (--vis-frame) as a PNG, both under OUTPUT/visualize/<KEY>/<video>/, never among the masks (nor in a
+    submission zip). Written as the frames go; nothing waits on a window."""
 
     def __init__(self, video: TestVideo, vis_dir: Path, vis_frame: int = 1, fps: float = 24.0) -> None:
         self.out_dir = vis_dir / video.name
@@ -146,7 +146,8 @@ def load_model(args: argparse.Namespace, settings: RunSettings) -> tuple[methods
     """The checkpoint named by --weights (a path or an alias such as official-ytvos; default: the method's own),
     fetched on first use when it is one of the authors' files, checked, on the run's device and precision."""
     spec = methods.get(args.method)
-    path = weights.resolve_weights(args.weights or spec.weights, download=not args.no_download)
+    # the base URL is looked up now, not bound at import, so that tests can stand a local server in for GitHub
+    path = weights.resolve_weights(args.weights or spec.weights, base_url=weights.OFFICIAL_BASE_URL)
     net, meta = methods.load_weights(path, "--weights")
     if args.method_given and meta["method"] != args.method:
         raise VOSInputError(f"--weights {path} holds a {meta['method']} model but --method {args.method} was asked "
@@ -172,15 +173,15 @@ def test(args: argparse.Namespace) -> list[evaluation.EvaluationResult]:
     model, _ = load_model(args, settings)
     results = []
 
-    def visualizer(out_dir: Path) -> Callable[[TestVideo], Visualizer] | None:
+    def visualizer(key: str) -> Callable[[TestVideo], Visualizer] | None:
         if not args.visualize:
             return None
-        return lambda video: Visualizer(video, out_dir / "visualize", args.vis_frame)
+        return lambda video: Visualizer(video, out_root / "visualize" / key, args.vis_frame)
 
     if args.video is not None:
         single = SingleVideo(args.video, args.mask)
         try:
-            run_dataset(model, "video", single.videos(), out_root, settings, False, False, None, visualizer(out_root))
+            run_dataset(model, "video", single.videos(), out_root, settings, False, False, None, visualizer("video"))
         finally:
             single.close()
         return results
@@ -191,7 +192,7 @@ def test(args: argparse.Namespace) -> list[evaluation.EvaluationResult]:
         zip_prefix = "Annotations/" if bench == "ytvos" else ("" if split == "test-dev" else None)
         out_dir = out_root / key
         result = run_dataset(model, key, data.videos(args.sequences), out_dir, settings, scored,
-                             getattr(data, "binary", False), zip_prefix, visualizer(out_root / f"{key}-visualize"))
+                             getattr(data, "binary", False), zip_prefix, visualizer(key))
         if result is not None:
             results.append(result)
     return results
@@ -276,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="channels_last convolutions (default on)")
     t.add_argument("--compile", action="store_true", help="torch.compile the encoder and decoder (fixed sizes pay)")
     t.add_argument("--visualize", action="store_true",
-                   help="also write OUTPUT/<KEY>-visualize/<sequence>/overlay.mp4 and the probability maps of "
+                   help="also write OUTPUT/visualize/<KEY>/<sequence>/overlay.mp4 and the probability maps of "
                         "--vis-frame (kept apart from the masks and the zips)")
     t.add_argument("--vis-frame", type=int, default=None, help="frame whose fg/bg probabilities --visualize saves (1)")
     g = p.add_argument_group("train")
@@ -345,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.method_given = args.method is not None
     args.method = args.method or "emvos"
+    if args.no_download:  # one switch for every download of this process: checkpoints and ImageNet weights
+        os.environ[weights.DOWNLOAD_ENV] = "1"
     try:
         check_flags(args, parser)
         if args.train:

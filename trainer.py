@@ -864,9 +864,9 @@ def train(args: argparse.Namespace) -> nn.Module:
         if d.enabled and settings.device.type == "cuda":
             torch.cuda.set_device(d.local_rank)
             settings = replace(settings, device=torch.device("cuda", d.local_rank))
+        datasets = open_datasets(stages[first:], roots, opts, d)
         if d.main:
             prepare_save_dir(Path(opts.save_dir))
-        datasets = open_datasets(stages[first:], roots, opts, d)
         amp_dtype(opts.amp, settings.device)  # refuse an unsupported --amp before building anything
         seed_everything(opts.seed + d.rank)  # each process draws its own clips; DDP gives all rank 0's weights
         if finished and len(resumed["rng"]) == d.world:

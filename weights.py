@@ -92,9 +92,10 @@ def download_disabled(download: bool = True) -> str | None:
     """Why downloading is off (a phrase for an error message), or None when it is allowed."""
     flag = os.environ.get(DOWNLOAD_ENV, "")
     if flag not in ("", "0"):
-        return f"{DOWNLOAD_ENV}={flag} is set; unset it (or set it to 0) to allow downloading"
+        return (f"downloading is off ({DOWNLOAD_ENV}={flag}, which run.py's --no-download also sets); unset it (or "
+                f"set it to 0) and drop --no-download to allow downloading")
     if not download:
-        return "the caller turned downloading off (download=False); run without the option that does that"
+        return "downloading is off (--no-download); run without it to allow downloading"
     return None
 
 

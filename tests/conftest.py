@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -15,8 +16,13 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # flat repo: tests import dataset, utils, ... from the repository root
 
-# The real sample (../shared/data/DAVIS2016 next to the checkout): 3 train sequences, original 2016 layout.
-DAVIS2016_SAMPLE = ROOT.parent / "shared" / "data" / "DAVIS2016"
+# ../shared beside the checkout, as CI lays it out; the EMVOS_SHARED environment variable points elsewhere. Every test
+# finds the golden vectors and the real sample through these names.
+SHARED = Path(os.environ.get("EMVOS_SHARED", ROOT.parent / "shared"))
+GOLDEN_WEIGHTS = SHARED / "golden" / "emvos_official.pth"  # official layout, random weights
+GOLDEN_CASES = SHARED / "golden" / "cases.npz"
+# The real sample: 3 train sequences of DAVIS 2016, original 2016 layout.
+DAVIS2016_SAMPLE = SHARED / "data" / "DAVIS2016"
 
 
 def save_mask(path: Path, ids: np.ndarray) -> None:

@@ -1,7 +1,6 @@
 """Memory-bounded matching and decoding give identical numbers, the batched model equals the official per-object
 structure bit for bit, and bench.py runs. Correctness only: the timed benchmark stays out of the test suite."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import GOLDEN_CASES
 
 import matching
 import utils
@@ -18,7 +18,7 @@ from methods import load_weights
 from model import EMVOS, Runtime
 
 ROOT = Path(__file__).resolve().parents[1]
-GOLDEN = Path(os.environ.get("EMVOS_SHARED", ROOT.parent / "shared")) / "golden" / "cases.npz"
+GOLDEN = GOLDEN_CASES
 H, W = 40, 72  # not multiples of 16, so padding is included; 3 x 5 = 15 stride-16 positions
 
 

@@ -1,18 +1,15 @@
 """Parity with the official EMVOS code (suhwan-cho/EMVOS @ 7e1e200) on ../shared/golden, in float64."""
 
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED
 
 from inference import VideoSegmenter
 from methods import load_weights
 from model import EMVOS, Runtime, from_official, to_official
 
-# ../shared beside the checkout, as CI lays it out; EMVOS_SHARED overrides
-SHARED = Path(os.environ.get("EMVOS_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 GOLDEN = SHARED / "golden"
 CASES = GOLDEN / "cases.npz"
 WEIGHTS = GOLDEN / "emvos_official.pth"

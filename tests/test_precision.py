@@ -4,19 +4,17 @@ The golden weights are random (../shared/golden), so probabilities sit near 0.5 
 count near-ties; the logits are compared instead.
 """
 
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED
 from PIL import Image
 
 from bench import capture_logits
 from inference import VideoSegmenter
 from methods import load_weights
 
-SHARED = Path(os.environ.get("EMVOS_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 WEIGHTS = SHARED / "golden" / "emvos_official.pth"
 BEAR = SHARED / "data" / "DAVIS2016"
 SIZE = (432, 240)  # (W, H): half of 854x480, not a multiple of 16 in width, so padding is exercised too

@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import GOLDEN_WEIGHTS
 from PIL import Image
 
 import inference
 import methods
 import run
-import videomatch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-WEIGHTS = ROOT.parent / "shared" / "golden" / "emvos_official.pth"  # official layout, random weights
+WEIGHTS = GOLDEN_WEIGHTS
 pytestmark = pytest.mark.skipif(not WEIGHTS.exists(), reason=f"golden weights not found at {WEIGHTS}")
 
 
@@ -27,9 +27,11 @@ def _test(tmp_path: Path, *extra: str) -> int:
                      *extra])
 
 
-def test_sample_end_to_end_writes_palette_pngs_and_csvs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    # no --data and no DAVIS on disk: the newcomer path runs on the bundled sample
-    assert _test(tmp_path, "--davis", str(tmp_path / "nowhere"), "--sequences", "bear") == 0
+def test_sample_end_to_end_writes_palette_pngs_and_csvs(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # no --data and no DAVIS at the default root: the newcomer path runs on the bundled sample
+    monkeypatch.setattr(run, "DAVIS_ROOT", str(tmp_path / "nowhere"))
+    assert _test(tmp_path, "--sequences", "bear") == 0
     out = tmp_path / "out" / "sample"
     pngs = sorted((out / "bear").glob("*.png"))
     assert [p.name for p in pngs] == [f"{i:05d}.png" for i in range(8)]
@@ -128,11 +130,18 @@ def test_missing_root(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert "missing" in err and "--davis" in err
 
 
+def test_mistyped_davis_root_is_an_error_not_the_sample(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert _test(tmp_path, "--davis", str(tmp_path / "DAVSI")) == 2
+    err = capsys.readouterr().err
+    assert "--davis" in err and "DAVSI" in err and "JPEGImages" in err
+    assert not (tmp_path / "out" / "sample").exists()
+
+
 def test_missing_checkpoint_says_where_to_put_it(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    code = run.main(["--test", "--device", "cpu", "--weights", str(tmp_path / "coco_davis_best.pth")])
+    code = run.main(["--test", "--device", "cpu", "--weights", str(tmp_path / "mine.pth")])
     assert code == 2
     err = capsys.readouterr().err
-    assert "coco_davis_best.pth" in err and "--train" in err
+    assert "mine.pth" in err and "official-davis" in err and "--train" in err
 
 
 def test_missing_frame(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -189,7 +198,7 @@ def test_videomatch_end_to_end_with_visualisation(tmp_path: Path, monkeypatch: p
     seq = tmp_path / "out" / "sample" / "boat"
     assert sorted(p.name for p in seq.iterdir()) == [f"{i:05d}.png" for i in range(8)]  # masks only
     assert (tmp_path / "out" / "sample" / "global_results-sample.csv").exists()
-    vis = tmp_path / "out" / "sample-visualize" / "boat"
+    vis = tmp_path / "out" / "visualize" / "sample" / "boat"
     cap = cv2.VideoCapture(str(vis / "overlay.mp4"))
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 8
     assert (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))) == (854, 480)

@@ -15,7 +15,7 @@ from urllib.error import URLError
 import numpy as np
 import pytest
 import torch
-from conftest import save_mask, square_frame, write_jpeg
+from conftest import GOLDEN_WEIGHTS, save_mask, square_frame, write_jpeg
 
 import evaluation
 import inference
@@ -26,7 +26,6 @@ import trainer
 from utils import VOSInputError
 
 ROOT = Path(__file__).resolve().parents[1]
-GOLDEN_WEIGHTS = ROOT.parent / "shared" / "golden" / "emvos_official.pth"
 
 TINY = ["--device", "cpu", "--no-pretrained", "--crop", "64", "64", "--clip-len", "3", "--batch-size", "2",
         "--workers", "0", "--val-every", "0"]
@@ -191,12 +190,13 @@ def test_missing_imagenet_weights_say_what_to_do(davis2016_root: Path, tmp_path:
     def offline(*args: object, **kwargs: object) -> None:
         raise URLError("no network")
 
-    monkeypatch.setattr("torchvision.models._api.load_state_dict_from_url", offline)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))  # an empty cache
+    monkeypatch.setattr("torch.hub.download_url_to_file", offline)
     argv = [a for a in _davis_args(davis2016_root, tmp_path / "out") if a != "--no-pretrained"]
     assert run.main(["--train", *argv]) == 2
     text = capsys.readouterr().err
     assert "densenet121" in text and "--no-pretrained" in text
-    assert str(Path(torch.hub.get_dir()) / "checkpoints") in text  # where to put the file
+    assert str(tmp_path / "torch_home" / "hub" / "checkpoints") in text  # where to put the file
 
 
 @pytest.mark.parametrize("amp", [True, False], ids=["amp", "fp32"])

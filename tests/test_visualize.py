@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from model import VideoSegmenter, build_model
+from inference import VideoSegmenter
+from methods import build_model
 from utils import DAVIS_PALETTE, overlay_mask, save_probability_maps, write_overlay_video
 
 
@@ -73,14 +74,14 @@ def test_overlay_video_refuses_mismatched_input(tmp_path: Path) -> None:
 def test_probability_maps_png_of_a_videomatch_step(tmp_path: Path) -> None:
     frames, masks = frames_and_masks(3)
     torch.manual_seed(0)
-    seg = VideoSegmenter(build_model("videomatch").eval())
+    seg = VideoSegmenter(build_model("videomatch").eval(), keep_probabilities=True)
 
     def tensor(rgb: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(rgb).permute(2, 0, 1).float() / 255
 
     seg.step(tensor(frames[0]), torch.from_numpy(masks[0]).long())
     seg.step(tensor(frames[1]))
-    maps = seg.state.probability_maps(60, 90)[0].numpy()  # (N, 2, H, W) [bg, fg], padding cropped
+    maps = seg.last_probs.numpy()  # (N, 2, H, W) [bg, fg], padding cropped
     assert maps.shape == (2, 2, 60, 90)
     path = tmp_path / "vis" / "00001_prob.png"
     image = save_probability_maps(path, maps[:, 1], maps[:, 0])

@@ -253,7 +253,7 @@ def test_no_download_never_touches_the_network(
         )
     msg = str(e.value)
     assert f"{server.url}/{DAVIS}" in msg and str(folder / DAVIS) in msg
-    assert (weights.DOWNLOAD_ENV if how == "env" else "download=False") in msg  # what turned it off
+    assert (weights.DOWNLOAD_ENV if how == "env" else "--no-download") in msg  # what turned it off
     assert server.hits == []
     assert not folder.exists()
 
