@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import math
 import sys
 import time
@@ -24,6 +25,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 from PIL import Image
+
+from utils import atomic_write
 
 BOUND_TH = 0.008  # boundary tolerance as a fraction of the image diagonal (8 px at 854x480)
 VOID_LABEL = 255  # DAVIS 2017 marks uncertain pixels with 255; the semi-supervised protocol scores them as background
@@ -378,25 +381,48 @@ def _fmt(value: float) -> str:
     return "" if math.isnan(value) else f"{value:.3f}"  # pandas writes NaN as an empty field
 
 
-def write_csvs(result: EvaluationResult, out_dir: Path, split: str) -> tuple[Path, Path]:
-    """Write `global_results-<split>.csv` and `per-sequence_results-<split>.csv` into out_dir, as the official
-    toolkit lays them out (pandas `to_csv(index=False, float_format='%.3f')`). Existing files are overwritten:
-    the official script silently reuses them, which reports stale numbers after a new run.
-    """
+def csv_paths(out_dir: str | Path, split: str) -> tuple[Path, Path]:
+    """The official toolkit's result files for `split` in out_dir: (global, per-sequence)."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    global_path = out_dir / f"global_results-{split}.csv"
-    seq_path = out_dir / f"per-sequence_results-{split}.csv"
-    with open(global_path, "w", newline="") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(GLOBAL_COLUMNS)
-        writer.writerow([_fmt(v) for v in result.global_row()])
-    with open(seq_path, "w", newline="") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(SEQUENCE_COLUMNS)
-        for obj in result.objects:
-            writer.writerow([obj.name, _fmt(obj.j_mean), _fmt(obj.f_mean)])
+    return out_dir / f"global_results-{split}.csv", out_dir / f"per-sequence_results-{split}.csv"
+
+
+def _csv_bytes(header: tuple[str, ...], rows: list[list[str]]) -> bytes:
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return text.getvalue().encode()
+
+
+def write_csvs(result: EvaluationResult, out_dir: str | Path, split: str) -> tuple[Path, Path]:
+    """Write `global_results-<split>.csv` and `per-sequence_results-<split>.csv` into out_dir, as the official
+    toolkit lays them out (pandas `to_csv(index=False, float_format='%.3f')`).
+
+    Each file is written with `utils.atomic_write`: a full disk or a kill leaves the previous file or the new one,
+    never a truncated CSV. The global file goes last, so that its presence means both are complete.
+    """
+    global_path, seq_path = csv_paths(out_dir, split)
+    seq_rows = [[obj.name, _fmt(obj.j_mean), _fmt(obj.f_mean)] for obj in result.objects]
+    atomic_write(seq_path, lambda f: f.write(_csv_bytes(SEQUENCE_COLUMNS, seq_rows)))
+    global_row = [[_fmt(v) for v in result.global_row()]]
+    atomic_write(global_path, lambda f: f.write(_csv_bytes(GLOBAL_COLUMNS, global_row)))
     return global_path, seq_path
+
+
+def evaluate_and_write(
+    gt: dict[str, list[Path]], results_dir: str | Path, split: str, binary: bool, workers: int = 2
+) -> tuple[EvaluationResult, Path, Path]:
+    """Score `results_dir` (see `evaluate_sequences`) and write its CSVs there: (result, global CSV, sequence CSV).
+
+    The CSVs of `split` already in results_dir are deleted first. The official script silently reuses them, which
+    reports stale numbers after a new run; and if this evaluation fails, the folder must not keep the last run's
+    CSVs next to the changed predictions.
+    """
+    for path in csv_paths(results_dir, split):
+        path.unlink(missing_ok=True)
+    result = evaluate_sequences(gt, Path(results_dir), binary, workers)
+    return (result, *write_csvs(result, results_dir, split))
 
 
 def format_table(result: EvaluationResult, split: str = "") -> str:
@@ -430,11 +456,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ds = DAVIS(args.davis, year=args.year, split=args.split)
         gt = {seq: ds.annotations(seq) for seq in ds.sequences}
-        result = evaluate_sequences(gt, args.results, binary=ds.binary, workers=args.workers)
+        result, global_path, seq_path = evaluate_and_write(gt, args.results, args.split, ds.binary, args.workers)
     except (EvaluationError, VOSInputError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    global_path, seq_path = write_csvs(result, args.results, args.split)
     print(format_table(result, args.split))
     print(f"\nwrote {global_path} and {seq_path} ({time.perf_counter() - start:.1f} s)")
     return 0

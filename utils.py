@@ -7,10 +7,12 @@ instead of a PIL traceback.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import BinaryIO
 
 import cv2
 import numpy as np
@@ -118,11 +120,47 @@ def read_mask(path: str | os.PathLike, binary: bool = False) -> np.ndarray:
     return ids
 
 
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object], mode: int = 0o644) -> Path:
+    """Write a file all at once or not at all.
+
+    `write(f)` fills a temporary file in the same folder (a binary file object: `img.save(f, format='PNG')`,
+    `torch.save(obj, f)`, `f.write(text.encode())`); it is flushed, fsynced and then renamed over `path` with
+    os.replace, which is atomic within one file system. A crash, a full disk or Ctrl+C at any point leaves the old
+    file or the new one under `path`, never a partial one, and no temporary file: it is removed on any exception,
+    KeyboardInterrupt included. The temporary name is unique (tempfile.mkstemp), so concurrent runs writing the same
+    path do not collide (the last rename wins); it starts with '.', so folder listings that skip hidden files
+    (dataset.py) never mistake it for a frame or a mask.
+
+    Args:
+        path: the file to write; parent folders are created.
+        write: called once with the open binary file; its return value is ignored.
+        mode: permission bits of the result (mkstemp creates 0600; outputs are ordinary files).
+    Returns:
+        `path` as a Path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            # On disk before the rename makes it visible: after a power loss `path` is not an empty new file.
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+    return path
+
+
 def save_mask(path: str | os.PathLike, mask: np.ndarray) -> None:
     """Write an object-id map as a DAVIS palette PNG (pixel value = object id), creating the parent folders.
 
-    The PNG is written to a temporary file in the same folder and moved into place with os.replace, so a crash or
-    a full disk never leaves a half-written mask that a later evaluation would read as a valid prediction.
+    Written with `atomic_write`, so a crash or a full disk never leaves a half-written mask that a later evaluation
+    would read as a valid prediction.
 
     Args:
         path: target .png file.
@@ -138,17 +176,7 @@ def save_mask(path: str | os.PathLike, mask: np.ndarray) -> None:
         )
     img = Image.fromarray(mask.astype(np.uint8))
     img.putpalette(DAVIS_PALETTE)  # turns the 'L' image into a 'P' image with the same index values
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            img.save(f, format="PNG")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; masks are ordinary output files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, lambda f: img.save(f, format="PNG"))
 
 
 # ----------------------------------------------------------------------------------------------------------------------

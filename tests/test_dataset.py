@@ -22,7 +22,7 @@ from dataset import (
     random_crop_params,
     seed_worker,
 )
-from utils import DAVIS_PALETTE, VOSInputError, read_frame, read_mask, save_mask
+from utils import DAVIS_PALETTE, VOSInputError, atomic_write, read_frame, read_mask, save_mask
 
 # ----------------------------------------------------------------------------------------------------------------------
 # utils.py image I/O
@@ -56,6 +56,39 @@ def test_save_and_read_mask_roundtrip(tmp_path: Path) -> None:
     np.testing.assert_array_equal(read_mask(path), ids)
     np.testing.assert_array_equal(read_mask(path, binary=True), ids != 0)
     assert [p.name for p in path.parent.iterdir()] == ["00000.png"]  # no temporary file left behind
+
+
+def test_atomic_write_replaces_whole_or_not_at_all(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "out.bin"
+    assert atomic_write(path, lambda f: f.write(b"first")) == path  # parent folders are created
+    assert path.read_bytes() == b"first" and path.stat().st_mode & 0o777 == 0o644
+
+    def half_then(exc: BaseException):
+        def write(f) -> None:
+            f.write(b"half of the new conte")
+            f.flush()  # the partial bytes really are in the temporary file when the failure comes
+            raise exc
+
+        return write
+
+    for exc in (OSError(28, "No space left on device"), KeyboardInterrupt()):
+        with pytest.raises(type(exc)):
+            atomic_write(path, half_then(exc))
+        assert path.read_bytes() == b"first"  # the old file, untouched
+        assert [p.name for p in path.parent.iterdir()] == ["out.bin"]  # no temporary file left
+    atomic_write(path, lambda f: f.write(b"second"))
+    assert path.read_bytes() == b"second" and [p.name for p in path.parent.iterdir()] == ["out.bin"]
+
+
+def test_save_mask_failing_mid_write_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def failing_save(self, fp, *args, **kwargs) -> None:
+        fp.write(b"\x89PNG\r\n\x1a\n")  # a PNG signature and nothing else: what a full disk leaves
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", failing_save)
+    with pytest.raises(OSError, match="No space"):
+        save_mask(tmp_path / "00000.png", np.zeros((4, 4), np.uint8))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_read_mask_void_and_binary_grayscale(tmp_path: Path, davis2016_root: Path) -> None:

@@ -8,6 +8,7 @@ predictions; ours agreed bit for bit.
 from __future__ import annotations
 
 import math
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -307,6 +308,55 @@ def test_write_csvs_format_and_overwrite(tmp_path: Path) -> None:
     assert seq_path.read_text() == "Sequence,J-Mean,F-Mean\nbear_1,0.912,0.800\ndogs-jump_3,0.500,0.600\n"
     table = ev.format_table(result, "val")
     assert "J&F-Mean" in table and "dogs-jump_3" in table and "0.912" in table
+
+
+def _sample_result() -> ev.EvaluationResult:
+    return ev.EvaluationResult.from_objects([ev.ObjectResult("bear", 1, 0.91234, 1.0, 0.0204, 0.8, 0.9, -0.01)])
+
+
+def test_write_csvs_on_a_full_disk_leaves_no_partial_file(tmp_path: Path) -> None:
+    resource = pytest.importorskip("resource")  # RLIMIT_FSIZE: POSIX only
+    # A real short write: with RLIMIT_FSIZE the kernel stops every file at 30 bytes (EFBIG), as a full disk would
+    # mid-write. Each CSV is longer than that.
+    old = {"global_results-val.csv": "J&F-Mean\n0.5\n", "per-sequence_results-val.csv": "Sequence\nx_1\n"}
+    for name, text in old.items():
+        (tmp_path / name).write_text(text)
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process
+    resource.setrlimit(resource.RLIMIT_FSIZE, (30, limits[1]))
+    try:
+        with pytest.raises(OSError):
+            ev.write_csvs(_sample_result(), tmp_path, "val")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, handler)
+    # Every CSV is the old, complete one, and no temporary file is left.
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == old
+
+
+def test_failed_evaluation_leaves_no_old_csv(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    gt = [square((10, 10), slice(2, 5), slice(2, 5))] * 4
+    gt_paths, pred_dir = make_sequence(tmp_path, gt, {1: gt[1], 2: gt[2]})
+    results = pred_dir.parent
+    ev.evaluate_and_write({"seq": gt_paths}, results, "val", binary=False, workers=1)
+    global_path, seq_path = ev.csv_paths(results, "val")
+    assert global_path.read_text().splitlines()[1].startswith("1.000,")
+    (pred_dir / "00002.png").unlink()  # the predictions change, and this time scoring fails
+    with pytest.raises(ev.EvaluationError, match="missing prediction"):
+        ev.evaluate_and_write({"seq": gt_paths}, results, "val", binary=False, workers=1)
+    assert not global_path.exists() and not seq_path.exists()
+    # The command line too: exit code 1 and no CSV of the last run beside the changed results.
+    davis = tmp_path / "DAVIS"
+    for t, path in enumerate(gt_paths):
+        (davis / "JPEGImages" / "480p" / "seq").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (10, 10)).save(davis / "JPEGImages" / "480p" / "seq" / f"{t:05d}.jpg")
+        save_png(davis / "Annotations" / "480p" / "seq" / path.name, gt[t])
+    (davis / "ImageSets" / "2017").mkdir(parents=True)
+    (davis / "ImageSets" / "2017" / "val.txt").write_text("seq\n")
+    global_path.write_text("J&F-Mean\n0.999\n")
+    assert ev.main(["--davis", str(davis), "--results", str(results), "--workers", "1"]) == 1
+    assert "missing prediction" in capsys.readouterr().err
+    assert not global_path.exists()
 
 
 # ----------------------------------------------------------------------------------------------------------------------
