@@ -24,9 +24,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
 
-from utils import atomic_write
+from utils import VOSInputError, atomic_write, read_mask
 
 BOUND_TH = 0.008  # boundary tolerance as a fraction of the image diagonal (8 px at 854x480)
 VOID_LABEL = 255  # DAVIS 2017 marks uncertain pixels with 255; the semi-supervised protocol scores them as background
@@ -170,38 +169,14 @@ def object_statistics(scores: np.ndarray) -> tuple[float, float, float]:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def read_mask(path: Path) -> np.ndarray:
-    """Object ids of an index PNG (palette or grayscale: pixel value = object id) as an (H, W) integer array.
-
-    An alpha channel is dropped (LA/PA): DAVIS 2016 ships such a file (bear/00077.png is LA).
-    """
-    try:
-        with Image.open(path) as image:
-            mask = np.asarray(image)
-            mode = image.mode
-    except FileNotFoundError:
-        raise
-    except OSError as err:
-        raise EvaluationError(f"cannot read mask {path}: {err}") from err
-    if mode in ("LA", "PA", "La"):
-        mask = mask[..., 0]
-    if mask.ndim != 2:
-        raise EvaluationError(
-            f"{path} is a {mode} image; save masks as palette (P) or grayscale (L) PNGs whose pixel values are the "
-            "object ids (0 = background)"
-        )
-    return mask.astype(np.uint8, copy=False) if mask.dtype == bool else mask
-
-
 def _read_gt(path: Path, binary: bool) -> np.ndarray:
-    """GT object ids: binarised for DAVIS 2016 (0/255 masks), void (255) set to background for DAVIS 2017."""
-    try:
-        gt = read_mask(path)
-    except FileNotFoundError:
-        raise EvaluationError(f"ground-truth mask {path} does not exist; re-download or re-extract DAVIS") from None
-    if binary:
-        return (gt != 0).astype(np.uint8)
-    return np.where(gt == VOID_LABEL, 0, gt)
+    """GT object ids as the official toolkit reads them: the stored values, binarised for DAVIS 2016 (0/255
+    masks), otherwise void (255) set to background (`masks[masks == 255] = 0`). Unlike the runner's reader there is
+    no special case for 0/255 grayscale masks: the numbers must be the official ones."""
+    if not path.is_file():
+        raise EvaluationError(f"ground-truth mask {path} does not exist; re-download or re-extract DAVIS")
+    gt = read_mask(path, binary, raw=True, error=EvaluationError)
+    return gt if binary else np.where(gt == VOID_LABEL, 0, gt)
 
 
 def count_objects(first_gt: Path, binary: bool) -> int:
@@ -218,13 +193,13 @@ def _score_frames(gt_paths: list[Path], pred_dir: Path, binary: bool, n_objects:
     for t, gt_path in enumerate(gt_paths):
         pred_path = pred_dir / gt_path.name
         gt = _read_gt(gt_path, binary)
-        try:
-            pred = read_mask(pred_path)
-        except FileNotFoundError:
+        if not pred_path.is_file():
             raise EvaluationError(
                 f"missing prediction {pred_path} (for GT {gt_path}); write one PNG per frame into {pred_dir}, "
                 "named like the GT annotation"
-            ) from None
+            )
+        # Raw values, as the official results reader: a prediction's 255 is object 255, not void.
+        pred = read_mask(pred_path, raw=True, error=EvaluationError)
         if pred.shape != gt.shape:
             raise EvaluationError(
                 f"prediction {pred_path} is {pred.shape[1]}x{pred.shape[0]} but its GT {gt_path} is "
@@ -450,7 +425,6 @@ def main(argv: list[str] | None = None) -> int:
 
     # Imported here, not at the top, so that the metric functions (and the worker processes) need no dataset code.
     from dataset import DAVIS
-    from utils import VOSInputError
 
     start = time.perf_counter()
     try:

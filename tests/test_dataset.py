@@ -103,6 +103,28 @@ def test_read_mask_void_and_binary_grayscale(tmp_path: Path, davis2016_root: Pat
     np.testing.assert_array_equal(read_mask(tmp_path / "l.png"), [[0, 2, 3]])
 
 
+def test_read_mask_raw_keeps_stored_values(tmp_path: Path) -> None:
+    # raw=True is the evaluator's reading (the official toolkit's np.array(Image.open(path))): no void mapping.
+    save_mask(tmp_path / "void.png", np.array([[0, 1, 255]], np.uint8))
+    np.testing.assert_array_equal(read_mask(tmp_path / "void.png", raw=True), [[0, 1, 255]])
+    Image.fromarray(np.array([[0, 255]], np.uint8)).save(tmp_path / "bw.png")
+    np.testing.assert_array_equal(read_mask(tmp_path / "bw.png", raw=True), [[0, 255]])
+    np.testing.assert_array_equal(read_mask(tmp_path / "bw.png", binary=True, raw=True), [[0, 1]])
+    Image.fromarray(np.array([[0, 300]], np.uint16)).save(tmp_path / "wide.png")  # 16-bit grayscale
+    np.testing.assert_array_equal(read_mask(tmp_path / "wide.png", raw=True), [[0, 300]])
+    with pytest.raises(VOSInputError, match="outside 0..255"):
+        read_mask(tmp_path / "wide.png")
+    Image.fromarray(np.array([[[2, 255], [0, 0]]], np.uint8), "LA").save(tmp_path / "la.png")
+    np.testing.assert_array_equal(read_mask(tmp_path / "la.png", raw=True), [[2, 0]])  # alpha dropped
+
+    class OtherError(Exception):
+        pass
+
+    Image.fromarray(np.zeros((2, 2, 3), np.uint8)).save(tmp_path / "rgb.png")
+    with pytest.raises(OtherError, match="rgb.png' is a RGB image"):
+        read_mask(tmp_path / "rgb.png", raw=True, error=OtherError)
+
+
 def test_read_frame(tmp_path: Path, davis2016_root: Path) -> None:
     frame = read_frame(davis2016_root / "JPEGImages" / "480p" / "bear" / "00000.jpg")
     assert frame.shape == (480, 854, 3) and frame.dtype == np.uint8
@@ -122,7 +144,7 @@ def test_bad_images_raise_naming_the_file(tmp_path: Path, davis2016_root: Path) 
     with pytest.raises(VOSInputError, match="missing.jpg"):
         read_frame(tmp_path / "missing.jpg")
     Image.fromarray(np.zeros((4, 5, 3), np.uint8)).save(tmp_path / "rgb.png")
-    with pytest.raises(VOSInputError, match="rgb.png.*is RGB.*object ids"):
+    with pytest.raises(VOSInputError, match="rgb.png' is a RGB image.*object ids"):
         read_mask(tmp_path / "rgb.png")
     with pytest.raises(VOSInputError, match="missing.png"):
         read_mask(tmp_path / "missing.png")

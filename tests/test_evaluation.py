@@ -229,12 +229,29 @@ def test_binary_mode_binarises_davis2016_masks(tmp_path: Path) -> None:
     assert j[0] == pytest.approx(4 / 10)  # 2x2 square + 1 stray pixel vs 3x3 square: 4 / (9 + 1)
 
 
+def test_masks_are_read_as_the_official_toolkit_reads_them(tmp_path: Path) -> None:
+    # One reader (utils.read_mask) serves the runner and the evaluator; the evaluator's protocol differs on purpose.
+    bw = save_png(tmp_path / "bw.png", square((10, 10), slice(2, 5), slice(2, 5), 255), mode="L")
+    assert ev.count_objects(bw, binary=False) == 0  # a 0/255 grayscale GT: 255 is void, as officially
+    assert ev.count_objects(bw, binary=True) == 1
+    # A prediction's 255 is object 255 (raw values), not void: more objects than the GT is an error.
+    gt = [square((10, 10), slice(2, 5), slice(2, 5))] * 3
+    gt_paths, pred_dir = make_sequence(tmp_path / "a", gt, {1: gt[1] + square((10, 10), slice(8, 9), slice(8, 9), 255)})
+    with pytest.raises(ev.EvaluationError, match=r"00001\.png has object id 255"):
+        ev.evaluate_sequences({"seq": gt_paths}, pred_dir.parent, binary=False, workers=1)
+    # An LA prediction: the alpha channel is dropped, the ids are scored.
+    gt_paths, pred_dir = make_sequence(tmp_path / "b", gt, {})
+    pred_dir.mkdir(parents=True)
+    Image.fromarray(np.stack([gt[1], np.full_like(gt[1], 255)], axis=-1), "LA").save(pred_dir / "00001.png")
+    assert ev.evaluate_sequences({"seq": gt_paths}, pred_dir.parent, binary=False, workers=1).j_mean == 1.0
+
+
 @pytest.mark.parametrize(
     ("problem", "match"),
     [
         ("missing_png", r"missing prediction .*seq/00002\.png.*named like the GT"),
         ("size", r"00001\.png is 9x10 but its GT .* is 10x10"),
-        ("rgb", r"00001\.png is a RGB image; save masks as palette"),
+        ("rgb", r"00001\.png' is a RGB image; save masks as palette"),
         ("no_folder", r"no results folder .*res/seq"),
         ("too_short", r"2 annotated frame\(s\).*at least 3"),
     ],
