@@ -222,6 +222,7 @@ def _score_frames(gt_paths: list[Path], pred_dir: Path, binary: bool, n_objects:
 
 
 def _check_sequence(gt_paths: list[Path], pred_dir: Path) -> None:
+    """Refuse a sequence too short to score or without its results folder, before any work starts."""
     if len(gt_paths) < 3:
         raise EvaluationError(
             f"sequence {pred_dir.name} has {len(gt_paths)} annotated frame(s); the semi-supervised protocol scores "
@@ -232,19 +233,6 @@ def _check_sequence(gt_paths: list[Path], pred_dir: Path) -> None:
             f"no results folder {pred_dir}; the results folder needs one sub-folder per sequence holding one PNG "
             "per frame"
         )
-
-
-def evaluate_sequence(gt_paths: list[Path], pred_dir: Path, binary: bool) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """Per-frame J and F of every object of one sequence, in this process.
-
-    gt_paths: the sequence's GT PNGs, sorted; pred_dir: folder with a PNG of the same name for each frame.
-    The first and last frames are not scored (the first is given to the method). Returns {object id: (J, F)},
-    each of length len(gt_paths) - 2.
-    """
-    gt_paths, pred_dir = [Path(p) for p in gt_paths], Path(pred_dir)
-    _check_sequence(gt_paths, pred_dir)
-    scores = _score_frames(gt_paths[1:-1], pred_dir, binary, count_objects(gt_paths[0], binary))
-    return {k + 1: (scores[0, k], scores[1, k]) for k in range(scores.shape[1])}
 
 
 @dataclass(frozen=True)

@@ -192,7 +192,7 @@ def test_decay_reproduces_official_uint8_bug() -> None:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def test_evaluate_sequence_void_missing_object_and_unscored_frames(tmp_path: Path) -> None:
+def test_void_missing_object_and_unscored_frames(tmp_path: Path) -> None:
     shape = (12, 16)
     gt = []
     for t in range(5):
@@ -203,13 +203,16 @@ def test_evaluate_sequence_void_missing_object_and_unscored_frames(tmp_path: Pat
     pred = {t: (gt[t] == 1).astype(np.uint8) for t in (1, 2, 3)}
     pred[2][0, 0:4] = 1  # frame 2 labels 4 void pixels as object 1: they count as false positives
     gt_paths, pred_dir = make_sequence(tmp_path, gt, pred)
-    scores = ev.evaluate_sequence(gt_paths, pred_dir, binary=False)
-    assert sorted(scores) == [1, 2]  # two objects: max id of the first frame once void is removed
-    j1, f1 = scores[1]
-    assert j1.tolist() == pytest.approx([1.0, 16 / 20, 1.0])  # 4x4 object, 4 extra pixels
-    assert f1[0] == 1.0 and f1[2] == 1.0 and f1[1] < 1.0
-    j2, f2 = scores[2]  # never predicted: scored as an empty mask
-    assert j2.tolist() == [0.0, 0.0, 0.0] and f2.tolist() == [0.0, 0.0, 0.0]
+    result = ev.evaluate_sequences({"seq": gt_paths}, pred_dir.parent, binary=False, workers=1)
+    one, two = result.objects  # two objects: max id of the first frame once void is removed
+    assert (one.name, two.name) == ("seq_1", "seq_2")
+    # J per frame: 1, 16/20 (4x4 object, 4 extra pixels), 1; F: 1, F of frame 2, 1.
+    f2 = ev.boundary_f(gt[2] == 1, pred[2] == 1)
+    assert f2 < 1.0
+    assert (one.j_mean, one.j_recall) == (pytest.approx((1 + 16 / 20 + 1) / 3), 1.0)
+    assert (one.f_mean, one.f_recall) == (pytest.approx((1 + f2 + 1) / 3), 1.0)
+    # Object 2, never predicted: scored as an empty mask in every frame.
+    assert (two.j_mean, two.j_recall, two.f_mean, two.f_recall) == (0.0, 0.0, 0.0, 0.0)
 
 
 def test_more_objects_than_gt_is_an_error(tmp_path: Path) -> None:
@@ -217,16 +220,16 @@ def test_more_objects_than_gt_is_an_error(tmp_path: Path) -> None:
     pred = {1: gt[1], 2: gt[2] + square((8, 8), slice(6, 8), slice(6, 8), 2)}
     gt_paths, pred_dir = make_sequence(tmp_path, gt, pred)
     with pytest.raises(ev.EvaluationError, match=r"00002\.png has object id 2 .* 1 object"):
-        ev.evaluate_sequence(gt_paths, pred_dir, binary=False)
+        ev.evaluate_sequences({"seq": gt_paths}, pred_dir.parent, binary=False, workers=1)
 
 
 def test_binary_mode_binarises_davis2016_masks(tmp_path: Path) -> None:
     gt = [square((10, 10), slice(2, 5), slice(2, 5), 255)] * 3  # DAVIS 2016: mode L, 0/255
     pred = {1: square((10, 10), slice(2, 4), slice(2, 4), 255) + square((10, 10), slice(8, 9), slice(8, 9), 3)}
     gt_paths, pred_dir = make_sequence(tmp_path, gt, pred, mode="L")
-    (j, f), *rest = ev.evaluate_sequence(gt_paths, pred_dir, binary=True).values()
+    obj, *rest = ev.evaluate_sequences({"seq": gt_paths}, pred_dir.parent, binary=True, workers=1).objects
     assert not rest  # 255 is the object, not void; id 3 merges into it
-    assert j[0] == pytest.approx(4 / 10)  # 2x2 square + 1 stray pixel vs 3x3 square: 4 / (9 + 1)
+    assert obj.j_mean == pytest.approx(4 / 10)  # one scored frame: 2x2 square + 1 stray pixel vs 3x3: 4 / (9 + 1)
 
 
 def test_masks_are_read_as_the_official_toolkit_reads_them(tmp_path: Path) -> None:
@@ -262,10 +265,12 @@ def test_bad_input_errors_name_the_file(tmp_path: Path, problem: str, match: str
     if problem == "size":
         pred[1] = gt[1][:, :9]
     gt_paths, pred_dir = make_sequence(tmp_path, gt, {} if problem == "no_folder" else pred)
+    if problem == "no_folder":
+        pred_dir.parent.mkdir()  # the results folder exists, the sequence's sub-folder does not
     if problem == "rgb":
         Image.new("RGB", (10, 10)).save(pred_dir / "00001.png")
     with pytest.raises(ev.EvaluationError, match=match):
-        ev.evaluate_sequence(gt_paths, pred_dir, binary=False)
+        ev.evaluate_sequences({"seq": gt_paths}, pred_dir.parent, binary=False, workers=1)
 
 
 def test_evaluate_sequences_two_workers_match_one(tmp_path: Path) -> None:
