@@ -296,16 +296,16 @@ class YouTubeVOS:
         )
 
 
-_VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"}
-
-
 class SingleVideo:
     """One user video: a folder of frames (.jpg/.jpeg/.png, natural order) or a video file, plus a first-frame mask.
 
     A video file is decoded frame by frame into a temporary folder of lossless PNGs (a second JPEG encoding would
     add artefacts the model never saw in training) the first time `videos()`
     is called, so memory holds one frame at a time; the folder is removed when this object is garbage-collected
-    or `close()` is called. Output names are `00000.png`, `00001.png`, ... by frame index.
+    or `close()` is called.
+
+    Output names follow the input: a folder's frame `frame_0017.jpg` gives `frame_0017.png` (so a missing frame
+    leaves a gap instead of shifting every later name); a video file's frame k gives `%05d.png` of k.
     """
 
     def __init__(self, video: str | Path, mask: str | Path, name: str | None = None) -> None:
@@ -324,6 +324,14 @@ class SingleVideo:
             frames = [p for p in _list_files(self.video, _IMAGE_EXTS) if p.resolve() != self.mask.resolve()]
             if not frames:
                 raise VOSInputError(f"folder '{self.video}' holds no frames (.jpg, .jpeg or .png files)")
+            seen: dict[str, Path] = {}
+            for frame in frames:
+                if frame.stem in seen:
+                    raise VOSInputError(
+                        f"frames '{seen[frame.stem]}' and '{frame}' would both write the mask '{frame.stem}.png'; "
+                        "keep one of them in the folder"
+                    )
+                seen[frame.stem] = frame
             self._frames = frames
         else:
             if self.video.suffix.lower() in _IMAGE_EXTS:
@@ -336,17 +344,23 @@ class SingleVideo:
             if not ok:
                 raise VOSInputError(
                     f"cannot decode video '{self.video}'; extract its frames (e.g. `ffmpeg -i {self.video} "
-                    f"frames/%05d.jpg`) and pass the folder instead"
+                    f"frames/%05d.png`) and pass the folder instead"
                 )
 
     def __len__(self) -> int:
         return 1
 
     def _extract(self) -> list[Path]:
-        """Decode the video file into a temporary folder, one frame in memory at a time."""
+        """Decode the video file into a temporary folder, one frame in memory at a time.
+
+        A video that stops decoding before the frame count its container reports gets one warning line, not an
+        error: that count is the header's (or duration x fps) and overstates on some complete files (trimmed MP4s
+        with edit lists, audio longer than the video; opencv/opencv#16576), while every decoded frame is a real one.
+        """
         self._tmp = Path(tempfile.mkdtemp(prefix=f"emvos_{self.name}_"))
         self._cleanup = weakref.finalize(self, shutil.rmtree, str(self._tmp), True)
         cap = cv2.VideoCapture(str(self.video))
+        reported = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))  # 0 or less: the container does not say
         frames = []
         try:
             while True:
@@ -361,6 +375,14 @@ class SingleVideo:
             cap.release()
         if not frames:
             raise VOSInputError(f"video '{self.video}' has no decodable frames")
+        if len(frames) < reported:
+            print(
+                f"warning: video '{self.video}' decoded {len(frames)} of the {reported} frames its container "
+                f"reports, so it may be truncated or corrupt; masks are written for frames 00000..{len(frames) - 1:05d}"
+                f" only. Check with `ffmpeg -v error -i {self.video} -f null -`, or extract the frames and pass the "
+                "folder.",
+                file=sys.stderr,
+            )
         return frames
 
     def close(self) -> None:
@@ -385,7 +407,8 @@ class SingleVideo:
                 name=self.name,
                 frames=list(self._frames),
                 given_masks={0: self.mask},
-                output_names=[f"{i:05d}.png" for i in range(len(self._frames))],
+                # the frame's own name: extracted frames are already named by their index
+                output_names=[f.stem + ".png" for f in self._frames],
             )
 
 

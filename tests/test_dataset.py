@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -266,7 +267,50 @@ def test_single_video_folder(frame_folder: tuple[Path, Path]) -> None:
     assert len(sv) == 1 and sv.sequences == ["frames"]
     (v,) = sv.videos()
     assert [p.name for p in v.frames] == ["frame1.png", "frame2.png", "frame10.png", "frame11.png"]
-    assert v.given_masks == {0: mask} and v.output_names == ["00000.png", "00001.png", "00002.png", "00003.png"]
+    assert v.given_masks == {0: mask} and v.output_names == ["frame1.png", "frame2.png", "frame10.png", "frame11.png"]
+
+
+def test_single_video_folder_with_a_gap_names_outputs_by_frame(tmp_path: Path) -> None:
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    for t in (0, 1, 3, 4):  # 00002.jpg is missing
+        Image.fromarray(np.full((8, 8, 3), 40 * t, np.uint8)).save(folder / f"{t:05d}.jpg")
+    save_mask(tmp_path / "mask.png", np.ones((8, 8), np.uint8))
+    (v,) = SingleVideo(folder, tmp_path / "mask.png").videos()
+    # every mask goes out under its own frame's name, none under the previous frame's
+    assert dict(zip([f.name for f in v.frames], v.output_names, strict=True)) == {
+        "00000.jpg": "00000.png",
+        "00001.jpg": "00001.png",
+        "00003.jpg": "00003.png",
+        "00004.jpg": "00004.png",
+    }
+    # two frames that would write one mask
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / "00004.png")
+    with pytest.raises(VOSInputError, match=r"00004\.(jpg|png)' and '.*00004\.(jpg|png)' would both write the mask"):
+        SingleVideo(folder, tmp_path / "mask.png")
+
+
+def test_truncated_video_file_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (32, 24))
+    assert writer.isOpened(), "this OpenCV build cannot write MJPG"
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        writer.write(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8))  # noise: every frame a few kB
+    writer.release()
+    save_mask(tmp_path / "mask.png", np.ones((24, 32), np.uint8))
+    whole = SingleVideo(path, tmp_path / "mask.png")
+    assert len(next(whole.videos()).frames) == 10 and capsys.readouterr().err == ""
+    whole.close()
+    cut = tmp_path / "cut.avi"  # an interrupted download: the header still says 10 frames
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    sv = SingleVideo(cut, tmp_path / "mask.png")
+    (v,) = sv.videos()
+    err = capsys.readouterr().err
+    assert 0 < len(v.frames) < 10
+    assert f"warning: video '{cut}' decoded {len(v.frames)} of the 10 frames" in err and "truncated" in err
+    assert len(err.strip().splitlines()) == 1  # one line
+    sv.close()
 
 
 def test_single_video_file(tiny_mp4: tuple[Path, Path]) -> None:
