@@ -417,8 +417,9 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         ds = DAVIS(args.davis, year=args.year, split=args.split)
-        gt = {seq: ds.annotations(seq) for seq in ds.sequences}
-        result, global_path, seq_path = evaluate_and_write(gt, args.results, args.split, ds.binary, args.workers)
+        result, global_path, seq_path = evaluate_and_write(
+            ds.ground_truth(), args.results, args.split, ds.binary, args.workers
+        )
     except (EvaluationError, VOSInputError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -167,8 +167,10 @@ def test_davis_2016_original_layout(davis2016_root: Path) -> None:
     assert all(p.is_file() for p in v.frames)
     assert v.given_masks == {0: davis2016_root / "Annotations" / "480p" / "boat" / "00000.png"}
     assert v.output_names[0] == "00000.png" and len(v.output_names) == 75
-    assert v.annotations is not None and len(v.annotations) == 75 and all(p.is_file() for p in v.annotations)
+    gt = ds.ground_truth(["boat"])
+    assert list(gt) == ["boat"] and len(gt["boat"]) == 75 and all(p.is_file() for p in gt["boat"])
     assert ds.frames("bear")[-1].name == "00081.jpg" and len(ds.annotations("bear")) == 82
+    assert list(ds.ground_truth()) == ["bear", "boat", "hockey"]
 
 
 def test_davis_2017_layout(davis2017_root: Path) -> None:
@@ -177,7 +179,11 @@ def test_davis_2017_layout(davis2017_root: Path) -> None:
     _, boat = list(ds.videos())
     assert [p.name for p in boat.frames] == [f"{i:05d}.jpg" for i in range(6)]
     assert boat.given_masks == {0: davis2017_root / "Annotations" / "480p" / "boat" / "00000.png"}
-    assert boat.annotations == ds.annotations("boat") and boat.annotations[3].name == "00003.png"
+    gt = ds.ground_truth(["boat", "bear"])  # the named sequences, in that order
+    assert list(gt) == ["boat", "bear"] and gt["boat"] == ds.annotations("boat")
+    assert [p.name for p in gt["boat"]] == [f"{i:05d}.png" for i in range(6)]
+    with pytest.raises(VOSInputError, match="unknown sequence.*dog"):
+        ds.ground_truth(["dog"])
     assert set(np.unique(read_mask(boat.given_masks[0], binary=boat.binary))) == {0, 1, 2}
     # DAVIS 2016 on the 2017 layout: its own sequence list, objects merged.
     ds16 = DAVIS(davis2017_root, year="2016", split="val")
@@ -195,9 +201,11 @@ def test_davis_test_dev(davis2017_root: Path, tmp_path: Path) -> None:
     try:
         ds = DAVIS(davis2017_root, "2017", "test-dev")
         v = next(ds.videos())
-        assert v.annotations is None and list(v.given_masks) == [0]
+        assert not ds.has_annotations and list(v.given_masks) == [0]
         with pytest.raises(VOSInputError, match="server"):
             ds.annotations("hockey")
+        with pytest.raises(VOSInputError, match="server"):
+            ds.ground_truth()
     finally:
         (davis2017_root / "ImageSets" / "2017" / "test-dev.txt").unlink()
 
@@ -225,6 +233,71 @@ def test_davis_errors(davis2016_copy: Path, davis2017_root: Path, tmp_path: Path
         (davis2017_root / "ImageSets" / "2017" / "val.txt").write_text("bear\nboat\n")
 
 
+def test_davis_2017_missing_frame_or_annotation_is_refused(davis2017_copy: Path) -> None:
+    jpegs, pngs = davis2017_copy / "JPEGImages" / "480p" / "boat", davis2017_copy / "Annotations" / "480p" / "boat"
+
+    def refused(match: str) -> None:
+        ds = DAVIS(davis2017_copy, "2017", "val")
+        for read in (lambda: list(ds.videos(["boat"])), lambda: ds.ground_truth(), lambda: ds.frames("boat")):
+            with pytest.raises(VOSInputError, match=match):
+                read()
+
+    # A frame's JPEG is gone but its annotation is there: it would silently drop out of the run and of J&F.
+    (jpegs / "00002.jpg").rename(jpegs / "moved")
+    refused(r"frame '.*boat/00002\.jpg' does not exist but its annotation '.*boat/00002\.png' does.*re-download")
+    (jpegs / "moved").rename(jpegs / "00002.jpg")
+    # The last frame's JPEG: no gap in the numbering, the annotation tells.
+    (jpegs / "00005.jpg").rename(jpegs / "moved")
+    refused(r"frame '.*boat/00005\.jpg' does not exist but its annotation")
+    (jpegs / "moved").rename(jpegs / "00005.jpg")
+    # JPEG and annotation both gone: the gap in the numbering tells.
+    (jpegs / "00003.jpg").rename(jpegs / "moved")
+    (pngs / "00003.png").rename(jpegs / "moved.png")
+    refused(r"frame '.*boat/00003\.jpg' does not exist \(1 missing between 00000\.jpg and 00005\.jpg of boat\)")
+    (jpegs / "moved").rename(jpegs / "00003.jpg")
+    # An annotated split with a frame but no annotation.
+    refused(r"annotation '.*boat/00003\.png' does not exist \(1 frame\(s\) of boat have none\)")
+    (jpegs / "moved.png").rename(pngs / "00003.png")
+    assert len(DAVIS(davis2017_copy, "2017", "val").frames("boat")) == 6
+
+
+def test_davis_2016_missing_annotation_is_refused(davis2016_copy: Path) -> None:
+    listing = davis2016_copy / "ImageSets" / "480p" / "train.txt"
+    listing.write_text(listing.read_text() + "/JPEGImages/480p/bear/00000.jpg /Annotations/480p/bear/00999.png\n")
+    with pytest.raises(VOSInputError, match="annotation '.*00999.png' listed in '.*train.txt' does not exist"):
+        DAVIS(davis2016_copy, "2016", "train").ground_truth(["bear"])
+
+
+def test_hidden_files_are_not_frames_or_masks(davis2017_copy: Path, ytvos_root: Path, frame_folder) -> None:
+    # macOS AppleDouble files ('._name', not images at all) and other dot files beside every frame and mask.
+    def litter(folder: Path, ext: str) -> None:
+        for name in (f"._00000{ext}", f"._zzz{ext}", ".DS_Store", f".00001{ext}.x1y2.tmp"):
+            (folder / name).write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+
+    litter(davis2017_copy / "JPEGImages" / "480p" / "boat", ".jpg")
+    litter(davis2017_copy / "Annotations" / "480p" / "boat", ".png")
+    ds = DAVIS(davis2017_copy, "2017", "val")
+    (boat,) = ds.videos(["boat"])
+    assert [p.name for p in boat.frames] == [f"{i:05d}.jpg" for i in range(6)]
+    assert boat.output_names == [f"{i:05d}.png" for i in range(6)]
+    assert [p.name for p in ds.ground_truth(["boat"])["boat"]] == [f"{i:05d}.png" for i in range(6)]
+
+    for folder in ("valid_all_frames/JPEGImages", "valid/JPEGImages"):
+        litter(ytvos_root / folder / "vid_a", ".jpg")
+    litter(ytvos_root / "valid/Annotations/vid_a", ".png")
+    (ytvos_root / "valid" / "Annotations" / ".ipynb_checkpoints").mkdir()
+    yt = YouTubeVOS(ytvos_root)
+    assert yt.sequences == ["vid_a", "vid_b"]
+    a = next(yt.videos(["vid_a"]))
+    assert [p.name for p in a.frames] == [f"{t:05d}.jpg" for t in range(6)]
+    assert list(a.given_masks) == [0, 5] and a.output_names == ["00000.png", None, None, None, None, "00005.png"]
+
+    folder, mask = frame_folder
+    litter(folder, ".png")
+    (v,) = SingleVideo(folder, mask).videos()
+    assert [p.name for p in v.frames] == ["frame1.png", "frame2.png", "frame10.png", "frame11.png"]
+
+
 def test_youtube_vos_late_objects(ytvos_root: Path) -> None:
     ds = YouTubeVOS(ytvos_root, "2018")
     assert ds.sequences == ["vid_a", "vid_b"] and len(ds) == 2
@@ -234,7 +307,7 @@ def test_youtube_vos_late_objects(ytvos_root: Path) -> None:
     masks = ytvos_root / "valid" / "Annotations" / "vid_a"
     assert a.given_masks == {0: masks / "00000.png", 5: masks / "00005.png"}
     assert a.output_names == ["00000.png", None, None, None, None, "00005.png"]
-    assert a.annotations is None and not a.binary
+    assert not ds.has_annotations and not ds.binary and not a.binary
     # vid_b: first annotation at frame 5, earlier frames dropped (official TestYTVOS).
     assert [p.name for p in b.frames] == [f"{t:05d}.jpg" for t in range(5, 11)]
     assert list(b.given_masks) == [0] and b.given_masks[0].name == "00005.png"
@@ -268,6 +341,7 @@ def test_single_video_folder(frame_folder: tuple[Path, Path]) -> None:
     (v,) = sv.videos()
     assert [p.name for p in v.frames] == ["frame1.png", "frame2.png", "frame10.png", "frame11.png"]
     assert v.given_masks == {0: mask} and v.output_names == ["frame1.png", "frame2.png", "frame10.png", "frame11.png"]
+    assert not sv.has_annotations and not sv.binary
 
 
 def test_single_video_folder_with_a_gap_names_outputs_by_frame(tmp_path: Path) -> None:
