@@ -97,19 +97,15 @@ def test_mask_sets_majority_and_tiny_object() -> None:
 
 # --- outlier removal ---------------------------------------------------------------------------------------------
 
-def test_outlier_removal_keeps_only_the_dilated_previous_mask() -> None:
+def test_dilation_window_of_the_outlier_removal() -> None:
+    # The window that VideoMatch's outlier removal (Sec. 3.3, model.predict) keeps around the previous mask.
     prev = torch.zeros(1, 2, 7, 9, dtype=torch.bool)
     prev[0, 0, 3, 4] = True  # centre pixel
     prev[0, 1, 0, 0] = True  # corner: the window is clipped at the border
-    fg = torch.ones(1, 2, 7, 9, dtype=torch.bool)  # everything predicted foreground
-    kept = matching.remove_outliers(fg, prev, d=3)
     expected = torch.zeros(1, 2, 7, 9, dtype=torch.bool)
     expected[0, 0, 2:5, 3:6] = True
     expected[0, 1, 0:2, 0:2] = True
-    assert torch.equal(kept, expected)
-    # foreground not predicted stays off inside the window too
-    fg[0, 0, 3, 4] = False
-    assert not matching.remove_outliers(fg, prev, d=3)[0, 0, 3, 4]
+    assert torch.equal(matching.dilate_mask(prev, 3), expected)
 
 
 def test_separable_dilation_equals_square_max_pool() -> None:
