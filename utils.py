@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -255,32 +255,6 @@ class OverlayWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def write_overlay_video(frames: Iterable[np.ndarray], masks: Iterable[np.ndarray], path: str | os.PathLike,
-                        fps: float = 24.0, alpha: float = 0.5) -> int:
-    """Write an MP4 (codec mp4v) of frames with their masks blended in, streaming: one frame in memory at a time.
-
-    Args:
-        frames: (H, W, 3) uint8 RGB frames, all of one size.
-        masks: (H, W) object-id masks, one per frame.
-        path: the .mp4 file; parent folders are created.
-        fps: frames per second of the video.
-        alpha: weight of the palette colour on object pixels (overlay_mask).
-    Returns:
-        the number of frames written.
-    """
-    frames, masks = iter(frames), iter(masks)
-    with OverlayWriter(path, fps, alpha) as writer:
-        while True:
-            frame, mask = next(frames, None), next(masks, None)
-            if frame is None and mask is None:
-                break
-            if frame is None or mask is None:
-                raise ValueError(f"frames and masks differ in number: one ran out after {writer.count} frames of "
-                                 f"'{path}'")
-            writer.write(frame, mask)
-    return writer.count
 
 
 def colorize(prob: np.ndarray, colormap: int = cv2.COLORMAP_JET) -> np.ndarray:
