@@ -1,11 +1,12 @@
-"""Datasets on disk (DESIGN section 4): test-time video readers and training clip samplers (DESIGN section 3).
+"""Datasets on disk (DAVIS 2016 / 2017, YouTube-VOS 2018 / 2019, COCO, a user's video): test-time video readers and
+training clip samplers.
 
 Test side: `DAVIS`, `YouTubeVOS` and `SingleVideo` each yield `TestVideo`s, lists of file paths that the runner
 reads one frame at a time, so no reader ever holds a whole video in memory.
 
 Training side: `TrainDAVIS`, `TrainYTVOS` and `TrainCOCO` are torch Datasets of random clips
 {'imgs': (L, 3, H, W) float RGB in [0, 1], 'masks': (L, H, W) long, 1 = the target object}, sampled and augmented
-as the official loaders do (DESIGN section 3); use `seed_worker` as the DataLoader's worker_init_fn.
+as the loaders of the official code (suhwan-cho/EMVOS) do; use `seed_worker` as the DataLoader's worker_init_fn.
 
 Every unusable input raises `utils.VOSInputError` naming the file or flag and the fix.
 """
@@ -482,7 +483,7 @@ class SingleVideo:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Training side: clip samplers (DESIGN section 3)
+# Training side: clip samplers, as the official EMVOS loaders sample and augment clips
 # ----------------------------------------------------------------------------------------------------------------------
 #
 # Every sampler draws from Python's `random` in the same order as the official loaders (video, reversal, h-flip,

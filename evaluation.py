@@ -1,6 +1,6 @@
 """DAVIS semi-supervised evaluation: region similarity J, boundary accuracy F and J&F.
 
-The numbers are those of the official toolkit (davisvideochallenge/davis2017-evaluation, DESIGN.md section 5),
+The numbers are those of the official toolkit (davisvideochallenge/davis2017-evaluation, semi-supervised protocol),
 reimplemented so that they match it to the printed decimals while being faster (cropping to the objects, one pass
 over each PNG, frames spread over worker processes) and safer (errors name the file and the fix; result CSVs are
 always recomputed, never reused).
