@@ -350,6 +350,14 @@ def csv_paths(out_dir: str | Path, split: str) -> tuple[Path, Path]:
     return out_dir / f"global_results-{split}.csv", out_dir / f"per-sequence_results-{split}.csv"
 
 
+def remove_csvs(out_dir: str | Path, split: str) -> None:
+    """Delete the CSVs of `split` in out_dir, if any. The official script silently reuses them, which reports stale
+    numbers after a new run; and once the predictions change (a new run, or a failed evaluation), the last run's
+    numbers must not stay beside them."""
+    for path in csv_paths(out_dir, split):
+        path.unlink(missing_ok=True)
+
+
 def _csv_bytes(header: tuple[str, ...], rows: list[list[str]]) -> bytes:
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
@@ -378,12 +386,9 @@ def evaluate_and_write(
 ) -> tuple[EvaluationResult, Path, Path]:
     """Score `results_dir` (see `evaluate_sequences`) and write its CSVs there: (result, global CSV, sequence CSV).
 
-    The CSVs of `split` already in results_dir are deleted first. The official script silently reuses them, which
-    reports stale numbers after a new run; and if this evaluation fails, the folder must not keep the last run's
-    CSVs next to the changed predictions.
+    The CSVs of `split` already in results_dir are deleted first (`remove_csvs`), so a failed evaluation leaves none.
     """
-    for path in csv_paths(results_dir, split):
-        path.unlink(missing_ok=True)
+    remove_csvs(results_dir, split)
     result = evaluate_sequences(gt, Path(results_dir), binary, workers)
     return (result, *write_csvs(result, results_dir, split))
 

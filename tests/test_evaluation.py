@@ -367,6 +367,11 @@ def test_failed_evaluation_leaves_no_old_csv(tmp_path: Path, capsys: pytest.Capt
     with pytest.raises(ev.EvaluationError, match="missing prediction"):
         ev.evaluate_and_write({"seq": gt_paths}, results, "val", binary=False, workers=1)
     assert not global_path.exists() and not seq_path.exists()
+    ev.write_csvs(_sample_result(), results, "val")
+    ev.write_csvs(_sample_result(), results, "test-dev")
+    ev.remove_csvs(results, "val")  # what a runner calls before it overwrites the predictions
+    assert not global_path.exists() and not seq_path.exists()
+    assert all(p.is_file() for p in ev.csv_paths(results, "test-dev"))  # another split's CSVs stay
     # The command line too: exit code 1 and no CSV of the last run beside the changed results.
     davis = tmp_path / "DAVIS"
     for t, path in enumerate(gt_paths):
