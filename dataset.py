@@ -1,11 +1,12 @@
-"""Datasets on disk (DESIGN section 4): test-time video readers and training clip samplers (DESIGN section 3).
+"""Datasets on disk (DAVIS 2016 / 2017, YouTube-VOS 2018 / 2019, COCO, a user's video): test-time video readers and
+training clip samplers.
 
 Test side: `DAVIS`, `YouTubeVOS` and `SingleVideo` each yield `TestVideo`s, lists of file paths that the runner
 reads one frame at a time, so no reader ever holds a whole video in memory.
 
 Training side: `TrainDAVIS`, `TrainYTVOS` and `TrainCOCO` are torch Datasets of random clips
 {'imgs': (L, 3, H, W) float RGB in [0, 1], 'masks': (L, H, W) long, 1 = the target object}, sampled and augmented
-as the official loaders do (DESIGN section 3); use `seed_worker` as the DataLoader's worker_init_fn.
+as the loaders of the official code (suhwan-cho/EMVOS) do; use `seed_worker` as the DataLoader's worker_init_fn.
 
 Every unusable input raises `utils.VOSInputError` naming the file or flag and the fix.
 """
@@ -57,7 +58,6 @@ class TestVideo:
     given_masks: dict[int, Path]  # frame index -> mask file (index 0 always; YouTube-VOS: objects first given later)
     output_names: list[str | None]  # per frame: PNG file name to write ('00000.png'), or None = run but don't write
     binary: bool = False  # DAVIS 2016: binarise masks (!= 0)
-    annotations: list[Path] | None = None  # ground truth per frame when the split has it (for evaluation)
 
 
 _IMAGE_EXTS = {".jpg", ".jpeg", ".png"}
@@ -68,11 +68,24 @@ def _natural_key(path: Path) -> list:
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", path.name)]
 
 
+def _hidden(path: Path) -> bool:
+    """Dot files are never frames, masks or videos: macOS leaves '._00000.jpg' (AppleDouble metadata, not a JPEG)
+    beside every file it copies to a foreign disk, and utils.atomic_write's temporary files start with '.'."""
+    return path.name.startswith(".")
+
+
 def _list_files(folder: Path, exts: set[str]) -> list[Path]:
-    """Files in `folder` whose suffix (case-insensitive) is in `exts`, naturally sorted; [] if the folder is absent."""
+    """Visible files in `folder` whose suffix (case-insensitive) is in `exts`, naturally sorted; [] if the folder is
+    absent."""
     if not folder.is_dir():
         return []
-    return sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in exts), key=_natural_key)
+    files = (p for p in folder.iterdir() if not _hidden(p) and p.is_file() and p.suffix.lower() in exts)
+    return sorted(files, key=_natural_key)
+
+
+def _list_folders(folder: Path) -> list[str]:
+    """Names of the visible sub-folders of `folder`, sorted (one per video)."""
+    return sorted(p.name for p in folder.iterdir() if not _hidden(p) and p.is_dir())
 
 
 def _select(requested: list[str] | None, available: list[str], what: str) -> list[str]:
@@ -89,6 +102,116 @@ def _select(requested: list[str] | None, available: list[str], what: str) -> lis
     return list(requested)
 
 
+class _ListedLayout:
+    """The original DAVIS 2016 download: `ImageSets/<resolution>/<split>.txt` lists 'frame annotation' path pairs
+    ('/JPEGImages/480p/bear/00000.jpg /Annotations/480p/bear/00000.png'); masks are mode L 0/255."""
+
+    def __init__(self, root: Path, resolution: str, year: str, split: str) -> None:
+        if year != "2016":
+            raise VOSInputError(
+                f"DAVIS root '{root}' is the original DAVIS 2016 download (ImageSets/{resolution}), which has no "
+                "DAVIS 2017 sequences; pass the DAVIS-2017-trainval-480p folder with --davis, or use --year 2016"
+            )
+        if split == "test-dev":
+            raise VOSInputError(f"DAVIS root '{root}' is the DAVIS 2016 download, which has no test-dev split")
+        self.list_path = root / "ImageSets" / resolution / f"{split}.txt"
+        if not self.list_path.is_file():
+            raise VOSInputError(
+                f"DAVIS split list '{self.list_path}' does not exist; the DAVIS 2016 download (DAVIS-data.zip) ships "
+                f"train.txt, val.txt and trainval.txt in ImageSets/{resolution}"
+            )
+        self._pairs: dict[str, tuple[list[Path], list[Path]]] = {}
+        for n, line in enumerate(self.list_path.read_text().splitlines(), 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != 2:
+                raise VOSInputError(f"line {n} of '{self.list_path}' is not 'frame annotation': {line!r}")
+            frame, anno = (root / p.lstrip("/") for p in parts)
+            frames, annos = self._pairs.setdefault(frame.parent.name, ([], []))
+            frames.append(frame)
+            annos.append(anno)
+        self.sequences = sorted(self._pairs)
+
+    def files(self, seq: str, with_annotations: bool) -> tuple[list[Path], list[Path]]:
+        """(frames, annotations) of `seq` as listed, every listed file checked (all frames are annotated here)."""
+        frames, annos = self._pairs[seq]
+        for kind, paths in (("frame", frames), ("annotation", annos)):
+            missing = [p for p in paths if not p.is_file()]
+            if missing:
+                raise VOSInputError(
+                    f"{kind} '{missing[0]}' listed in '{self.list_path}' does not exist ({len(missing)} missing in "
+                    f"{seq}); re-download the sequence"
+                )
+        return list(frames), list(annos)
+
+
+class _FolderLayout:
+    """The DAVIS 2017 layout (DAVIS-2017-trainval-480p, DAVIS-2017-test-dev-480p): `ImageSets/{2016,2017}/<split>.txt`
+    name sequences; the frames are `JPEGImages/<resolution>/<seq>/*.jpg`, the annotations
+    `Annotations/<resolution>/<seq>/<frame>.png` (test-dev: the first frame's only)."""
+
+    def __init__(self, root: Path, resolution: str, year: str, split: str) -> None:
+        self.images = root / "JPEGImages" / resolution
+        self.masks = root / "Annotations" / resolution
+        sets = root / "ImageSets" / year
+        # trainval = train + val when the download has no trainval.txt
+        names = ["train", "val"] if split == "trainval" and not (sets / "trainval.txt").is_file() else [split]
+        seqs: list[str] = []
+        self.lists = [sets / f"{name}.txt" for name in names]
+        for name, path in zip(names, self.lists, strict=True):
+            if not path.is_file():
+                download = (
+                    "the separate DAVIS-2017-test-dev-480p.zip download"
+                    if name == "test-dev"
+                    else "DAVIS-2017-trainval-480p.zip"
+                )
+                raise VOSInputError(f"DAVIS split list '{path}' does not exist; it ships with {download}")
+            seqs += [s.strip() for s in path.read_text().splitlines() if s.strip() and s.strip() not in seqs]
+        self.sequences = sorted(seqs)  # the official TestDAVIS sorts the list
+
+    def files(self, seq: str, with_annotations: bool) -> tuple[list[Path], list[Path]]:
+        """(frames, annotations) of `seq`: every frame, and the annotation path of each.
+
+        The frame folder decides what runs, so a missing frame would silently drop out of the run and of J&F.
+        Refused instead: an annotation whose frame is missing, a gap in the frame numbers (DAVIS numbers the frames
+        of a sequence 00000, 00001, ... without gaps) and, when the split is annotated, a frame without annotation.
+        """
+        folder, mask_folder = self.images / seq, self.masks / seq
+        frames = _list_files(folder, {".jpg"})
+        if not frames:
+            raise VOSInputError(
+                f"sequence '{seq}' is listed in {' + '.join(map(str, self.lists))} but '{folder}' holds no .jpg "
+                "frames; re-download or re-extract the DAVIS images"
+            )
+        fix = "re-download or re-extract the DAVIS images (JPEGImages)"
+        stems = {f.stem for f in frames}
+        orphans = [p for p in _list_files(mask_folder, {".png"}) if p.stem not in stems]
+        if orphans:
+            raise VOSInputError(
+                f"frame '{folder / (orphans[0].stem + '.jpg')}' does not exist but its annotation '{orphans[0]}' "
+                f"does ({len(orphans)} such frame(s) in {seq}); {fix}"
+            )
+        if all(s.isdigit() for s in stems):
+            numbers = sorted(int(s) for s in stems)
+            gaps = sorted(set(range(numbers[0], numbers[-1] + 1)) - set(numbers))
+            if gaps:
+                width = len(frames[0].stem)
+                raise VOSInputError(
+                    f"frame '{folder / f'{gaps[0]:0{width}d}.jpg'}' does not exist ({len(gaps)} missing between "
+                    f"{frames[0].name} and {frames[-1].name} of {seq}); {fix}"
+                )
+        annotations = [mask_folder / (f.stem + ".png") for f in frames]
+        if with_annotations:
+            missing = [p for p in annotations if not p.is_file()]
+            if missing:
+                raise VOSInputError(
+                    f"annotation '{missing[0]}' does not exist ({len(missing)} frame(s) of {seq} have none); "
+                    "re-download or re-extract the DAVIS annotations (Annotations)"
+                )
+        return frames, annotations
+
+
 class DAVIS:
     """DAVIS 2016 / 2017 semi-supervised test reader, on either download layout.
 
@@ -97,6 +220,7 @@ class DAVIS:
     * Original DAVIS 2016 layout: `ImageSets/480p/<split>.txt` lists "frame annotation" path pairs, masks are
       mode L 0/255. Only year 2016 exists there.
 
+    The layout is told apart once, here; a missing frame or annotation is an error on either.
     Year 2016 means one merged object per sequence (`binary`), as the official TestDAVIS does with `masks != 0`.
     """
 
@@ -119,121 +243,61 @@ class DAVIS:
         self.binary = self.year == "2016"
         self.has_annotations = split != "test-dev"  # test-dev ships the first-frame masks only
         sets = self.root / "ImageSets"
-        self._listed: dict[str, tuple[list[Path], list[Path]]] = {}  # 2016 layout: seq -> (frames, annotations)
+        self._layout: _ListedLayout | _FolderLayout
         if (sets / "2017").is_dir() or (sets / "2016").is_dir():
-            self.layout = "2017"
-            self.sequences = sorted(self._read_2017_lists(sets))  # the official TestDAVIS sorts the list
+            self._layout = _FolderLayout(self.root, resolution, self.year, split)
         elif (sets / resolution).is_dir():
-            self.layout = "2016"
-            self._read_2016_list(sets / resolution)
-            self.sequences = sorted(self._listed)
+            self._layout = _ListedLayout(self.root, resolution, self.year, split)
         else:
             raise VOSInputError(
                 f"DAVIS root '{self.root}' has no ImageSets/2017, ImageSets/2016 or ImageSets/{resolution}; the split "
                 "lists ship with the DAVIS download (DAVIS-2017-trainval-480p.zip, or DAVIS-data.zip for 2016)"
             )
-
-    def _read_2017_lists(self, sets: Path) -> list[str]:
-        """Sequence names from ImageSets/<year>/<split>.txt (trainval = train + val when no trainval.txt)."""
-        names = (
-            ["train", "val"]
-            if self.split == "trainval" and not (sets / self.year / "trainval.txt").is_file()
-            else [self.split]
-        )
-        seqs: list[str] = []
-        for name in names:
-            path = sets / self.year / f"{name}.txt"
-            if not path.is_file():
-                download = (
-                    "the separate DAVIS-2017-test-dev-480p.zip download"
-                    if name == "test-dev"
-                    else "DAVIS-2017-trainval-480p.zip"
-                )
-                raise VOSInputError(f"DAVIS split list '{path}' does not exist; it ships with {download}")
-            seqs += [s.strip() for s in path.read_text().splitlines() if s.strip() and s.strip() not in seqs]
-        return seqs
-
-    def _read_2016_list(self, folder: Path) -> None:
-        """Parse the original 2016 list of '/JPEGImages/480p/<seq>/00000.jpg /Annotations/480p/<seq>/00000.png'."""
-        if self.year != "2016":
-            raise VOSInputError(
-                f"DAVIS root '{self.root}' is the original DAVIS 2016 download (ImageSets/{self.resolution}), which "
-                "has no DAVIS 2017 sequences; pass the DAVIS-2017-trainval-480p folder with --davis, or use --year 2016"
-            )
-        if self.split == "test-dev":
-            raise VOSInputError(f"DAVIS root '{self.root}' is the DAVIS 2016 download, which has no test-dev split")
-        path = folder / f"{self.split}.txt"
-        if not path.is_file():
-            raise VOSInputError(
-                f"DAVIS split list '{path}' does not exist; the DAVIS 2016 download (DAVIS-data.zip) ships "
-                f"train.txt, val.txt and trainval.txt in ImageSets/{self.resolution}"
-            )
-        for n, line in enumerate(path.read_text().splitlines(), 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 2:
-                raise VOSInputError(f"line {n} of '{path}' is not 'frame annotation': {line!r}")
-            frame, anno = (self.root / p.lstrip("/") for p in parts)
-            frames, annos = self._listed.setdefault(frame.parent.name, ([], []))
-            frames.append(frame)
-            annos.append(anno)
+        self.sequences = self._layout.sequences
 
     def __len__(self) -> int:
         return len(self.sequences)
 
+    def _select(self, sequences: list[str] | None) -> list[str]:
+        return _select(sequences, self.sequences, f"DAVIS {self.year} {self.split} at '{self.root}'")
+
+    def _files(self, seq: str) -> tuple[list[Path], list[Path]]:
+        """(frames, annotations) of one sequence, checked (see the layouts)."""
+        self._select([seq])
+        return self._layout.files(seq, self.has_annotations)
+
     def frames(self, seq: str) -> list[Path]:
         """Every frame of `seq`, in order."""
-        _select([seq], self.sequences, f"DAVIS {self.year} {self.split} at '{self.root}'")
-        if self.layout == "2016":
-            frames = self._listed[seq][0]
-            missing = [p for p in frames if not p.is_file()]
-            if missing:
-                raise VOSInputError(
-                    f"frame '{missing[0]}' listed in '{self.root / 'ImageSets' / self.resolution / self.split}.txt' "
-                    f"does not exist ({len(missing)} missing in {seq}); re-download the sequence"
-                )
-            return list(frames)
-        folder = self.root / "JPEGImages" / self.resolution / seq
-        frames = _list_files(folder, {".jpg"})
-        if not frames:
-            raise VOSInputError(
-                f"sequence '{seq}' is listed in the {self.year} {self.split} split but '{folder}' holds no .jpg "
-                "frames; re-download or re-extract the DAVIS images"
-            )
-        return frames
+        return self._files(seq)[0]
 
     def annotations(self, seq: str) -> list[Path]:
-        """The ground-truth mask path of every frame of `seq` (paths only: a missing file errors when it is read)."""
+        """The ground-truth mask of every frame of `seq` (each one checked to exist)."""
+        return self.ground_truth([seq])[seq]
+
+    def ground_truth(self, sequences: list[str] | None = None) -> dict[str, list[Path]]:
+        """{sequence: ground-truth mask of every frame}, for all sequences or the named ones in that order: the
+        `gt` argument of evaluation.evaluate_sequences / evaluate_and_write."""
         if not self.has_annotations:
             raise VOSInputError(
                 "DAVIS test-dev has no ground truth beyond the first frame; evaluate it on the DAVIS challenge server"
             )
-        if self.layout == "2016":
-            _select([seq], self.sequences, f"DAVIS 2016 {self.split} at '{self.root}'")
-            return list(self._listed[seq][1])
-        folder = self.root / "Annotations" / self.resolution / seq
-        return [folder / (f.stem + ".png") for f in self.frames(seq)]
+        return {seq: self._files(seq)[1] for seq in self._select(sequences)}
 
     def videos(self, sequences: list[str] | None = None) -> Iterator[TestVideo]:
         """The test videos (all, or the named subset in that order); the first frame's mask is the given one."""
-        for seq in _select(sequences, self.sequences, f"DAVIS {self.year} {self.split} at '{self.root}'"):
-            frames = self.frames(seq)
-            if self.layout == "2016":
-                first = self._listed[seq][1][0]
-            else:
-                first = self.root / "Annotations" / self.resolution / seq / (frames[0].stem + ".png")
-            if not first.is_file():
+        for seq in self._select(sequences):
+            frames, annotations = self._files(seq)
+            if not annotations[0].is_file():
                 raise VOSInputError(
-                    f"first-frame mask '{first}' of sequence '{seq}' does not exist; re-download the DAVIS annotations"
+                    f"first-frame mask '{annotations[0]}' of sequence '{seq}' does not exist; re-download the DAVIS "
+                    "annotations"
                 )
             yield TestVideo(
                 name=seq,
                 frames=frames,
-                given_masks={0: first},
+                given_masks={0: annotations[0]},
                 output_names=[f.stem + ".png" for f in frames],
                 binary=self.binary,
-                annotations=self.annotations(seq) if self.has_annotations else None,
             )
 
 
@@ -245,6 +309,9 @@ class YouTubeVOS:
     the mask at each object's first appearance, and each such frame becomes a given mask. As the official TestYTVOS
     does, frames before the first annotated one are dropped (neither run nor written).
     """
+
+    binary = False
+    has_annotations = False  # the server scores the validation set; no ground truth is on disk
 
     def __init__(self, root: str | Path, year: str = "2018", split: str = "valid") -> None:
         self.root = Path(root)
@@ -271,7 +338,7 @@ class YouTubeVOS:
             )
             self.all_frames_dir = self.image_dir
         # The official reader lists valid/Annotations; meta.json is not needed to run.
-        self.sequences = sorted(p.name for p in self.mask_dir.iterdir() if p.is_dir())
+        self.sequences = _list_folders(self.mask_dir)
 
     def __len__(self) -> int:
         return len(self.sequences)
@@ -303,17 +370,20 @@ class YouTubeVOS:
         )
 
 
-_VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"}
-
-
 class SingleVideo:
     """One user video: a folder of frames (.jpg/.jpeg/.png, natural order) or a video file, plus a first-frame mask.
 
     A video file is decoded frame by frame into a temporary folder of lossless PNGs (a second JPEG encoding would
     add artefacts the model never saw in training) the first time `videos()`
     is called, so memory holds one frame at a time; the folder is removed when this object is garbage-collected
-    or `close()` is called. Output names are `00000.png`, `00001.png`, ... by frame index.
+    or `close()` is called.
+
+    Output names follow the input: a folder's frame `frame_0017.jpg` gives `frame_0017.png` (so a missing frame
+    leaves a gap instead of shifting every later name); a video file's frame k gives `%05d.png` of k.
     """
+
+    binary = False
+    has_annotations = False  # a user's video comes with its first-frame mask only
 
     def __init__(self, video: str | Path, mask: str | Path, name: str | None = None) -> None:
         self.video = Path(video)
@@ -331,6 +401,14 @@ class SingleVideo:
             frames = [p for p in _list_files(self.video, _IMAGE_EXTS) if p.resolve() != self.mask.resolve()]
             if not frames:
                 raise VOSInputError(f"folder '{self.video}' holds no frames (.jpg, .jpeg or .png files)")
+            seen: dict[str, Path] = {}
+            for frame in frames:
+                if frame.stem in seen:
+                    raise VOSInputError(
+                        f"frames '{seen[frame.stem]}' and '{frame}' would both write the mask '{frame.stem}.png'; "
+                        "keep one of them in the folder"
+                    )
+                seen[frame.stem] = frame
             self._frames = frames
         else:
             if self.video.suffix.lower() in _IMAGE_EXTS:
@@ -343,17 +421,23 @@ class SingleVideo:
             if not ok:
                 raise VOSInputError(
                     f"cannot decode video '{self.video}'; extract its frames (e.g. `ffmpeg -i {self.video} "
-                    f"frames/%05d.jpg`) and pass the folder instead"
+                    f"frames/%05d.png`) and pass the folder instead"
                 )
 
     def __len__(self) -> int:
         return 1
 
     def _extract(self) -> list[Path]:
-        """Decode the video file into a temporary folder, one frame in memory at a time."""
+        """Decode the video file into a temporary folder, one frame in memory at a time.
+
+        A video that stops decoding before the frame count its container reports gets one warning line, not an
+        error: that count is the header's (or duration x fps) and overstates on some complete files (trimmed MP4s
+        with edit lists, audio longer than the video; opencv/opencv#16576), while every decoded frame is a real one.
+        """
         self._tmp = Path(tempfile.mkdtemp(prefix=f"emvos_{self.name}_"))
         self._cleanup = weakref.finalize(self, shutil.rmtree, str(self._tmp), True)
         cap = cv2.VideoCapture(str(self.video))
+        reported = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))  # 0 or less: the container does not say
         frames = []
         try:
             while True:
@@ -368,6 +452,14 @@ class SingleVideo:
             cap.release()
         if not frames:
             raise VOSInputError(f"video '{self.video}' has no decodable frames")
+        if len(frames) < reported:
+            print(
+                f"warning: video '{self.video}' decoded {len(frames)} of the {reported} frames its container "
+                f"reports, so it may be truncated or corrupt; masks are written for frames 00000..{len(frames) - 1:05d}"
+                f" only. Check with `ffmpeg -v error -i {self.video} -f null -`, or extract the frames and pass the "
+                "folder.",
+                file=sys.stderr,
+            )
         return frames
 
     def close(self) -> None:
@@ -392,12 +484,13 @@ class SingleVideo:
                 name=self.name,
                 frames=list(self._frames),
                 given_masks={0: self.mask},
-                output_names=[f"{i:05d}.png" for i in range(len(self._frames))],
+                # the frame's own name: extracted frames are already named by their index
+                output_names=[f.stem + ".png" for f in self._frames],
             )
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Training side: clip samplers (DESIGN section 3)
+# Training side: clip samplers, as the official EMVOS loaders sample and augment clips
 # ----------------------------------------------------------------------------------------------------------------------
 #
 # Every sampler draws from Python's `random` in the same order as the official loaders (video, reversal, h-flip,

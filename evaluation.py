@@ -1,6 +1,6 @@
 """DAVIS semi-supervised evaluation: region similarity J, boundary accuracy F and J&F.
 
-The numbers are those of the official toolkit (davisvideochallenge/davis2017-evaluation, DESIGN.md section 5),
+The numbers are those of the official toolkit (davisvideochallenge/davis2017-evaluation, semi-supervised protocol),
 reimplemented so that they match it to the printed decimals while being faster (cropping to the objects, one pass
 over each PNG, frames spread over worker processes) and safer (errors name the file and the fix; result CSVs are
 always recomputed, never reused).
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import math
 import sys
 import time
@@ -23,7 +24,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
+
+from utils import VOSInputError, atomic_write, read_mask
 
 BOUND_TH = 0.008  # boundary tolerance as a fraction of the image diagonal (8 px at 854x480)
 VOID_LABEL = 255  # DAVIS 2017 marks uncertain pixels with 255; the semi-supervised protocol scores them as background
@@ -167,38 +169,14 @@ def object_statistics(scores: np.ndarray) -> tuple[float, float, float]:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def read_mask(path: Path) -> np.ndarray:
-    """Object ids of an index PNG (palette or grayscale: pixel value = object id) as an (H, W) integer array.
-
-    An alpha channel is dropped (LA/PA): DAVIS 2016 ships such a file (bear/00077.png is LA).
-    """
-    try:
-        with Image.open(path) as image:
-            mask = np.asarray(image)
-            mode = image.mode
-    except FileNotFoundError:
-        raise
-    except OSError as err:
-        raise EvaluationError(f"cannot read mask {path}: {err}") from err
-    if mode in ("LA", "PA", "La"):
-        mask = mask[..., 0]
-    if mask.ndim != 2:
-        raise EvaluationError(
-            f"{path} is a {mode} image; save masks as palette (P) or grayscale (L) PNGs whose pixel values are the "
-            "object ids (0 = background)"
-        )
-    return mask.astype(np.uint8, copy=False) if mask.dtype == bool else mask
-
-
 def _read_gt(path: Path, binary: bool) -> np.ndarray:
-    """GT object ids: binarised for DAVIS 2016 (0/255 masks), void (255) set to background for DAVIS 2017."""
-    try:
-        gt = read_mask(path)
-    except FileNotFoundError:
-        raise EvaluationError(f"ground-truth mask {path} does not exist; re-download or re-extract DAVIS") from None
-    if binary:
-        return (gt != 0).astype(np.uint8)
-    return np.where(gt == VOID_LABEL, 0, gt)
+    """GT object ids as the official toolkit reads them: the stored values, binarised for DAVIS 2016 (0/255
+    masks), otherwise void (255) set to background (`masks[masks == 255] = 0`). Unlike the runner's reader there is
+    no special case for 0/255 grayscale masks: the numbers must be the official ones."""
+    if not path.is_file():
+        raise EvaluationError(f"ground-truth mask {path} does not exist; re-download or re-extract DAVIS")
+    gt = read_mask(path, binary, raw=True, error=EvaluationError)
+    return gt if binary else np.where(gt == VOID_LABEL, 0, gt)
 
 
 def count_objects(first_gt: Path, binary: bool) -> int:
@@ -215,13 +193,13 @@ def _score_frames(gt_paths: list[Path], pred_dir: Path, binary: bool, n_objects:
     for t, gt_path in enumerate(gt_paths):
         pred_path = pred_dir / gt_path.name
         gt = _read_gt(gt_path, binary)
-        try:
-            pred = read_mask(pred_path)
-        except FileNotFoundError:
+        if not pred_path.is_file():
             raise EvaluationError(
                 f"missing prediction {pred_path} (for GT {gt_path}); write one PNG per frame into {pred_dir}, "
                 "named like the GT annotation"
-            ) from None
+            )
+        # Raw values, as the official results reader: a prediction's 255 is object 255, not void.
+        pred = read_mask(pred_path, raw=True, error=EvaluationError)
         if pred.shape != gt.shape:
             raise EvaluationError(
                 f"prediction {pred_path} is {pred.shape[1]}x{pred.shape[0]} but its GT {gt_path} is "
@@ -244,6 +222,7 @@ def _score_frames(gt_paths: list[Path], pred_dir: Path, binary: bool, n_objects:
 
 
 def _check_sequence(gt_paths: list[Path], pred_dir: Path) -> None:
+    """Refuse a sequence too short to score or without its results folder, before any work starts."""
     if len(gt_paths) < 3:
         raise EvaluationError(
             f"sequence {pred_dir.name} has {len(gt_paths)} annotated frame(s); the semi-supervised protocol scores "
@@ -254,19 +233,6 @@ def _check_sequence(gt_paths: list[Path], pred_dir: Path) -> None:
             f"no results folder {pred_dir}; the results folder needs one sub-folder per sequence holding one PNG "
             "per frame"
         )
-
-
-def evaluate_sequence(gt_paths: list[Path], pred_dir: Path, binary: bool) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """Per-frame J and F of every object of one sequence, in this process.
-
-    gt_paths: the sequence's GT PNGs, sorted; pred_dir: folder with a PNG of the same name for each frame.
-    The first and last frames are not scored (the first is given to the method). Returns {object id: (J, F)},
-    each of length len(gt_paths) - 2.
-    """
-    gt_paths, pred_dir = [Path(p) for p in gt_paths], Path(pred_dir)
-    _check_sequence(gt_paths, pred_dir)
-    scores = _score_frames(gt_paths[1:-1], pred_dir, binary, count_objects(gt_paths[0], binary))
-    return {k + 1: (scores[0, k], scores[1, k]) for k in range(scores.shape[1])}
 
 
 @dataclass(frozen=True)
@@ -378,25 +344,53 @@ def _fmt(value: float) -> str:
     return "" if math.isnan(value) else f"{value:.3f}"  # pandas writes NaN as an empty field
 
 
-def write_csvs(result: EvaluationResult, out_dir: Path, split: str) -> tuple[Path, Path]:
-    """Write `global_results-<split>.csv` and `per-sequence_results-<split>.csv` into out_dir, as the official
-    toolkit lays them out (pandas `to_csv(index=False, float_format='%.3f')`). Existing files are overwritten:
-    the official script silently reuses them, which reports stale numbers after a new run.
-    """
+def csv_paths(out_dir: str | Path, split: str) -> tuple[Path, Path]:
+    """The official toolkit's result files for `split` in out_dir: (global, per-sequence)."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    global_path = out_dir / f"global_results-{split}.csv"
-    seq_path = out_dir / f"per-sequence_results-{split}.csv"
-    with open(global_path, "w", newline="") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(GLOBAL_COLUMNS)
-        writer.writerow([_fmt(v) for v in result.global_row()])
-    with open(seq_path, "w", newline="") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(SEQUENCE_COLUMNS)
-        for obj in result.objects:
-            writer.writerow([obj.name, _fmt(obj.j_mean), _fmt(obj.f_mean)])
+    return out_dir / f"global_results-{split}.csv", out_dir / f"per-sequence_results-{split}.csv"
+
+
+def remove_csvs(out_dir: str | Path, split: str) -> None:
+    """Delete the CSVs of `split` in out_dir, if any. The official script silently reuses them, which reports stale
+    numbers after a new run; and once the predictions change (a new run, or a failed evaluation), the last run's
+    numbers must not stay beside them."""
+    for path in csv_paths(out_dir, split):
+        path.unlink(missing_ok=True)
+
+
+def _csv_bytes(header: tuple[str, ...], rows: list[list[str]]) -> bytes:
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return text.getvalue().encode()
+
+
+def write_csvs(result: EvaluationResult, out_dir: str | Path, split: str) -> tuple[Path, Path]:
+    """Write `global_results-<split>.csv` and `per-sequence_results-<split>.csv` into out_dir, as the official
+    toolkit lays them out (pandas `to_csv(index=False, float_format='%.3f')`).
+
+    Each file is written with `utils.atomic_write`: a full disk or a kill leaves the previous file or the new one,
+    never a truncated CSV. The global file goes last, so that its presence means both are complete.
+    """
+    global_path, seq_path = csv_paths(out_dir, split)
+    seq_rows = [[obj.name, _fmt(obj.j_mean), _fmt(obj.f_mean)] for obj in result.objects]
+    atomic_write(seq_path, lambda f: f.write(_csv_bytes(SEQUENCE_COLUMNS, seq_rows)))
+    global_row = [[_fmt(v) for v in result.global_row()]]
+    atomic_write(global_path, lambda f: f.write(_csv_bytes(GLOBAL_COLUMNS, global_row)))
     return global_path, seq_path
+
+
+def evaluate_and_write(
+    gt: dict[str, list[Path]], results_dir: str | Path, split: str, binary: bool, workers: int = 2
+) -> tuple[EvaluationResult, Path, Path]:
+    """Score `results_dir` (see `evaluate_sequences`) and write its CSVs there: (result, global CSV, sequence CSV).
+
+    The CSVs of `split` already in results_dir are deleted first (`remove_csvs`), so a failed evaluation leaves none.
+    """
+    remove_csvs(results_dir, split)
+    result = evaluate_sequences(gt, Path(results_dir), binary, workers)
+    return (result, *write_csvs(result, results_dir, split))
 
 
 def format_table(result: EvaluationResult, split: str = "") -> str:
@@ -424,17 +418,16 @@ def main(argv: list[str] | None = None) -> int:
 
     # Imported here, not at the top, so that the metric functions (and the worker processes) need no dataset code.
     from dataset import DAVIS
-    from utils import VOSInputError
 
     start = time.perf_counter()
     try:
         ds = DAVIS(args.davis, year=args.year, split=args.split)
-        gt = {seq: ds.annotations(seq) for seq in ds.sequences}
-        result = evaluate_sequences(gt, args.results, binary=ds.binary, workers=args.workers)
+        result, global_path, seq_path = evaluate_and_write(
+            ds.ground_truth(), args.results, args.split, ds.binary, args.workers
+        )
     except (EvaluationError, VOSInputError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    global_path, seq_path = write_csvs(result, args.results, args.split)
     print(format_table(result, args.split))
     print(f"\nwrote {global_path} and {seq_path} ({time.perf_counter() - start:.1f} s)")
     return 0

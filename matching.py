@@ -257,9 +257,3 @@ def dilate_mask(mask: Tensor, d: int) -> Tensor:
     x = F.max_pool2d(x, (d, 1), stride=1, padding=(d // 2, 0))
     return x > 0
 
-
-def remove_outliers(fg: Tensor, prev: Tensor, d: int = 51) -> Tensor:
-    """Outlier removal (VideoMatch Sec. 3.3): keep predicted foreground only inside the previous mask dilated by a
-    d x d kernel. fg, prev: (B, M, H, W) bool -> (B, M, H, W) bool. An object cannot jump further than d / 2 pixels
-    from where it was in one frame, so a far-away look-alike is dropped."""
-    return fg & dilate_mask(prev, d)

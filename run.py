@@ -98,12 +98,15 @@ def write_zip(files: Iterable[Path], zip_path: Path, prefix: str) -> Path:
 
 
 def run_dataset(model: methods.VOSModel, key: str, videos: Iterable[TestVideo], out_dir: Path,
-                settings: RunSettings, scored: bool, binary: bool, zip_prefix: str | None,
+                settings: RunSettings, gt: dict[str, list[Path]] | None, binary: bool, zip_prefix: str | None,
                 visualize: Callable[[TestVideo], Visualizer] | None = None) -> evaluation.EvaluationResult | None:
-    """Segment every video of one dataset into out_dir/<video>/, then score (if scored) and zip (if zip_prefix)."""
-    total_frames, total_seconds = 0, 0.0
+    """Segment every video of one dataset into out_dir/<video>/, then score against gt (the ground truth of those
+    videos, if the split has it) and zip (if zip_prefix)."""
+    split = "val" if "val" in key else key
+    if gt is not None:  # a run that fails half way must not leave the last run's scores beside its new masks
+        evaluation.remove_csvs(out_dir, split)
+    total_frames, total_seconds, videos_run = 0, 0.0, 0
     written: list[Path] = []
-    gt: dict[str, list[Path]] = {}
     for video in videos:
         hook = visualize(video) if visualize else None
         try:
@@ -113,14 +116,13 @@ def run_dataset(model: methods.VOSModel, key: str, videos: Iterable[TestVideo], 
                 hook.close()
         total_frames, total_seconds = total_frames + done.frames, total_seconds + done.seconds
         written += done.written
-        gt[video.name] = video.annotations or []
+        videos_run += 1
         print(f"{key} {video.name}: {done.frames} frames, {done.frames / max(done.seconds, 1e-9):.2f} fps", flush=True)
     fps = total_frames / max(total_seconds, 1e-9)
-    print(f"{key}: {len(gt)} videos, {total_frames} frames, {fps:.2f} fps (model time)")
+    print(f"{key}: {videos_run} videos, {total_frames} frames, {fps:.2f} fps (model time)")
     result = None
-    if scored:
-        result = evaluation.evaluate_sequences(gt, out_dir, binary)
-        evaluation.write_csvs(result, out_dir, "val" if "val" in key else key)
+    if gt is not None:
+        result, _, _ = evaluation.evaluate_and_write(gt, out_dir, split, binary)
         print(evaluation.format_table(result, key))
         print(f"{key}: J&F {result.jf_mean:.3f}  J {result.j_mean:.3f}  F {result.f_mean:.3f}  {fps:.2f} fps")
     if zip_prefix is not None:
@@ -181,18 +183,17 @@ def test(args: argparse.Namespace) -> list[evaluation.EvaluationResult]:
     if args.video is not None:
         single = SingleVideo(args.video, args.mask)
         try:
-            run_dataset(model, "video", single.videos(), out_root, settings, False, False, None, visualizer("video"))
+            run_dataset(model, "video", single.videos(), out_root, settings, None, False, None, visualizer("video"))
         finally:
             single.close()
         return results
     for key in args.data:
         bench, _, split = TEST_KEYS[key]
         data = open_dataset(key, args)
-        scored = bench != "ytvos" and split != "test-dev"
+        gt = data.ground_truth(args.sequences) if data.has_annotations else None
         zip_prefix = "Annotations/" if bench == "ytvos" else ("" if split == "test-dev" else None)
-        out_dir = out_root / key
-        result = run_dataset(model, key, data.videos(args.sequences), out_dir, settings, scored,
-                             getattr(data, "binary", False), zip_prefix, visualizer(key))
+        result = run_dataset(model, key, data.videos(args.sequences), out_root / key, settings, gt, data.binary,
+                             zip_prefix, visualizer(key))
         if result is not None:
             results.append(result)
     return results

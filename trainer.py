@@ -48,7 +48,7 @@ import methods
 import weights
 from inference import RunSettings, run_settings, segment_video
 from methods import Method, StageConfig
-from utils import VOSInputError
+from utils import VOSInputError, atomic_write
 
 SEED = 19971007  # the official run.py seeds python, numpy and torch with it
 
@@ -342,12 +342,11 @@ def validate(net: nn.Module, val: Validation, stop: StopRequest) -> float | None
     net.eval()
     try:
         with tempfile.TemporaryDirectory(prefix="emvos_val_") as tmp:
-            gt = {}
             for video in val.data.videos(val.sequences):
                 if stop.requested:
                     return None
                 segment_video(net, video, Path(tmp) / video.name, val.settings)
-                gt[video.name] = video.annotations
+            gt = val.data.ground_truth(val.sequences)
             return evaluation.evaluate_sequences(gt, Path(tmp), val.data.binary).jf_mean
     finally:
         net.train()
@@ -358,20 +357,8 @@ def validate(net: nn.Module, val: Validation, stop: StopRequest) -> float | None
 # ---------------------------------------------------------------------------------------------------------------
 
 def save_atomic(payload: dict, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, then os.replace: a kill never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """torch.save all at once or not at all (utils.atomic_write): a kill never leaves half a checkpoint."""
+    atomic_write(path, lambda f: torch.save(payload, f))
 
 
 def check_finite_weights(net: nn.Module, where: str) -> None:

@@ -7,10 +7,12 @@ instead of a PIL traceback.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import cv2
 import numpy as np
@@ -45,19 +47,19 @@ def _davis_palette() -> list[int]:
 DAVIS_PALETTE: list[int] = _davis_palette()
 
 # Mask modes whose pixel values can be object ids. RGB(A) is refused: colours are not ids.
-_ID_MODES = {"P", "L", "1", "I", "I;16", "I;16B", "I;16L", "LA", "PA"}
+_ID_MODES = {"P", "L", "1", "I", "I;16", "I;16B", "I;16L", "LA", "La", "PA"}
 
 
-def _open_image(path: Path, what: str, fix: str) -> Image.Image:
-    """Open and fully decode an image, turning every failure into a VOSInputError that names the file."""
+def _open_image(path: Path, what: str, fix: str, error: type[Exception] = VOSInputError) -> Image.Image:
+    """Open and fully decode an image, turning every failure into `error` with a message that names the file."""
     path = Path(path)
     if not path.is_file():
-        raise VOSInputError(f"{what} '{path}' does not exist; {fix}")
+        raise error(f"{what} '{path}' does not exist; {fix}")
     try:
         img = Image.open(path)
         img.load()  # decode now: a truncated file only fails here, and we want that error to name the file
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise VOSInputError(f"{what} '{path}' cannot be read ({e}); it is corrupt or truncated: {fix}") from e
+        raise error(f"{what} '{path}' cannot be read ({e}); it is corrupt or truncated: {fix}") from e
     return img
 
 
@@ -77,53 +79,101 @@ def read_frame(path: str | os.PathLike) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
-def read_mask(path: str | os.PathLike, binary: bool = False) -> np.ndarray:
-    """Read an annotation as a map of object ids.
+def read_mask(
+    path: str | os.PathLike, binary: bool = False, *, raw: bool = False, error: type[Exception] = VOSInputError
+) -> np.ndarray:
+    """Read an annotation (or a prediction) as a map of object ids.
 
-    Palette ('P') and grayscale PNGs are read as index values, so pixel value k is object k (0 = background).
-    Value 255 is DAVIS "void" and becomes background, as the official loader does (LabelToLongTensor). One
-    exception: a grayscale image whose only values are 0 and 255 is a black/white mask (the DAVIS 2016 download
-    and most tools store single objects that way), so there 255 is object 1; reading it as void would lose it.
+    Palette ('P') and grayscale PNGs are read as index values, so pixel value k is object k (0 = background). An
+    alpha channel (LA/PA) is dropped: the DAVIS 2016 download has such a file (bear/00077.png is LA).
+
+    Default, for the masks given to the model: value 255 is DAVIS "void" and becomes background, as the official
+    loader does (LabelToLongTensor). One exception: a grayscale image whose only values are 0 and 255 is a
+    black/white mask (the DAVIS 2016 download and most tools store single objects that way), so there 255 is
+    object 1; reading it as void would lose it.
+
+    raw=True, for evaluation: the stored values untouched, as the official DAVIS toolkit reads predictions and
+    ground truth (`np.array(Image.open(path))`); what 255 means is then the caller's protocol.
 
     Args:
         path: the PNG file.
-        binary: DAVIS 2016 protocol, every object merged into one (ids != 0 -> 1).
+        binary: DAVIS 2016 protocol, every object merged into one (ids != 0 -> 1), after the void mapping.
+        raw: keep the stored values (no void mapping, no conversion to uint8).
+        error: the exception raised for an unusable file (evaluation.py passes its EvaluationError).
     Returns:
-        uint8 array (H, W) of object ids.
+        (H, W) array of object ids: uint8, or with raw=True the stored integer type.
     Raises:
-        VOSInputError: the file is missing or unreadable, or is an RGB(A) image.
+        `error` (VOSInputError by default): the file is missing or unreadable, or is not an index image (RGB(A)),
+        or (not raw) has values above 255.
     """
     path = Path(path)
-    img = _open_image(path, "mask", "restore the annotation file (re-download the annotations)")
+    img = _open_image(path, "mask", "rewrite it, or re-download it if it is a dataset annotation", error)
     if img.mode not in _ID_MODES:
-        raise VOSInputError(
-            f"mask '{path}' is {img.mode}; masks must be palette or grayscale PNGs whose pixel values are object ids "
-            f"(0 = background, 1, 2, ... = objects); convert a black/white mask with "
+        raise error(
+            f"mask '{path}' is a {img.mode} image; save masks as palette (P) or grayscale (L) PNGs whose pixel values "
+            f"are object ids (0 = background, 1, 2, ... = objects); convert a black/white mask with "
             f"`PIL.Image.open(path).convert('L').save(path)` or write ids with utils.save_mask"
         )
-    if img.mode in ("LA", "PA"):
+    if img.mode in ("LA", "La", "PA"):
         img = img.getchannel(0)
     ids = np.asarray(img)
-    if ids.dtype == bool:
+    if ids.dtype == bool:  # mode '1'
         ids = ids.astype(np.uint8)
-    if ids.dtype != np.uint8:
-        if ids.size and (ids.min() < 0 or ids.max() > 255):
-            raise VOSInputError(f"mask '{path}' has values outside 0..255; object ids must fit in 8 bits")
-        ids = ids.astype(np.uint8)
-    if img.mode == "L" and ids.size and np.isin(ids, (0, 255)).all():
-        ids = (ids != 0).astype(np.uint8)
-    else:
-        ids = np.where(ids == 255, 0, ids).astype(np.uint8)
+    if not raw:
+        if ids.dtype != np.uint8:
+            if ids.size and (ids.min() < 0 or ids.max() > 255):
+                raise error(f"mask '{path}' has values outside 0..255; object ids must fit in 8 bits")
+            ids = ids.astype(np.uint8)
+        if img.mode == "L" and ids.size and np.isin(ids, (0, 255)).all():
+            ids = (ids != 0).astype(np.uint8)
+        else:
+            ids = np.where(ids == 255, 0, ids).astype(np.uint8)
     if binary:
         ids = (ids != 0).astype(np.uint8)
     return ids
 
 
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object], mode: int = 0o644) -> Path:
+    """Write a file all at once or not at all.
+
+    `write(f)` fills a temporary file in the same folder (a binary file object: `img.save(f, format='PNG')`,
+    `torch.save(obj, f)`, `f.write(text.encode())`); it is flushed, fsynced and then renamed over `path` with
+    os.replace, which is atomic within one file system. A crash, a full disk or Ctrl+C at any point leaves the old
+    file or the new one under `path`, never a partial one, and no temporary file: it is removed on any exception,
+    KeyboardInterrupt included. The temporary name is unique (tempfile.mkstemp), so concurrent runs writing the same
+    path do not collide (the last rename wins); it starts with '.', so folder listings that skip hidden files
+    (dataset.py) never mistake it for a frame or a mask.
+
+    Args:
+        path: the file to write; parent folders are created.
+        write: called once with the open binary file; its return value is ignored.
+        mode: permission bits of the result (mkstemp creates 0600; outputs are ordinary files).
+    Returns:
+        `path` as a Path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            # On disk before the rename makes it visible: after a power loss `path` is not an empty new file.
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+    return path
+
+
 def save_mask(path: str | os.PathLike, mask: np.ndarray) -> None:
     """Write an object-id map as a DAVIS palette PNG (pixel value = object id), creating the parent folders.
 
-    The PNG is written to a temporary file in the same folder and moved into place with os.replace, so a crash or
-    a full disk never leaves a half-written mask that a later evaluation would read as a valid prediction.
+    Written with `atomic_write`, so a crash or a full disk never leaves a half-written mask that a later evaluation
+    would read as a valid prediction.
 
     Args:
         path: target .png file.
@@ -139,17 +189,7 @@ def save_mask(path: str | os.PathLike, mask: np.ndarray) -> None:
         )
     img = Image.fromarray(mask.astype(np.uint8))
     img.putpalette(DAVIS_PALETTE)  # turns the 'L' image into a 'P' image with the same index values
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            img.save(f, format="PNG")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; masks are ordinary output files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, lambda f: img.save(f, format="PNG"))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -216,32 +256,6 @@ class OverlayWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def write_overlay_video(frames: Iterable[np.ndarray], masks: Iterable[np.ndarray], path: str | os.PathLike,
-                        fps: float = 24.0, alpha: float = 0.5) -> int:
-    """Write an MP4 (codec mp4v) of frames with their masks blended in, streaming: one frame in memory at a time.
-
-    Args:
-        frames: (H, W, 3) uint8 RGB frames, all of one size.
-        masks: (H, W) object-id masks, one per frame.
-        path: the .mp4 file; parent folders are created.
-        fps: frames per second of the video.
-        alpha: weight of the palette colour on object pixels (overlay_mask).
-    Returns:
-        the number of frames written.
-    """
-    frames, masks = iter(frames), iter(masks)
-    with OverlayWriter(path, fps, alpha) as writer:
-        while True:
-            frame, mask = next(frames, None), next(masks, None)
-            if frame is None and mask is None:
-                break
-            if frame is None or mask is None:
-                raise ValueError(f"frames and masks differ in number: one ran out after {writer.count} frames of "
-                                 f"'{path}'")
-            writer.write(frame, mask)
-    return writer.count
 
 
 def colorize(prob: np.ndarray, colormap: int = cv2.COLORMAP_JET) -> np.ndarray:

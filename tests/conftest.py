@@ -103,6 +103,12 @@ def davis2016_copy(davis2016_root: Path, tmp_path: Path) -> Path:
     return root
 
 
+@pytest.fixture
+def davis2017_copy(davis2017_root: Path, tmp_path: Path) -> Path:
+    """A writable copy of the davis2017_root tree (frames stay symlinks, so deleting one leaves the sample alone)."""
+    return Path(shutil.copytree(davis2017_root, tmp_path / "DAVIS2017", symlinks=True))
+
+
 def make_ytvos_valid(root: Path, split: str = "valid") -> Path:
     """A tiny YouTube-VOS validation tree (32x24 frames).
 

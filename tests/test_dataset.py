@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -22,7 +23,7 @@ from dataset import (
     random_crop_params,
     seed_worker,
 )
-from utils import DAVIS_PALETTE, VOSInputError, read_frame, read_mask, save_mask
+from utils import DAVIS_PALETTE, VOSInputError, atomic_write, read_frame, read_mask, save_mask
 
 # ----------------------------------------------------------------------------------------------------------------------
 # utils.py image I/O
@@ -58,6 +59,39 @@ def test_save_and_read_mask_roundtrip(tmp_path: Path) -> None:
     assert [p.name for p in path.parent.iterdir()] == ["00000.png"]  # no temporary file left behind
 
 
+def test_atomic_write_replaces_whole_or_not_at_all(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "out.bin"
+    assert atomic_write(path, lambda f: f.write(b"first")) == path  # parent folders are created
+    assert path.read_bytes() == b"first" and path.stat().st_mode & 0o777 == 0o644
+
+    def half_then(exc: BaseException):
+        def write(f) -> None:
+            f.write(b"half of the new conte")
+            f.flush()  # the partial bytes really are in the temporary file when the failure comes
+            raise exc
+
+        return write
+
+    for exc in (OSError(28, "No space left on device"), KeyboardInterrupt()):
+        with pytest.raises(type(exc)):
+            atomic_write(path, half_then(exc))
+        assert path.read_bytes() == b"first"  # the old file, untouched
+        assert [p.name for p in path.parent.iterdir()] == ["out.bin"]  # no temporary file left
+    atomic_write(path, lambda f: f.write(b"second"))
+    assert path.read_bytes() == b"second" and [p.name for p in path.parent.iterdir()] == ["out.bin"]
+
+
+def test_save_mask_failing_mid_write_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def failing_save(self, fp, *args, **kwargs) -> None:
+        fp.write(b"\x89PNG\r\n\x1a\n")  # a PNG signature and nothing else: what a full disk leaves
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", failing_save)
+    with pytest.raises(OSError, match="No space"):
+        save_mask(tmp_path / "00000.png", np.zeros((4, 4), np.uint8))
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_read_mask_void_and_binary_grayscale(tmp_path: Path, davis2016_root: Path) -> None:
     # Palette mask: 255 is DAVIS void -> background.
     save_mask(tmp_path / "void.png", np.array([[0, 1, 255]], np.uint8))
@@ -68,6 +102,28 @@ def test_read_mask_void_and_binary_grayscale(tmp_path: Path, davis2016_root: Pat
     # Grayscale with small values: index values as they are.
     Image.fromarray(np.array([[0, 2, 3]], np.uint8)).save(tmp_path / "l.png")
     np.testing.assert_array_equal(read_mask(tmp_path / "l.png"), [[0, 2, 3]])
+
+
+def test_read_mask_raw_keeps_stored_values(tmp_path: Path) -> None:
+    # raw=True is the evaluator's reading (the official toolkit's np.array(Image.open(path))): no void mapping.
+    save_mask(tmp_path / "void.png", np.array([[0, 1, 255]], np.uint8))
+    np.testing.assert_array_equal(read_mask(tmp_path / "void.png", raw=True), [[0, 1, 255]])
+    Image.fromarray(np.array([[0, 255]], np.uint8)).save(tmp_path / "bw.png")
+    np.testing.assert_array_equal(read_mask(tmp_path / "bw.png", raw=True), [[0, 255]])
+    np.testing.assert_array_equal(read_mask(tmp_path / "bw.png", binary=True, raw=True), [[0, 1]])
+    Image.fromarray(np.array([[0, 300]], np.uint16)).save(tmp_path / "wide.png")  # 16-bit grayscale
+    np.testing.assert_array_equal(read_mask(tmp_path / "wide.png", raw=True), [[0, 300]])
+    with pytest.raises(VOSInputError, match="outside 0..255"):
+        read_mask(tmp_path / "wide.png")
+    Image.fromarray(np.array([[[2, 255], [0, 0]]], np.uint8), "LA").save(tmp_path / "la.png")
+    np.testing.assert_array_equal(read_mask(tmp_path / "la.png", raw=True), [[2, 0]])  # alpha dropped
+
+    class OtherError(Exception):
+        pass
+
+    Image.fromarray(np.zeros((2, 2, 3), np.uint8)).save(tmp_path / "rgb.png")
+    with pytest.raises(OtherError, match="rgb.png' is a RGB image"):
+        read_mask(tmp_path / "rgb.png", raw=True, error=OtherError)
 
 
 def test_read_frame(tmp_path: Path, davis2016_root: Path) -> None:
@@ -89,7 +145,7 @@ def test_bad_images_raise_naming_the_file(tmp_path: Path, davis2016_root: Path) 
     with pytest.raises(VOSInputError, match="missing.jpg"):
         read_frame(tmp_path / "missing.jpg")
     Image.fromarray(np.zeros((4, 5, 3), np.uint8)).save(tmp_path / "rgb.png")
-    with pytest.raises(VOSInputError, match="rgb.png.*is RGB.*object ids"):
+    with pytest.raises(VOSInputError, match="rgb.png' is a RGB image.*object ids"):
         read_mask(tmp_path / "rgb.png")
     with pytest.raises(VOSInputError, match="missing.png"):
         read_mask(tmp_path / "missing.png")
@@ -111,8 +167,10 @@ def test_davis_2016_original_layout(davis2016_root: Path) -> None:
     assert all(p.is_file() for p in v.frames)
     assert v.given_masks == {0: davis2016_root / "Annotations" / "480p" / "boat" / "00000.png"}
     assert v.output_names[0] == "00000.png" and len(v.output_names) == 75
-    assert v.annotations is not None and len(v.annotations) == 75 and all(p.is_file() for p in v.annotations)
+    gt = ds.ground_truth(["boat"])
+    assert list(gt) == ["boat"] and len(gt["boat"]) == 75 and all(p.is_file() for p in gt["boat"])
     assert ds.frames("bear")[-1].name == "00081.jpg" and len(ds.annotations("bear")) == 82
+    assert list(ds.ground_truth()) == ["bear", "boat", "hockey"]
 
 
 def test_davis_2017_layout(davis2017_root: Path) -> None:
@@ -121,7 +179,11 @@ def test_davis_2017_layout(davis2017_root: Path) -> None:
     _, boat = list(ds.videos())
     assert [p.name for p in boat.frames] == [f"{i:05d}.jpg" for i in range(6)]
     assert boat.given_masks == {0: davis2017_root / "Annotations" / "480p" / "boat" / "00000.png"}
-    assert boat.annotations == ds.annotations("boat") and boat.annotations[3].name == "00003.png"
+    gt = ds.ground_truth(["boat", "bear"])  # the named sequences, in that order
+    assert list(gt) == ["boat", "bear"] and gt["boat"] == ds.annotations("boat")
+    assert [p.name for p in gt["boat"]] == [f"{i:05d}.png" for i in range(6)]
+    with pytest.raises(VOSInputError, match="unknown sequence.*dog"):
+        ds.ground_truth(["dog"])
     assert set(np.unique(read_mask(boat.given_masks[0], binary=boat.binary))) == {0, 1, 2}
     # DAVIS 2016 on the 2017 layout: its own sequence list, objects merged.
     ds16 = DAVIS(davis2017_root, year="2016", split="val")
@@ -139,9 +201,11 @@ def test_davis_test_dev(davis2017_root: Path, tmp_path: Path) -> None:
     try:
         ds = DAVIS(davis2017_root, "2017", "test-dev")
         v = next(ds.videos())
-        assert v.annotations is None and list(v.given_masks) == [0]
+        assert not ds.has_annotations and list(v.given_masks) == [0]
         with pytest.raises(VOSInputError, match="server"):
             ds.annotations("hockey")
+        with pytest.raises(VOSInputError, match="server"):
+            ds.ground_truth()
     finally:
         (davis2017_root / "ImageSets" / "2017" / "test-dev.txt").unlink()
 
@@ -169,6 +233,71 @@ def test_davis_errors(davis2016_copy: Path, davis2017_root: Path, tmp_path: Path
         (davis2017_root / "ImageSets" / "2017" / "val.txt").write_text("bear\nboat\n")
 
 
+def test_davis_2017_missing_frame_or_annotation_is_refused(davis2017_copy: Path) -> None:
+    jpegs, pngs = davis2017_copy / "JPEGImages" / "480p" / "boat", davis2017_copy / "Annotations" / "480p" / "boat"
+
+    def refused(match: str) -> None:
+        ds = DAVIS(davis2017_copy, "2017", "val")
+        for read in (lambda: list(ds.videos(["boat"])), lambda: ds.ground_truth(), lambda: ds.frames("boat")):
+            with pytest.raises(VOSInputError, match=match):
+                read()
+
+    # A frame's JPEG is gone but its annotation is there: it would silently drop out of the run and of J&F.
+    (jpegs / "00002.jpg").rename(jpegs / "moved")
+    refused(r"frame '.*boat/00002\.jpg' does not exist but its annotation '.*boat/00002\.png' does.*re-download")
+    (jpegs / "moved").rename(jpegs / "00002.jpg")
+    # The last frame's JPEG: no gap in the numbering, the annotation tells.
+    (jpegs / "00005.jpg").rename(jpegs / "moved")
+    refused(r"frame '.*boat/00005\.jpg' does not exist but its annotation")
+    (jpegs / "moved").rename(jpegs / "00005.jpg")
+    # JPEG and annotation both gone: the gap in the numbering tells.
+    (jpegs / "00003.jpg").rename(jpegs / "moved")
+    (pngs / "00003.png").rename(jpegs / "moved.png")
+    refused(r"frame '.*boat/00003\.jpg' does not exist \(1 missing between 00000\.jpg and 00005\.jpg of boat\)")
+    (jpegs / "moved").rename(jpegs / "00003.jpg")
+    # An annotated split with a frame but no annotation.
+    refused(r"annotation '.*boat/00003\.png' does not exist \(1 frame\(s\) of boat have none\)")
+    (jpegs / "moved.png").rename(pngs / "00003.png")
+    assert len(DAVIS(davis2017_copy, "2017", "val").frames("boat")) == 6
+
+
+def test_davis_2016_missing_annotation_is_refused(davis2016_copy: Path) -> None:
+    listing = davis2016_copy / "ImageSets" / "480p" / "train.txt"
+    listing.write_text(listing.read_text() + "/JPEGImages/480p/bear/00000.jpg /Annotations/480p/bear/00999.png\n")
+    with pytest.raises(VOSInputError, match="annotation '.*00999.png' listed in '.*train.txt' does not exist"):
+        DAVIS(davis2016_copy, "2016", "train").ground_truth(["bear"])
+
+
+def test_hidden_files_are_not_frames_or_masks(davis2017_copy: Path, ytvos_root: Path, frame_folder) -> None:
+    # macOS AppleDouble files ('._name', not images at all) and other dot files beside every frame and mask.
+    def litter(folder: Path, ext: str) -> None:
+        for name in (f"._00000{ext}", f"._zzz{ext}", ".DS_Store", f".00001{ext}.x1y2.tmp"):
+            (folder / name).write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+
+    litter(davis2017_copy / "JPEGImages" / "480p" / "boat", ".jpg")
+    litter(davis2017_copy / "Annotations" / "480p" / "boat", ".png")
+    ds = DAVIS(davis2017_copy, "2017", "val")
+    (boat,) = ds.videos(["boat"])
+    assert [p.name for p in boat.frames] == [f"{i:05d}.jpg" for i in range(6)]
+    assert boat.output_names == [f"{i:05d}.png" for i in range(6)]
+    assert [p.name for p in ds.ground_truth(["boat"])["boat"]] == [f"{i:05d}.png" for i in range(6)]
+
+    for folder in ("valid_all_frames/JPEGImages", "valid/JPEGImages"):
+        litter(ytvos_root / folder / "vid_a", ".jpg")
+    litter(ytvos_root / "valid/Annotations/vid_a", ".png")
+    (ytvos_root / "valid" / "Annotations" / ".ipynb_checkpoints").mkdir()
+    yt = YouTubeVOS(ytvos_root)
+    assert yt.sequences == ["vid_a", "vid_b"]
+    a = next(yt.videos(["vid_a"]))
+    assert [p.name for p in a.frames] == [f"{t:05d}.jpg" for t in range(6)]
+    assert list(a.given_masks) == [0, 5] and a.output_names == ["00000.png", None, None, None, None, "00005.png"]
+
+    folder, mask = frame_folder
+    litter(folder, ".png")
+    (v,) = SingleVideo(folder, mask).videos()
+    assert [p.name for p in v.frames] == ["frame1.png", "frame2.png", "frame10.png", "frame11.png"]
+
+
 def test_youtube_vos_late_objects(ytvos_root: Path) -> None:
     ds = YouTubeVOS(ytvos_root, "2018")
     assert ds.sequences == ["vid_a", "vid_b"] and len(ds) == 2
@@ -178,7 +307,7 @@ def test_youtube_vos_late_objects(ytvos_root: Path) -> None:
     masks = ytvos_root / "valid" / "Annotations" / "vid_a"
     assert a.given_masks == {0: masks / "00000.png", 5: masks / "00005.png"}
     assert a.output_names == ["00000.png", None, None, None, None, "00005.png"]
-    assert a.annotations is None and not a.binary
+    assert not ds.has_annotations and not ds.binary and not a.binary
     # vid_b: first annotation at frame 5, earlier frames dropped (official TestYTVOS).
     assert [p.name for p in b.frames] == [f"{t:05d}.jpg" for t in range(5, 11)]
     assert list(b.given_masks) == [0] and b.given_masks[0].name == "00005.png"
@@ -211,7 +340,51 @@ def test_single_video_folder(frame_folder: tuple[Path, Path]) -> None:
     assert len(sv) == 1 and sv.sequences == ["frames"]
     (v,) = sv.videos()
     assert [p.name for p in v.frames] == ["frame1.png", "frame2.png", "frame10.png", "frame11.png"]
-    assert v.given_masks == {0: mask} and v.output_names == ["00000.png", "00001.png", "00002.png", "00003.png"]
+    assert v.given_masks == {0: mask} and v.output_names == ["frame1.png", "frame2.png", "frame10.png", "frame11.png"]
+    assert not sv.has_annotations and not sv.binary
+
+
+def test_single_video_folder_with_a_gap_names_outputs_by_frame(tmp_path: Path) -> None:
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    for t in (0, 1, 3, 4):  # 00002.jpg is missing
+        Image.fromarray(np.full((8, 8, 3), 40 * t, np.uint8)).save(folder / f"{t:05d}.jpg")
+    save_mask(tmp_path / "mask.png", np.ones((8, 8), np.uint8))
+    (v,) = SingleVideo(folder, tmp_path / "mask.png").videos()
+    # every mask goes out under its own frame's name, none under the previous frame's
+    assert dict(zip([f.name for f in v.frames], v.output_names, strict=True)) == {
+        "00000.jpg": "00000.png",
+        "00001.jpg": "00001.png",
+        "00003.jpg": "00003.png",
+        "00004.jpg": "00004.png",
+    }
+    # two frames that would write one mask
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / "00004.png")
+    with pytest.raises(VOSInputError, match=r"00004\.(jpg|png)' and '.*00004\.(jpg|png)' would both write the mask"):
+        SingleVideo(folder, tmp_path / "mask.png")
+
+
+def test_truncated_video_file_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (32, 24))
+    assert writer.isOpened(), "this OpenCV build cannot write MJPG"
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        writer.write(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8))  # noise: every frame a few kB
+    writer.release()
+    save_mask(tmp_path / "mask.png", np.ones((24, 32), np.uint8))
+    whole = SingleVideo(path, tmp_path / "mask.png")
+    assert len(next(whole.videos()).frames) == 10 and capsys.readouterr().err == ""
+    whole.close()
+    cut = tmp_path / "cut.avi"  # an interrupted download: the header still says 10 frames
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    sv = SingleVideo(cut, tmp_path / "mask.png")
+    (v,) = sv.videos()
+    err = capsys.readouterr().err
+    assert 0 < len(v.frames) < 10
+    assert f"warning: video '{cut}' decoded {len(v.frames)} of the 10 frames" in err and "truncated" in err
+    assert len(err.strip().splitlines()) == 1  # one line
+    sv.close()
 
 
 def test_single_video_file(tiny_mp4: tuple[Path, Path]) -> None:

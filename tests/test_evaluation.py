@@ -8,6 +8,7 @@ predictions; ours agreed bit for bit.
 from __future__ import annotations
 
 import math
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -191,7 +192,7 @@ def test_decay_reproduces_official_uint8_bug() -> None:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def test_evaluate_sequence_void_missing_object_and_unscored_frames(tmp_path: Path) -> None:
+def test_void_missing_object_and_unscored_frames(tmp_path: Path) -> None:
     shape = (12, 16)
     gt = []
     for t in range(5):
@@ -202,13 +203,16 @@ def test_evaluate_sequence_void_missing_object_and_unscored_frames(tmp_path: Pat
     pred = {t: (gt[t] == 1).astype(np.uint8) for t in (1, 2, 3)}
     pred[2][0, 0:4] = 1  # frame 2 labels 4 void pixels as object 1: they count as false positives
     gt_paths, pred_dir = make_sequence(tmp_path, gt, pred)
-    scores = ev.evaluate_sequence(gt_paths, pred_dir, binary=False)
-    assert sorted(scores) == [1, 2]  # two objects: max id of the first frame once void is removed
-    j1, f1 = scores[1]
-    assert j1.tolist() == pytest.approx([1.0, 16 / 20, 1.0])  # 4x4 object, 4 extra pixels
-    assert f1[0] == 1.0 and f1[2] == 1.0 and f1[1] < 1.0
-    j2, f2 = scores[2]  # never predicted: scored as an empty mask
-    assert j2.tolist() == [0.0, 0.0, 0.0] and f2.tolist() == [0.0, 0.0, 0.0]
+    result = ev.evaluate_sequences({"seq": gt_paths}, pred_dir.parent, binary=False, workers=1)
+    one, two = result.objects  # two objects: max id of the first frame once void is removed
+    assert (one.name, two.name) == ("seq_1", "seq_2")
+    # J per frame: 1, 16/20 (4x4 object, 4 extra pixels), 1; F: 1, F of frame 2, 1.
+    f2 = ev.boundary_f(gt[2] == 1, pred[2] == 1)
+    assert f2 < 1.0
+    assert (one.j_mean, one.j_recall) == (pytest.approx((1 + 16 / 20 + 1) / 3), 1.0)
+    assert (one.f_mean, one.f_recall) == (pytest.approx((1 + f2 + 1) / 3), 1.0)
+    # Object 2, never predicted: scored as an empty mask in every frame.
+    assert (two.j_mean, two.j_recall, two.f_mean, two.f_recall) == (0.0, 0.0, 0.0, 0.0)
 
 
 def test_more_objects_than_gt_is_an_error(tmp_path: Path) -> None:
@@ -216,16 +220,33 @@ def test_more_objects_than_gt_is_an_error(tmp_path: Path) -> None:
     pred = {1: gt[1], 2: gt[2] + square((8, 8), slice(6, 8), slice(6, 8), 2)}
     gt_paths, pred_dir = make_sequence(tmp_path, gt, pred)
     with pytest.raises(ev.EvaluationError, match=r"00002\.png has object id 2 .* 1 object"):
-        ev.evaluate_sequence(gt_paths, pred_dir, binary=False)
+        ev.evaluate_sequences({"seq": gt_paths}, pred_dir.parent, binary=False, workers=1)
 
 
 def test_binary_mode_binarises_davis2016_masks(tmp_path: Path) -> None:
     gt = [square((10, 10), slice(2, 5), slice(2, 5), 255)] * 3  # DAVIS 2016: mode L, 0/255
     pred = {1: square((10, 10), slice(2, 4), slice(2, 4), 255) + square((10, 10), slice(8, 9), slice(8, 9), 3)}
     gt_paths, pred_dir = make_sequence(tmp_path, gt, pred, mode="L")
-    (j, f), *rest = ev.evaluate_sequence(gt_paths, pred_dir, binary=True).values()
+    obj, *rest = ev.evaluate_sequences({"seq": gt_paths}, pred_dir.parent, binary=True, workers=1).objects
     assert not rest  # 255 is the object, not void; id 3 merges into it
-    assert j[0] == pytest.approx(4 / 10)  # 2x2 square + 1 stray pixel vs 3x3 square: 4 / (9 + 1)
+    assert obj.j_mean == pytest.approx(4 / 10)  # one scored frame: 2x2 square + 1 stray pixel vs 3x3: 4 / (9 + 1)
+
+
+def test_masks_are_read_as_the_official_toolkit_reads_them(tmp_path: Path) -> None:
+    # One reader (utils.read_mask) serves the runner and the evaluator; the evaluator's protocol differs on purpose.
+    bw = save_png(tmp_path / "bw.png", square((10, 10), slice(2, 5), slice(2, 5), 255), mode="L")
+    assert ev.count_objects(bw, binary=False) == 0  # a 0/255 grayscale GT: 255 is void, as officially
+    assert ev.count_objects(bw, binary=True) == 1
+    # A prediction's 255 is object 255 (raw values), not void: more objects than the GT is an error.
+    gt = [square((10, 10), slice(2, 5), slice(2, 5))] * 3
+    gt_paths, pred_dir = make_sequence(tmp_path / "a", gt, {1: gt[1] + square((10, 10), slice(8, 9), slice(8, 9), 255)})
+    with pytest.raises(ev.EvaluationError, match=r"00001\.png has object id 255"):
+        ev.evaluate_sequences({"seq": gt_paths}, pred_dir.parent, binary=False, workers=1)
+    # An LA prediction: the alpha channel is dropped, the ids are scored.
+    gt_paths, pred_dir = make_sequence(tmp_path / "b", gt, {})
+    pred_dir.mkdir(parents=True)
+    Image.fromarray(np.stack([gt[1], np.full_like(gt[1], 255)], axis=-1), "LA").save(pred_dir / "00001.png")
+    assert ev.evaluate_sequences({"seq": gt_paths}, pred_dir.parent, binary=False, workers=1).j_mean == 1.0
 
 
 @pytest.mark.parametrize(
@@ -233,7 +254,7 @@ def test_binary_mode_binarises_davis2016_masks(tmp_path: Path) -> None:
     [
         ("missing_png", r"missing prediction .*seq/00002\.png.*named like the GT"),
         ("size", r"00001\.png is 9x10 but its GT .* is 10x10"),
-        ("rgb", r"00001\.png is a RGB image; save masks as palette"),
+        ("rgb", r"00001\.png' is a RGB image; save masks as palette"),
         ("no_folder", r"no results folder .*res/seq"),
         ("too_short", r"2 annotated frame\(s\).*at least 3"),
     ],
@@ -244,10 +265,12 @@ def test_bad_input_errors_name_the_file(tmp_path: Path, problem: str, match: str
     if problem == "size":
         pred[1] = gt[1][:, :9]
     gt_paths, pred_dir = make_sequence(tmp_path, gt, {} if problem == "no_folder" else pred)
+    if problem == "no_folder":
+        pred_dir.parent.mkdir()  # the results folder exists, the sequence's sub-folder does not
     if problem == "rgb":
         Image.new("RGB", (10, 10)).save(pred_dir / "00001.png")
     with pytest.raises(ev.EvaluationError, match=match):
-        ev.evaluate_sequence(gt_paths, pred_dir, binary=False)
+        ev.evaluate_sequences({"seq": gt_paths}, pred_dir.parent, binary=False, workers=1)
 
 
 def test_evaluate_sequences_two_workers_match_one(tmp_path: Path) -> None:
@@ -307,6 +330,60 @@ def test_write_csvs_format_and_overwrite(tmp_path: Path) -> None:
     assert seq_path.read_text() == "Sequence,J-Mean,F-Mean\nbear_1,0.912,0.800\ndogs-jump_3,0.500,0.600\n"
     table = ev.format_table(result, "val")
     assert "J&F-Mean" in table and "dogs-jump_3" in table and "0.912" in table
+
+
+def _sample_result() -> ev.EvaluationResult:
+    return ev.EvaluationResult.from_objects([ev.ObjectResult("bear", 1, 0.91234, 1.0, 0.0204, 0.8, 0.9, -0.01)])
+
+
+def test_write_csvs_on_a_full_disk_leaves_no_partial_file(tmp_path: Path) -> None:
+    resource = pytest.importorskip("resource")  # RLIMIT_FSIZE: POSIX only
+    # A real short write: with RLIMIT_FSIZE the kernel stops every file at 30 bytes (EFBIG), as a full disk would
+    # mid-write. Each CSV is longer than that.
+    old = {"global_results-val.csv": "J&F-Mean\n0.5\n", "per-sequence_results-val.csv": "Sequence\nx_1\n"}
+    for name, text in old.items():
+        (tmp_path / name).write_text(text)
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process
+    resource.setrlimit(resource.RLIMIT_FSIZE, (30, limits[1]))
+    try:
+        with pytest.raises(OSError):
+            ev.write_csvs(_sample_result(), tmp_path, "val")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, handler)
+    # Every CSV is the old, complete one, and no temporary file is left.
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == old
+
+
+def test_failed_evaluation_leaves_no_old_csv(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    gt = [square((10, 10), slice(2, 5), slice(2, 5))] * 4
+    gt_paths, pred_dir = make_sequence(tmp_path, gt, {1: gt[1], 2: gt[2]})
+    results = pred_dir.parent
+    ev.evaluate_and_write({"seq": gt_paths}, results, "val", binary=False, workers=1)
+    global_path, seq_path = ev.csv_paths(results, "val")
+    assert global_path.read_text().splitlines()[1].startswith("1.000,")
+    (pred_dir / "00002.png").unlink()  # the predictions change, and this time scoring fails
+    with pytest.raises(ev.EvaluationError, match="missing prediction"):
+        ev.evaluate_and_write({"seq": gt_paths}, results, "val", binary=False, workers=1)
+    assert not global_path.exists() and not seq_path.exists()
+    ev.write_csvs(_sample_result(), results, "val")
+    ev.write_csvs(_sample_result(), results, "test-dev")
+    ev.remove_csvs(results, "val")  # what a runner calls before it overwrites the predictions
+    assert not global_path.exists() and not seq_path.exists()
+    assert all(p.is_file() for p in ev.csv_paths(results, "test-dev"))  # another split's CSVs stay
+    # The command line too: exit code 1 and no CSV of the last run beside the changed results.
+    davis = tmp_path / "DAVIS"
+    for t, path in enumerate(gt_paths):
+        (davis / "JPEGImages" / "480p" / "seq").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (10, 10)).save(davis / "JPEGImages" / "480p" / "seq" / f"{t:05d}.jpg")
+        save_png(davis / "Annotations" / "480p" / "seq" / path.name, gt[t])
+    (davis / "ImageSets" / "2017").mkdir(parents=True)
+    (davis / "ImageSets" / "2017" / "val.txt").write_text("seq\n")
+    global_path.write_text("J&F-Mean\n0.999\n")
+    assert ev.main(["--davis", str(davis), "--results", str(results), "--workers", "1"]) == 1
+    assert "missing prediction" in capsys.readouterr().err
+    assert not global_path.exists()
 
 
 # ----------------------------------------------------------------------------------------------------------------------

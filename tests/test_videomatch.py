@@ -97,6 +97,17 @@ def test_mask_sets_majority_and_tiny_object() -> None:
 
 # --- outlier removal ---------------------------------------------------------------------------------------------
 
+def test_dilation_window_of_the_outlier_removal() -> None:
+    # The window VideoMatch's outlier removal (Sec. 3.3, VideoMatch.predict) keeps around the previous mask.
+    prev = torch.zeros(1, 2, 7, 9, dtype=torch.bool)
+    prev[0, 0, 3, 4] = True  # centre pixel
+    prev[0, 1, 0, 0] = True  # corner: the window is clipped at the border
+    expected = torch.zeros(1, 2, 7, 9, dtype=torch.bool)
+    expected[0, 0, 2:5, 3:6] = True
+    expected[0, 1, 0:2, 0:2] = True
+    assert torch.equal(matching.dilate_mask(prev, 3), expected)
+
+
 def test_separable_dilation_equals_square_max_pool() -> None:
     g = torch.Generator().manual_seed(0)
     mask = torch.rand(2, 3, 40, 57, generator=g) > 0.97
