@@ -19,7 +19,7 @@ from torch import Tensor
 import model
 import videomatch
 from utils import VOSInputError
-from weights import load_state_dict_file
+from weights import as_state_dict, load_file
 
 
 @runtime_checkable
@@ -80,7 +80,7 @@ class Method:
     name: str
     model: type[nn.Module]  # its class meets VOSModel; built as model(config, pretrained=...)
     config: type  # the model's config dataclass
-    weights: str  # default checkpoint of `run.py --test`
+    weights: str  # default checkpoint of `run.py --test`: a file name in trained_model/
     stages: dict[str, StageConfig]  # training presets by name
     default_stages: tuple[str, ...]  # what `run.py --train` runs with no --stages
     losses: dict[str, Loss]  # what --loss may pick
@@ -117,6 +117,9 @@ VIDEOMATCH_STAGES = {
                          epochs=2000, save_every=1000, val_every=0, lr=1e-5, weight_decay=5e-4, swap_above=1.0),
 }
 
+# Where checkpoints live: the authors' files are fetched here on first use, --train writes here by default.
+TRAINED_MODEL = Path(__file__).resolve().parent / "trained_model"
+
 METHODS: dict[str, Method] = {}
 
 
@@ -132,12 +135,12 @@ def get(name: str) -> Method:
     return METHODS[name]
 
 
-register(Method("emvos", model.EMVOS, model.ModelConfig, "trained_model/coco_davis_best.pth", EMVOS_STAGES,
+register(Method("emvos", model.EMVOS, model.ModelConfig, "coco_davis_best.pth", EMVOS_STAGES,
                 ("coco", "davis"), {"cross_entropy": model.emvos_loss}, "cross_entropy", compilable=True,
                 to_file=model.to_official, from_file=model.from_official, plain=model.is_official_architecture,
                 infer_config=model.official_config))
 register(Method("videomatch", videomatch.VideoMatch, videomatch.VideoMatchConfig,
-                "trained_model/videomatch_davis_best.pth", VIDEOMATCH_STAGES, ("davis",), videomatch.LOSSES, "bce"))
+                "videomatch_davis_best.pth", VIDEOMATCH_STAGES, ("davis",), videomatch.LOSSES, "bce"))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -174,13 +177,27 @@ def recognise(weights: Mapping[str, Tensor]) -> tuple[str, dict] | None:
 def load_weights(path: str | Path, what: str = "--weights", overrides: dict | None = None) -> tuple[nn.Module, dict]:
     """Build the model a weights file describes and load it (strict). Returns (model on CPU in eval mode, metadata).
 
+    Reads a plain state dict (an official EMVOS checkpoint, or any layout a method's `infer_config` recognises), a
+    {model, method, config} file, or the training state `X.train.pth` that `run.py --train` writes beside `X.pth`.
     overrides: config fields to set on top of the file's (e.g. train_encoder for --init --train-encoder).
-    Reads a plain state dict (an official EMVOS checkpoint, a VideoMatch port encoder), a {model, method, config}
-    file, or a training-state file (`*.train.pth`); every failure is a VOSInputError that names the file.
+    Every failure is a VOSInputError that names the file (`what` names the flag it came from).
     """
-    state, meta = load_state_dict_file(path, what)
+    obj = load_file(path, what)
+    if isinstance(obj, dict) and "optimizer" in obj and "weights" in obj:  # a training state: its weights
+        obj = obj["weights"]
+    return model_from_payload(obj, Path(path), what, overrides=overrides)
+
+
+def model_from_payload(payload: object, path: Path, what: str, config: dict | None = None,
+                       overrides: dict | None = None) -> tuple[nn.Module, dict]:
+    """The model a loaded weights payload (what `weights_payload` writes, or an official / port state dict) holds.
+
+    config: the config to build with when the caller knows it (a training state records it); by default the file's
+    own, or the one its method infers from the keys.
+    """
+    state, meta = as_state_dict(payload, path, what)
     if "method" in meta:
-        method, config = meta["method"], meta.get("config") or {}
+        method, file_config = meta["method"], meta.get("config") or {}
         if method not in METHODS:
             raise VOSInputError(f"{what} {path} holds a {method!r} model, which this repository does not implement "
                                 f"(methods: {', '.join(METHODS)})")
@@ -191,8 +208,8 @@ def load_weights(path: str | Path, what: str = "--weights", overrides: dict | No
             raise VOSInputError(f"{what} {path} holds a state dict of {len(state)} tensors ({keys}, ...) that is not "
                                 f"the weights of any method here ({', '.join(METHODS)}); pass an EMVOS or VideoMatch "
                                 f"checkpoint")
-        method, config = found
-    config = {**config, **(overrides or {})}
+        method, file_config = found
+    config = {**(file_config if config is None else config), **(overrides or {})}
     try:
         net = build_model(method, config)
     except (TypeError, ValueError) as e:

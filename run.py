@@ -6,13 +6,12 @@ with the authors' checkpoint (fetched into trained_model/ on first use).
 
 import argparse
 import errno
-import os
 import sys
-import tempfile
 import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import fields
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -26,7 +25,7 @@ import weights
 from dataset import DAVIS, SingleVideo, TestVideo, YouTubeVOS
 from inference import PRECISIONS, RunSettings, VideoSegmenter, run_settings, segment_video
 from model import Runtime
-from utils import OverlayWriter, VOSInputError, parse_bytes, save_probability_maps
+from utils import OverlayWriter, VOSInputError, atomic_write, parse_bytes, save_probability_maps, writable_dir
 
 # Dataset roots: edit these or pass the flags (--davis, --ytvos, --coco), as in the official run.py. The DAVIS reader
 # works out whether it was given the 2017 layout or the original DAVIS 2016 download.
@@ -35,6 +34,7 @@ YTVOS18_ROOT = dataset.YTVOS18_ROOT
 YTVOS19_ROOT = dataset.YTVOS19_ROOT
 COCO_ROOT = dataset.COCO_ROOT
 SAMPLE_ROOT = Path(__file__).resolve().parent / "sample" / "DAVIS2016"  # CC BY 4.0, see sample/README.md
+TRAINED_MODEL = methods.TRAINED_MODEL  # the authors' files are fetched here; --train writes here by default
 
 # --data key -> (benchmark, year, split)
 TEST_KEYS = {
@@ -85,16 +85,12 @@ def write_zip(files: Iterable[Path], zip_path: Path, prefix: str) -> Path:
     """Zip exactly these mask files for an evaluation server as `<prefix><video>/<frame>.png` (YouTube-VOS wants
     'Annotations/'): never whatever else sits in the folder from an earlier run. Written to a unique temporary name
     and renamed, so two runs never write into one file and a kill leaves no half archive."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{zip_path.name}.", suffix=".tmp", dir=zip_path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as z:
+    def write(f: BinaryIO) -> None:
+        with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as z:
             for png in files:
                 z.write(png, f"{prefix}{png.parent.name}/{png.name}")
-        os.replace(tmp, zip_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return zip_path
+
+    return atomic_write(zip_path, write)
 
 
 def run_dataset(model: methods.VOSModel, key: str, videos: Iterable[TestVideo], out_dir: Path,
@@ -131,25 +127,14 @@ def run_dataset(model: methods.VOSModel, key: str, videos: Iterable[TestVideo], 
     return result
 
 
-def writable_dir(path: Path, flag: str) -> Path:
-    """Create `path` and check that files can be written there, before any work is done."""
-    if path.exists() and not path.is_dir():
-        raise VOSInputError(f"{flag} {path} is a file, not a folder; pass a folder path")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
-            pass
-    except OSError as e:
-        raise VOSInputError(f"{flag} {path} is not writable ({e.strerror}); pass a folder you can write to") from e
-    return path
-
-
 def load_model(args: argparse.Namespace, settings: RunSettings) -> tuple[methods.VOSModel, str]:
-    """The checkpoint named by --weights (a path or an alias such as official-ytvos; default: the method's own),
-    fetched on first use when it is one of the authors' files, checked, on the run's device and precision."""
+    """The checkpoint named by --weights (a path or an alias such as official-ytvos; default: the method's own file
+    in trained_model/), fetched on first use when it is one of the authors' files, checked, on the run's device and
+    precision."""
     spec = methods.get(args.method)
     # the base URL is looked up now, not bound at import, so that tests can stand a local server in for GitHub
-    path = weights.resolve_weights(args.weights or spec.weights, base_url=weights.OFFICIAL_BASE_URL)
+    path = weights.resolve_weights(args.weights or str(TRAINED_MODEL / spec.weights), TRAINED_MODEL,
+                                   base_url=weights.OFFICIAL_BASE_URL)
     net, meta = methods.load_weights(path, "--weights")
     if args.method_given and meta["method"] != args.method:
         raise VOSInputError(f"--weights {path} holds a {meta['method']} model but --method {args.method} was asked "
@@ -171,7 +156,7 @@ def load_model(args: argparse.Namespace, settings: RunSettings) -> tuple[methods
 
 def test(args: argparse.Namespace) -> list[evaluation.EvaluationResult]:
     settings = run_settings(args.device, args.precision, Runtime(memory_budget=args.max_memory))
-    out_root = writable_dir(Path(args.output), "--output")
+    out_root = writable_dir(Path(args.output), "--output")  # before the model loads and any frame runs
     model, _ = load_model(args, settings)
     results = []
 
@@ -266,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--weights", default=None,
                    help="checkpoint path, or official-davis / official-ytvos for the authors' files (fetched into "
                         "trained_model/ on first use); default: the method's own, "
-                        f"{methods.get('emvos').weights} for EMVOS")
+                        f"trained_model/{methods.get('emvos').weights} for EMVOS")
     t.add_argument("--output", default="outputs", help="PNGs go to OUTPUT/<KEY>/<sequence>/<frame>.png")
     t.add_argument("--sequences", nargs="+", default=None, help="run only these sequences (not with --video)")
     t.add_argument("--video", default=None, help="one video: a folder of frames or a video file (needs --mask)")
@@ -347,8 +332,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.method_given = args.method is not None
     args.method = args.method or "emvos"
-    if args.no_download:  # one switch for every download of this process: checkpoints and ImageNet weights
-        os.environ[weights.DOWNLOAD_ENV] = "1"
+    # --no-download: one switch for every download of this run (checkpoints and ImageNet weights)
+    with weights.downloads_off(args.no_download):
+        return dispatch(args, parser)
+
+
+def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     try:
         check_flags(args, parser)
         if args.train:

@@ -48,7 +48,7 @@ import methods
 import weights
 from inference import RunSettings, run_settings, segment_video
 from methods import Method, StageConfig
-from utils import VOSInputError, atomic_write
+from utils import VOSInputError, atomic_write, writable_dir
 
 SEED = 19971007  # the official run.py seeds python, numpy and torch with it
 
@@ -93,7 +93,7 @@ class TrainOptions:
     overrides: dict[str, object]  # StageConfig field -> value, from the flags in OVERRIDES
     val_sequences: list[str] | None = None
     davis_year: str = "2017"
-    save_dir: str = "trained_model"
+    save_dir: str = str(methods.TRAINED_MODEL)
     pretrained: bool = True
     chain: str = "last"
     amp: bool = False
@@ -782,17 +782,14 @@ def load_resume(path: str, method_name: str) -> dict:
                             f"{', '.join(k for k in needed if not isinstance(obj, dict) or k not in obj)})")
     if obj["method"] != method_name:
         raise VOSInputError(f"--resume {path} is a {obj['method']} checkpoint; pass --method {obj['method']}")
-    return obj
+    return {**obj, "path": str(state_path)}
 
 
 def build_network(method: Method, opts: TrainOptions, resumed: dict | None, init: str | None) -> nn.Module:
     """The model to train: from the resumed checkpoint, from --init weights, or new (ImageNet backbone)."""
     overrides = {"train_encoder": True} if opts.train_encoder else {}
     if resumed is not None:
-        net = methods.build_model(method.name, resumed["config"])
-        file = resumed["weights"]
-        net.load_state_dict(method.from_file(file.get("model", file) if "method" in file else file), strict=True)
-        return net
+        return methods.model_from_payload(resumed["weights"], Path(resumed["path"]), "--resume", resumed["config"])[0]
     if init is not None:
         net, meta = methods.load_weights(init, "--init", overrides)
         if meta["method"] != method.name:
@@ -884,12 +881,7 @@ def train(args: argparse.Namespace) -> nn.Module:
 
 def prepare_save_dir(path: Path) -> None:
     """Before any step: the folder exists and takes files, and the temporaries of saves a kill cut short are gone."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
-            pass
-    except OSError as e:
-        raise VOSInputError(f"--save-dir {path} is not writable ({e.strerror}); pass a folder you can write to") from e
+    writable_dir(path, "--save-dir")
     for leftover in weights.clean_stale_temporaries(path):
         print(f"removed {leftover}, left by a save that was killed")
 

@@ -133,6 +133,20 @@ def read_mask(
     return ids
 
 
+def writable_dir(path: Path, flag: str) -> Path:
+    """Create the folder `path` and check that a file can be written in it, so that a run fails before any work,
+    not after it. `flag` names the option the path came from, for the message."""
+    if path.exists() and not path.is_dir():
+        raise VOSInputError(f"{flag} {path} is a file, not a folder; pass a folder path")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise VOSInputError(f"{flag} {path} is not writable ({e.strerror}); pass a folder you can write to") from e
+    return path
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object], mode: int = 0o644) -> Path:
     """Write a file all at once or not at all.
 

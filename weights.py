@@ -20,6 +20,7 @@ call, not at import).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import io
@@ -29,7 +30,7 @@ import tempfile
 import urllib.error
 import urllib.parse
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -97,6 +98,23 @@ def download_disabled(download: bool = True) -> str | None:
     if not download:
         return "downloading is off (--no-download); run without it to allow downloading"
     return None
+
+
+@contextlib.contextmanager
+def downloads_off(off: bool = True) -> Iterator[None]:
+    """Within the block, downloading is off as if DOWNLOAD_ENV were set (run.py's --no-download); restored after."""
+    if not off:
+        yield
+        return
+    before = os.environ.get(DOWNLOAD_ENV)
+    os.environ[DOWNLOAD_ENV] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[DOWNLOAD_ENV]
+        else:
+            os.environ[DOWNLOAD_ENV] = before
 
 
 def _by_hand(url: str, folder: Path, name: str) -> str:
@@ -343,7 +361,7 @@ def _tensor_map_problem(obj: object) -> str | None:
     return None
 
 
-def _as_state_dict(obj: object, path: Path, what: str) -> tuple[dict[str, Tensor], dict]:
+def as_state_dict(obj: object, path: Path, what: str) -> tuple[dict[str, Tensor], dict]:
     """(weights, metadata) from a loaded object: a plain state dict, or a dict with one under "model"."""
     if _tensor_map_problem(obj) is None:
         # keep an OrderedDict as it is: load_state_dict reads its `_metadata` (module versions) when present
@@ -373,7 +391,7 @@ def load_state_dict_file(path: str | os.PathLike, what: str = "checkpoint") -> t
             dict with non-tensor values); the message names the file and what it holds.
     """
     path = Path(path)
-    return _as_state_dict(load_file(path, what), path, what)
+    return as_state_dict(load_file(path, what), path, what)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -498,7 +516,7 @@ def load_imagenet_weights(
                 f"name says {prefix}); it was NOT loaded. It may have been damaged or planted: {fix}"
             )
         obj = _load_hub_file(f, path, what, fix)
-    state, _ = _as_state_dict(obj, path, what)
+    state, _ = as_state_dict(obj, path, what)
     for key in list(state):
         old = _OLD_DENSENET_KEY.match(key)
         if old:

@@ -122,8 +122,8 @@ def test_top_level_modules_import_as_a_tree() -> None:
 
 
 def test_import_run_loads_each_module_once() -> None:
-    code = ("import sys, run; files = [getattr(m, '__file__', None) for m in list(sys.modules.values())]; "
-            "mine = [f for f in files if f and f.startswith(sys.argv[1])]; "
+    code = ("import os, sys, run; files = [getattr(m, '__file__', None) for m in list(sys.modules.values())]; "
+            "mine = [f for f in files if f and os.path.dirname(os.path.abspath(f)) == sys.argv[1]]; "
             "assert len(mine) == len(set(mine)), mine; print(len(mine))")
     out = subprocess.run([sys.executable, "-c", code, str(ROOT)], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -482,3 +482,62 @@ def test_imagenet_unavailable(
     msg = str(e.value)
     assert url in msg and str(cache / "resnet50-0676ba61.pth") in msg and "--no-pretrained" in msg
     assert server.hits == []
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# through run.py --test, as a newcomer runs it: the same code path, the local server standing in for GitHub
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def served_golden(server: SimpleNamespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The golden official-layout checkpoint served as coco_davis_best.pth; run.py's trained_model/ in tmp_path."""
+    from conftest import GOLDEN_WEIGHTS
+
+    import run
+
+    golden = GOLDEN_WEIGHTS
+    if not golden.is_file():
+        pytest.skip(f"golden weights not found at {golden}")
+    (server.root / DAVIS).symlink_to(golden)
+    monkeypatch.setitem(weights.OFFICIAL_BLOB_IDS, DAVIS, weights.git_blob_id(golden))
+    monkeypatch.setattr(weights, "OFFICIAL_BASE_URL", server.url)
+    monkeypatch.setattr(run, "TRAINED_MODEL", tmp_path / "trained_model")
+    return tmp_path / "trained_model"
+
+
+def _run_test(tmp_path: Path, *extra: str) -> int:
+    import run
+
+    return run.main(["--test", "--device", "cpu", "--data", "sample", "--sequences", "bear", "--output",
+                     str(tmp_path / "out"), *extra])
+
+
+def test_run_test_fetches_the_default_checkpoint_once(served_golden: Path, server: SimpleNamespace,
+                                                      tmp_path: Path) -> None:
+    assert _run_test(tmp_path) == 0  # no --weights: trained_model/coco_davis_best.pth, fetched on first use
+    assert server.hits == [f"/{DAVIS}"]
+    assert sorted(p.name for p in served_golden.iterdir()) == [DAVIS]
+    assert weights.git_blob_id(served_golden / DAVIS) == weights.OFFICIAL_BLOB_IDS[DAVIS]
+    assert len(list((tmp_path / "out" / "sample" / "bear").glob("*.png"))) == 8
+    assert _run_test(tmp_path, "--weights", "official-davis") == 0  # the alias names the same file: no new request
+    assert server.hits == [f"/{DAVIS}"]
+
+
+def test_run_test_offline_says_where_to_put_the_file(served_golden: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    url = closed_port_url()
+    monkeypatch.setattr(weights, "OFFICIAL_BASE_URL", url)
+    assert _run_test(tmp_path) == 2
+    err = capsys.readouterr().err
+    assert f"{url}/{DAVIS}" in err and str(served_golden) in err and DAVIS in err
+    assert not served_golden.exists() or not any(served_golden.iterdir())
+
+
+def test_no_download_flag_never_touches_the_network(served_golden: Path, server: SimpleNamespace, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    assert _run_test(tmp_path, "--no-download") == 2
+    assert server.hits == []
+    err = capsys.readouterr().err
+    assert "--no-download" in err and str(served_golden / DAVIS) in err
