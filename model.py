@@ -288,10 +288,6 @@ class VideoState:
     prev_keys: Keys  # the previous frame, shared by every object ('local' reference)
     prev_mask16: Tensor  # (B, N, 2, HW): each object's previous soft mask [bg, fg] at stride 16
 
-    @property
-    def num_objects(self) -> int:
-        return self.prev_mask16.shape[1]
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # the model

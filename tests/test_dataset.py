@@ -598,7 +598,8 @@ def test_training_errors(tmp_path: Path, coco_raw_root: Path, ytvos_train_root: 
         ds.annotated_frames("empty")
     with pytest.raises(VOSInputError, match="'.*nowhere' has no JPEGImages/480p; pass --davis PATH"):
         TrainDAVIS(tmp_path / "nowhere")
-    with pytest.raises(VOSInputError, match=r"ImageSets/2017/val.txt|val.txt"):
+    missing_list = r"split list '.*ImageSets/2017/val\.txt' does not exist; it ships with DAVIS"
+    with pytest.raises(VOSInputError, match=missing_list):
         (davis2017_root / "ImageSets" / "2017" / "val.txt").rename(tmp_path / "val.txt")
         try:
             TrainDAVIS(davis2017_root, split="val")
