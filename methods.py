@@ -136,8 +136,10 @@ register(Method("emvos", model.EMVOS, model.ModelConfig, "trained_model/coco_dav
                 ("coco", "davis"), {"cross_entropy": model.emvos_loss}, "cross_entropy", compilable=True,
                 to_file=model.to_official, from_file=model.from_official, plain=model.is_official_architecture,
                 infer_config=model.official_config))
+# Reads the port's checkpoints (its encoder's plain state dict) beside this repository's own files.
 register(Method("videomatch", videomatch.VideoMatch, videomatch.VideoMatchConfig,
-                "trained_model/videomatch_davis_best.pth", VIDEOMATCH_STAGES, ("davis",), videomatch.LOSSES, "bce"))
+                "trained_model/videomatch_davis_best.pth", VIDEOMATCH_STAGES, ("davis",), videomatch.LOSSES, "bce",
+                from_file=videomatch.from_port, infer_config=videomatch.port_config))
 
 
 # ---------------------------------------------------------------------------------------------------------------
