@@ -1,16 +1,24 @@
-"""VideoMatch as the public PyTorch port (stashvala/Pytorch-VideoMatch) builds it: the truncated VGG-19 and its
-checkpoints; and an online update that does something."""
+"""VideoMatch as the public PyTorch port (stashvala/Pytorch-VideoMatch) builds and trains it: the truncated VGG-19,
+every frame pair once per epoch, the port's augmentation, its checkpoints; and an online update that does something."""
 
 from __future__ import annotations
 
+import random
+from collections import Counter
+from itertools import combinations
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 import torchvision
+from conftest import save_mask, write_jpeg
+from PIL import Image
 
+import dataset
 import methods
+import trainer
 import videomatch
 from model import aggregate_objects, one_hot
 from utils import VOSInputError
@@ -161,3 +169,110 @@ def test_training_forward_updates_with_aggregated_probabilities(monkeypatch: pyt
     p = torch.softmax(net.predict(net.encode(imgs[:, 1]), net.init_state(net.encode(imgs[:, 0]),
                                                                            one_hot(first, [1]))), dim=2)
     torch.testing.assert_close(seen[0], aggregate_objects(p)[1])  # not the plain softmax p
+
+
+# --- training pairs ------------------------------------------------------------------------------------------------
+
+def tiny_davis(root: Path, lengths: dict[str, int], h: int = 32, w: int = 48) -> Path:
+    """A DAVIS tree (2017 layout, year 2016 list) whose frame i is a flat grey of level 20 + 40 i with a red square
+    at column 8 + i (i < 6)."""
+    for seq, n in lengths.items():
+        for i in range(n):
+            rgb = np.full((h, w, 3), 20 + 40 * (i % 6), np.uint8)
+            ids = np.zeros((h, w), np.uint8)
+            ids[8:24, 8 + i % 6:24 + i % 6] = 1
+            rgb[ids == 1] = (250, 0, 0)
+            write_jpeg(root / "JPEGImages" / "480p" / seq / f"{i:05d}.jpg", rgb)
+            save_mask(root / "Annotations" / "480p" / seq / f"{i:05d}.png", ids)
+    (root / "ImageSets" / "2016").mkdir(parents=True)
+    (root / "ImageSets" / "2016" / "train.txt").write_text("".join(f"{s}\n" for s in lengths))
+    return root
+
+
+def test_pairs_every_pair_exactly_once_per_epoch(tmp_path: Path) -> None:
+    root = tiny_davis(tmp_path / "davis", {"a": 4, "b": 3})
+    no_aug = dataset.PortAugmentation((32, 48), p=1.0)  # random() > 1 never: frames only resized
+    data = dataset.TrainPairs(root, year="2016", output_size=(32, 48), heldout=0, augment=no_aug)
+    expected = Counter([("a", i, j) for i, j in combinations(range(4), 2)] +
+                       [("b", i, j) for i, j in combinations(range(3), 2)])
+    assert len(data) == 9
+    torch.manual_seed(0)
+    sampler = trainer.epoch_sampler(data, 0)  # the trainer's: 0 = every pair
+    orders = []
+    for _ in range(3):
+        order = [data.pair_names(k) for k in sampler]
+        assert Counter(order) == expected  # each (i < j) pair exactly once
+        orders.append(order)
+    assert orders[0] != orders[1]  # reshuffled every epoch
+    # each item holds frame i then frame j, with their masks
+    for k in range(len(data)):
+        _, i, j = data.pair_names(k)
+        item = data[k]
+        assert item["imgs"].shape == (2, 3, 32, 48) and item["masks"].shape == (2, 32, 48)
+        grey = item["imgs"][:, 1, 0, 0] * 255  # green of a background pixel
+        assert torch.allclose(grey, torch.tensor([20 + 40 * i, 20 + 40 * j]).float(), atol=6)
+        assert item["masks"][0, 8:24, 8 + i:24 + i].all() and item["masks"][1, 8:24, 8 + j:24 + j].all()
+    # a cap draws that many distinct pairs (the port's --iters)
+    assert len(set(trainer.epoch_sampler(data, 5))) == 5
+
+
+def test_heldout_pairs_are_apart_and_fixed(tmp_path: Path) -> None:
+    root = tiny_davis(tmp_path / "davis", {"a": 30})  # 435 pairs: 0.25 % is 1
+    one = dataset.TrainPairs(root, year="2016", output_size=(32, 48))
+    two = dataset.TrainPairs(root, year="2016", output_size=(32, 48))
+    assert len(one.heldout_pairs) == 1 and len(one) == 434
+    assert one.heldout_pairs == two.heldout_pairs  # the same whatever the run's seed
+    assert not set(one.heldout_pairs) & set(one.pairs)
+    held = one.heldout_pair(0)
+    assert held["imgs"].shape == (2, 3, 32, 48) and held["masks"][0].sum() > 0
+
+
+def test_port_recipe_is_the_videomatch_preset() -> None:
+    spec = methods.get("videomatch")
+    stage = spec.stages["davis"]
+    assert spec.default_stages == ("davis",) and spec.default_loss == "dice"
+    assert (stage.data, stage.clip_len, stage.batch_size, stage.crop) == ("davis_pairs", 2, 1, (480, 854))
+    assert (stage.lr, stage.weight_decay, stage.clips_per_epoch) == (1e-5, 5e-4, 0)
+    assert spec.stages["davis_clips"].data == "davis"  # the earlier recipe stays reachable
+
+
+# --- the port's augmentation ---------------------------------------------------------------------------------------
+
+def square_picture(h: int = 240, w: int = 427, side: int = 60) -> tuple[Image.Image, Image.Image]:
+    """A textured 16:9 picture with a red square in the middle, and the square's mask."""
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 120, (h, w, 3)).astype(np.uint8)
+    rgb[..., 0] //= 2  # little red in the texture
+    ids = np.zeros((h, w), np.uint8)
+    top, left = (h - side) // 2, (w - side) // 2
+    ids[top:top + side, left:left + side] = 1
+    rgb[ids == 1] = (255, 0, 0)
+    return Image.fromarray(rgb), Image.fromarray(ids)
+
+
+def test_port_augmentation_keeps_the_aspect_ratio_and_the_mask_on_the_object() -> None:
+    img, mask = square_picture()
+    aug = dataset.PortAugmentation((120, 214), p=0.0, crop_any_size=True)  # every operation, every time
+    random.seed(0)
+    for _ in range(20):
+        out, out_mask, ops = aug.apply(img, mask)
+        assert out.size == (214, 120) and out_mask.size == (214, 120)
+        assert sorted(o.split()[0] for o in ops) == ["crop", "flip", "zoom"]
+        m = np.asarray(out_mask) == 1
+        rows, cols = np.nonzero(m)
+        height, width = np.ptp(rows) + 1, np.ptp(cols) + 1
+        assert abs(width / height - 1) < 0.1, (ops, width, height)  # a square stays a square
+        rgb = np.asarray(out).astype(int)
+        red = (rgb[..., 0] > 180) & (rgb[..., 1] < 80)
+        assert (red == m).mean() > 0.99 and (red & m).sum() / m.sum() > 0.9, ops  # the mask stays on the object
+
+
+def test_port_crop_rule_spares_frames_not_larger_than_the_output() -> None:
+    img, mask = square_picture(120, 214)
+    random.seed(0)
+    port = dataset.PortAugmentation((120, 214), p=0.0)
+    assert all("crop" not in " ".join(port.apply(img, mask)[2]) for _ in range(10))
+    bigger = dataset.PortAugmentation((100, 178), p=0.0)  # frame larger: crops of at least the output size
+    for _ in range(10):
+        share = float(next(o for o in bigger.apply(img, mask)[2] if o.startswith("crop")).split()[1])
+        assert max(0.85, 100 / 120) - 0.005 <= share <= 0.95
