@@ -34,7 +34,8 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 @dataclass
 class VideoMatchConfig:
-    """Hyper-parameters of VideoMatch. The defaults are the paper's: VGG-19, K = 20, d = 51, no online update."""
+    """Hyper-parameters of VideoMatch. The defaults are the paper's (VGG-19, K = 20, d = 51, no online update), with
+    VGG-19 truncated as the public PyTorch port does it (stashvala/Pytorch-VideoMatch), whose checkpoints load here."""
 
     # 'vgg19': the port's truncation, vgg19().features up to conv4_4 + ReLU (its first 27 modules, 3 max-pools,
     # stride 8); 'vgg19_conv5': this repository's earlier reading of "without the last two max-pools" (all 16
@@ -46,7 +47,7 @@ class VideoMatchConfig:
     dilation: int = 51  # d of outlier removal (Sec. 3.3), odd, in pixels of the frame; 0 turns it off
     online_update: bool = False  # Sec. 3.3: extend the reference sets with the previous frame's confident features
     # Confident: aggregated fg probability >= this (foreground) or <= 1 - this (background). It must lie below
-    # MAX_FG_PROBABILITY (0.881), or no foreground position could ever join: 0.9 never does. 0.8 means, for one
+    # MAX_FG_PROBABILITY (0.881), or no foreground position could join: with 0.9 none did. 0.8 means, for one
     # object, a softmax of 2/3, a fg - bg similarity gap of ln 2 = 0.69 (of at most 1).
     online_threshold: float = 0.8
 
@@ -61,11 +62,12 @@ class VideoMatchConfig:
             raise ValueError(f"dilation (d) must be odd, or 0 to turn outlier removal off; got {self.dilation}")
         if not 0.5 < self.online_threshold <= 1:
             raise ValueError(f"online_threshold must be in (0.5, 1], got {self.online_threshold}")
-        if self.online_update and self.online_threshold >= MAX_FG_PROBABILITY:
+        if self.online_update and self.online_threshold > MAX_FG_PROBABILITY:
             raise ValueError(
-                f"online_threshold {self.online_threshold} can never be reached: the encoder's features are "
-                f"non-negative, so an aggregated foreground probability stays below {MAX_FG_PROBABILITY:.3f} and the "
-                f"online update would add no foreground; use a threshold in (0.5, 0.88), e.g. the default 0.8")
+                f"online_threshold {self.online_threshold} is out of reach: the encoder's features are non-negative, "
+                f"so an aggregated foreground probability stays at or below {MAX_FG_PROBABILITY:.3f} (unless one of "
+                f"an object's reference sets is empty) and the online update would add no foreground; use a "
+                f"threshold in (0.5, 0.88], e.g. the default 0.8")
 
 
 # The backbone's layers up to stride 8 (torchvision names; the module names are kept, so `features.25` is conv4_4).
