@@ -7,6 +7,8 @@ reads one frame at a time, so no reader ever holds a whole video in memory.
 Training side: `TrainDAVIS`, `TrainYTVOS` and `TrainCOCO` are torch Datasets of random clips
 {'imgs': (L, 3, H, W) float RGB in [0, 1], 'masks': (L, H, W) long, 1 = the target object}, sampled and augmented
 as the loaders of the official code (suhwan-cho/EMVOS) do; use `seed_worker` as the DataLoader's worker_init_fn.
+`TrainPairs` gives VideoMatch's training pairs as the public PyTorch port draws and augments them
+(`PortAugmentation`).
 
 Every unusable input raises `utils.VOSInputError` naming the file or flag and the fix.
 """
@@ -23,6 +25,7 @@ import tempfile
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import combinations
 from pathlib import Path
 
 import cv2
@@ -578,12 +581,18 @@ def _choose_crop_and_object(mask: Image.Image, output_size: tuple[int, int]) -> 
 
 
 def make_clip(
-    frames: Iterator[tuple[Image.Image, Image.Image]], output_size: tuple[int, int], h_flip: bool, v_flip: bool
+    frames: Iterator[tuple[Image.Image, Image.Image]],
+    output_size: tuple[int, int],
+    h_flip: bool,
+    v_flip: bool,
+    info: dict | None = None,
 ) -> dict[str, torch.Tensor]:
     """Shared per-clip augmentation of (RGB image, id mask) pairs: 480p, shared flips, one crop, one target.
 
     `frames` is consumed lazily so that a pseudo-video (COCO) draws its per-frame warp after the first frame's crop,
     in the official order. Returns {'imgs': (L, 3, H, W) float in [0, 1], 'masks': (L, H, W) long, 1 = target}.
+    A dict passed as `info` receives what was drawn: 'crop' (top, left, h, w) at 480p and 'target' (the object id),
+    for visualize.preview_augmentation.
     """
     imgs, masks = [], []
     crop, target = None, 0
@@ -595,6 +604,8 @@ def make_clip(
             img, mask = img.transpose(Image.FLIP_TOP_BOTTOM), mask.transpose(Image.FLIP_TOP_BOTTOM)
         if crop is None:
             crop, target = _choose_crop_and_object(mask, output_size)
+            if info is not None:
+                info.update(crop=crop, target=target)
         top, left, h, w = crop
         img = img.crop((left, top, left + w, top + h)).resize(output_size[::-1], Image.BICUBIC)
         imgs.append(torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1))  # (3, H, W)
@@ -624,6 +635,33 @@ def _video_clip(
     return make_clip(pairs, output_size, h_flip, v_flip)
 
 
+def check_videos(videos: Iterator[tuple[str, list[Path]]], where: str, binary: bool = False) -> None:
+    """Refuse, before the first training step, video data that could only give skipped batches or crash later.
+
+    videos: (name, mask files) for every video a sampler draws from; where: the root and split, for the message. A
+    video with no mask file, an empty list of videos, and data whose masks hold no object at all (every batch
+    would be skipped by the official rule) are errors. Masks are read until one with an object is found per video,
+    so a normal dataset costs one mask read per video.
+    """
+    names, without_masks, empty = [], [], []
+    for name, masks in videos:
+        names.append(name)
+        if not masks:
+            without_masks.append(name)
+        elif not any(read_mask(m, binary=binary).any() for m in masks):
+            empty.append(name)
+    if not names:
+        raise VOSInputError(f"{where} lists no videos to train on; check the split list (ImageSets/) or the folder")
+    if without_masks:
+        raise VOSInputError(f"{where}: {len(without_masks)} video(s) have no mask files ({', '.join(without_masks[:5])}"
+                            f"{', ...' if len(without_masks) > 5 else ''}); re-extract the annotations or take them "
+                            f"out of the split list")
+    if len(empty) == len(names):
+        raise VOSInputError(f"{where}: every mask of its {len(names)} video(s) is empty (no object, all pixels 0), so "
+                            f"no training clip has a target and every batch would be skipped; these are not the "
+                            f"annotations (check that Annotations/ holds the object masks)")
+
+
 class TrainDAVIS(Dataset):
     """Clips of DAVIS (2017 train by default) on either download layout; year 2016 merges the objects into one."""
 
@@ -645,6 +683,11 @@ class TrainDAVIS(Dataset):
 
     def __len__(self) -> int:
         return self.clips_per_epoch
+
+    def check(self) -> None:
+        """Refuse data that cannot train (check_videos), before the first step."""
+        check_videos(((s, self.data.annotations(s)) for s in self.data.sequences),
+                     f"DAVIS {self.data.year} {self.data.split} at '{self.data.root}'", self.data.binary)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         """A random clip; `index` only counts clips (the official loader draws the video at random too)."""
@@ -707,6 +750,11 @@ class TrainYTVOS(Dataset):
                 "re-extract the YouTube-VOS train download"
             )
         return frames, [masks[f.stem] for f in frames]
+
+    def check(self) -> None:
+        """Refuse data that cannot train (check_videos), before the first step."""
+        masks = ((v, sorted(_list_files(self.mask_dir / v, {".png"}))) for v in self.videos)
+        check_videos(masks, f"YouTube-VOS train at '{self.root}'")
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         """A random clip; `index` only counts clips."""
@@ -800,6 +848,18 @@ class TrainCOCO(Dataset):
         """How many images clips are drawn from."""
         return len(self.images) if self.layout == "converted" else len(self.image_ids)
 
+    def check(self) -> None:
+        """Refuse data that cannot train, before the first step. The raw download keeps only images with an
+        instance (checked when it is read); the converted folder needs an Annotations/ PNG per image and at least
+        one mask with an object (read until one is found)."""
+        if self.layout == "converted":
+            masks = [self.root / "Annotations" / (image.stem + ".png") for image in self.images]
+            missing = [m for m in masks if not m.is_file()]
+            if missing:
+                raise VOSInputError(f"COCO root '{self.root}': {len(missing)} image(s) have no mask ({missing[0]}, "
+                                    f"...); re-run the conversion")
+            check_videos(iter([("COCO", masks)]), f"COCO at '{self.root}'")
+
     def load(self, k: int) -> tuple[Image.Image, Image.Image]:
         """Image k (RGB) and its instance-id mask (mode L)."""
         if self.layout == "converted":
@@ -851,3 +911,167 @@ class TrainCOCO(Dataset):
         v_flip = random.random() > 0.5
         k = random.choice(range(self.num_images))
         return make_clip(self._pseudo_video(k), self.output_size, h_flip, v_flip)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Training side: VideoMatch as the public PyTorch port trains it (stashvala/Pytorch-VideoMatch: davis.py, preprocess.py)
+# ----------------------------------------------------------------------------------------------------------------------
+
+PORT_SIZE = (480, 854)  # the port's --input_image_shape (H, W)
+PORT_CROP = (0.85, 0.95)  # crop side as a share of the frame's, aspect kept
+PORT_SCALE = (0.9, 1.1)  # zoom about the centre, canvas kept
+HELDOUT_SHARE = 0.0025  # the port's --validation_size: pairs held out to select the model on
+HELDOUT_SEED = 0  # the held-out pairs depend on this only, so every run (and a resumed one) holds out the same
+
+
+@dataclass
+class PortAugmentation:
+    """The port's training augmentation of one frame (preprocess.FrameAugmentor with RandomAugment, p = 0.5).
+
+    The three operations run in a random order, each with probability `p` (the port's `random() > p`):
+    horizontal flip; a random crop of `crop` of each side (aspect kept); a zoom by a factor in `scale` about the
+    centre on the same canvas (torchvision's affine, nearest neighbour, black where the zoom leaves the frame, as
+    the port). Then the frame is resized to `output_size` (bilinear; the mask nearest).
+
+    The port's crop rule is kept: a frame that is not larger than the output in both sides is never cropped, and the
+    crop never goes below the output size (the lower bound rises to the output/frame ratio). At its default size
+    (480x854) on 480p DAVIS frames that means no crop at all; `crop_any_size` crops such frames too, from the full
+    `crop` range, and upsamples (not the port).
+
+    Departures from the port that change no distribution: every draw comes from Python's `random` (the port draws
+    crop positions and zoom factors from torch), so `seed_worker` makes them reproducible; the mask is resized with
+    nearest neighbour (the port resizes mode-L DAVIS 2016 masks bilinearly and keeps >= 1, a pixel wider).
+    """
+
+    output_size: tuple[int, int] = PORT_SIZE  # (H, W)
+    crop: tuple[float, float] = PORT_CROP
+    scale: tuple[float, float] = PORT_SCALE
+    p: float = 0.5  # each operation's probability
+    crop_any_size: bool = False
+
+    def __call__(self, img: Image.Image, mask: Image.Image) -> tuple[Image.Image, Image.Image]:
+        img, mask, _ = self.apply(img, mask)
+        return img, mask
+
+    def apply(self, img: Image.Image, mask: Image.Image) -> tuple[Image.Image, Image.Image, list[str]]:
+        """(RGB frame, id mask) -> the augmented pair at output_size and what was done, e.g. ['crop 0.91', 'flip']."""
+        ops = [self._flip, self._crop, self._scale]
+        random.shuffle(ops)
+        done = []
+        for op in ops:
+            if random.random() > self.p:
+                img, mask, what = op(img, mask)
+                if what:
+                    done.append(what)
+        size = self.output_size[::-1]  # PIL sizes are (W, H)
+        return img.resize(size, Image.BILINEAR), mask.resize(size, Image.NEAREST), done
+
+    def _flip(self, img: Image.Image, mask: Image.Image) -> tuple[Image.Image, Image.Image, str]:
+        return img.transpose(Image.FLIP_LEFT_RIGHT), mask.transpose(Image.FLIP_LEFT_RIGHT), "flip"
+
+    def _crop(self, img: Image.Image, mask: Image.Image) -> tuple[Image.Image, Image.Image, str]:
+        w, h = img.size
+        out_h, out_w = self.output_size
+        if self.crop_any_size:
+            low = self.crop[0]
+        elif h <= out_h or w <= out_w:
+            return img, mask, ""  # the port skips it (with a warning)
+        else:
+            low = max(self.crop[0], min(out_h / h, out_w / w, self.crop[1]))
+        share = random.uniform(low, self.crop[1])
+        ch, cw = int(h * share), int(w * share)
+        top, left = random.randint(0, h - ch), random.randint(0, w - cw)
+        box = (left, top, left + cw, top + ch)
+        return img.crop(box), mask.crop(box), f"crop {share:.2f}"
+
+    def _scale(self, img: Image.Image, mask: Image.Image) -> tuple[Image.Image, Image.Image, str]:
+        factor = random.uniform(*self.scale)
+
+        def zoom(x: Image.Image) -> Image.Image:
+            return TF.affine(x, 0.0, [0, 0], factor, [0.0, 0.0], InterpolationMode.NEAREST, fill=0)
+
+        return zoom(img), zoom(mask), f"zoom {factor:.2f}"
+
+
+def _to_tensors(img: Image.Image, ids: np.ndarray, target: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(3, H, W) float RGB in [0, 1] and the (H, W) long mask of `target` (0 = none: an empty mask)."""
+    rgb = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    return rgb, torch.from_numpy((ids == target) & (target != 0)).long()
+
+
+class TrainPairs(Dataset):
+    """Every pair of frames (i < j) of every sequence of a DAVIS split, each pair exactly once per epoch (with the
+    trainer's shuffled sampler): the port's PairSampler (itertools.combinations of each sequence's frames), any gap.
+
+    Item k is {'imgs': (2, 3, H, W), 'masks': (2, H, W)}: frame i with its mask (the reference), frame j with its
+    mask (the target), each frame augmented on its own by `augment` (the port draws the two frames' augmentations
+    independently). Year 2016 (the port's) has one object; on multi-object masks (2017) the target is an object of
+    the reference frame drawn at random (the port merges all objects into one, its DAVIS 2016 only rule).
+
+    `heldout` of the pairs (the port's 0.25 %, at least one when the share is positive) are set aside, chosen by
+    HELDOUT_SEED alone: they are not items, and `heldout_pair(k)` gives them without augmentation (only resized) for
+    the model selection (trainer.validate_pairs). As in the port the split is by pair, so held-out frames also appear
+    in training pairs with other partners: the held-out IoU measures matching across new frame pairs, not new videos.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        year: str = "2016",
+        split: str = "train",
+        output_size: tuple[int, int] = PORT_SIZE,
+        heldout: float = HELDOUT_SHARE,
+        augment: PortAugmentation | None = None,
+    ) -> None:
+        self.data = DAVIS(root, year=year, split=split)
+        if not self.data.has_annotations:
+            raise VOSInputError("DAVIS test-dev has no training annotations; train on --split train")
+        if not 0 <= heldout < 1:
+            raise VOSInputError(f"the held-out share of pairs must be in [0, 1), got {heldout}")
+        self.output_size = tuple(output_size)
+        self.augment = augment if augment is not None else PortAugmentation(self.output_size)
+        self.videos = [(self.data.frames(s), self.data.annotations(s)) for s in self.data.sequences]
+        pairs = [(v, i, j) for v, (frames, _) in enumerate(self.videos) for i, j in combinations(range(len(frames)), 2)]
+        if not pairs:
+            raise VOSInputError(f"DAVIS {year} {split} at '{root}' has no sequence with two frames to pair")
+        count = max(1, math.floor(heldout * len(pairs))) if heldout > 0 else 0
+        held = set(random.Random(HELDOUT_SEED).sample(range(len(pairs)), count))
+        self.pairs = [p for k, p in enumerate(pairs) if k not in held]
+        self.heldout_pairs = [pairs[k] for k in sorted(held)]
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def check(self) -> None:
+        """Refuse data that cannot train (check_videos), before the first step."""
+        check_videos(((s, masks) for s, (_, masks) in zip(self.data.sequences, self.videos, strict=True)),
+                     f"DAVIS {self.data.year} {self.data.split} at '{self.data.root}'", self.data.binary)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return self._sample(self.pairs[index], augment=True)
+
+    def heldout_pair(self, k: int) -> dict[str, torch.Tensor]:
+        """Held-out pair k, resized to output_size without augmentation; the target is the lowest object id."""
+        return self._sample(self.heldout_pairs[k], augment=False)
+
+    def pair_names(self, index: int) -> tuple[str, int, int]:
+        """(sequence, i, j) of training item `index`."""
+        v, i, j = self.pairs[index]
+        return self.data.sequences[v], i, j
+
+    def _sample(self, pair: tuple[int, int, int], augment: bool) -> dict[str, torch.Tensor]:
+        v, i, j = pair
+        frames, masks = self.videos[v]
+        loaded = []
+        for k in (i, j):
+            img, mask = _load_pair(frames[k], masks[k], self.data.binary)
+            if augment:
+                img, mask = self.augment(img, mask)
+            else:
+                size = self.output_size[::-1]
+                img, mask = img.resize(size, Image.BILINEAR), mask.resize(size, Image.NEAREST)
+            loaded.append((img, np.asarray(mask)))
+        ids = [int(x) for x in np.unique(loaded[0][1]) if x != 0]
+        target = (random.choice(ids) if augment else ids[0]) if ids else 0
+        imgs, out = zip(*(_to_tensors(img, m, target) for img, m in loaded), strict=True)
+        return {"imgs": torch.stack(imgs), "masks": torch.stack(out)}

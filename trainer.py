@@ -39,7 +39,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 from tqdm import tqdm
 
 import dataset
@@ -69,11 +69,14 @@ class TrainingInterrupted(SystemExit):
         self.checkpoint = checkpoint
 
 
+PAIRS = "davis_pairs"  # stage data of every frame pair (dataset.TrainPairs); held-out pairs select the model
 DATA_FLAGS = {  # stage data -> (root flag, what the folder must hold)
     "coco": ("--coco", "train2017/ + annotations/instances_train2017.json, or the converted JPEGImages/ + "
                        "Annotations/ of the official code"),
     "davis": ("--davis", "JPEGImages/480p, Annotations/480p and ImageSets/ of DAVIS-2017-trainval-480p"),
     "ytvos": ("--ytvos", "train/JPEGImages, train/Annotations (and train/meta.json) of YouTube-VOS 2018"),
+    PAIRS: ("--davis", "JPEGImages/480p, Annotations/480p and ImageSets/ of DAVIS (2016 for VideoMatch's port recipe; "
+                       "the original DAVIS 2016 download works too)"),
 }
 
 # stage fields that flags override (run.py makes a --<field> flag for each)
@@ -92,7 +95,7 @@ class TrainOptions:
     stages: list[str]
     overrides: dict[str, object]  # StageConfig field -> value, from the flags in OVERRIDES
     val_sequences: list[str] | None = None
-    davis_year: str = "2017"
+    davis_year: str | None = None  # None: 2016 for davis_pairs stages (the port's), 2017 otherwise (official EMVOS)
     save_dir: str = str(methods.TRAINED_MODEL)
     pretrained: bool = True
     chain: str = "last"
@@ -138,8 +141,10 @@ def stage_configs(opts: TrainOptions, method: Method) -> list[StageConfig]:
     stages = [replace(method.stages[name], **opts.overrides) for name in opts.stages]
     for s in stages:
         for name in ("epochs", "batch_size", "clips_per_epoch", "save_every"):
-            if getattr(s, name) < 1:
+            if getattr(s, name) < (0 if name == "clips_per_epoch" and s.data == PAIRS else 1):
                 raise VOSInputError(f"--{name.replace('_', '-')} must be at least 1 (stage {s.name})")
+        if s.data == PAIRS and s.clip_len != 2:
+            raise VOSInputError(f"stage {s.name} trains on frame pairs; --clip-len must be 2")
         if s.clip_len < 2:
             raise VOSInputError(f"--clip-len must be at least 2: the loss covers frames 1..L-1 (stage {s.name})")
         if s.val_every < 0:
@@ -261,6 +266,16 @@ def _init_worker(worker_id: int) -> None:
 # one training step
 # ---------------------------------------------------------------------------------------------------------------
 
+def epoch_sampler(data: Dataset, per_epoch: int) -> RandomSampler:
+    """One epoch's item order: per_epoch items drawn without replacement, or all of them when 0 (or more).
+
+    The clip samplers hold exactly clips_per_epoch random clips, so for them this is DataLoader(shuffle=True), draw
+    for draw; for TrainPairs it is every pair exactly once per epoch, or with a smaller count the port's --iters (the
+    first pairs of a fresh shuffle).
+    """
+    return RandomSampler(data, num_samples=min(len(data), per_epoch) if per_epoch else len(data))
+
+
 def swap_and_attach(imgs: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
     """Paste each clip's target object into the next clip of the batch (official trainer: roll by one along the
     batch); the pasted pixels become background in that clip's own mask, since the object now covers them.
@@ -322,6 +337,24 @@ class Validation:
         return f"DAVIS {self.data.year} val" + (f" ({len(self.sequences)} sequences)" if self.sequences else "")
 
 
+def validate_pairs(net: nn.Module, data: dataset.TrainPairs, device: torch.device) -> float:
+    """Mean foreground IoU over the held-out pairs (resized, not augmented): the port's validation score
+    (segmentation_IOU: foreground probability >= 0.5 against the mask, 1 when both are empty), here the model
+    selection of pairs stages. It scores the matching as trained: the forward in training mode, without test-time
+    outlier removal (which the port's validation does not run either), under no_grad."""
+    ious = []
+    net.train()  # VideoMatch: no outlier removal (BatchNorm stays frozen either way)
+    with torch.no_grad():
+        for k in range(len(data.heldout_pairs)):
+            pair = data.heldout_pair(k)
+            imgs, masks = pair["imgs"][None].to(device), pair["masks"][None].to(device)
+            fg = torch.softmax(net(imgs, masks[:, 0]).float(), dim=2)[:, :, 1] >= 0.5  # (1, 1, H, W)
+            gt = masks[:, 1:] == 1
+            union = (fg | gt).sum().item()
+            ious.append((fg & gt).sum().item() / union if union else 1.0)
+    return sum(ious) / max(len(ious), 1)
+
+
 def open_validation(root: str | None, year: str, sequences: list[str] | None,
                     settings: RunSettings) -> tuple[Validation | None, str | None]:
     """(the validation set, None), or (None, why not) when that DAVIS val is not on disk."""
@@ -369,7 +402,7 @@ def check_finite_weights(net: nn.Module, where: str) -> None:
                                 f"Try a lower --lr, or run without --amp (--no-amp), from the last checkpoint")
 
 
-LOG_COLUMNS = ("stage", "epoch", "iteration", "loss", "iou", "lr", "val_jf", "sec_per_iter")
+LOG_COLUMNS = ("stage", "epoch", "iteration", "loss", "iou", "lr", "val_jf", "sec_per_iter", "val_pairs_iou")
 
 
 def append_log(path: Path, row: dict) -> None:
@@ -615,8 +648,10 @@ class Trainer:
             net, device_ids=[self.device.index] if self.device.type == "cuda" else None,
             broadcast_buffers=False,  # the only buffers are frozen BatchNorm statistics and constants
         ) if self.dist_info.enabled else net
-        loader = DataLoader(self.datasets[stage.name], batch_size=stage.batch_size // self.dist_info.world,
-                            shuffle=True, num_workers=self.opts.workers, worker_init_fn=_init_worker,
+        data = self.datasets[stage.name]
+        loader = DataLoader(data, batch_size=stage.batch_size // self.dist_info.world,
+                            sampler=epoch_sampler(data, stage.clips_per_epoch // self.dist_info.world),
+                            num_workers=self.opts.workers, worker_init_fn=_init_worker,
                             pin_memory=self.device.type == "cuda")
         self.describe(stage, loader)
         return StageRun(stage, state, model, optimizer, scaler, loader)
@@ -625,10 +660,11 @@ class Trainer:
         if loader.batch_size == 1 and stage.swap_above < 1:
             self.say("note: one clip per process: swap-and-attach then pastes a clip onto itself, which empties its "
                      "mask, so those batches (p = 0.2) are skipped, as the official code does at batch size 1")
-        val_note = f"validating on {self.validation.title} every {stage.val_every} epochs" \
-            if self.validation is not None and stage.val_every else "no validation"
-        self.say(f"stage '{stage.name}': {stage.epochs} epochs of {stage.clips_per_epoch} clips of "
-                 f"{stage.clip_len} frames at {stage.crop[0]}x{stage.crop[1]}, batch {stage.batch_size}"
+        val_note = f"validating on {self.validation_title(stage)} every {stage.val_every} epochs" \
+            if self.validation_title(stage) and stage.val_every else "no validation"
+        clips = len(loader.sampler) * self.dist_info.world
+        self.say(f"stage '{stage.name}': {stage.epochs} epochs of {clips} clips of {stage.clip_len} frames at "
+                 f"{stage.crop[0]}x{stage.crop[1]}, batch {stage.batch_size}"
                  f"{f' ({self.dist_info.world} processes)' if self.dist_info.enabled else ''}, lr {stage.lr:g}, "
                  f"{val_note}; checkpoints {self.save_dir}/{stage.save_name}_*.pth")
 
@@ -655,15 +691,21 @@ class Trainer:
             self.say(f"[{stage.name} ep{epoch:04d}] loss {loss:.5f}  iou {iou:.5f}  ({stats.steps} it, "
                      f"{sec:.3f} s/it)")
         score = None
-        if self.validation is not None and stage.val_every and epoch % stage.val_every == 0:
-            result = validate(self.net, self.validation, self.stop) if self.dist_info.main else None
+        title = self.validation_title(stage)
+        if title and stage.val_every and epoch % stage.val_every == 0:
+            if not self.dist_info.main:
+                result = None
+            elif stage.data == PAIRS:
+                result = validate_pairs(self.net, self.datasets[stage.name], self.device)
+            else:
+                result = validate(self.net, self.validation, self.stop)
             score = _broadcast(self.dist_info, result)
             if score is None:  # stopped during validation: the resumed run validates this epoch again
                 state.partial, state.epoch_end_pending = asdict(stats), True
                 raise self.interrupted(run, f"the validation after epoch {epoch}")
             state.validated = True
             new_best = score > state.best_score
-            self.say(f"[{stage.name} ep{epoch:04d}] {self.validation.title} J&F {score:.5f}"
+            self.say(f"[{stage.name} ep{epoch:04d}] {title} {score:.5f}"
                      f"{' (new best)' if new_best else f' (best {state.best_score:.5f})'}")
             if new_best:
                 state.best_score = score
@@ -674,8 +716,15 @@ class Trainer:
             append_log(self.log_path, {
                 "stage": stage.name, "epoch": epoch, "iteration": state.iteration,
                 "loss": f"{loss:.6f}" if stats.steps else "", "iou": f"{iou:.6f}" if stats.steps else "",
-                "lr": f"{run.optimizer.param_groups[0]['lr']:g}", "val_jf": "" if score is None else f"{score:.6f}",
-                "sec_per_iter": f"{sec:.4f}" if stats.steps else ""})
+                "lr": f"{run.optimizer.param_groups[0]['lr']:g}", "sec_per_iter": f"{sec:.4f}" if stats.steps else "",
+                "val_pairs_iou" if stage.data == PAIRS else "val_jf": "" if score is None else f"{score:.6f}"})
+
+    def validation_title(self, stage: StageConfig) -> str | None:
+        """What the stage selects its best checkpoint by, or None when it has nothing to validate on."""
+        if stage.data == PAIRS:
+            pairs = len(self.datasets[stage.name].heldout_pairs)
+            return f"IoU on {pairs} held-out pairs" if pairs else None
+        return f"{self.validation.title} J&F" if self.validation is not None else None
 
     def load_best(self, previous: StageConfig) -> None:
         """--chain best: start from the previous stage's best checkpoint instead of its last weights."""
@@ -757,13 +806,24 @@ def open_datasets(stages: list[StageConfig], roots: dict[str, str | None], opts:
     sets: dict[str, Dataset] = {}
     for s in stages:
         common = {"output_size": tuple(s.crop), "clip_len": s.clip_len, "clips_per_epoch": s.clips_per_epoch // d.world}
-        if s.data == "coco":
+        if s.data == PAIRS:
+            if d.enabled:  # each process would go through every pair: no DistributedSampler here
+                raise VOSInputError(f"stage {s.name} (every frame pair, batch 1 as the port) runs in one process; "
+                                    f"start it with python run.py, not torchrun")
+            sets[s.name] = dataset.TrainPairs(roots["davis"], year=davis_year(opts, s), output_size=tuple(s.crop))
+        elif s.data == "coco":
             sets[s.name] = dataset.TrainCOCO(roots["coco"], **common)
         elif s.data == "davis":
-            sets[s.name] = dataset.TrainDAVIS(roots["davis"], year=opts.davis_year, split="train", **common)
+            sets[s.name] = dataset.TrainDAVIS(roots["davis"], year=davis_year(opts, s), split="train", **common)
         else:
             sets[s.name] = dataset.TrainYTVOS(roots["ytvos"], **common)
+        sets[s.name].check()  # data that could only give skipped batches is an error now, not after the run
     return sets
+
+
+def davis_year(opts: TrainOptions, stage: StageConfig | None = None) -> str:
+    """--davis-year, or the default of the stage's data: 2016 for frame pairs (the port's), else 2017."""
+    return opts.davis_year or ("2016" if stage is not None and stage.data == PAIRS else "2017")
 
 
 def load_resume(path: str, method_name: str) -> dict:
@@ -844,6 +904,7 @@ def train(args: argparse.Namespace) -> nn.Module:
     d = init_distributed(settings.device)
     roots = {"coco": getattr(args, "coco", None), "davis": getattr(args, "davis", None),
              "ytvos": getattr(args, "ytvos", None) or dataset.YTVOS18_ROOT}
+    roots[PAIRS] = roots["davis"]
     try:
         if d.enabled and settings.device.type == "cuda":
             torch.cuda.set_device(d.local_rank)
@@ -888,10 +949,10 @@ def prepare_save_dir(path: Path) -> None:
 
 def open_validation_if_needed(stages: list[StageConfig], davis_root: str | None, opts: TrainOptions,
                               settings: RunSettings, d: Dist) -> Validation | None:
-    if not any(s.val_every for s in stages):
+    if not any(s.val_every and s.data != PAIRS for s in stages):  # pairs stages validate on held-out pairs
         return None
-    validation, why = open_validation(davis_root, opts.davis_year, opts.val_sequences, settings)
+    validation, why = open_validation(davis_root, davis_year(opts), opts.val_sequences, settings)
     if validation is None and d.main:
-        print(f"no DAVIS {opts.davis_year} val to validate on ({why}); training without validation, so each "
+        print(f"no DAVIS {davis_year(opts)} val to validate on ({why}); training without validation, so each "
               f"stage keeps its last checkpoint as <name>_best.pth")
     return validation

@@ -7,8 +7,11 @@ Shapes: B clips, N objects, HW the positions of the stride-8 feature map (times 
 (padded) frame.
 """
 
+import math
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cache
 
 import torch
 import torch.nn as nn
@@ -16,19 +19,37 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import matching
-from model import DEFAULT_RUNTIME, Runtime, clip_forward, imagenet_backbone
+import model
+from model import DEFAULT_RUNTIME, Runtime, imagenet_backbone
+
+# The largest aggregated foreground probability (the probabilities `update` receives) an object can reach while both of
+# its reference sets are non-empty. Every encoder here ends with a ReLU (VGG-19's after conv4_4, ResNet-101's layer2),
+# so features are non-negative and cosine similarities lie in [0, 1]: the fg - bg gap of the soft matching layer is at
+# most 1, one object's softmax at most e / (1 + e) = 0.731, and after soft aggregation (for one object
+# p^2 / (p^2 + (1 - p)^2); more objects only lower it) at most e^2 / (1 + e^2) = 0.881. Symmetrically no background
+# probability falls below 0.119, except where outlier removal sets the foreground to 0.
+MAX_FG_PROBABILITY = math.exp(2) / (1 + math.exp(2))
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 @dataclass
 class VideoMatchConfig:
-    """Hyper-parameters of VideoMatch. The defaults are the paper's: VGG-19, K = 20, d = 51, no online update."""
+    """Hyper-parameters of VideoMatch. The defaults are the paper's (VGG-19, K = 20, d = 51, no online update), with
+    VGG-19 truncated as the public PyTorch port does it (stashvala/Pytorch-VideoMatch), whose checkpoints load here."""
 
-    encoder: str = "vgg19"  # 'vgg19' (without its last two max-pools) or 'resnet101' (up to layer2); both stride 8
-    upsample: float = 1.0  # bilinear upsampling of the feature map: finer matching, at HW^2 cost in time and memory
+    # 'vgg19': the port's truncation, vgg19().features up to conv4_4 + ReLU (its first 27 modules, 3 max-pools,
+    # stride 8); 'vgg19_conv5': this repository's earlier reading of "without the last two max-pools" (all 16
+    # convolutions, max-pools 4 and 5 dropped, so conv5_1..5_4 run at stride 8; 4 more convolutions at stride 8,
+    # untested against the port); 'resnet101': up to layer2 (stride 8). All give 512 channels.
+    encoder: str = "vgg19"
+    upsample: float = 1.0  # bilinear upsampling of the feature map: finer matching, at HW^2 cost (the port's 65.2: 1.8)
     topk: int = 20  # K: the soft matching layer averages the K best similarities in each set (paper Sec. 3.1)
     dilation: int = 51  # d of outlier removal (Sec. 3.3), odd, in pixels of the frame; 0 turns it off
     online_update: bool = False  # Sec. 3.3: extend the reference sets with the previous frame's confident features
-    online_threshold: float = 0.9  # confident: aggregated fg probability >= this (foreground) or <= 1 - this (bg)
+    # Confident: aggregated fg probability >= this (foreground) or <= 1 - this (background). It must lie below
+    # MAX_FG_PROBABILITY (0.881), or no foreground position could join: with 0.9 none did. 0.8 means, for one
+    # object, a softmax of 2/3, a fg - bg similarity gap of ln 2 = 0.69 (of at most 1).
+    online_threshold: float = 0.8
 
     def __post_init__(self) -> None:
         if self.encoder not in VIDEOMATCH_ENCODERS:
@@ -41,12 +62,21 @@ class VideoMatchConfig:
             raise ValueError(f"dilation (d) must be odd, or 0 to turn outlier removal off; got {self.dilation}")
         if not 0.5 < self.online_threshold <= 1:
             raise ValueError(f"online_threshold must be in (0.5, 1], got {self.online_threshold}")
+        if self.online_update and self.online_threshold > MAX_FG_PROBABILITY:
+            raise ValueError(
+                f"online_threshold {self.online_threshold} is out of reach: the encoder's features are non-negative, "
+                f"so an aggregated foreground probability stays at or below {MAX_FG_PROBABILITY:.3f} (unless one of "
+                f"an object's reference sets is empty) and the online update would add no foreground; use a "
+                f"threshold in (0.5, 0.88], e.g. the default 0.8")
 
 
-# The backbone's layers up to stride 8 (torchvision names). VGG-19 keeps all 16 convolutions and loses max-pools 4
-# and 5, so its last 8 convolutions run at stride 8; ResNet-101 stops after layer2. Both give 512 channels.
+# The backbone's layers up to stride 8 (torchvision names; the module names are kept, so `features.25` is conv4_4).
 VIDEOMATCH_ENCODERS = {
-    "vgg19": None,  # every module of vgg19().features except the last two MaxPool2d
+    # The port (stashvala/Pytorch-VideoMatch, encoder.py) pops modules off the end of vgg19().features until two
+    # max-pools are gone. That removes conv5_1..5_4 with them (its comment says only the max-pools go): 27 modules
+    # remain, conv1_1 .. conv4_4 + ReLU, 12 convolutions, 3 max-pools.
+    "vgg19": "the first 27 modules of vgg19().features",
+    "vgg19_conv5": "every module of vgg19().features except the last two MaxPool2d",
     "resnet101": ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2"),
 }
 
@@ -59,17 +89,21 @@ class VideoMatchEncoder(nn.Module):
 
     def __init__(self, name: str = "vgg19", pretrained: bool = False, upsample: float = 1.0):
         super().__init__()
-        backbone = imagenet_backbone(name, pretrained)
-        if name == "vgg19":
+        backbone = imagenet_backbone("vgg19" if name.startswith("vgg19") else name, pretrained)
+        if name.startswith("vgg19"):
             children = list(backbone.features.named_children())
-            pools = [n for n, m in children if isinstance(m, nn.MaxPool2d)][-2:]
-            layers = [(n, m) for n, m in children if n not in pools]
+            pools = [k for k, (_, m) in enumerate(children) if isinstance(m, nn.MaxPool2d)]
+            if name == "vgg19":  # the port: everything before the second-to-last max-pool
+                layers = children[:pools[-2]]
+            else:
+                layers = [c for k, c in enumerate(children) if k not in pools[-2:]]
         else:
             layers = [(n, getattr(backbone, n)) for n in VIDEOMATCH_ENCODERS[name]]
         self.features = nn.Sequential(OrderedDict(layers))
         self.upsample = upsample
-        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+        # ImageNet normalisation inside the network (the port does it in preprocessing, the same arithmetic)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
 
     def forward(self, img: Tensor) -> Tensor:
         x = self.features((img - self.mean) / self.std)  # (B, 512, H/8, W/8)
@@ -125,8 +159,9 @@ class VideoMatch(nn.Module):
 
     def train(self, mode: bool = True) -> "VideoMatch":
         super().train(mode)
-        # BatchNorm statistics stay frozen (ResNet-101): training batches of frame pairs are too small to estimate
-        # them, as in EMVOS's training. VGG-19 has none.
+        # BatchNorm statistics stay frozen (ResNet-101; VGG-19 has none): the port's batch is one pair, whose two
+        # frames cannot estimate them (the port leaves them in train mode, so its running statistics drift with each
+        # pair); frozen, they keep ImageNet's, as EMVOS's training does.
         for m in self.modules():
             if isinstance(m, nn.BatchNorm2d):
                 m.eval()
@@ -172,29 +207,36 @@ class VideoMatch(nn.Module):
                                           dim=1)
 
     def update(self, state: MatchState, feats: Tensor, probs: Tensor) -> None:
-        """After a frame, with the (aggregated) soft masks probs (B, N, 2, H, W).
+        """After a frame, with the aggregated soft masks probs (B, N, 2, H, W), as the driver (inference.py) and
+        `forward` pass them: model.aggregate_objects of the softmax of `predict`'s logits.
 
         Its id mask becomes the previous mask of outlier removal. With the online update (Sec. 3.3), this frame's
         confidently predicted positions (matching.confident_sets: cell-averaged foreground probability >=
         online_threshold, or <= 1 - online_threshold for background) extend the given frame's sets until the next
         frame replaces them: the references are the given frames plus the last frame, so time and memory per frame
-        stay constant however long the video. The paper's notes here do not fix the threshold; a single object's
-        aggregated probability p^2 / (p^2 + (1 - p)^2) reaches 0.98 at the largest cosine gap, so 0.9 is reachable.
+        stay constant however long the video. The paper's notes here do not fix the threshold; it must stay below
+        MAX_FG_PROBABILITY (0.881), the most a foreground probability can reach with non-negative features (the
+        config refuses more). Where outlier removal zeroed the foreground, the positions are confident background.
         """
         state.prev_mask = object_masks(probs)
         if self.config.online_update:
             state.online_feats = feats.flatten(2)
             state.online_sets = matching.confident_sets(probs[:, :, 1], feats.shape[-2:], self.config.online_threshold)
 
-    def predict(self, feats: Tensor, state: MatchState, runtime: Runtime | None = None) -> Tensor:
+    def predict(self, feats: Tensor, state: MatchState, runtime: Runtime | None = None,
+                remove_outliers: bool | None = None) -> Tensor:
         """Logits (B, N, 2, H, W) of every tracked object in a new frame.
 
-        In eval mode, outlier removal (Sec. 3.3, on unless dilation is 0) gives foreground outside each object's
-        previous mask dilated by d x d the lowest logit, so its probability is exactly 0 and the pixel cannot be the
-        object's. In training mode it is off: it is a test-time step, and it would cut the gradient there.
+        Outlier removal (Sec. 3.3, off when dilation is 0) gives foreground outside each object's previous mask
+        dilated by d x d the lowest logit, so its probability is exactly 0 and the pixel cannot be the object's.
+        remove_outliers None: on in eval mode, off in training (a test-time step, and it would cut the gradient
+        there); False: the soft matching layer's output as it is (visualize.probability_maps, as the port's
+        `videomatch.py REF.jpg REF.png IMG...` shows it).
         """
         logits = self.decode(self.match(feats, state, runtime or DEFAULT_RUNTIME), tuple(state.prev_mask.shape[-2:]))
-        if not self.training and self.config.dilation:
+        if remove_outliers is None:
+            remove_outliers = not self.training
+        if remove_outliers and self.config.dilation:
             keep = matching.dilate_mask(state.prev_mask, self.config.dilation)  # (B, N, H, W)
             fg = logits[:, :, 1].masked_fill(~keep, torch.finfo(logits.dtype).min)
             logits = torch.stack([logits[:, :, 0], fg], dim=2)
@@ -202,9 +244,75 @@ class VideoMatch(nn.Module):
 
     # --- training forward ------------------------------------------------------------------------------------------
     def forward(self, imgs: Tensor, first_masks: Tensor) -> Tensor:
-        """Training forward (model.clip_forward, as EMVOS's): the paper trains on pairs (L = 2); longer clips carry
-        the previous mask (and, with the online update, the confident sets) along. No outlier removal in training."""
-        return clip_forward(self, imgs, first_masks)
+        """Training forward: clips (B, L, 3, H, W) RGB in [0, 1], first masks (B, H, W) in {0, 1} -> the logits of
+        frames 1..L-1, (B, L-1, 2, H, W), the padding to a multiple of 16 cropped off.
+
+        The paper and the port train on pairs (L = 2): the first frame's mask given, the second predicted; `update`
+        is never called then. Longer clips carry the previous mask along and, with the online update, the confident
+        sets, from the probabilities `update` gets at test time (the softmax through model.aggregate_objects, which
+        for one object is p^2 / (p^2 + (1 - p)^2)), so a threshold that the test-time update reaches is reached here
+        too. (model.clip_forward, EMVOS's, passes the plain softmax, which never leaves [0.27, 0.73] here.)
+        No outlier removal in training.
+        """
+        b, length, _, height, width = imgs.shape
+        padding = model.get_padding(height, width)
+        imgs = model.pad(imgs.flatten(0, 1), padding).unflatten(0, (b, length))
+        first = model.pad_mask(first_masks, padding)
+        state = self.init_state(self.encode(imgs[:, 0]), model.one_hot(first, [1], imgs.dtype))
+        logits = []
+        for i in range(1, length):
+            feats = self.encode(imgs[:, i])
+            logit = self.predict(feats, state)  # (B, 1, 2, H, W)
+            logits.append(logit[:, 0])
+            if i < length - 1:
+                self.update(state, feats, model.aggregate_objects(torch.softmax(logit, dim=2))[1])
+        return model.unpad(torch.stack(logits, dim=1), padding)
+
+
+# --- checkpoints of the port (stashvala/Pytorch-VideoMatch) -------------------------------------------------------
+# The port saves `Encoder.feat_ext.state_dict()` as a plain dict: for VGG-19 the truncated `features` Sequential
+# ('0.weight' ... '25.bias': conv1_1 .. conv4_4), for ResNet-101 the whole torchvision model (its layer3, layer4 and
+# fc included, unused). Here the same tensors are `encoder.features.<name>`, so a port file is a renaming.
+
+@cache
+def encoder_shapes(name: str) -> dict[str, tuple[int, ...]]:
+    """The `features` state-dict keys and shapes of an encoder (built on the meta device: no memory, no weights)."""
+    with torch.device("meta"):
+        features = VideoMatchEncoder(name).features
+    return {k: tuple(v.shape) for k, v in features.state_dict().items()}
+
+
+def port_config(weights: Mapping[str, Tensor]) -> dict | None:
+    """{'encoder': ...} for a port checkpoint (VGG-19 up to conv4_4, or a whole ResNet-101), else None."""
+    if any(k.startswith("encoder.") for k in weights):
+        return None  # this repository's own layout
+
+    def fits(name: str, keys: set) -> bool:
+        shapes = encoder_shapes(name)
+        return keys == set(shapes) and all(tuple(weights[k].shape) == s for k, s in shapes.items())
+
+    if fits("vgg19", set(weights)):
+        return {"encoder": "vgg19"}
+    # ResNet-101: the stride-8 part exactly; anything else only layer3 (23 blocks, as ResNet-101's), layer4 and fc
+    head = {k for k in weights if k.split(".")[0] in VIDEOMATCH_ENCODERS["resnet101"]}
+    rest = set(weights) - head
+    layer3 = {k.split(".")[1] for k in rest if k.startswith("layer3.")}
+    if (fits("resnet101", head) and all(k.split(".")[0] in ("layer3", "layer4", "fc") for k in rest)
+            and layer3 in (set(), {str(i) for i in range(23)})):
+        return {"encoder": "resnet101"}
+    return None
+
+
+def from_port(weights: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """A checkpoint's keys -> this module's: a port file renamed (unused ResNet layers dropped, the constant
+    normalisation buffers added); a file in this repository's layout as it is."""
+    config = port_config(weights)
+    if config is None:
+        return dict(weights)
+    state = {f"encoder.features.{k}": weights[k] for k in encoder_shapes(config["encoder"])}
+    state["encoder.mean"] = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    state["encoder.std"] = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return state
 
 
 # --- VideoMatch training losses (paper Sec. 4: BCE, class-balanced BCE or Dice on the foreground probability) ---

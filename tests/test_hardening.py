@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import errno
 import pickle
+import shutil
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import DAVIS2016_SAMPLE, GOLDEN_WEIGHTS
+from PIL import Image
 
 import inference
 import methods
@@ -165,3 +168,31 @@ def test_leftovers_of_killed_saves_are_removed_at_the_next_start(tmp_path: Path,
     assert str(leftover) in capsys.readouterr().out
     net, meta = methods.load_weights(ckpt / "coco_davis_best.pth")
     assert meta["method"] == "emvos"
+
+
+def _davis_copy(tmp_path: Path) -> Path:
+    root = tmp_path / "DAVIS2016"
+    shutil.copytree(DAVIS2016_SAMPLE, root)
+    return root
+
+
+@pytest.mark.parametrize("broken", ["all masks empty", "empty list", "a sequence without masks"])
+def test_training_that_cannot_train_stops_before_the_first_step(tmp_path: Path, broken: str,
+                                                                monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    root = _davis_copy(tmp_path)
+    listing = root / "ImageSets" / "480p" / "train.txt"
+    if broken == "all masks empty":
+        for png in (root / "Annotations" / "480p").glob("*/*.png"):
+            Image.fromarray(np.zeros((480, 854), np.uint8), "L").save(png)
+    elif broken == "empty list":
+        listing.write_text("")
+    else:  # boat listed, but its annotation folder is gone
+        shutil.rmtree(root / "Annotations" / "480p" / "boat")
+    steps = []
+    monkeypatch.setattr(trainer.Trainer, "train_epoch", lambda *a, **k: steps.append(1))
+    argv = [a if a != str(DAVIS2016_SAMPLE) else str(root) for a in TRAIN]
+    assert run.main([*argv, "--no-pretrained", "--save-dir", str(tmp_path / "ckpt")]) == 2
+    err = capsys.readouterr().err
+    assert steps == [] and str(root) in err and "Traceback" not in err, err
+    assert not list(tmp_path.glob("ckpt/*.pth"))
