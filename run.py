@@ -21,11 +21,12 @@ import dataset
 import evaluation
 import methods
 import trainer
+import visualize
 import weights
 from dataset import DAVIS, SingleVideo, TestVideo, YouTubeVOS
 from inference import PRECISIONS, RunSettings, VideoSegmenter, run_settings, segment_video
 from model import Runtime
-from utils import OverlayWriter, VOSInputError, atomic_write, parse_bytes, save_probability_maps, writable_dir
+from utils import OverlayWriter, VOSInputError, atomic_write, parse_bytes, writable_dir
 
 # Dataset roots: edit these or pass the flags (--davis, --ytvos, --coco), as in the official run.py. The DAVIS reader
 # works out whether it was given the 2017 layout or the original DAVIS 2016 download.
@@ -57,6 +58,7 @@ class Visualizer:
     submission zip). Written as the frames go; nothing waits on a window."""
 
     def __init__(self, video: TestVideo, vis_dir: Path, vis_frame: int = 1, fps: float = 24.0) -> None:
+        self.name = video.name
         self.out_dir = vis_dir / video.name
         self.overlay = OverlayWriter(self.out_dir / "overlay.mp4", fps)
         self.vis_frame = vis_frame
@@ -65,7 +67,9 @@ class Visualizer:
         self.overlay.write(rgb, labels)
         if index == self.vis_frame and seg.last_probs is not None:
             probs = F.interpolate(seg.last_probs, size=labels.shape, mode="bilinear", align_corners=False).numpy()
-            save_probability_maps(self.out_dir / f"probabilities_{index:05d}.png", probs[:, 1], probs[:, 0])
+            visualize.save_probability_figure(self.out_dir / f"probabilities_{index:05d}.png", rgb, probs[:, 1],
+                                              probs[:, 0], labels=labels, object_ids=seg.object_ids,
+                                              title=f"{self.name}, frame {index}")
 
     def close(self) -> None:
         self.overlay.close()
@@ -184,6 +188,22 @@ def test(args: argparse.Namespace) -> list[evaluation.EvaluationResult]:
     return results
 
 
+def prob_maps(args: argparse.Namespace) -> None:
+    """--prob-maps REF.jpg REF.png IMG...: VideoMatch's probability maps of each image against the reference."""
+    if len(args.prob_maps) < 3:
+        raise VOSInputError("--prob-maps needs REF.jpg REF.png and at least one image to match: "
+                            "--prob-maps REF.jpg REF.png IMG [IMG ...]")
+    settings = run_settings(args.device, args.precision)
+    out_dir = writable_dir(Path(args.output) / "prob_maps", "--output")
+    model, method = load_model(args, settings)
+    if method != "videomatch":
+        raise VOSInputError(f"--prob-maps shows VideoMatch's soft matching layer, and --weights holds {method}; pass "
+                            f"a VideoMatch checkpoint (ours or the public port's) with --weights")
+    ref, ref_mask, *images = args.prob_maps
+    for path in visualize.probability_maps(model, ref, ref_mask, images, out_dir):
+        print(f"wrote {path}")
+
+
 def default_data(args: argparse.Namespace) -> list[str]:
     """With no --data: the official DAVIS sets when DAVIS is on disk, else the bundled sample. A --davis given on the
     command line that does not exist is an error, never a silent switch to the sample."""
@@ -234,6 +254,13 @@ def build_parser() -> argparse.ArgumentParser:
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--train", action="store_true", help="train (stages, see --stages)")
     mode.add_argument("--test", action="store_true", help="segment datasets or one video and score them")
+    mode.add_argument("--prob-maps", nargs="+", default=None, metavar="PATH",
+                      help="REF.jpg REF.png IMG...: VideoMatch's foreground / background probabilities of each IMG "
+                           "against the reference image and its mask (the VideoMatch port's videomatch.py), as PNGs "
+                           "in OUTPUT/prob_maps/; the model from --weights")
+    mode.add_argument("--preview-augmentation", nargs=2, default=None, metavar=("IMG", "MASK"),
+                      help="samples of both methods' training augmentation of an image and its mask (the port's "
+                           "preprocess.py), as OUTPUT/augmentation_<IMG>.png")
     p.add_argument("--method", default=None, choices=list(methods.METHODS),
                    help="emvos (default) or videomatch; --test takes the method from the checkpoint")
     p.add_argument("--davis", default=DAVIS_ROOT, help="DAVIS root (2017 layout or the original DAVIS 2016 download)")
@@ -306,12 +333,18 @@ TRAIN_ONLY = ("stages", "val_sequences", "davis_year", "save_dir", "no_pretraine
 def check_flags(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     """Flags that do nothing in this mode or with this method are errors, not silently ignored."""
     defaults = {a.dest: a.default for a in parser._actions}
-    wrong_mode = TEST_ONLY if args.train else TRAIN_ONLY
-    given = [d for d in wrong_mode if getattr(args, d) != defaults.get(d)]
+    if args.train:
+        mode, wrong = "--train", TEST_ONLY
+    elif args.test:
+        mode, wrong = "--test", TRAIN_ONLY
+    else:  # the visual tools: --prob-maps reads --weights, --output; nothing else of either mode applies
+        mode = "--prob-maps" if args.prob_maps is not None else "--preview-augmentation"
+        wrong = tuple(d for d in TEST_ONLY + TRAIN_ONLY if not (d == "weights" and args.prob_maps is not None))
+    given = [d for d in wrong if getattr(args, d) != defaults.get(d)]
     if given:
         flags = ", ".join("--" + d.replace("_", "-") for d in given)
-        raise VOSInputError(f"{flags} {'is' if len(given) == 1 else 'are'} for "
-                            f"{'--test' if args.train else '--train'}; drop {'it' if len(given) == 1 else 'them'}")
+        raise VOSInputError(f"{flags} {'does' if len(given) == 1 else 'do'} nothing with {mode}; "
+                            f"drop {'it' if len(given) == 1 else 'them'}")
     if args.test:
         if args.video is not None and args.mask is None:
             raise VOSInputError("--video needs --mask PATH: the first frame's mask (a palette or grayscale PNG)")
@@ -338,30 +371,36 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Run the chosen mode; every expected failure is one line on stderr and an exit status (2: bad input or a
+    full disk, 3: training diverged, 130: Ctrl+C)."""
     try:
         check_flags(args, parser)
         if args.train:
-            try:
-                trainer.train(args)
-            except trainer.TrainingError as e:  # a NaN/inf stop: the message says where and what to change
-                print(f"error: {e}", file=sys.stderr)
-                return 3
-            except trainer.TrainingInterrupted as e:
-                return int(e.code)
+            trainer.train(args)
+        elif args.prob_maps is not None:
+            prob_maps(args)
+        elif args.preview_augmentation is not None:
+            image, mask = args.preview_augmentation
+            out = writable_dir(Path(args.output), "--output") / f"augmentation_{Path(image).stem}.png"
+            print(f"wrote {visualize.preview_augmentation(image, mask, out)}")
         else:
             if args.data is None and args.video is None:
                 args.data = default_data(args)
-            try:
-                test(args)
-            except KeyboardInterrupt:
-                print(f"\ninterrupted: the masks written so far are complete files in {args.output}; run the same "
-                      f"command again to redo the rest", file=sys.stderr)
-                return 130
+            test(args)
+    except trainer.TrainingError as e:  # a NaN/inf stop: the message says where and what to change
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    except trainer.TrainingInterrupted as e:  # the trainer has said what it saved and how to resume
+        return int(e.code)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: the masks written so far are complete files in {args.output}; run the same command "
+              f"again to redo the rest", file=sys.stderr)
+        return 130
     except (VOSInputError, evaluation.EvaluationError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG):
             raise
         print(f"error: could not write {e.filename or ''}: {e.strerror}; files finished before stay as they were "
               f"(each is written whole or not at all)", file=sys.stderr)

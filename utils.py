@@ -278,27 +278,6 @@ def colorize(prob: np.ndarray, colormap: int = cv2.COLORMAP_JET) -> np.ndarray:
     return cv2.applyColorMap(grey, colormap)[:, :, ::-1]
 
 
-def save_probability_maps(path: str | os.PathLike, fg: np.ndarray, bg: np.ndarray) -> np.ndarray:
-    """Write a PNG of foreground and background probability maps side by side (VideoMatch's soft matching output).
-
-    Args:
-        path: the .png file; parent folders are created.
-        fg, bg: (H, W) or (N, H, W) probabilities in [0, 1], one map per object.
-    Returns:
-        the image written, (N * H, 2 * W, 3) uint8 RGB: one row per object, foreground left, background right.
-    """
-    fg, bg = np.asarray(fg), np.asarray(bg)
-    if fg.ndim == 2:
-        fg, bg = fg[None], bg[None]
-    if fg.shape != bg.shape or fg.ndim != 3:
-        raise ValueError(f"foreground {fg.shape} and background {bg.shape} maps must both be (H, W) or (N, H, W)")
-    image = np.concatenate([np.concatenate([colorize(f), colorize(b)], axis=1) for f, b in zip(fg, bg, strict=True)])
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image).save(path, format="PNG")
-    return image
-
-
 def parse_bytes(text: str) -> int | str | None:
     """--max-memory: '4G', '512M', '1e9' -> bytes; 'none' -> None (no bound); 'auto' stays (EMVOS.set_memory_budget)."""
     text = text.strip().lower()

@@ -210,3 +210,33 @@ def test_videomatch_end_to_end_with_visualisation(tmp_path: Path, monkeypatch: p
 def test_method_mismatch_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert _test(tmp_path, "--method", "videomatch", "--data", "sample") == 2
     assert "--method" in capsys.readouterr().err
+
+
+def test_visual_tools_through_run_py(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    torch.manual_seed(0)
+    ckpt = tmp_path / "videomatch.pth"
+    torch.save(methods.weights_payload(methods.build_model("videomatch"), "videomatch"), ckpt)
+    seq = run.SAMPLE_ROOT / "JPEGImages/480p/bear"
+    ref, ref_mask = seq / "00000.jpg", run.SAMPLE_ROOT / "Annotations/480p/bear/00000.png"
+    out = tmp_path / "out"
+    assert run.main(["--prob-maps", str(ref), str(ref_mask), str(seq / "00003.jpg"), str(seq / "00006.jpg"),
+                     "--weights", str(ckpt), "--device", "cpu", "--output", str(out)]) == 0
+    assert len(list((out / "prob_maps").glob("*.png"))) == 2
+    assert run.main(["--preview-augmentation", str(ref), str(ref_mask), "--output", str(out)]) == 0
+    assert (out / "augmentation_00000.png").is_file()
+    # EMVOS has a decoder between matching and probabilities: the tool says so
+    assert run.main(["--prob-maps", str(ref), str(ref_mask), str(seq / "00003.jpg"), "--weights", str(WEIGHTS),
+                     "--device", "cpu", "--output", str(out)]) == 2
+    assert "VideoMatch" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["--test", "--stages", "davis"], "--stages does nothing with --test"),
+    (["--train", "--video", "clip.mp4"], "--video does nothing with --train"),
+    (["--test", "--video", "clip.mp4", "--mask", "m.png", "--sequences", "bear"], "--video runs one video"),
+    (["--test", "--vis-frame", "3"], "pass --visualize too"),
+    (["--train", "--method", "videomatch", "--train-encoder"], "--train-encoder is for EMVOS"),
+])
+def test_flags_that_would_do_nothing_are_errors(argv: list[str], says: str, capsys: pytest.CaptureFixture) -> None:
+    assert run.main(argv) == 2
+    assert says in capsys.readouterr().err

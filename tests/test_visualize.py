@@ -10,9 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
+import visualize
 from inference import VideoSegmenter
 from methods import build_model
-from utils import DAVIS_PALETTE, OverlayWriter, overlay_mask, save_probability_maps
+from utils import DAVIS_PALETTE, OverlayWriter, colorize, overlay_mask
 
 
 def frames_and_masks(n: int, h: int = 60, w: int = 90) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -87,13 +88,14 @@ def test_probability_maps_png_of_a_videomatch_step(tmp_path: Path) -> None:
     seg.step(tensor(frames[1]))
     maps = seg.last_probs.numpy()  # (N, 2, H, W) [bg, fg], padding cropped
     assert maps.shape == (2, 2, 60, 90)
+    labels = np.asarray(masks[1])
     path = tmp_path / "vis" / "00001_prob.png"
-    image = save_probability_maps(path, maps[:, 1], maps[:, 0])
-    assert image.shape == (2 * 60, 2 * 90, 3)
+    two = visualize.save_probability_figure(path, frames[1], maps[:, 1], maps[:, 0], labels=labels, object_ids=[1, 2])
     with Image.open(path) as png:
-        assert png.size == (2 * 90, 2 * 60) and png.mode == "RGB"
-    # one object as (H, W): one row
-    assert save_probability_maps(tmp_path / "one.png", maps[0, 1], maps[0, 0]).shape == (60, 180, 3)
+        assert png.size == (two.shape[1], two.shape[0]) and png.mode == "RGB"
+    # one row per object: a single object's figure is shorter, as wide
+    one = visualize.save_probability_figure(tmp_path / "one.png", frames[1], maps[0, 1], maps[0, 0])
+    assert one.shape[1] == two.shape[1] and one.shape[0] < two.shape[0]
     # the colour map goes from blue (0) to red (1)
-    ends = save_probability_maps(tmp_path / "ends.png", np.zeros((2, 2)), np.ones((2, 2)))
-    assert ends[0, 0, 2] > 100 and ends[0, 0, 0] < 50 and ends[0, 2, 0] > 100 and ends[0, 2, 2] < 50
+    ends = colorize(np.array([[0.0, 1.0]]))
+    assert ends[0, 0, 2] > 100 and ends[0, 0, 0] < 50 and ends[0, 1, 0] > 100 and ends[0, 1, 2] < 50
