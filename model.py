@@ -409,12 +409,14 @@ def emvos_loss(logits: Tensor, gt: Tensor) -> Tensor:
     return F.cross_entropy(logits.flatten(0, 1).float(), gt.flatten(0, 1))
 
 
-def clip_forward(net: nn.Module, imgs: Tensor, first_masks: Tensor) -> Tensor:
+def clip_forward(net: nn.Module, imgs: Tensor, first_masks: Tensor, aggregate: bool = False) -> Tensor:
     """The training forward of any method with the streaming interface: clips with only the first frame's mask
-    given, one object (id 1), no aggregation; the previous soft mask is the softmax of the last logits, as in the
-    official EMVOS training.
+    given, one object (id 1); each frame's prediction becomes the next frame's previous mask.
 
     imgs: (B, L, 3, H, W) RGB in [0, 1]; first_masks: (B, H, W) with values 0/1.
+    aggregate: False (EMVOS, as the official training): the previous soft mask is the softmax of the last logits.
+    True (VideoMatch): it goes through aggregate_objects as at test time (for one object p^2 / (p^2 + (1 - p)^2)),
+    so that an online-update threshold the test-time update reaches is reached in training too.
     Returns the logits of frames 1..L-1, (B, L-1, 2, H, W), with the padding to a multiple of 16 cropped off.
     """
     b, length, _, height, width = imgs.shape
@@ -429,7 +431,8 @@ def clip_forward(net: nn.Module, imgs: Tensor, first_masks: Tensor) -> Tensor:
         logit = net.predict(feats, state)  # (B, 1, 2, H, W)
         logits.append(logit[:, 0])
         if i < length - 1:
-            net.update(state, feats, torch.softmax(logit, dim=2))
+            probs = torch.softmax(logit, dim=2)
+            net.update(state, feats, aggregate_objects(probs)[1] if aggregate else probs)
     return unpad(torch.stack(logits, dim=1), padding)
 
 

@@ -251,22 +251,10 @@ class VideoMatch(nn.Module):
         is never called then. Longer clips carry the previous mask along and, with the online update, the confident
         sets, from the probabilities `update` gets at test time (the softmax through model.aggregate_objects, which
         for one object is p^2 / (p^2 + (1 - p)^2)), so a threshold that the test-time update reaches is reached here
-        too. (model.clip_forward, EMVOS's, passes the plain softmax, which never leaves [0.27, 0.73] here.)
+        too (EMVOS's training passes the plain softmax, as the official code, which here never leaves [0.27, 0.73]).
         No outlier removal in training.
         """
-        b, length, _, height, width = imgs.shape
-        padding = model.get_padding(height, width)
-        imgs = model.pad(imgs.flatten(0, 1), padding).unflatten(0, (b, length))
-        first = model.pad_mask(first_masks, padding)
-        state = self.init_state(self.encode(imgs[:, 0]), model.one_hot(first, [1], imgs.dtype))
-        logits = []
-        for i in range(1, length):
-            feats = self.encode(imgs[:, i])
-            logit = self.predict(feats, state)  # (B, 1, 2, H, W)
-            logits.append(logit[:, 0])
-            if i < length - 1:
-                self.update(state, feats, model.aggregate_objects(torch.softmax(logit, dim=2))[1])
-        return model.unpad(torch.stack(logits, dim=1), padding)
+        return model.clip_forward(self, imgs, first_masks, aggregate=True)
 
 
 # --- checkpoints of the port (stashvala/Pytorch-VideoMatch) -------------------------------------------------------

@@ -92,26 +92,30 @@ def colour_bar(height: int = PANEL_HEIGHT, label: str = "probability") -> np.nda
     return np.concatenate([text_strip(width, label, scale=0.45), pic])
 
 
+def _stack(pictures: Sequence[np.ndarray], axis: int, gap: int) -> np.ndarray:
+    """Pictures along axis 1 (side by side, top-aligned) or 0 (one under the other, left-aligned), gaps of white."""
+    across = 1 - axis  # the other image axis, padded to the largest picture
+    size = max(p.shape[across] for p in pictures)
+    out = []
+    for k, p in enumerate(pictures):
+        if k:
+            shape = [size, size, 3]
+            shape[axis] = gap
+            out.append(np.full(shape, WHITE, np.uint8))
+        pad = [(0, 0), (0, 0), (0, 0)]
+        pad[across] = (0, size - p.shape[across])
+        out.append(np.pad(p, pad, constant_values=WHITE))
+    return np.concatenate(out, axis=axis)
+
+
 def hstack(panels: Sequence[np.ndarray], gap: int = GAP) -> np.ndarray:
     """Panels side by side, top-aligned, on white."""
-    height = max(p.shape[0] for p in panels)
-    out = []
-    for k, p in enumerate(panels):
-        if k:
-            out.append(np.full((height, gap, 3), WHITE, np.uint8))
-        out.append(np.pad(p, ((0, height - p.shape[0]), (0, 0), (0, 0)), constant_values=WHITE))
-    return np.concatenate(out, axis=1)
+    return _stack(panels, 1, gap)
 
 
 def vstack(rows: Sequence[np.ndarray], gap: int = GAP) -> np.ndarray:
     """Rows one under the other, left-aligned, on white."""
-    width = max(r.shape[1] for r in rows)
-    out = []
-    for k, r in enumerate(rows):
-        if k:
-            out.append(np.full((gap, width, 3), WHITE, np.uint8))
-        out.append(np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=WHITE))
-    return np.concatenate(out)
+    return _stack(rows, 0, gap)
 
 
 def titled(figure: np.ndarray, title: str) -> np.ndarray:
