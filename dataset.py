@@ -662,7 +662,20 @@ def check_videos(videos: Iterator[tuple[str, list[Path]]], where: str, binary: b
                             f"annotations (check that Annotations/ holds the object masks)")
 
 
-class TrainDAVIS(Dataset):
+class ClipSampler(Dataset):
+    """What every clip sampler shares: `clips_per_epoch` random clips of `clip_len` frames at `output_size`; the
+    index only counts clips (the official loaders draw the video at random for every item)."""
+
+    def __init__(self, output_size: tuple[int, int], clip_len: int, clips_per_epoch: int) -> None:
+        self.output_size = tuple(output_size)
+        self.clip_len = clip_len
+        self.clips_per_epoch = clips_per_epoch
+
+    def __len__(self) -> int:
+        return self.clips_per_epoch
+
+
+class TrainDAVIS(ClipSampler):
     """Clips of DAVIS (2017 train by default) on either download layout; year 2016 merges the objects into one."""
 
     def __init__(
@@ -677,12 +690,7 @@ class TrainDAVIS(Dataset):
         self.data = DAVIS(root, year=year, split=split)
         if not self.data.has_annotations:
             raise VOSInputError("DAVIS test-dev has no training annotations; train on --split train")
-        self.output_size = tuple(output_size)
-        self.clip_len = clip_len
-        self.clips_per_epoch = clips_per_epoch
-
-    def __len__(self) -> int:
-        return self.clips_per_epoch
+        super().__init__(output_size, clip_len, clips_per_epoch)
 
     def check(self) -> None:
         """Refuse data that cannot train (check_videos), before the first step."""
@@ -697,7 +705,7 @@ class TrainDAVIS(Dataset):
         )
 
 
-class TrainYTVOS(Dataset):
+class TrainYTVOS(ClipSampler):
     """Clips of YouTube-VOS train: `train/JPEGImages/<video>` with masks in `train/Annotations/<video>`.
 
     Only annotated frames are used (every 5th frame of the original video), so consecutive clip frames are 5 video
@@ -733,12 +741,7 @@ class TrainYTVOS(Dataset):
             self.videos = sorted(p.name for p in self.mask_dir.iterdir() if p.is_dir())
         if not self.videos:
             raise VOSInputError(f"'{self.mask_dir}' holds no videos; re-extract the YouTube-VOS train download")
-        self.output_size = tuple(output_size)
-        self.clip_len = clip_len
-        self.clips_per_epoch = clips_per_epoch
-
-    def __len__(self) -> int:
-        return self.clips_per_epoch
+        super().__init__(output_size, clip_len, clips_per_epoch)
 
     def annotated_frames(self, video: str) -> tuple[list[Path], list[Path]]:
         """(frames, masks) of the annotated frames of `video`, in order."""
@@ -762,7 +765,7 @@ class TrainYTVOS(Dataset):
         return _video_clip(*self.annotated_frames(video), self.clip_len, self.output_size)
 
 
-class TrainCOCO(Dataset):
+class TrainCOCO(ClipSampler):
     """COCO images as pseudo-videos: each further frame is a cumulative random affine warp of the first.
 
     Accepts the converted folder the official code expects (`JPEGImages/*.jpg` + `Annotations/*.png` of instance
@@ -784,9 +787,7 @@ class TrainCOCO(Dataset):
         image_set: str = "train2017",
     ) -> None:
         self.root = Path(root)
-        self.output_size = tuple(output_size)
-        self.clip_len = clip_len
-        self.clips_per_epoch = clips_per_epoch
+        super().__init__(output_size, clip_len, clips_per_epoch)
         if (self.root / "JPEGImages").is_dir() and (self.root / "Annotations").is_dir():
             self.layout = "converted"
             self.images = _list_files(self.root / "JPEGImages", {".jpg"})
@@ -839,9 +840,6 @@ class TrainCOCO(Dataset):
         self._infos = {i: infos[i] for i in self.image_ids}
         # Largest first, so that smaller instances are painted over the bigger ones they lie on.
         self._segs = {i: [s for _, s in sorted(per_image[i], key=lambda a: -a[0])] for i in self.image_ids}
-
-    def __len__(self) -> int:
-        return self.clips_per_epoch
 
     @property
     def num_images(self) -> int:

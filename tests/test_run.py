@@ -15,6 +15,7 @@ from PIL import Image
 import inference
 import methods
 import run
+import visualize
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -204,7 +205,10 @@ def test_videomatch_end_to_end_with_visualisation(tmp_path: Path, monkeypatch: p
     assert (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))) == (854, 480)
     cap.release()
     maps = Image.open(vis / "probabilities_00002.png")
-    assert maps.size == (2 * 854, 480)  # foreground | background, one row per object
+    # one row for the one object: the frame, P(foreground), P(background) at the frame's aspect, and a colour bar
+    width, height = maps.size
+    assert visualize.PANEL_HEIGHT < height < 2 * visualize.PANEL_HEIGHT
+    assert width > 3 * visualize.PANEL_HEIGHT * 854 // 480
 
 
 def test_method_mismatch_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
