@@ -26,7 +26,10 @@ import pytest
 import torch
 import torch.nn as nn
 import torchvision as tv
+from conftest import GOLDEN_WEIGHTS
 
+import inference
+import run
 import weights
 from utils import VOSInputError
 from weights import WeightsUnavailableError
@@ -492,10 +495,6 @@ def test_imagenet_unavailable(
 @pytest.fixture
 def served_golden(server: SimpleNamespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The golden official-layout checkpoint served as coco_davis_best.pth; run.py's trained_model/ in tmp_path."""
-    from conftest import GOLDEN_WEIGHTS
-
-    import run
-
     golden = GOLDEN_WEIGHTS
     if not golden.is_file():
         pytest.skip(f"golden weights not found at {golden}")
@@ -503,12 +502,11 @@ def served_golden(server: SimpleNamespace, tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setitem(weights.OFFICIAL_BLOB_IDS, DAVIS, weights.git_blob_id(golden))
     monkeypatch.setattr(weights, "OFFICIAL_BASE_URL", server.url)
     monkeypatch.setattr(run, "TRAINED_MODEL", tmp_path / "trained_model")
+    monkeypatch.setattr(inference, "TEST_SHORT_SIDE", 120)  # a quarter of 480p: the download is what is tested
     return tmp_path / "trained_model"
 
 
 def _run_test(tmp_path: Path, *extra: str) -> int:
-    import run
-
     return run.main(["--test", "--device", "cpu", "--data", "sample", "--sequences", "bear", "--output",
                      str(tmp_path / "out"), *extra])
 
