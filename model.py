@@ -121,6 +121,24 @@ def deconv(c_in: int, c_out: int, k: int, s: int, p: int) -> nn.Sequential:
     return nn.Sequential(OrderedDict(deconv=_init(nn.ConvTranspose2d(c_in, c_out, k, s, p))))
 
 
+def conv_transpose_gemm(x: Tensor, layer: nn.ConvTranspose2d) -> Tensor:
+    """layer(x) as one matrix product and col2im (F.fold): the same sums as the layer, in another order.
+
+    oneDNN's transposed convolution is slow with EMVOS's 2 output channels (deconv3 at 854x480: 0.96 GFLOP in
+    about 28 ms on this project's CPU); as a (HW, C_in) x (C_in, C_out k k) product plus a scatter-add it takes a few.
+    Stride, padding and kernel as the layer's; no output padding, dilation or groups (EMVOS has none).
+    """
+    b, c, h, w = x.shape
+    (kh, kw), (sh, sw), (ph, pw) = layer.kernel_size, layer.stride, layer.padding
+    weight = layer.weight.flatten(1)  # (C_in, C_out * kh * kw)
+    if x.stride(1) == 1 and c > 1:  # channels_last: the (HW, C) rows are a view
+        cols = (x.permute(0, 2, 3, 1).reshape(b, h * w, c) @ weight).transpose(1, 2)  # (B, C_out * kh * kw, HW)
+    else:
+        cols = weight.t() @ x.flatten(2)  # (B, C_out * kh * kw, HW)
+    size = ((h - 1) * sh - 2 * ph + kh, (w - 1) * sw - 2 * pw + kw)
+    return F.fold(cols, size, (kh, kw), stride=(sh, sw), padding=(ph, pw)) + layer.bias.view(1, -1, 1, 1)
+
+
 class Matcher(nn.Module):
     """The two key projections of f16: conv1 for surjective/bijective matching (L2-normalised), conv2 for equalized."""
 
@@ -147,13 +165,26 @@ class CBAM(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.conv1(x)
         gate = self.conv2(F.adaptive_avg_pool2d(x, 1)) + self.conv2(F.adaptive_max_pool2d(x, 1))
-        x = x * torch.sigmoid(gate)
-        x = x * torch.sigmoid(self.conv3(torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], 1)))
-        return x
+        # Without autograd the gates scale x in place: the same products, without two more maps of x's size
+        # (26 MB per object at stride 4, 854x480) to allocate and fault in.
+        inplace = not (torch.is_grad_enabled() and x.requires_grad)
+        x = x.mul_(torch.sigmoid(gate)) if inplace else x * torch.sigmoid(gate)
+        spatial = torch.sigmoid(self.conv3(torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], 1)))
+        return x.mul_(spatial) if inplace else x * spatial
+
+
+@dataclass
+class Projection:
+    """Decoder.project's result: the part of the decoder that is the same for every object, one map per stride."""
+
+    maps: tuple[Tensor, Tensor, Tensor]  # (B, 256, h, w) at strides 16, 8, 4
+    split: bool  # True: each blend convolution's shared partial sum W_p * p + b (before ReLU); False: p itself
 
 
 class Decoder(nn.Module):
     """Refines matching scores from stride 16 to full resolution with the encoder's skip features."""
+
+    SKIP = 256  # channels of the projected skip features p: the first input channels of every blend convolution
 
     def __init__(self, match_channels: int = 8):
         super().__init__()
@@ -170,34 +201,67 @@ class Decoder(nn.Module):
         self.cbam3 = CBAM(256)
         self.deconv3 = deconv(256, 2, 6, 4, 1)  # stride 4 -> 1
 
-    def project(self, f4: Tensor, f8: Tensor, f16: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """The 1x1 projections of the skip features. They are the same for every object, so they run once a frame."""
-        return self.conv3(f4), self.conv2(f8), self.conv1(f16)
+    def project(self, f4: Tensor, f8: Tensor, f16: Tensor, split: bool = True) -> Projection:
+        """The part of the decoder that is the same for every object, so that it runs once a frame.
 
-    def forward(self, proj: tuple[Tensor, Tensor, Tensor], scores: Tensor, prev_mask16: Tensor) -> Tensor:
-        """proj: project()'s (B, 256, ...) x3; scores: (B, N, 8, h, w); prev_mask16: (B, N, 2, h, w).
+        Always the 1x1 projections p of the skip features. A blend convolution's input is cat([p, the object's own
+        2-10 channels s]) and a convolution is linear in its input channels: blend(cat[p, s]) = W_p * p + b + W_s * s.
+        split=True also runs the W_p * p + b half here (the existing weights, sliced: the checkpoint is unchanged),
+        which moves about half of the decoder's per-object FLOPs (40 of 82 GFLOP at 864x480) to once a frame;
+        forward then convolves each object's own channels only. split=False keeps the official computation (for
+        comparisons): float64 logits agree to 1e-12, float32 ones move by summation order only (tests).
+        """
+        if not split:
+            return Projection((self.conv1(f16), self.conv2(f8), self.conv3(f4)), split=False)
+
+        def shared(x: Tensor, proj: nn.Sequential, blend: nn.Sequential) -> Tensor:  # p is dropped once used
+            return F.conv2d(proj(x), blend.conv.weight[:, :self.SKIP], blend.conv.bias, blend.conv.stride,
+                            blend.conv.padding)
+
+        q4 = shared(f4, self.conv3, self.blend3)  # the largest first: at most one p and its q alive at a time
+        q8 = shared(f8, self.conv2, self.blend2)
+        return Projection((shared(f16, self.conv1, self.blend1), q8, q4), split=True)
+
+    def forward(self, shared: Projection, scores: Tensor, prev_mask16: Tensor) -> Tensor:
+        """shared: project()'s maps (B, 256, ...) x3; scores: (B, N, 8, h, w); prev_mask16: (B, N, 2, h, w).
 
         Returns logits (B, N, 2, H, W). All objects of all clips run as one batch of B*N.
         """
         b, n = scores.shape[:2]
-
         # torch.cat keeps channels_last only when every input is in it; otherwise the next conv converts its input
         # back, a copy of (B*N, 258, H/4, W/4) per call (bench.py: 7 ms per object at 854x480 on CPU)
-        cl = proj[0].is_contiguous(memory_format=torch.channels_last)
+        cl = shared.maps[0].is_contiguous(memory_format=torch.channels_last)
         fmt = torch.channels_last if cl else torch.contiguous_format
+        own = torch.cat([scores.flatten(0, 1), prev_mask16.flatten(0, 1)], dim=1).contiguous(memory_format=fmt)
+        if not shared.split:
+            return self._forward_unsplit(shared.maps, own, b, n, fmt).unflatten(0, (b, n))
+
+        def blend(layer: nn.Sequential, q: Tensor, s: Tensor) -> Tensor:
+            # relu(W_s * s + (W_p * p + b)): the object's own channels only; q (B, 256, h, w) is project()'s
+            s = s.contiguous(memory_format=fmt)
+            x = F.conv2d(s, layer.conv.weight[:, self.SKIP:], None, layer.conv.stride, layer.conv.padding)
+            x.unflatten(0, (b, n)).add_(q.unsqueeze(1))  # (B, N, 256, h, w), in place: no second map per object
+            return F.relu(x, inplace=True)
+
+        q16, q8, q4 = shared.maps
+        s8 = conv_transpose_gemm(self.cbam1(blend(self.blend1, q16, own)), self.deconv1.deconv)
+        s4 = conv_transpose_gemm(self.cbam2(blend(self.blend2, q8, s8)), self.deconv2.deconv)
+        out = conv_transpose_gemm(self.cbam3(blend(self.blend3, q4, s4)), self.deconv3.deconv)
+        return out.unflatten(0, (b, n))  # (B, N, 2, H, W)
+
+    def _forward_unsplit(self, proj: tuple[Tensor, Tensor, Tensor], own: Tensor, b: int, n: int,
+                         fmt: torch.memory_format) -> Tensor:
+        """The official computation: each blend convolution on cat([p, s]) -> (B*N, 2, H, W)."""
 
         def per_object(x: Tensor) -> Tensor:  # (B, C, h, w) -> (B*N, C, h, w), the same map for every object
             if n == 1:  # as is: through expand the size-1 batch's stride changes and channels_last is lost
                 return x
             return x.unsqueeze(1).expand(b, n, *x.shape[1:]).flatten(0, 1).contiguous(memory_format=fmt)
 
-        p4, p8, p16 = proj
-        own = torch.cat([scores.flatten(0, 1), prev_mask16.flatten(0, 1)], dim=1).contiguous(memory_format=fmt)
-        x = torch.cat([per_object(p16), own], dim=1)
-        s8 = self.deconv1(self.cbam1(self.blend1(x)))
+        p16, p8, p4 = proj
+        s8 = self.deconv1(self.cbam1(self.blend1(torch.cat([per_object(p16), own], dim=1))))
         s4 = self.deconv2(self.cbam2(self.blend2(torch.cat([per_object(p8), s8], dim=1))))
-        out = self.deconv3(self.cbam3(self.blend3(torch.cat([per_object(p4), s4], dim=1))))
-        return out.unflatten(0, (b, n))  # (B, N, 2, H, W)
+        return self.deconv3(self.cbam3(self.blend3(torch.cat([per_object(p4), s4], dim=1))))
 
     # Feature maps of (256 + 2) channels at stride 4 alive at once per object at the decoder's peak (blend3's input
     # and output, CBAM's conv and gated copies): 3.3-5.5 measured at 480p (the first object of a batch costs the
@@ -330,13 +394,14 @@ class EMVOS(nn.Module):
             channels += [glob, local]
         return torch.cat(channels, dim=2).unflatten(3, (h, w))  # (B, N, 4 * branches, h, w)
 
-    def decode(self, feats: FrameFeatures, scores: Tensor, state: VideoState) -> Tensor:
+    def decode(self, feats: FrameFeatures, scores: Tensor, state: VideoState, split: bool = True) -> Tensor:
         """-> logits (B, N, 2, H, W) for [bg, fg] of every object.
 
-        Objects go through the decoder decoder_batch at a time, fewer if the memory budget says so; an object's logits
+        The decoder's shared part runs once (Decoder.project; split: the blend convolutions' shared half too). Objects
+        then go through the decoder decoder_batch at a time, fewer if the memory budget says so; an object's logits
         do not depend on the others in its batch (up to float rounding, see decoder_batch).
         """
-        proj = self.decoder.project(feats.f4, feats.f8, feats.f16)
+        proj = self.decoder.project(feats.f4, feats.f8, feats.f16, split)
         prev = state.prev_mask16.unflatten(3, feats.size16)  # (B, N, 2, h, w)
         n = scores.shape[1]
         chunk = min(n, self.decoder_batch or n)
@@ -393,9 +458,9 @@ class EMVOS(nn.Module):
         state.prev_keys = feats.keys
         state.prev_mask16 = matching.pool_mask(probs.flatten(1, 2)).unflatten(1, probs.shape[1:3])
 
-    def predict(self, feats: FrameFeatures, state: VideoState) -> Tensor:
-        """Logits (B, N, 2, H, W) of every tracked object in a new frame."""
-        return self.decode(feats, self.match(feats, state), state)
+    def predict(self, feats: FrameFeatures, state: VideoState, split: bool = True) -> Tensor:
+        """Logits (B, N, 2, H, W) of every tracked object in a new frame. split: see Decoder.project."""
+        return self.decode(feats, self.match(feats, state), state, split)
 
     # --- training forward ------------------------------------------------------------------------------------------
     def forward(self, imgs: Tensor, first_masks: Tensor) -> Tensor:
@@ -559,6 +624,7 @@ class VideoSegmenter:
     model: nn.Module
     dtype: torch.dtype = torch.float32  # the frames' dtype: float64 to compare with a reference, else float32
     autocast: torch.dtype | None = None  # bfloat16 / float16 under torch.autocast
+    split_decoder: bool = True  # EMVOS: False runs the official, unsplit decoder (Decoder.project), for comparisons
     object_ids: list[int] = field(default_factory=list)
     state: VideoState | None = None
     frame_size: tuple[int, int] | None = None  # (H, W) of the last frame given to step, before padding
@@ -592,7 +658,9 @@ class VideoSegmenter:
             self.object_ids = new_ids
             self.state = self.model.init_state(feats, masks)
             return given, masks  # the given frame is the output, as the official code returns it
-        probs = torch.softmax(self.model.predict(feats, self.state).to(img.dtype), dim=2)  # (1, N, 2, H, W)
+        logits = self.model.predict(feats, self.state) if self.split_decoder else \
+            self.model.predict(feats, self.state, split=False)
+        probs = torch.softmax(logits.to(img.dtype), dim=2)  # (1, N, 2, H, W)
         corrected = [i for i in given_ids if i in self.object_ids]
         if corrected:
             slots = [self.object_ids.index(i) for i in corrected]
