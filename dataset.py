@@ -27,10 +27,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-import torchvision.transforms.functional as TF
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision.transforms import InterpolationMode
 
 from utils import VOSInputError, read_frame, read_mask
 
@@ -733,6 +731,10 @@ class TrainCOCO(Dataset):
         As in the official code, even the first frame is warped, the warp applies at the original image size
         (before 480p), and both image and mask are resampled with nearest neighbour (torchvision's default).
         """
+        # imported here: torchvision brings in torch._dynamo and triton (160 MiB), which the test side does not need
+        import torchvision.transforms.functional as TF  # noqa: N812
+        from torchvision.transforms import InterpolationMode
+
         img0, mask0 = self.load(k)
         angle, scale, shear = 0.0, 1.0, (0.0, 0.0)
         for _ in range(self.clip_len):

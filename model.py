@@ -21,7 +21,6 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torchvision as tv
 from torch import Tensor
 
 import matching
@@ -64,11 +63,79 @@ IMAGENET_WEIGHTS = {"densenet121": "DenseNet121_Weights", "resnet50": "ResNet50_
                     "vgg19": "VGG19_Weights", "resnet101": "ResNet101_Weights"}  # the last two: VideoMatch
 
 
+class DenseLayer(nn.Module):
+    """torchvision's `_DenseLayer` (bottleneck width 4 x growth, no dropout): the same submodules and operations."""
+
+    def __init__(self, c_in: int, growth: int = 32, bottleneck: int = 4):
+        super().__init__()
+        self.norm1 = nn.BatchNorm2d(c_in)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.conv1 = nn.Conv2d(c_in, bottleneck * growth, 1, bias=False)
+        self.norm2 = nn.BatchNorm2d(bottleneck * growth)
+        self.relu2 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(bottleneck * growth, growth, 3, padding=1, bias=False)
+
+    def forward(self, features: list[Tensor]) -> Tensor:
+        x = self.conv1(self.relu1(self.norm1(torch.cat(features, 1))))
+        return self.conv2(self.relu2(self.norm2(x)))  # (B, growth, h, w)
+
+
+class DenseBlock(nn.ModuleDict):
+    """torchvision's `_DenseBlock`: every layer sees the concatenation of the block's input and all earlier outputs."""
+
+    def __init__(self, layers: int, c_in: int, growth: int = 32):
+        super().__init__({f"denselayer{i + 1}": DenseLayer(c_in + i * growth, growth) for i in range(layers)})
+
+    def forward(self, x: Tensor) -> Tensor:
+        features = [x]
+        for layer in self.values():
+            features.append(layer(features))
+        return torch.cat(features, 1)
+
+
+def densenet121_features() -> nn.Sequential:
+    """`torchvision.models.densenet121(weights=None).features`, built here: importing torchvision brings in
+    torch._dynamo and triton (about 160 MiB resident and 0.8 s for `run.py --test`, which needs neither).
+
+    The same module names (so the same checkpoint keys), operations and random initialisation: modules are made and
+    initialised in torchvision's order, its classifier included and then dropped, so that the same seed gives the
+    same weights here and in every module built after the encoder (tests/test_decoder_split.py checks it).
+    """
+    features = nn.Sequential(OrderedDict(conv0=nn.Conv2d(3, 64, 7, 2, 3, bias=False), norm0=nn.BatchNorm2d(64),
+                                         relu0=nn.ReLU(inplace=True), pool0=nn.MaxPool2d(3, 2, 1)))
+    c = 64
+    for i, layers in enumerate((6, 12, 24, 16)):
+        features.add_module(f"denseblock{i + 1}", DenseBlock(layers, c))
+        c += 32 * layers
+        if i < 3:
+            features.add_module(f"transition{i + 1}", nn.Sequential(OrderedDict(
+                norm=nn.BatchNorm2d(c), relu=nn.ReLU(inplace=True), conv=nn.Conv2d(c, c // 2, 1, bias=False),
+                pool=nn.AvgPool2d(2, 2))))
+            c //= 2
+    features.add_module("norm5", nn.BatchNorm2d(c))
+    classifier = nn.Linear(c, 1000)
+    for m in [*features.modules(), classifier]:
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.zeros_(m.bias)
+    return features
+
+
 def imagenet_backbone(name: str, pretrained: bool) -> nn.Module:
     """A torchvision backbone, with ImageNet weights through torchvision's weights API only when asked for.
 
     Weights cannot be fetched on a machine without internet; then the error says which file to put where.
+    DenseNet-121 without ImageNet weights (inference from a checkpoint) comes from densenet121_features, without
+    importing torchvision.
     """
+    if name == "densenet121" and not pretrained:
+        return densenet121_features()
+    import torchvision as tv
+
     weights = getattr(tv.models, IMAGENET_WEIGHTS[name]).IMAGENET1K_V1 if pretrained else None
     try:
         net = getattr(tv.models, name)(weights=weights)
