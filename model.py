@@ -362,16 +362,28 @@ class Keys:
 
 @dataclass
 class FrameFeatures:
-    """What the encoder and matcher give for one frame."""
+    """What the encoder and matcher give for one frame.
 
-    f4: Tensor  # (B, 256, H/4, W/4)
-    f8: Tensor  # (B, 512, H/8, W/8)
-    f16: Tensor  # (B, 1024, H/16, W/16)
+    The skip features f4, f8, f16 serve only the decoder's per-frame part: `project` replaces them by it, so that
+    they are not held while every object is decoded and aggregated (51 MiB at 854x480, a fifth of a frame's peak).
+    """
+
+    f4: Tensor | None  # (B, 256, H/4, W/4); None once projected
+    f8: Tensor | None  # (B, 512, H/8, W/8)
+    f16: Tensor | None  # (B, 1024, H/16, W/16)
     keys: Keys
+    size16: tuple[int, int]  # (h, w) of the stride-16 maps
+    shared: Projection | None = None  # Decoder.project's result, once computed
 
-    @property
-    def size16(self) -> tuple[int, int]:
-        return self.f16.shape[-2], self.f16.shape[-1]
+    def project(self, decoder: Decoder, split: bool = True) -> Projection:
+        """The decoder's per-frame part (Decoder.project), computed once; the skip features are dropped then."""
+        if self.shared is None or self.shared.split != split:
+            if self.f4 is None:
+                raise ValueError(f"this frame's skip features were released after its projection with "
+                                 f"split={not split}; encode the frame again to decode it with split={split}")
+            self.shared = decoder.project(self.f4, self.f8, self.f16, split)
+            self.f4 = self.f8 = self.f16 = None
+        return self.shared
 
 
 @dataclass
@@ -429,7 +441,7 @@ class EMVOS(nn.Module):
         """img: (B, 3, H, W) RGB in [0, 1], H and W multiples of 16."""
         with torch.set_grad_enabled(self.config.train_encoder and torch.is_grad_enabled()):
             f4, f8, f16 = self.encoder(img)
-        return FrameFeatures(f4, f8, f16, self.matcher(f16))
+        return FrameFeatures(f4, f8, f16, self.matcher(f16), (f16.shape[-2], f16.shape[-1]))
 
     def match(self, feats: FrameFeatures, state: VideoState) -> Tensor:
         """Matching scores of every object: (B, N, 4 * branches, h, w).
@@ -464,21 +476,28 @@ class EMVOS(nn.Module):
     def decode(self, feats: FrameFeatures, scores: Tensor, state: VideoState, split: bool = True) -> Tensor:
         """-> logits (B, N, 2, H, W) for [bg, fg] of every object.
 
-        The decoder's shared part runs once (Decoder.project; split: the blend convolutions' shared half too). Objects
-        then go through the decoder decoder_batch at a time, fewer if the memory budget says so; an object's logits
-        do not depend on the others in its batch (up to float rounding, see decoder_batch).
+        The decoder's shared part runs once (Decoder.project, which then replaces feats' skip features; split: the
+        blend convolutions' shared half too). Objects then go through the decoder decoder_batch at a time, fewer if
+        the memory budget says so; an object's logits do not depend on the others in its batch (up to float
+        rounding, see decoder_batch).
         """
-        proj = self.decoder.project(feats.f4, feats.f8, feats.f16, split)
+        proj = feats.project(self.decoder, split)
         prev = state.prev_mask16.unflatten(3, feats.size16)  # (B, N, 2, h, w)
         n = scores.shape[1]
         chunk = min(n, self.decoder_batch or n)
+        q4 = proj.maps[2]  # (B, 256, H/4, W/4), the size of f4
         if chunk > 1:
-            per_object = self.decoder.bytes_per_object(feats.f4, torch.promote_types(feats.f4.dtype, scores.dtype))
-            chunk = decoder_chunk_size(self.budget_bytes(feats.f4.device), chunk, per_object)
+            per_object = self.decoder.bytes_per_object(q4, torch.promote_types(q4.dtype, scores.dtype))
+            chunk = decoder_chunk_size(self.budget_bytes(q4.device), chunk, per_object)
         if chunk >= n:
             return self.decoder(proj, scores, prev)
-        return torch.cat([self.decoder(proj, scores[:, s:s + chunk], prev[:, s:s + chunk]) for s in range(0, n, chunk)],
-                         dim=1)  # (B, N, 2, H, W)
+        out = None  # filled chunk by chunk: a list and torch.cat would hold every object's logits twice
+        for s in range(0, n, chunk):
+            logits = self.decoder(proj, scores[:, s:s + chunk], prev[:, s:s + chunk])  # (B, chunk, 2, H, W)
+            if out is None:
+                out = logits.new_empty(logits.shape[0], n, *logits.shape[2:])
+            out[:, s:s + chunk] = logits
+        return out  # (B, N, 2, H, W)
 
     # --- runtime settings (not weights) -------------------------------------------------------------------------
     def set_memory_budget(self, max_bytes: int | str | None = "auto") -> "EMVOS":

@@ -4,6 +4,7 @@ official, unsplit decoder's numbers: to 1e-9 in float64 on the golden cases, the
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from model import EMVOS, Decoder, VideoSegmenter, load_checkpoint
+from model import EMVOS, Decoder, FrameFeatures, VideoSegmenter, load_checkpoint
 
 SHARED = Path(os.environ.get("EMVOS_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 GOLDEN = SHARED / "golden"
@@ -78,6 +79,18 @@ def test_split_keeps_the_state_dict() -> None:
     assert all(torch.equal(after[k], before[k]) for k in before)
 
 
+def test_frame_features_release_skips_after_projection() -> None:
+    decoder = _decoder()
+    f4, f8, f16, scores, prev = _decoder_inputs(torch.float32, 1, 2)
+    feats = FrameFeatures(f4, f8, f16, None, (3, 5))
+    with torch.no_grad():
+        shared = feats.project(decoder, split=True)
+        assert feats.f4 is None and feats.f8 is None and feats.f16 is None  # not held while objects are decoded
+        assert feats.project(decoder, split=True) is shared  # computed once per frame
+        with pytest.raises(ValueError, match="encode the frame again"):
+            feats.project(decoder, split=False)
+
+
 def test_split_decoder_trains() -> None:
     # slicing the blend weights keeps them trainable: gradients reach both halves of every blend convolution
     decoder = _decoder().train()
@@ -94,9 +107,9 @@ def compare_decoders(model: EMVOS, diffs: list[float]) -> Iterator[None]:
     goes on, so the video follows the split path."""
     original = model.decode
 
-    def both(feats: object, scores: torch.Tensor, state: object, split: bool = True) -> torch.Tensor:
+    def both(feats: FrameFeatures, scores: torch.Tensor, state: object, split: bool = True) -> torch.Tensor:
+        ref = original(replace(feats), scores, state, split=False)  # a copy: decode releases the skip features
         out = original(feats, scores, state, split=True)
-        ref = original(feats, scores, state, split=False)
         diffs.append((out - ref).abs().max().item())
         return out
 
