@@ -491,6 +491,104 @@ def memory_growth(model: emvos.EMVOS, device: torch.device, resolution: str, obj
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# where one frame's time goes
+# ---------------------------------------------------------------------------------------------------------------
+
+SAMPLE = Path(__file__).resolve().parent / "sample" / "DAVIS2016"
+PARTS = ("JPEG read", "encoder", "matching", "decoder, per frame", "decoder, per object", "rest of the step",
+         "PNG write")
+
+
+def sample_video(objects: int) -> tuple[list[Path], Tensor]:
+    """The bundled bear frames (854x480) and its first mask cut into `objects` vertical strips of equal area."""
+    import numpy as np
+    from PIL import Image
+
+    frames = sorted((SAMPLE / "JPEGImages" / "480p" / "bear").glob("*.jpg"))
+    if not frames:
+        raise FileNotFoundError(f"the bundled sample {SAMPLE} is missing; --profile runs on its bear frames")
+    fg = np.asarray(Image.open(SAMPLE / "Annotations" / "480p" / "bear" / "00000.png")) != 0
+    cuts = np.percentile(np.nonzero(fg)[1], np.linspace(0, 100, objects + 1)[1:-1])
+    strips = 1 + (np.arange(fg.shape[1])[None, :] >= np.asarray(cuts)[:, None, None]).sum(0)
+    return frames, torch.from_numpy(np.where(fg, strips, 0).astype(np.int64))
+
+
+def profile_frames(model: emvos.EMVOS, device: torch.device, objects: int, split: bool, out_dir: Path,
+                   ) -> dict[str, float]:
+    """Median seconds per part of a frame, as run.py runs it: read the JPEG, VideoSegmenter.step, write the PNG.
+
+    Parts inside the step are timed by wrapping model.encode, model.match, Decoder.project and Decoder.forward;
+    'rest of the step' is what the step took besides them (padding, softmax, aggregation, state update). Frame 0
+    (the given mask) and frame 1 (first-call set-up) are not counted. In run.py reading and writing overlap the
+    model in threads, so they cost wall time only where the model waits.
+    """
+    import utils
+
+    paths, mask = sample_video(objects)
+    seg = emvos.VideoSegmenter(model, split_decoder=split)
+    times: dict[str, list[float]] = {part: [] for part in PARTS}
+    current: dict[str, float] = {}
+
+    def timed(target: object, name: str, part: str) -> None:
+        original = getattr(target, name)
+
+        def wrapper(*args: object, **kwargs: object) -> object:
+            synchronize(device)
+            start = time.perf_counter()
+            out = original(*args, **kwargs)
+            synchronize(device)
+            current[part] = current.get(part, 0.0) + time.perf_counter() - start
+            return out
+
+        setattr(target, name, wrapper)
+
+    for target, name, part in ((model, "encode", "encoder"), (model, "match", "matching"),
+                               (model.decoder, "project", "decoder, per frame"),
+                               (model.decoder, "forward", "decoder, per object")):
+        timed(target, name, part)
+    try:
+        for t, path in enumerate(paths):
+            current.clear()
+            start = time.perf_counter()
+            rgb = utils.read_frame(path)
+            frame = torch.tensor(rgb).permute(2, 0, 1).float().div(255)
+            read = time.perf_counter() - start
+            synchronize(device)
+            start = time.perf_counter()
+            labels, _ = seg.step(frame, mask if t == 0 else None)
+            synchronize(device)
+            step = time.perf_counter() - start
+            start = time.perf_counter()
+            utils.save_mask(out_dir / f"{t:05d}.png", labels.to("cpu", torch.uint8).numpy())
+            write = time.perf_counter() - start
+            if t < 2:
+                continue
+            inside = {part: current.get(part, 0.0) for part in PARTS[1:5]}
+            for part, value in (("JPEG read", read), *inside.items(), ("rest of the step", step - sum(inside.values())),
+                                ("PNG write", write)):
+                times[part].append(value)
+    finally:
+        for target in (model, model.decoder):
+            for name in ("encode", "match", "project", "forward"):
+                target.__dict__.pop(name, None)
+    return {part: statistics.median(v) for part, v in times.items()}
+
+
+def format_profile(columns: dict[str, dict[str, float]]) -> str:
+    """One line per part: milliseconds and share of the frame in each column (path)."""
+    head = f"{'part':22s}" + "".join(f" {name:>22s}" for name in columns)
+    lines = [head, "-" * len(head)]
+    totals = {name: sum(col.values()) for name, col in columns.items()}
+    for part in (*PARTS, "frame"):
+        cells = []
+        for name, col in columns.items():
+            value = totals[name] if part == "frame" else col[part]
+            cells.append(f" {1e3 * value:11.1f} ms {100 * value / totals[name]:5.1f} %")
+        lines.append(f"{part:22s}" + "".join(cells))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # command line
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -561,6 +659,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--memory-growth", action="store_true",
                    help="instead of the table: peak memory per frame of `ours` over --frames frames")
+    p.add_argument("--profile", action="store_true",
+                   help="instead of the table: where a frame's time goes (JPEG, encoder, matching, decoder, rest, "
+                        "PNG) on the bundled sample's bear frames (854x480), split and unsplit decoder; --objects")
     args = p.parse_args(argv)
     if args.quick:
         args.resolutions, args.objects, args.frames, args.configs = ["tiny"], [1, 3], 2, None
@@ -593,6 +694,16 @@ def main(argv: list[str] | None = None) -> int:
         precisions = args.precisions or (["fp32", "bf16", "fp16"] if device.type == "cuda" else ["fp32", "bf16"])
         precisions = [q for q in precisions if supported(device, q)]
         models = build_models(args, device)
+        if args.profile:
+            import tempfile
+
+            for n in args.objects:
+                with tempfile.TemporaryDirectory() as tmp:
+                    columns = {f"{n} obj, {name}": profile_frames(models["ours"], device, n, split, Path(tmp))
+                               for name, split in (("unsplit", False), ("split", True))}
+                print(f"\n{device.type}, 854x480, medians of the bear frames 2..7, threads {torch.get_num_threads()}")
+                print(format_profile(columns))
+            continue
         if args.memory_growth:
             for res, n in args.configs:
                 print(f"memory growth: {device.type} {res} {n} objects, {args.frames} frames")
