@@ -5,12 +5,13 @@ Three ways to segment the same video with the same modules and weights:
 - `per-object`: the structure of the official code (suhwan-cho/EMVOS, `VOS.forward`), reimplemented here: every
   object computes its own four HW x HW similarity matrices, its own decoder projections and runs the decoder alone
   (batch 1).
-- `unsplit`: `model.VideoSegmenter` with the official decoder computation: similarities and projections once per
-  frame for all objects, the readout in cache-sized tiles, the decoder one object per call (model.EMVOS.decoder_batch:
-  bit-identical to the official per-object decoder), plus torch.compile if asked for.
+- `unsplit`: `model.VideoSegmenter` with the official decoder computation: similarities (key products as 1x1
+  convolutions, matching.key_products) and projections once per frame for all objects, the readout in cache-sized
+  tiles, the decoder one object per call (model.EMVOS.decoder_batch: bit-identical to the official per-object
+  decoder), plus torch.compile if asked for.
 - `ours`: the same with the split decoder (model.Decoder.project): the blend convolutions' shared half also runs
-  once per frame, each object convolves only its own channels, and the transposed convolutions run as one matrix
-  product and col2im. Float32 numbers differ from the official ones by summation order only.
+  once per frame, each object convolves only its own channels, and the transposed convolutions run as a 1x1
+  convolution and col2im. Float32 numbers differ from the official ones by summation order only.
 
 channels_last (default on) applies to all paths, so that the comparison is of structure; run with
 --no-channels-last for the NCHW layout of the official code.
