@@ -1,16 +1,24 @@
 """Speed, memory and precision of EMVOS inference: this repository's batched model against the official structure.
 
-Two ways to segment the same video with the same modules and weights:
+Three ways to segment the same video with the same modules and weights:
 
 - `per-object`: the structure of the official code (suhwan-cho/EMVOS, `VOS.forward`), reimplemented here: every
   object computes its own four HW x HW similarity matrices, its own decoder projections and runs the decoder alone
   (batch 1).
-- `ours`: `inference.VideoSegmenter`: similarities and projections once per frame for all objects, the readout in
-  cache-sized tiles, the decoder one object per call (model.Runtime.decoder_batch: bit-identical to the official
-  per-object decoder and the fastest on CPU), plus torch.compile if asked for.
+- `unsplit`: `inference.VideoSegmenter` with the official decoder computation (model.Runtime(split_decoder=False)):
+  similarities (key products as 1x1 convolutions, matching.key_products) and projections once per frame for all
+  objects, the readout in cache-sized tiles, the decoder one object per call (model.Runtime.decoder_batch:
+  bit-identical to the official per-object decoder), plus torch.compile if asked for.
+- `ours`: the same with the split decoder (model.Decoder.project): the blend convolutions' shared half also runs
+  once per frame, each object convolves only its own channels, and the transposed convolutions run as a 1x1
+  convolution and col2im. Float32 numbers differ from the official ones by summation order only.
 
-channels_last (default on) applies to both paths, so that the comparison is of structure at identical float32
-numbers; run with --no-channels-last for the NCHW layout of the official code.
+channels_last (default on) applies to all paths, so that the comparison is of structure; run with
+--no-channels-last for the NCHW layout of the official code.
+
+With random weights (the default, and the golden ones) the objects' probabilities nearly coincide, so a float32
+rounding difference of 1e-6 flips the label of pixels where two objects tie: `mask diff` counts those; `clear diff`
+counts only pixels where the per-object path's winner leads the runner-up by more than TIE in probability.
 
 Every configuration (device x resolution x objects) streams one synthetic video (random frames, random blob masks)
 through every path and precision in lockstep, frame by frame, so that noise from other processes on the machine
@@ -20,6 +28,8 @@ fp32 per-object path on the same frame. Examples:
     python bench.py --quick                                   # seconds: tiny frames, 1 and 3 objects (CI)
     python bench.py --resolutions 480p --objects 1 3 --frames 5
     python bench.py --resolutions 1080p --objects 40 --paths ours --precisions fp32 --frames 3 --max-memory 4G
+    python bench.py --configs 480p:1 480p:3 480p:10 --precisions fp32 --frames 3   # the issue's speed rows
+    python bench.py --configs 1080p:40 --precisions fp32 --frames 1               # minutes per frame
     python bench.py --memory-growth --resolutions 480p --objects 3 --frames 30
 """
 
@@ -28,6 +38,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import dataclasses
 import math
 import os
 import re
@@ -51,7 +62,8 @@ from utils import parse_bytes
 
 RESOLUTIONS = {"480p": (480, 854), "720p": (720, 1280), "1080p": (1080, 1920), "tiny": (96, 160)}
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-PATHS = ("per-object", "ours")
+PATHS = ("per-object", "unsplit", "ours")
+TIE = 1e-4  # probability gap below which two labels count as a tie (clear diff)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -315,6 +327,7 @@ class Row:
     peak_bytes: int = 0
     flops: int = 0
     mask_diff: float = 0.0  # largest fraction of pixels whose label differs from the fp32 per-object path
+    clear_diff: float = 0.0  # the same, counting only pixels where the reference's label leads by more than TIE
     logit_diff: float = 0.0  # largest |logit difference| from the fp32 per-object path
 
     @property
@@ -331,8 +344,8 @@ def capture_logits(segmenter: object, sink: list[Tensor]) -> Iterator[None]:
         target, name = segmenter.model, "predict"
     original = getattr(target, name)
 
-    def recording(*args: object) -> Tensor:
-        out = original(*args)
+    def recording(*args: object, **kwargs: object) -> Tensor:
+        out = original(*args, **kwargs)
         sink.append(out.detach())
         return out
 
@@ -347,7 +360,15 @@ def make_segmenter(path: str, model: emvos.EMVOS, precision: str, runtime: emvos
     autocast = PRECISIONS[precision]
     if path == "per-object":
         return PerObjectSegmenter(model, autocast=autocast)
-    return VideoSegmenter(model, autocast=autocast, runtime=runtime or emvos.Runtime())
+    runtime = dataclasses.replace(runtime or emvos.Runtime(), split_decoder=path == "ours")
+    return VideoSegmenter(model, autocast=autocast, runtime=runtime)
+
+
+def label_margin(probs: Tensor) -> Tensor:
+    """(N, H, W) aggregated foreground probabilities -> (H, W) lead of the winning label (background included) over
+    the runner-up."""
+    top = torch.cat([1 - probs.sum(dim=0, keepdim=True), probs]).topk(2, dim=0).values
+    return top[0] - top[1]
 
 
 def run_configuration(models: dict[str, emvos.EMVOS], device: torch.device, resolution: str, objects: int,
@@ -367,6 +388,7 @@ def run_configuration(models: dict[str, emvos.EMVOS], device: torch.device, reso
         frame = random_frame(height, width, seed * 1000 + t)
         reference: Tensor | None = None
         ref_labels: Tensor | None = None
+        clear: Tensor | None = None
         for row, seg in zip(rows, segs, strict=True):
             logits: list[Tensor] = []
             # Memory is measured on the last untimed frame only: PeakMemory hands freed memory back to the OS first,
@@ -376,11 +398,11 @@ def run_configuration(models: dict[str, emvos.EMVOS], device: torch.device, reso
                 synchronize(device)
                 start, other = time.perf_counter(), other_cpu_seconds()
                 if t == 0:
-                    labels, _ = seg.step(frame, mask)
+                    labels, probs = seg.step(frame, mask)
                 elif t == 1:
-                    row.flops, (labels, _) = count_flops(lambda seg=seg, frame=frame: seg.step(frame))
+                    row.flops, (labels, probs) = count_flops(lambda seg=seg, frame=frame: seg.step(frame))
                 else:
-                    labels, _ = seg.step(frame)
+                    labels, probs = seg.step(frame)
                 synchronize(device)
                 elapsed = time.perf_counter() - start
                 other = other_cpu_seconds() - other
@@ -393,10 +415,11 @@ def run_configuration(models: dict[str, emvos.EMVOS], device: torch.device, reso
                 continue
             out = torch.cat(logits, dim=1).float()  # (1, N, 2, H, W)
             if reference is None:  # the first combination is the fp32 per-object reference
-                reference, ref_labels = out, labels
+                reference, ref_labels, clear = out, labels, label_margin(probs.float()) > TIE
             row.logit_diff = max(row.logit_diff, (out - reference).abs().max().item())
             row.mask_diff = max(row.mask_diff, (labels != ref_labels).float().mean().item())
-            del out, logits
+            row.clear_diff = max(row.clear_diff, ((labels != ref_labels) & clear).float().mean().item())
+            del out, logits, probs
     return rows
 
 
@@ -473,6 +496,104 @@ def memory_growth(model: emvos.EMVOS, device: torch.device, resolution: str, obj
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# where one frame's time goes
+# ---------------------------------------------------------------------------------------------------------------
+
+SAMPLE = Path(__file__).resolve().parent / "sample" / "DAVIS2016"
+PARTS = ("JPEG read", "encoder", "matching", "decoder, per frame", "decoder, per object", "rest of the step",
+         "PNG write")
+
+
+def sample_video(objects: int) -> tuple[list[Path], Tensor]:
+    """The bundled bear frames (854x480) and its first mask cut into `objects` vertical strips of equal area."""
+    import numpy as np
+    from PIL import Image
+
+    frames = sorted((SAMPLE / "JPEGImages" / "480p" / "bear").glob("*.jpg"))
+    if not frames:
+        raise FileNotFoundError(f"the bundled sample {SAMPLE} is missing; --profile runs on its bear frames")
+    fg = np.asarray(Image.open(SAMPLE / "Annotations" / "480p" / "bear" / "00000.png")) != 0
+    cuts = np.percentile(np.nonzero(fg)[1], np.linspace(0, 100, objects + 1)[1:-1])
+    strips = 1 + (np.arange(fg.shape[1])[None, :] >= np.asarray(cuts)[:, None, None]).sum(0)
+    return frames, torch.from_numpy(np.where(fg, strips, 0).astype(np.int64))
+
+
+def profile_frames(model: emvos.EMVOS, device: torch.device, objects: int, split: bool, out_dir: Path,
+                   ) -> dict[str, float]:
+    """Median seconds per part of a frame, as run.py runs it: read the JPEG, VideoSegmenter.step, write the PNG.
+
+    Parts inside the step are timed by wrapping model.encode, model.match, Decoder.project and Decoder.forward;
+    'rest of the step' is what the step took besides them (padding, softmax, aggregation, state update). Frame 0
+    (the given mask) and frame 1 (first-call set-up) are not counted. In run.py reading and writing overlap the
+    model in threads, so they cost wall time only where the model waits.
+    """
+    import utils
+
+    paths, mask = sample_video(objects)
+    seg = VideoSegmenter(model, runtime=emvos.Runtime(split_decoder=split))
+    times: dict[str, list[float]] = {part: [] for part in PARTS}
+    current: dict[str, float] = {}
+
+    def timed(target: object, name: str, part: str) -> None:
+        original = getattr(target, name)
+
+        def wrapper(*args: object, **kwargs: object) -> object:
+            synchronize(device)
+            start = time.perf_counter()
+            out = original(*args, **kwargs)
+            synchronize(device)
+            current[part] = current.get(part, 0.0) + time.perf_counter() - start
+            return out
+
+        setattr(target, name, wrapper)
+
+    for target, name, part in ((model, "encode", "encoder"), (model, "match", "matching"),
+                               (model.decoder, "project", "decoder, per frame"),
+                               (model.decoder, "forward", "decoder, per object")):
+        timed(target, name, part)
+    try:
+        for t, path in enumerate(paths):
+            current.clear()
+            start = time.perf_counter()
+            rgb = utils.read_frame(path)
+            frame = torch.tensor(rgb).permute(2, 0, 1).float().div(255)
+            read = time.perf_counter() - start
+            synchronize(device)
+            start = time.perf_counter()
+            labels, _ = seg.step(frame, mask if t == 0 else None)
+            synchronize(device)
+            step = time.perf_counter() - start
+            start = time.perf_counter()
+            utils.save_mask(out_dir / f"{t:05d}.png", labels.to("cpu", torch.uint8).numpy())
+            write = time.perf_counter() - start
+            if t < 2:
+                continue
+            inside = {part: current.get(part, 0.0) for part in PARTS[1:5]}
+            for part, value in (("JPEG read", read), *inside.items(), ("rest of the step", step - sum(inside.values())),
+                                ("PNG write", write)):
+                times[part].append(value)
+    finally:
+        for target in (model, model.decoder):
+            for name in ("encode", "match", "project", "forward"):
+                target.__dict__.pop(name, None)
+    return {part: statistics.median(v) for part, v in times.items()}
+
+
+def format_profile(columns: dict[str, dict[str, float]]) -> str:
+    """One line per part: milliseconds and share of the frame in each column (path)."""
+    head = f"{'part':22s}" + "".join(f" {name:>22s}" for name in columns)
+    lines = [head, "-" * len(head)]
+    totals = {name: sum(col.values()) for name, col in columns.items()}
+    for part in (*PARTS, "frame"):
+        cells = []
+        for name, col in columns.items():
+            value = totals[name] if part == "frame" else col[part]
+            cells.append(f" {1e3 * value:11.1f} ms {100 * value / totals[name]:5.1f} %")
+        lines.append(f"{part:22s}" + "".join(cells))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # command line
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -480,7 +601,7 @@ def format_table(rows: list[Row], peaks: dict[tuple[str, str], float]) -> str:
     """One line per (device, resolution, objects, path, precision)."""
     head = (f"{'device':6} {'res':>6} {'obj':>3} {'path':10} {'prec':4} {'fps':>7} {'s/frame':>8} "
             f"{'x per-obj':>9} {'peak MiB':>9} {'GFLOP':>7} {'GFLOP/s':>8} {'% peak':>6} {'mask diff':>9} "
-            f"{'logit diff':>10} {'load':>5}")
+            f"{'clear diff':>10} {'logit diff':>10} {'load':>5}")
     lines = [head, "-" * len(head)]
     for row in rows:
         base = next((r for r in rows if r.path == "per-object" and r.precision == row.precision
@@ -493,7 +614,8 @@ def format_table(rows: list[Row], peaks: dict[tuple[str, str], float]) -> str:
             f"{row.device:6} {row.resolution:>6} {row.objects:3d} {row.path:10} {row.precision:4} "
             f"{1 / row.seconds:7.3f} {row.seconds:8.3f} {speedup:9.2f} {row.peak_bytes / 2**20:9.0f} "
             f"{row.flops / 1e9:7.1f} {achieved / 1e9:8.1f} {100 * achieved / peak:6.1f} "
-            f"{row.mask_diff:9.2e} {row.logit_diff:10.2e} {max(0.0, statistics.mean(row.others or [0])):5.1f}")
+            f"{row.mask_diff:9.2e} {row.clear_diff:10.2e} {row.logit_diff:10.2e} "
+            f"{max(0.0, statistics.mean(row.others or [0])):5.1f}")
     return "\n".join(lines)
 
 
@@ -511,7 +633,7 @@ def build_models(args: argparse.Namespace, device: torch.device) -> dict[str, em
         ours.to(memory_format=torch.channels_last)
     if args.compile:
         ours.compile_modules()
-    return {"per-object": plain, "ours": ours}
+    return {"per-object": plain, "unsplit": ours, "ours": ours}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -520,6 +642,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", nargs="+", default=None, help="cpu and/or cuda (default: cpu, and cuda when present)")
     p.add_argument("--resolutions", nargs="+", default=["480p", "720p", "1080p"], choices=list(RESOLUTIONS))
     p.add_argument("--objects", nargs="+", type=int, default=[1, 3, 10])
+    p.add_argument("--configs", nargs="+", type=parse_config, default=None, metavar="RES:OBJECTS",
+                   help="these (resolution, objects) rows instead of --resolutions x --objects, e.g. 480p:10 1080p:40")
     p.add_argument("--precisions", nargs="+", default=None, choices=list(PRECISIONS),
                    help="default: fp32 bf16 (+ fp16 on CUDA); bf16 on CPU runs where the CPU supports it")
     p.add_argument("--paths", nargs="+", default=list(PATHS), choices=list(PATHS))
@@ -538,10 +662,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--memory-growth", action="store_true",
                    help="instead of the table: peak memory per frame of `ours` over --frames frames")
+    p.add_argument("--profile", action="store_true",
+                   help="instead of the table: where a frame's time goes (JPEG, encoder, matching, decoder, rest, "
+                        "PNG) on the bundled sample's bear frames (854x480), split and unsplit decoder; --objects")
     args = p.parse_args(argv)
     if args.quick:
-        args.resolutions, args.objects, args.frames = ["tiny"], [1, 3], 2
+        args.resolutions, args.objects, args.frames, args.configs = ["tiny"], [1, 3], 2, None
+    if args.configs is None:
+        args.configs = [(r, n) for r in args.resolutions for n in args.objects]
     return args
+
+
+def parse_config(text: str) -> tuple[str, int]:
+    """'480p:10' -> ('480p', 10)."""
+    res, _, n = text.partition(":")
+    if res not in RESOLUTIONS or not n.isdigit() or int(n) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not RES:OBJECTS with RES one of {list(RESOLUTIONS)}, "
+                                         f"e.g. 480p:10")
+    return res, int(n)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -560,37 +698,46 @@ def main(argv: list[str] | None = None) -> int:
         precisions = [q for q in precisions if supported(device, q)]
         models = build_models(args, device)
         runtime = emvos.Runtime(memory_budget=args.max_memory, decoder_batch=args.decoder_batch or None)
+        if args.profile:
+            import tempfile
+
+            for n in args.objects:
+                with tempfile.TemporaryDirectory() as tmp:
+                    columns = {f"{n} obj, {name}": profile_frames(models["ours"], device, n, split, Path(tmp))
+                               for name, split in (("unsplit", False), ("split", True))}
+                print(f"\n{device.type}, 854x480, medians of the bear frames 2..7, threads {torch.get_num_threads()}")
+                print(format_profile(columns))
+            continue
         if args.memory_growth:
-            for res in args.resolutions:
-                for n in args.objects:
-                    print(f"memory growth: {device.type} {res} {n} objects, {args.frames} frames")
-                    g = memory_growth(models["ours"], device, res, n, args.frames, precisions[0], runtime)
-                    probe, last = min(5, len(g.peak) // 2), len(g.peak) - 1
-                    for kind, values in (("peak", g.peak), ("resident", g.resident), ("state", g.state)):
-                        print(f"{kind:8s} frame {probe}: {values[probe] / 2**20:8.1f} MiB, frame {last}: "
-                              f"{values[last] / 2**20:8.1f} MiB ({(values[last] - values[probe]) / 2**20:+.1f}); "
-                              f"largest {max(values) / 2**20:.1f} MiB")
-                    print(f"{statistics.median(g.times[1:] or g.times):.2f} s/frame (median)")
+            for res, n in args.configs:
+                print(f"memory growth: {device.type} {res} {n} objects, {args.frames} frames")
+                g = memory_growth(models["ours"], device, res, n, args.frames, precisions[0], runtime)
+                probe, last = min(5, len(g.peak) // 2), len(g.peak) - 1
+                for kind, values in (("peak", g.peak), ("resident", g.resident), ("state", g.state)):
+                    print(f"{kind:8s} frame {probe}: {values[probe] / 2**20:8.1f} MiB, frame {last}: "
+                          f"{values[last] / 2**20:8.1f} MiB ({(values[last] - values[probe]) / 2**20:+.1f}); "
+                          f"largest {max(values) / 2**20:.1f} MiB")
+                print(f"{statistics.median(g.times[1:] or g.times):.2f} s/frame (median)")
             continue
         for q in precisions:
             measured = matmul_peak(device, q)
             peaks[(device.type, q)] = max(measured.values())
             both = ", ".join(f"{k} {v / 1e9:.0f}" for k, v in measured.items())
             print(f"{device.type} {q} 2048^3 matmul peak: {both} GFLOP/s; % peak is of the larger", flush=True)
-        for res in args.resolutions:
-            for n in args.objects:
-                start = time.perf_counter()
-                # torch.compile specialises on the first frames it sees (and recompiles once for dynamic shapes)
-                warmup = 3 if args.compile else 1
-                rows += run_configuration(models, device, res, n, precisions, args.paths, args.frames, args.seed,
-                                          warmup, runtime)
-                print(f"  {device.type} {res} {n} objects done in {time.perf_counter() - start:.0f} s", flush=True)
+        for res, n in args.configs:
+            start = time.perf_counter()
+            # torch.compile specialises on the first frames it sees (and recompiles once for dynamic shapes)
+            warmup = 3 if args.compile else 1
+            rows += run_configuration(models, device, res, n, precisions, args.paths, args.frames, args.seed,
+                                      warmup, runtime)
+            print(f"  {device.type} {res} {n} objects done in {time.perf_counter() - start:.0f} s", flush=True)
     if rows:
         print(f"\nthreads {torch.get_num_threads()}, channels_last {args.channels_last}, compile {args.compile}, "
               f"decoder batch {args.decoder_batch or 'all'}, max memory {args.max_memory}. Times: medians of "
               f"{args.frames} frames; x per-obj: median per-frame ratio to the per-object path in the same "
               f"precision; % peak: of the measured matmul peak in that precision; diffs: vs the fp32 per-object "
-              f"path (mask: fraction of pixels, logit: max abs); load: cores other processes took meanwhile.")
+              f"path (mask: fraction of pixels; clear: of those not tied within {TIE} in the reference; logit: "
+              f"max abs); load: cores other processes took meanwhile.")
         print(format_table(rows, peaks))
     return 0
 

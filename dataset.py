@@ -31,10 +31,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-import torchvision.transforms.functional as TF
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision.transforms import InterpolationMode
 
 from utils import VOSInputError, read_frame, read_mask
 
@@ -891,6 +889,10 @@ class TrainCOCO(ClipSampler):
         As in the official code, even the first frame is warped, the warp applies at the original image size
         (before 480p), and both image and mask are resampled with nearest neighbour (torchvision's default).
         """
+        # imported here: torchvision brings in torch._dynamo and triton (160 MiB), which the test side does not need
+        import torchvision.transforms.functional as TF  # noqa: N812
+        from torchvision.transforms import InterpolationMode
+
         img0, mask0 = self.load(k)
         angle, scale, shear = 0.0, 1.0, (0.0, 0.0)
         for _ in range(self.clip_len):
@@ -983,6 +985,9 @@ class PortAugmentation:
         return img.crop(box), mask.crop(box), f"crop {share:.2f}"
 
     def _scale(self, img: Image.Image, mask: Image.Image) -> tuple[Image.Image, Image.Image, str]:
+        import torchvision.transforms.functional as TF  # noqa: N812 -- training only; its import holds 160 MiB
+        from torchvision.transforms import InterpolationMode
+
         factor = random.uniform(*self.scale)
 
         def zoom(x: Image.Image) -> Image.Image:

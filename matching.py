@@ -27,6 +27,19 @@ def l2_normalise(key: Tensor) -> Tensor:
     return key / key.norm(dim=1, keepdim=True)
 
 
+def key_products(ref: Tensor, query: Tensor) -> Tensor:
+    """ref^T query per clip: (B, C, HW_r), (B, C, HW_q) -> (B, HW_r, HW_q), the product inside every similarity.
+
+    Computed as a 1x1 convolution whose filters are the reference positions (grouped by clip) rather than with
+    torch.bmm: on CPU oneDNN runs it at about twice MKL's sgemm speed (854x480: 1620 x 1620 x 512 in 7 instead of
+    13-18 ms, four per frame). The same sums in another order: float32 results move by rounding only.
+    """
+    b, c, hw_r = ref.shape
+    weight = ref.transpose(1, 2).reshape(b * hw_r, c, 1, 1)  # (B HW_r, C, 1, 1)
+    out = F.conv2d(query.reshape(1, b * c, 1, query.shape[2]), weight, groups=b)  # (1, B HW_r, 1, HW_q)
+    return out.view(b, hw_r, query.shape[2])
+
+
 def surjective_similarity(nk_ref: Tensor, nk_q: Tensor) -> Tensor:
     """Cosine similarity mapped to [0, 1]: S = (nk_ref^T nk_q + 1) / 2 (paper Sec. 3.2, surjective matching).
 
@@ -37,7 +50,7 @@ def surjective_similarity(nk_ref: Tensor, nk_q: Tensor) -> Tensor:
         (B, HW_r, HW_q) similarities. Every query pixel may pick any reference pixel: the mapping from reference to
         query is surjective, so one reference pixel can explain many query pixels.
     """
-    return (torch.bmm(nk_ref.transpose(1, 2), nk_q) + 1) / 2  # (B, HW_r, HW_q)
+    return (key_products(nk_ref, nk_q) + 1) / 2  # (B, HW_r, HW_q)
 
 
 def equalized_similarity(k_ref: Tensor, k_q: Tensor) -> Tensor:
@@ -53,7 +66,7 @@ def equalized_similarity(k_ref: Tensor, k_q: Tensor) -> Tensor:
     Returns:
         (B, HW_r, HW_q); each row sums to 1.
     """
-    return torch.softmax(torch.bmm(k_ref.transpose(1, 2), k_q), dim=2)  # (B, HW_r, HW_q)
+    return torch.softmax(key_products(k_ref, k_q), dim=2)  # (B, HW_r, HW_q)
 
 
 def bijective_similarity(nk_ref: Tensor, nk_q: Tensor, topk: int = 4) -> Tensor:

@@ -144,7 +144,8 @@ def object_masks(probs: Tensor) -> Tensor:
     object this is p > 0.5.
     """
     fg = probs[:, :, 1]
-    winner = torch.cat([1 - fg.sum(dim=1, keepdim=True), fg], dim=1).argmax(dim=1)  # (B, H, W) in 0..N
+    # max().indices: the same first-maximum rule as argmax, many times faster over a short dimension on CPU
+    winner = torch.cat([1 - fg.sum(dim=1, keepdim=True), fg], dim=1).max(dim=1).indices  # (B, H, W) in 0..N
     ids = torch.arange(1, fg.shape[1] + 1, device=fg.device).view(1, -1, 1, 1)
     return winner.unsqueeze(1) == ids
 

@@ -101,13 +101,17 @@ def test_decoder_object_batches_identical(tiny_model: EMVOS) -> None:
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
-def test_ours_equals_per_object_bitwise_fp32(tiny_model: EMVOS, channels_last: bool) -> None:
-    # Shared similarities and projections are the same operations on the same inputs, and the decoder sees one
-    # object at a time as in the official code, so float32 logits are identical, not merely close.
+def test_unsplit_equals_per_object_bitwise_fp32(tiny_model: EMVOS, channels_last: bool,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    # Shared similarities and projections are the same operations on the same inputs, and the unsplit decoder sees
+    # one object at a time as in the official code, so float32 logits are identical, not merely close, once the key
+    # products are the official torch.bmm (ours run them as 1x1 convolutions, and the split decoder, the default,
+    # reorders sums too: rounding only, tests/test_decoder_split.py).
+    monkeypatch.setattr(matching, "key_products", lambda ref, query: torch.bmm(ref.transpose(1, 2), query))
     model = tiny_model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     try:
         ref_labels, ref_logits = _stream(PerObjectSegmenter(model))
-        labels, logits = _stream(VideoSegmenter(model))
+        labels, logits = _stream(VideoSegmenter(model, runtime=Runtime(split_decoder=False)))
     finally:
         model.to(memory_format=torch.contiguous_format)
     assert torch.equal(torch.cat(logits, 1), torch.cat(ref_logits, 1))
@@ -143,6 +147,13 @@ def test_bench_quick_prints_the_table() -> None:
     lines = out.stdout.splitlines()
     assert any(line.startswith("device") and "fps" in line and "mask diff" in line for line in lines), out.stdout
     rows = [line.split() for line in lines if line.startswith("cpu ") and " tiny " in line]
-    assert {(r[2], r[3]) for r in rows} == {("1", "per-object"), ("1", "ours"), ("3", "per-object"), ("3", "ours")}
-    # identical float32 masks and logits between the two structures (columns: mask diff, logit diff, load)
-    assert all(float(r[-3]) == 0 and float(r[-2]) == 0 for r in rows), out.stdout
+    assert {(r[2], r[3]) for r in rows} == {(n, p) for n in ("1", "3") for p in ("per-object", "unsplit", "ours")}
+    # columns: mask diff, clear diff, logit diff, load. Against the official per-object structure, ours (key
+    # products as convolutions, split decoder) and unsplit (key products only) move logits by summation order (measured
+    # up to 3e-5), which may flip tied labels (random weights) but no label that leads by more than bench.TIE
+    for r in rows:
+        mask, clear, logit = float(r[-4]), float(r[-3]), float(r[-2])
+        if r[3] == "per-object":
+            assert mask == 0 and logit == 0, out.stdout
+        else:
+            assert clear == 0 and logit <= 2e-4, out.stdout
