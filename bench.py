@@ -54,6 +54,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
+import inference
 import matching
 import methods
 import model as emvos
@@ -61,7 +62,8 @@ from inference import VideoSegmenter
 from utils import parse_bytes
 
 RESOLUTIONS = {"480p": (480, 854), "720p": (720, 1280), "1080p": (1080, 1920), "tiny": (96, 160)}
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# precision -> autocast dtype, from the one table run.py uses (fp64 is for comparisons, not for speed)
+PRECISIONS = {name: autocast for name, (_, autocast) in inference.PRECISIONS.items() if name != "fp64"}
 PATHS = ("per-object", "unsplit", "ours")
 TIE = 1e-4  # probability gap below which two labels count as a tie (clear diff)
 
@@ -252,7 +254,7 @@ def matmul_peak(device: torch.device, precision: str, size: int = 2048, repeats:
     channels over size pixels (oneDNN on CPU, cuDNN on CUDA), the library EMVOS's convolutions run on. The two can
     differ a lot: on this project's AMD CPU MKL's sgemm reaches 210 GFLOP/s and oneDNN 440-520.
     """
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    dtype = PRECISIONS[precision] or torch.float32
     g = torch.Generator().manual_seed(0)
     a = torch.randn(size, size, generator=g).to(device, dtype)
     b = torch.randn(size, size, generator=g).to(device, dtype)

@@ -202,16 +202,18 @@ def test_missing_imagenet_weights_say_what_to_do(davis2016_root: Path, tmp_path:
 @pytest.mark.parametrize("amp", [True, False], ids=["amp", "fp32"])
 def test_amp_on_cpu_runs_the_forward_in_bf16(davis2016_root: Path, tmp_path: Path, amp: bool,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    # bf16 autocast (CPU has no fp16 autocast); a smaller clip, since bf16 convolutions are slow on most CPUs
+    # bf16 autocast (CPU has no fp16 autocast); a smaller clip, since bf16 convolutions are slow on most CPUs. What
+    # the decoder's attention blocks compute in tells whether autocast was on (the logits themselves come out of a
+    # col2im, which autocast runs in fp32).
     seen = []
-    losses = methods.get("emvos").losses
-    original = losses["cross_entropy"]
+    forward = model.CBAM.forward
 
-    def spy(logits: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-        seen.append(logits.dtype)
-        return original(logits, gt)
+    def spy(self: model.CBAM, x: torch.Tensor) -> torch.Tensor:
+        out = forward(self, x)
+        seen.append(out.dtype)
+        return out
 
-    monkeypatch.setitem(losses, "cross_entropy", spy)
+    monkeypatch.setattr(model.CBAM, "forward", spy)
     _train(_davis_args(davis2016_root, tmp_path, "--amp" if amp else "--no-amp", "--clips-per-epoch", "2",
                        "--epochs", "2", "--crop", "32", "32", "--clip-len", "2"))
     assert seen and set(seen) == {torch.bfloat16 if amp else torch.float32}
