@@ -13,11 +13,12 @@ import pytest
 import torch
 import torch.nn as nn
 import torchvision
-from conftest import save_mask, write_jpeg
+from conftest import DAVIS2016_SAMPLE, save_mask, write_jpeg
 from PIL import Image
 
 import dataset
 import methods
+import run
 import trainer
 import videomatch
 from model import aggregate_objects, one_hot
@@ -227,13 +228,39 @@ def test_heldout_pairs_are_apart_and_fixed(tmp_path: Path) -> None:
     assert held["imgs"].shape == (2, 3, 32, 48) and held["masks"][0].sum() > 0
 
 
-def test_port_recipe_is_the_videomatch_preset() -> None:
-    spec = methods.get("videomatch")
-    stage = spec.stages["davis"]
-    assert spec.default_stages == ("davis",) and spec.default_loss == "dice"
-    assert (stage.data, stage.clip_len, stage.batch_size, stage.crop) == ("davis_pairs", 2, 1, (480, 854))
-    assert (stage.lr, stage.weight_decay, stage.clips_per_epoch) == (1e-5, 5e-4, 0)
-    assert spec.stages["davis_clips"].data == "davis"  # the earlier recipe stays reachable
+@pytest.mark.skipif(not DAVIS2016_SAMPLE.is_dir(), reason=f"DAVIS 2016 sample not found at {DAVIS2016_SAMPLE}")
+def test_port_recipe_reaches_the_training_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `run.py --train --method videomatch` with no recipe flag but a small size and one pair: what the loop gets is
+    # the port's recipe (every-pair sampler, batch 1, Dice, Adam 1e-5 / 5e-4, model kept by held-out pair IoU)
+    seen: dict[str, object] = {}
+    start_stage, adam, dice = trainer.Trainer.start_stage, torch.optim.Adam, videomatch.LOSSES["dice"]
+
+    def spy_stage(self: trainer.Trainer, stage: methods.StageConfig, resumed: dict | None) -> trainer.StageRun:
+        run_ = start_stage(self, stage, resumed)
+        seen["loader"] = run_.loader
+        return run_
+
+    def spy_adam(params: object, **kwargs: object) -> torch.optim.Optimizer:
+        seen["adam"] = kwargs
+        return adam(params, **kwargs)
+
+    def spy_dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        seen["dice"] = seen.get("dice", 0) + 1
+        return dice(logits, target)
+
+    monkeypatch.setattr(trainer.Trainer, "start_stage", spy_stage)
+    monkeypatch.setattr(torch.optim, "Adam", spy_adam)
+    monkeypatch.setitem(videomatch.LOSSES, "dice", spy_dice)
+    assert run.main(["--train", "--method", "videomatch", "--device", "cpu", "--no-pretrained", "--davis",
+                     str(DAVIS2016_SAMPLE), "--crop", "48", "80", "--clips-per-epoch", "1", "--workers", "0",
+                     "--save-dir", str(tmp_path)]) == 0
+    loader = seen["loader"]
+    assert isinstance(loader.dataset, dataset.TrainPairs) and loader.batch_size == 1
+    assert seen["adam"] == {"lr": 1e-5, "weight_decay": 5e-4} and seen["dice"] == 1
+    log = (tmp_path / "train_log.csv").read_text().splitlines()
+    header, row = log[0].split(","), log[1].split(",")
+    assert row[header.index("val_pairs_iou")] != ""  # selected by the held-out pairs
+    assert (tmp_path / "videomatch_davis_best.pth").is_file()
 
 
 # --- the port's augmentation ---------------------------------------------------------------------------------------
