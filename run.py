@@ -100,7 +100,7 @@ def write_zip(files: Iterable[Path], zip_path: Path, prefix: str) -> Path:
 
 def run_dataset(model: methods.VOSModel, key: str, videos: Iterable[TestVideo], out_dir: Path,
                 settings: RunSettings, gt: dict[str, list[Path]] | None, binary: bool, zip_prefix: str | None,
-                visualize: Callable[[TestVideo], Visualizer] | None = None) -> evaluation.EvaluationResult | None:
+                make_visualizer: Callable[[TestVideo], Visualizer] | None = None) -> evaluation.EvaluationResult | None:
     """Segment every video of one dataset into out_dir/<video>/, then score against gt (the ground truth of those
     videos, if the split has it) and zip (if zip_prefix)."""
     split = "val" if "val" in key else key
@@ -109,7 +109,7 @@ def run_dataset(model: methods.VOSModel, key: str, videos: Iterable[TestVideo], 
     total_frames, total_seconds, videos_run = 0, 0.0, 0
     written: list[Path] = []
     for video in videos:
-        hook = visualize(video) if visualize else None
+        hook = make_visualizer(video) if make_visualizer else None
         try:
             done = segment_video(model, video, out_dir / video.name, settings, hook, keep_probabilities=bool(hook))
         finally:
