@@ -226,32 +226,17 @@ def default_data(args: argparse.Namespace) -> list[str]:
 # the command line
 # ---------------------------------------------------------------------------------------------------------------
 
-# Help for the stage fields that --train may override (each becomes --<field-name>); the defaults are the presets.
-STAGE_FLAG_HELP = {
-    "epochs": "epochs per stage (official: coco 8000, davis 4000)",
-    "batch_size": "clips per step over all processes (16 / 8)",
-    "clip_len": "frames per clip (coco 5, davis 10)",
-    "clips_per_epoch": "clips per epoch (128)",
-    "crop": "clip size H W (384 384)",
-    "lr": "Adam learning rate (1e-4)",
-    "weight_decay": "Adam weight decay (EMVOS 0, VideoMatch 5e-4)",
-    "val_every": "validate every N epochs, 0 = never (400 / 200)",
-    "save_every": "write a checkpoint every N epochs (4000 / 2000)",
-    "swap_above": "swap-and-attach when a uniform draw exceeds this (0.8: p = 0.2; 1: never)",
-}
-
-
 def add_stage_flags(group: argparse._ArgumentGroup) -> None:
-    """One override flag per tunable StageConfig field, typed from the field."""
+    """One override flag per StageConfig field in trainer.OVERRIDES, typed from the field."""
     for f in fields(methods.StageConfig):
-        if f.name not in STAGE_FLAG_HELP:
+        if f.name not in trainer.OVERRIDES:
             continue
-        flag = "--" + f.name.replace("_", "-")
+        flag, text = "--" + f.name.replace("_", "-"), trainer.OVERRIDES[f.name]
         if f.name == "crop":
-            group.add_argument(flag, type=int, nargs=2, default=None, metavar=("H", "W"), help=STAGE_FLAG_HELP[f.name])
+            group.add_argument(flag, type=int, nargs=2, default=None, metavar=("H", "W"), help=text)
         else:
             kind = {"int": int, "float": float}[f.type if isinstance(f.type, str) else f.type.__name__]
-            group.add_argument(flag, type=kind, default=None, help=STAGE_FLAG_HELP[f.name])
+            group.add_argument(flag, type=kind, default=None, help=text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -332,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
 TEST_ONLY = ("data", "weights", "sequences", "video", "mask", "visualize", "vis_frame", "compile", "max_memory",
              "channels_last")
 TRAIN_ONLY = ("stages", "val_sequences", "davis_year", "save_dir", "no_pretrained", "init", "resume", "chain", "amp",
-              "workers", "train_encoder", "seed", "loss", *STAGE_FLAG_HELP)
+              "workers", "train_encoder", "seed", "loss", *trainer.OVERRIDES)
 
 
 def check_flags(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:

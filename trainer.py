@@ -79,9 +79,20 @@ DATA_FLAGS = {  # stage data -> (root flag, what the folder must hold)
                        "the original DAVIS 2016 download works too)"),
 }
 
-# stage fields that flags override (run.py makes a --<field> flag for each)
-OVERRIDES = ("epochs", "batch_size", "clip_len", "clips_per_epoch", "crop", "lr", "weight_decay", "val_every",
-             "save_every", "swap_above")
+# The stage fields that --train may override, with their help: run.py makes a --<field-name> flag for each; a flag
+# left out keeps the preset (or, with --resume, what the interrupted run used).
+OVERRIDES = {
+    "epochs": "epochs per stage (official: coco 8000, davis 4000)",
+    "batch_size": "clips per step over all processes (16 / 8)",
+    "clip_len": "frames per clip (coco 5, davis 10)",
+    "clips_per_epoch": "clips per epoch (128; VideoMatch pairs: 0 = every pair)",
+    "crop": "clip size H W (384 384)",
+    "lr": "Adam learning rate (1e-4)",
+    "weight_decay": "Adam weight decay (EMVOS 0, VideoMatch 5e-4)",
+    "val_every": "validate every N epochs, 0 = never (400 / 200)",
+    "save_every": "write a checkpoint every N epochs (4000 / 2000)",
+    "swap_above": "swap-and-attach when a uniform draw exceeds this (0.8: p = 0.2; 1: never)",
+}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -141,8 +152,9 @@ def stage_configs(opts: TrainOptions, method: Method) -> list[StageConfig]:
     stages = [replace(method.stages[name], **opts.overrides) for name in opts.stages]
     for s in stages:
         for name in ("epochs", "batch_size", "clips_per_epoch", "save_every"):
-            if getattr(s, name) < (0 if name == "clips_per_epoch" and s.data == PAIRS else 1):
-                raise VOSInputError(f"--{name.replace('_', '-')} must be at least 1 (stage {s.name})")
+            least = 0 if name == "clips_per_epoch" and s.data == PAIRS else 1  # pairs: 0 = every pair
+            if getattr(s, name) < least:
+                raise VOSInputError(f"--{name.replace('_', '-')} must be at least {least} (stage {s.name})")
         if s.data == PAIRS and s.clip_len != 2:
             raise VOSInputError(f"stage {s.name} trains on frame pairs; --clip-len must be 2")
         if s.clip_len < 2:
