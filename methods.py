@@ -1,9 +1,11 @@
 """The methods this repository implements, in one table, and the interface every method meets.
 
 A method is a model class that meets `VOSModel` plus one `Method` entry in `METHODS`: its config class, default
-weights, training stages and losses. run.py, the trainer, the checkpoint code and bench.py read this table and
-nothing else, so adding a method means writing its module and calling `register(Method(...))` (tests/test_extend.py
-registers a tiny one and runs it through `run.py --test` and a training step).
+weights, training stages and losses. A training stage (`StageConfig`) names its `StageData`: the factory of its
+training data and its model selection (`Selection`), so the trainer runs every stage the same way. run.py, the
+trainer, the checkpoint code and bench.py read this table and nothing else, so adding a method means writing its
+module and calling `register(Method(...))` (tests/test_extend.py registers a tiny one and runs it through
+`run.py --test` and a training step).
 """
 
 from __future__ import annotations
@@ -13,11 +15,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+import torch
 import torch.nn as nn
 from torch import Tensor
 
 import model
+import samplers
 import videomatch
+from samplers import Roots, TrainSet
 from utils import VOSInputError
 from weights import as_state_dict, load_file
 
@@ -51,25 +56,63 @@ class VOSModel(Protocol):
         """Training: clips (B, L, 3, H, W), first masks (B, H, W) in {0, 1} -> logits (B, L-1, 2, H, W)."""
 
 
+class Selection(Protocol):
+    """A stage's model selection: a score of the model as it is now (higher is better); the best so far is kept as
+    `<save_name>_best.pth`."""
+
+    title: str  # what the messages call the score, e.g. 'DAVIS 2017 val J&F'
+
+    def __call__(self, net: nn.Module) -> float | None:
+        """The score; None when a stop (Ctrl+C) came half way (the trainer saves, and the resumed run scores again)."""
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """What the trainer hands a stage's data factory and selection."""
+
+    roots: Roots
+    davis_year: str | None  # --davis-year; None: the data's own default
+    world: int  # processes in the job; each draws an equal share of an epoch's clips
+    device: torch.device
+    # J&F on DAVIS val through the driver of `run.py --test`, opened on the first call and shared by the stages;
+    # None when that DAVIS val is not on disk (the trainer says so once)
+    davis_val: Callable[[], Selection | None]
+
+
+@dataclass(frozen=True)
+class StageData:
+    """What a stage trains on and how it selects its model; the trainer knows stages by nothing else."""
+
+    name: str  # what the messages call the data
+    root: str  # the field of samplers.Roots it reads, which is also its flag (--davis, --ytvos, --coco)
+    holds: str  # what that folder must hold, for the message when it is missing
+    open: Callable[[StageConfig, StageContext], TrainSet]  # the stage's training data (its check() not yet run)
+    # the stage's model selection, given its training data; None: nothing to select on (the last weights stand)
+    selection: Callable[[StageConfig, TrainSet, StageContext], Selection | None]
+    column: str  # the train_log.csv column that records the selection's score
+
+
 @dataclass(frozen=True)
 class StageConfig:
     """One training stage. EMVOS's presets are the official run.py's train_coco / train_davis / train_ytvos."""
 
     name: str  # what --stages calls it
     save_name: str  # checkpoint prefix, the official one: '<save_name>_best.pth', '<save_name>_<epoch:04d>.pth'
-    # 'coco', 'davis', 'ytvos' or 'davis_pairs' (every frame pair of DAVIS train, dataset.TrainPairs): which clip
-    # sampler, and which root flag (--coco, --davis, --ytvos)
-    data: str
+    data: StageData  # its training data and model selection (COCO_CLIPS, DAVIS_CLIPS, YTVOS_CLIPS, DAVIS_PAIRS)
     clip_len: int  # frames per clip; the loss covers frames 1..clip_len-1
-    clips_per_epoch: int  # an epoch is this many random clips (the official clip_n); davis_pairs: 0 = every pair
+    clips_per_epoch: int  # an epoch draws this many items (the official clip_n); DAVIS_PAIRS: 0 = every pair
     batch_size: int  # clips per optimizer step, over all processes together
     epochs: int
     save_every: int  # write '<save_name>_<epoch:04d>.pth' every this many epochs (and after the last one)
-    val_every: int  # validate on DAVIS val every this many epochs; 0 = never
+    val_every: int  # run the data's model selection every this many epochs; 0 = never
     crop: tuple[int, int] = (384, 384)  # clip size (H, W) after the random resized crop
     lr: float = 1e-4  # Adam, no schedule (official)
     weight_decay: float = 0.0  # official: none
     swap_above: float = 0.8  # swap-and-attach when random.random() > this (p = 0.2); the official comparison
+
+    def record(self) -> dict:
+        """The stage as plain values (its data by name), as a checkpoint records it."""
+        return {**{k: v for k, v in vars(self).items() if k != "data"}, "data": self.data.name}
 
 
 Loss = Callable[[Tensor, Tensor], Tensor]  # logits (B, L-1, 2, H, W), gt (B, L-1, H, W) in {0, 1} -> scalar
@@ -98,21 +141,89 @@ class Method:
     infer_config: Callable[[Mapping[str, Tensor]], dict | None] = lambda weights: None
 
 
+# EMVOS's training data: the official loaders' clips; the model is selected on DAVIS val J&F, as the official trainer
+# validates on DAVIS 2017 val.
+def _clip_args(stage: StageConfig, ctx: StageContext) -> dict:
+    if stage.clips_per_epoch < 1:
+        raise VOSInputError(f"--clips-per-epoch must be at least 1 (stage {stage.name})")
+    return {"output_size": tuple(stage.crop), "clip_len": stage.clip_len,
+            "clips_per_epoch": stage.clips_per_epoch // ctx.world}
+
+
+def _davis_val(stage: StageConfig, data: TrainSet, ctx: StageContext) -> Selection | None:
+    return ctx.davis_val()
+
+
+COCO_CLIPS = StageData(
+    "coco", "coco", "train2017/ + annotations/instances_train2017.json, or the converted JPEGImages/ + Annotations/ "
+    "of the official code", lambda s, c: samplers.TrainCOCO(c.roots.coco, **_clip_args(s, c)), _davis_val, "val_jf")
+DAVIS_CLIPS = StageData(
+    "davis", "davis", "JPEGImages/480p, Annotations/480p and ImageSets/ of DAVIS-2017-trainval-480p",
+    lambda s, c: samplers.TrainDAVIS(c.roots.davis, year=c.davis_year or "2017", split="train", **_clip_args(s, c)),
+    _davis_val, "val_jf")
+YTVOS_CLIPS = StageData(
+    "ytvos", "ytvos", "train/JPEGImages, train/Annotations (and train/meta.json) of YouTube-VOS 2018",
+    lambda s, c: samplers.TrainYTVOS(c.roots.ytvos, **_clip_args(s, c)), _davis_val, "val_jf")
+
 EMVOS_STAGES = {
-    "coco": StageConfig("coco", "coco", "coco", clip_len=5, clips_per_epoch=128, batch_size=16, epochs=8000,
+    "coco": StageConfig("coco", "coco", COCO_CLIPS, clip_len=5, clips_per_epoch=128, batch_size=16, epochs=8000,
                         save_every=4000, val_every=400),
-    "davis": StageConfig("davis", "coco_davis", "davis", clip_len=10, clips_per_epoch=128, batch_size=8, epochs=4000,
-                         save_every=2000, val_every=200),
+    "davis": StageConfig("davis", "coco_davis", DAVIS_CLIPS, clip_len=10, clips_per_epoch=128, batch_size=8,
+                         epochs=4000, save_every=2000, val_every=200),
     # The official train_ytvos passes val_set=None: no validation, so its best checkpoint is the last one here.
     # --val-every N turns DAVIS validation on for it.
-    "ytvos": StageConfig("ytvos", "coco_ytvos", "ytvos", clip_len=10, clips_per_epoch=128, batch_size=8, epochs=8000,
-                         save_every=2000, val_every=0),
+    "ytvos": StageConfig("ytvos", "coco_ytvos", YTVOS_CLIPS, clip_len=10, clips_per_epoch=128, batch_size=8,
+                         epochs=8000, save_every=2000, val_every=0),
 }
+
+
+# VideoMatch's training data as the public port draws it: every frame pair, selected on held-out pairs.
+def _open_pairs(stage: StageConfig, ctx: StageContext) -> samplers.TrainPairs:
+    if stage.clip_len != 2:
+        raise VOSInputError(f"stage {stage.name} trains on frame pairs; --clip-len must be 2")
+    if ctx.world > 1:  # each process would go through every pair: no DistributedSampler here
+        raise VOSInputError(f"stage {stage.name} (every frame pair, batch 1 as the port) runs in one process; "
+                            f"start it with python run.py, not torchrun")
+    return samplers.TrainPairs(ctx.roots.davis, year=ctx.davis_year or "2016", output_size=tuple(stage.crop))
+
+
+@dataclass
+class HeldoutPairs:
+    """Mean foreground IoU over the held-out pairs (resized, not augmented): the port's validation score
+    (segmentation_IOU: foreground probability >= 0.5 against the mask, 1 when both are empty), here the model
+    selection of the pairs stage. It scores the matching as trained: the forward in training mode, without test-time
+    outlier removal (which the port's validation does not run either), under no_grad."""
+
+    data: samplers.TrainPairs
+    device: torch.device
+
+    @property
+    def title(self) -> str:
+        return f"IoU on {len(self.data.heldout_pairs)} held-out pairs"
+
+    def __call__(self, net: nn.Module) -> float:
+        ious = []
+        net.train()  # VideoMatch: no outlier removal (BatchNorm stays frozen either way)
+        with torch.no_grad():
+            for k in range(len(self.data.heldout_pairs)):
+                pair = self.data.heldout_pair(k)
+                imgs, masks = pair["imgs"][None].to(self.device), pair["masks"][None].to(self.device)
+                fg = torch.softmax(net(imgs, masks[:, 0]).float(), dim=2)[:, :, 1] >= 0.5  # (1, 1, H, W)
+                gt = masks[:, 1:] == 1
+                union = (fg | gt).sum().item()
+                ious.append((fg & gt).sum().item() / union if union else 1.0)
+        return sum(ious) / max(len(ious), 1)
+
+
+DAVIS_PAIRS = StageData(
+    "davis_pairs", "davis", "JPEGImages/480p, Annotations/480p and ImageSets/ of DAVIS (2016 for VideoMatch's port "
+    "recipe; the original DAVIS 2016 download works too)", _open_pairs,
+    lambda s, data, c: HeldoutPairs(data, c.device) if data.heldout_pairs else None, "val_pairs_iou")
 
 # VideoMatch. "davis" is the public PyTorch port's recipe (stashvala/Pytorch-VideoMatch, main.py defaults; J&F 65.2 on
 # DAVIS 2016 val with VGG-19 and upsample 1.8): every pair (i < j) of frames of each DAVIS 2016 train sequence once
-# per epoch (dataset.TrainPairs; its --iters is --clips-per-epoch, 0 = all), each frame augmented on its own and
-# resized to 480x854 (dataset.PortAugmentation), batch 1, Dice, Adam lr 1e-5 with weight decay 5e-4, one epoch, and
+# per epoch (samplers.TrainPairs; its --iters is --clips-per-epoch, 0 = all), each frame augmented on its own and
+# resized to 480x854 (samplers.PortAugmentation), batch 1, Dice, Adam lr 1e-5 with weight decay 5e-4, one epoch, and
 # the model kept by its foreground IoU on 0.25 % of the pairs held out (the port reports that IoU; selecting on it,
 # rather than on DAVIS val, keeps the test set out of training). The whole network trains (BatchNorm frozen).
 # "davis_clips" and "ytvos" are this repository's earlier recipe, kept reachable with --stages: consecutive frames
@@ -120,13 +231,13 @@ EMVOS_STAGES = {
 # are distorted by 4:3 -> 1:1 unlike at test time), batch 8, selection on DAVIS val J&F. No swap-and-attach:
 # that is EMVOS's augmentation.
 VIDEOMATCH_STAGES = {
-    "davis": StageConfig("davis", "videomatch_davis", "davis_pairs", clip_len=2, clips_per_epoch=0, batch_size=1,
+    "davis": StageConfig("davis", "videomatch_davis", DAVIS_PAIRS, clip_len=2, clips_per_epoch=0, batch_size=1,
                          epochs=1, save_every=1, val_every=1, crop=(480, 854), lr=1e-5, weight_decay=5e-4,
                          swap_above=1.0),
-    "davis_clips": StageConfig("davis_clips", "videomatch_davis_clips", "davis", clip_len=2, clips_per_epoch=128,
+    "davis_clips": StageConfig("davis_clips", "videomatch_davis_clips", DAVIS_CLIPS, clip_len=2, clips_per_epoch=128,
                                batch_size=8, epochs=2000, save_every=1000, val_every=100, lr=1e-5, weight_decay=5e-4,
                                swap_above=1.0),
-    "ytvos": StageConfig("ytvos", "videomatch_ytvos", "ytvos", clip_len=2, clips_per_epoch=128, batch_size=8,
+    "ytvos": StageConfig("ytvos", "videomatch_ytvos", YTVOS_CLIPS, clip_len=2, clips_per_epoch=128, batch_size=8,
                          epochs=2000, save_every=1000, val_every=0, lr=1e-5, weight_decay=5e-4, swap_above=1.0),
 }
 

@@ -27,6 +27,7 @@ import weights
 from dataset import DAVIS, SingleVideo, TestVideo, YouTubeVOS
 from inference import PRECISIONS, RunSettings, VideoSegmenter, run_settings, segment_video
 from model import Runtime
+from samplers import Roots
 from utils import OverlayWriter, VOSInputError, atomic_write, parse_bytes, writable_dir
 
 # Dataset roots: edit these or pass the flags (--davis, --ytvos, --coco), as in the official run.py. The DAVIS reader
@@ -309,8 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--train-encoder", action="store_true", default=None,
                    help="EMVOS: fine-tune the encoder too (official: frozen; its BatchNorm statistics stay frozen)")
     g.add_argument("--seed", type=int, default=None, help=f"random seed ({trainer.SEED}, official)")
+    losses = "; ".join(f"{m.name}: " + ", ".join(n + " (default)" * (n == m.default_loss) for n in m.losses)
+                       for m in methods.METHODS.values())
     g.add_argument("--loss", default=None, choices=sorted({n for m in methods.METHODS.values() for n in m.losses}),
-                   help="training loss by name (EMVOS: cross_entropy; VideoMatch: bce (default), balanced_bce, dice)")
+                   help=f"training loss by name ({losses})")
     return p
 
 
@@ -318,6 +321,24 @@ TEST_ONLY = ("data", "weights", "sequences", "video", "mask", "visualize", "vis_
              "channels_last")
 TRAIN_ONLY = ("stages", "val_sequences", "davis_year", "save_dir", "no_pretrained", "init", "resume", "chain", "amp",
               "workers", "train_encoder", "seed", "loss", *trainer.OVERRIDES)
+
+
+def train_options(args: argparse.Namespace) -> trainer.TrainOptions:
+    """--train's flags as the trainer's options; a flag not given stays None (the resumed run's value, or the
+    trainer's default)."""
+    overrides = {name: getattr(args, name) for name in trainer.OVERRIDES if getattr(args, name) is not None}
+    if "crop" in overrides:
+        overrides["crop"] = tuple(overrides["crop"])
+    return trainer.TrainOptions(
+        stages=args.stages, overrides=overrides, val_sequences=args.val_sequences, davis_year=args.davis_year,
+        save_dir=args.save_dir, pretrained=False if args.no_pretrained else None, chain=args.chain, amp=args.amp,
+        workers=args.workers, train_encoder=args.train_encoder, seed=args.seed, loss=args.loss, init=args.init,
+        resume=args.resume, device=args.device, precision=args.precision)
+
+
+def training_roots(args: argparse.Namespace) -> Roots:
+    """The data roots of --train: the flags, else the constants at the top of this file."""
+    return Roots(davis=args.davis, ytvos=args.ytvos or YTVOS18_ROOT, coco=args.coco)
 
 
 def check_flags(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
@@ -366,7 +387,7 @@ def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     try:
         check_flags(args, parser)
         if args.train:
-            trainer.train(args)
+            trainer.train(args.method, train_options(args), training_roots(args))
         elif args.prob_maps is not None:
             prob_maps(args)
         elif args.preview_augmentation is not None:

@@ -1,8 +1,10 @@
 """Training: `python run.py --train`, one or more stages in a row (a library; run.py is its command line).
 
-Read top to bottom: the options, one training step (swap-and-attach, the skip rule, the loss), validation through the
-same driver as `run.py --test`, checkpoints, and the loop. The stage presets and each method's loss are in the method
-registry (methods.py).
+Read top to bottom: the options, one training step (swap-and-attach, the skip rule, the loss), the model selection on
+DAVIS val through the same driver as `run.py --test`, the log, and the loop (`train_stage`: forward, loss, backward,
+optimizer step). Each stage brings its training data and its model selection (methods.StageData); the stage presets
+and each method's loss are in the method registry (methods.py), checkpoints and --resume in checkpoint.py, torchrun's
+process group in distributed.py.
 
     python run.py --train --coco ../DB/COCO --davis ../DB/DAVIS            # official: coco, then davis
     python run.py --train --stages ytvos --init trained_model/coco_best.pth --ytvos ../DB/YTVOS18
@@ -19,10 +21,9 @@ optimizer, epoch, random states, options) is in `X.train.pth` beside it.
 
 from __future__ import annotations
 
-import argparse
 import csv
+import io
 import math
-import os
 import random
 import signal
 import sys
@@ -31,24 +32,26 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
-from datetime import timedelta
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, RandomSampler
 from tqdm import tqdm
 
+import checkpoint
 import dataset
+import distributed
 import evaluation
 import methods
-import weights
+import samplers
+from checkpoint import capture_rng, restore_rng
+from distributed import Dist
 from inference import RunSettings, run_settings, segment_video
-from methods import Method, StageConfig
-from utils import VOSInputError, atomic_write, writable_dir
+from methods import Method, Selection, StageConfig, StageContext
+from samplers import Roots, TrainSet
+from utils import VOSInputError, atomic_write
 
 SEED = 19971007  # the official run.py seeds python, numpy and torch with it
 
@@ -68,16 +71,6 @@ class TrainingInterrupted(SystemExit):
         super().__init__(130)
         self.checkpoint = checkpoint
 
-
-PAIRS = "davis_pairs"  # stage data of every frame pair (dataset.TrainPairs); held-out pairs select the model
-DATA_FLAGS = {  # stage data -> (root flag, what the folder must hold)
-    "coco": ("--coco", "train2017/ + annotations/instances_train2017.json, or the converted JPEGImages/ + "
-                       "Annotations/ of the official code"),
-    "davis": ("--davis", "JPEGImages/480p, Annotations/480p and ImageSets/ of DAVIS-2017-trainval-480p"),
-    "ytvos": ("--ytvos", "train/JPEGImages, train/Annotations (and train/meta.json) of YouTube-VOS 2018"),
-    PAIRS: ("--davis", "JPEGImages/480p, Annotations/480p and ImageSets/ of DAVIS (2016 for VideoMatch's port recipe; "
-                       "the original DAVIS 2016 download works too)"),
-}
 
 # The stage fields that --train may override, with their help: run.py makes a --<field-name> flag for each; a flag
 # left out keeps the preset (or, with --resume, what the interrupted run used).
@@ -101,45 +94,46 @@ OVERRIDES = {
 
 @dataclass
 class TrainOptions:
-    """The flags after defaults: explicit flag > the resumed checkpoint's value > default."""
+    """What `run.py --train` was asked for, one field per flag. None: not given, so with --resume the interrupted
+    run's value and otherwise the default in the comment (`resolve_options` fills them in)."""
 
-    stages: list[str]
-    overrides: dict[str, object]  # StageConfig field -> value, from the flags in OVERRIDES
-    val_sequences: list[str] | None = None
-    davis_year: str | None = None  # None: 2016 for davis_pairs stages (the port's), 2017 otherwise (official EMVOS)
-    save_dir: str = str(methods.TRAINED_MODEL)
-    pretrained: bool = True
-    chain: str = "last"
-    amp: bool = False
-    workers: int = 4
-    train_encoder: bool = False
-    seed: int = SEED
-    loss: str | None = None  # --loss: one of the method's losses by name; None: its default
+    stages: list[str] | None = None  # the method's default stages (EMVOS: coco davis, as the official run.py)
+    overrides: dict[str, object] = field(default_factory=dict)  # StageConfig field -> value (the flags in OVERRIDES)
+    val_sequences: list[str] | None = None  # None: every sequence of DAVIS val
+    davis_year: str | None = None  # None: each stage data's own (2016 for frame pairs, else 2017); 2017 to validate
+    save_dir: str | None = None  # trained_model/; with --resume, the folder of the resumed file
+    pretrained: bool | None = None  # True: the backbone starts from its ImageNet weights (official)
+    chain: str | None = None  # 'last' (official: the model object is carried over) or 'best'
+    amp: bool | None = None  # False
+    workers: int | None = None  # 4 DataLoader workers (official)
+    train_encoder: bool | None = None  # False: EMVOS's encoder stays frozen (official)
+    seed: int | None = None  # SEED
+    loss: str | None = None  # one of the method's losses by name; None: its default
+    # of this run only, not recorded in its checkpoints
+    init: str | None = None  # start the first stage from these weights
+    resume: str | None = None  # go on from this checkpoint (X.pth or X.train.pth)
+    device: str | None = None  # None: cuda when available
+    precision: str = "fp32"  # of validation: fp32, bf16 or fp16
 
 
-def resolve_options(args: argparse.Namespace, method: Method, saved: dict | None = None) -> TrainOptions:
-    """Options from the flags; with a resumed checkpoint's saved options for the flags not given."""
-    saved = dict(saved or {})
-    overrides = dict(saved.get("overrides", {}))
-    for name in OVERRIDES:
-        value = getattr(args, name, None)
-        if value is not None:
-            overrides[name] = tuple(value) if name == "crop" else value
-    values = {}
-    for f in fields(TrainOptions):
-        if f.name == "overrides":
-            continue
-        explicit = getattr(args, f.name, None)
-        if f.name == "pretrained" and getattr(args, "no_pretrained", None):
-            explicit = False
-        if explicit is not None:
-            values[f.name] = list(explicit) if f.name in ("stages", "val_sequences") else explicit
-        elif f.name in saved:
-            values[f.name] = saved[f.name]
-    if args.resume and getattr(args, "save_dir", None) is None:
-        values["save_dir"] = str(Path(args.resume).parent)  # a resumed run writes next to the file it resumed
-    values.setdefault("stages", list(method.default_stages))
-    opts = TrainOptions(overrides=overrides, **values)
+# the options a checkpoint records and --resume restores, and the defaults of those that have one
+RECORDED = ("stages", "overrides", "val_sequences", "davis_year", "save_dir", "pretrained", "chain", "amp", "workers",
+            "train_encoder", "seed", "loss")
+DEFAULTS = {"pretrained": True, "chain": "last", "amp": False, "workers": 4, "train_encoder": False, "seed": SEED}
+
+
+def resolve_options(options: TrainOptions, method: Method, saved: dict | None = None) -> TrainOptions:
+    """Every option settled: the flag given > the resumed run's recorded value (`saved`) > the default."""
+    recorded = {k: v for k, v in (saved or {}).items() if k in RECORDED}
+    values = {**DEFAULTS, "stages": list(method.default_stages), "save_dir": str(methods.TRAINED_MODEL), **recorded}
+    if options.resume:
+        values["save_dir"] = str(Path(options.resume).parent)  # a resumed run writes next to the file it resumed
+    values.update({k: v for k, v in asdict(options).items() if v is not None})
+    values["overrides"] = {**recorded.get("overrides", {}), **options.overrides}
+    values["stages"] = list(values["stages"])
+    if values.get("val_sequences") is not None:
+        values["val_sequences"] = list(values["val_sequences"])
+    opts = TrainOptions(**values)
     unknown = [s for s in opts.stages if s not in method.stages]
     if unknown:
         raise VOSInputError(f"unknown stage(s) {', '.join(unknown)} in --stages; "
@@ -147,16 +141,32 @@ def resolve_options(args: argparse.Namespace, method: Method, saved: dict | None
     return opts
 
 
+def recorded_options(opts: TrainOptions) -> dict:
+    """The options a checkpoint keeps (plain values), which --resume restores."""
+    return {k: v for k, v in asdict(opts).items() if k in RECORDED}
+
+
+def check_recipe(opts: TrainOptions, method: Method) -> None:
+    if opts.resume and opts.init:
+        raise VOSInputError("pass --resume or --init, not both: --resume restores the weights it holds")
+    if opts.loss is not None and opts.loss not in method.losses:
+        raise VOSInputError(f"--loss {opts.loss} is not a loss of {method.name}; choose from "
+                            f"{', '.join(method.losses)}")
+    if opts.precision == "fp64":
+        raise VOSInputError("--precision fp64 is for comparing with a reference at test time; validation during "
+                            "training runs in fp32 (default), bf16 or fp16")
+
+
 def stage_configs(opts: TrainOptions, method: Method) -> list[StageConfig]:
-    """The presets of the chosen stages with the overrides applied, checked."""
+    """The presets of the chosen stages with the overrides applied, checked (the data checks its own needs when
+    it opens)."""
     stages = [replace(method.stages[name], **opts.overrides) for name in opts.stages]
     for s in stages:
-        for name in ("epochs", "batch_size", "clips_per_epoch", "save_every"):
-            least = 0 if name == "clips_per_epoch" and s.data == PAIRS else 1  # pairs: 0 = every pair
-            if getattr(s, name) < least:
-                raise VOSInputError(f"--{name.replace('_', '-')} must be at least {least} (stage {s.name})")
-        if s.data == PAIRS and s.clip_len != 2:
-            raise VOSInputError(f"stage {s.name} trains on frame pairs; --clip-len must be 2")
+        least = {"epochs": (s.epochs, 1), "batch_size": (s.batch_size, 1), "clips_per_epoch": (s.clips_per_epoch, 0),
+                 "save_every": (s.save_every, 1)}
+        for name, (value, low) in least.items():
+            if value < low:
+                raise VOSInputError(f"--{name.replace('_', '-')} must be at least {low} (stage {s.name})")
         if s.clip_len < 2:
             raise VOSInputError(f"--clip-len must be at least 2: the loss covers frames 1..L-1 (stage {s.name})")
         if s.val_every < 0:
@@ -167,118 +177,10 @@ def stage_configs(opts: TrainOptions, method: Method) -> list[StageConfig]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# distributed data parallel (torchrun)
-# ---------------------------------------------------------------------------------------------------------------
-
-@dataclass
-class Dist:
-    """This process's place in a torchrun job (rank 0 of 1 when run as a plain process)."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    initialized_here: bool = False
-
-    @property
-    def enabled(self) -> bool:
-        return self.world > 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device: torch.device) -> Dist:
-    """Join the process group when torchrun (or any launcher setting WORLD_SIZE > 1, RANK, MASTER_ADDR/PORT) started
-    us: gloo on CPU, nccl on CUDA. A plain `python run.py --train` stays one process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist()
-    rank = int(os.environ["RANK"])
-    local_rank = int(os.environ.get("LOCAL_RANK", rank))
-    here = False
-    if not dist.is_initialized():
-        # Rank 0 validates alone while the others wait in a collective: allow for a long validation.
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(hours=2))
-        here = True
-    return Dist(rank, world, local_rank, here)
-
-
-def _all_reduce(d: Dist, values: list[float], device: torch.device, op: str) -> list[float]:
-    """max or mean of a few numbers over all processes (one small collective)."""
-    if not d.enabled:
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
-    return (t / (1 if op == "max" else d.world)).tolist()
-
-
-def _gather(d: Dist, obj: object) -> list:
-    if not d.enabled:
-        return [obj]
-    out: list = [None] * d.world
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def _broadcast(d: Dist, obj: object) -> object:
-    if not d.enabled:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def _broadcast_weights(d: Dist, net: nn.Module) -> None:
-    """Give every process rank 0's weights (after rank 0 alone loaded a file)."""
-    if d.enabled:
-        with torch.no_grad():
-            for t in net.state_dict().values():
-                dist.broadcast(t, src=0)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# random state (saved in checkpoints so that --resume draws the same clips)
-# ---------------------------------------------------------------------------------------------------------------
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)  # seeds every CUDA device too
-
-
-def capture_rng() -> dict:
-    """Python, numpy, torch (and CUDA) generator states, in types that torch.load(weights_only=True) reads."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"python": random.getstate(),
-             "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
-                       "cached": float(cached)},
-             "torch": torch.get_rng_state(), "cuda": []}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng(state: dict) -> None:
-    random.setstate(state["python"])
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _init_worker(worker_id: int) -> None:
-    """DataLoader workers ignore Ctrl+C: the main process finishes its iteration, saves, then stops them."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    dataset.seed_worker(worker_id)
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # one training step
 # ---------------------------------------------------------------------------------------------------------------
 
-def epoch_sampler(data: Dataset, per_epoch: int) -> RandomSampler:
+def epoch_sampler(data: TrainSet, per_epoch: int) -> RandomSampler:
     """One epoch's item order: per_epoch items drawn without replacement, or all of them when 0 (or more).
 
     The clip samplers hold exactly clips_per_epoch random clips, so for them this is DataLoader(shuffle=True), draw
@@ -332,80 +234,6 @@ def amp_dtype(enabled: bool, device: torch.device) -> torch.dtype | None:
     raise VOSInputError(f"--amp is not supported on device {device.type}; run without it")
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# validation: run.py's own inference and evaluation.py's J&F, so the numbers are those of `run.py --test`
-# ---------------------------------------------------------------------------------------------------------------
-
-@dataclass
-class Validation:
-    """DAVIS val (the official trainer validates on DAVIS 2017 val) or a subset of it."""
-
-    data: dataset.DAVIS
-    sequences: list[str]
-    settings: RunSettings
-
-    @property
-    def title(self) -> str:
-        return f"DAVIS {self.data.year} val" + (f" ({len(self.sequences)} sequences)" if self.sequences else "")
-
-
-def validate_pairs(net: nn.Module, data: dataset.TrainPairs, device: torch.device) -> float:
-    """Mean foreground IoU over the held-out pairs (resized, not augmented): the port's validation score
-    (segmentation_IOU: foreground probability >= 0.5 against the mask, 1 when both are empty), here the model
-    selection of pairs stages. It scores the matching as trained: the forward in training mode, without test-time
-    outlier removal (which the port's validation does not run either), under no_grad."""
-    ious = []
-    net.train()  # VideoMatch: no outlier removal (BatchNorm stays frozen either way)
-    with torch.no_grad():
-        for k in range(len(data.heldout_pairs)):
-            pair = data.heldout_pair(k)
-            imgs, masks = pair["imgs"][None].to(device), pair["masks"][None].to(device)
-            fg = torch.softmax(net(imgs, masks[:, 0]).float(), dim=2)[:, :, 1] >= 0.5  # (1, 1, H, W)
-            gt = masks[:, 1:] == 1
-            union = (fg | gt).sum().item()
-            ious.append((fg & gt).sum().item() / union if union else 1.0)
-    return sum(ious) / max(len(ious), 1)
-
-
-def open_validation(root: str | None, year: str, sequences: list[str] | None,
-                    settings: RunSettings) -> tuple[Validation | None, str | None]:
-    """(the validation set, None), or (None, why not) when that DAVIS val is not on disk."""
-    try:
-        data = dataset.DAVIS(root if root is not None else dataset.DAVIS_ROOT, year, "val")
-    except VOSInputError as e:
-        return None, str(e)
-    names = list(sequences) if sequences else list(data.sequences)
-    unknown = [n for n in names if n not in data.sequences]
-    if unknown:
-        raise VOSInputError(f"--val-sequences {' '.join(unknown)}: not in DAVIS {year} val at '{data.root}' "
-                            f"(it has {', '.join(data.sequences[:5])}{', ...' if len(data.sequences) > 5 else ''})")
-    return Validation(data, names, settings), None
-
-
-def validate(net: nn.Module, val: Validation, stop: StopRequest) -> float | None:
-    """J&F-Mean on the validation set, or None when a stop was requested half way (the caller saves and exits)."""
-    net.eval()
-    try:
-        with tempfile.TemporaryDirectory(prefix="emvos_val_") as tmp:
-            for video in val.data.videos(val.sequences):
-                if stop.requested:
-                    return None
-                segment_video(net, video, Path(tmp) / video.name, val.settings)
-            gt = val.data.ground_truth(val.sequences)
-            return evaluation.evaluate_sequences(gt, Path(tmp), val.data.binary).jf_mean
-    finally:
-        net.train()
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# checkpoints and the log
-# ---------------------------------------------------------------------------------------------------------------
-
-def save_atomic(payload: dict, path: Path) -> None:
-    """torch.save all at once or not at all (utils.atomic_write): a kill never leaves half a checkpoint."""
-    atomic_write(path, lambda f: torch.save(payload, f))
-
-
 def check_finite_weights(net: nn.Module, where: str) -> None:
     """Refuse to save weights that an overflowing update made inf or NaN."""
     for name, p in net.named_parameters():
@@ -414,20 +242,16 @@ def check_finite_weights(net: nn.Module, where: str) -> None:
                                 f"Try a lower --lr, or run without --amp (--no-amp), from the last checkpoint")
 
 
-LOG_COLUMNS = ("stage", "epoch", "iteration", "loss", "iou", "lr", "val_jf", "sec_per_iter", "val_pairs_iou")
+def _init_worker(worker_id: int) -> None:
+    """DataLoader workers ignore Ctrl+C: the main process finishes its iteration, saves, then stops them."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    samplers.seed_worker(worker_id)
 
 
-def append_log(path: Path, row: dict) -> None:
-    """One row per epoch in train_log.csv (header on a new file), flushed at once so a crash loses nothing."""
-    new = not path.is_file() or path.stat().st_size == 0
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", newline="") as f:
-        w = csv.writer(f, lineterminator="\n")
-        if new:
-            w.writerow(LOG_COLUMNS)
-        w.writerow([row.get(c, "") for c in LOG_COLUMNS])
-        f.flush()
-
+# ---------------------------------------------------------------------------------------------------------------
+# model selection on DAVIS val: run.py's own inference and evaluation.py's J&F, so the numbers are those of
+# `run.py --test`
+# ---------------------------------------------------------------------------------------------------------------
 
 class StopRequest:
     """Ctrl+C (SIGINT) or SIGTERM: the first one lets the current iteration finish, then the run saves a resumable
@@ -456,6 +280,112 @@ class StopRequest:
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+@dataclass
+class DavisValidation:
+    """J&F-Mean on DAVIS val (the official trainer validates on DAVIS 2017 val) or a subset of it: a Selection."""
+
+    data: dataset.DAVIS
+    sequences: list[str]
+    settings: RunSettings
+    stop: StopRequest
+
+    @property
+    def title(self) -> str:
+        subset = f" ({len(self.sequences)} sequences)" if self.sequences else ""
+        return f"DAVIS {self.data.year} val{subset} J&F"
+
+    def __call__(self, net: nn.Module) -> float | None:
+        """The J&F-Mean, or None when a stop was requested half way (the caller saves and exits)."""
+        net.eval()
+        try:
+            with tempfile.TemporaryDirectory(prefix="emvos_val_") as tmp:
+                for video in self.data.videos(self.sequences):
+                    if self.stop.requested:
+                        return None
+                    segment_video(net, video, Path(tmp) / video.name, self.settings)
+                gt = self.data.ground_truth(self.sequences)
+                return evaluation.evaluate_sequences(gt, Path(tmp), self.data.binary).jf_mean
+        finally:
+            net.train()
+
+
+def open_validation(root: str | None, year: str, sequences: list[str] | None, settings: RunSettings,
+                    stop: StopRequest) -> tuple[DavisValidation | None, str | None]:
+    """(the validation set, None), or (None, why not) when that DAVIS val is not on disk."""
+    if root is None:
+        return None, "--davis is not set"
+    try:
+        data = dataset.DAVIS(root, year, "val")
+    except VOSInputError as e:
+        return None, str(e)
+    names = list(sequences) if sequences else list(data.sequences)
+    unknown = [n for n in names if n not in data.sequences]
+    if unknown:
+        raise VOSInputError(f"--val-sequences {' '.join(unknown)}: not in DAVIS {year} val at '{data.root}' "
+                            f"(it has {', '.join(data.sequences[:5])}{', ...' if len(data.sequences) > 5 else ''})")
+    return DavisValidation(data, names, settings, stop), None
+
+
+class DavisVal:
+    """The DAVIS val selection the stages share (StageContext.davis_val): opened on the first call, and when it is
+    not on disk, said once."""
+
+    def __init__(self, root: str | None, opts: TrainOptions, settings: RunSettings, stop: StopRequest,
+                 verbose: bool) -> None:
+        self.root, self.opts, self.settings, self.stop, self.verbose = root, opts, settings, stop, verbose
+        self.opened = False
+        self.selection: DavisValidation | None = None
+
+    def __call__(self) -> DavisValidation | None:
+        if not self.opened:
+            self.opened = True
+            year = self.opts.davis_year or "2017"
+            self.selection, why = open_validation(self.root, year, self.opts.val_sequences, self.settings, self.stop)
+            if self.selection is None and self.verbose:
+                print(f"no DAVIS {year} val to validate on ({why}); training without validation, so each stage "
+                      f"keeps its last checkpoint as <name>_best.pth")
+        return self.selection
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the log
+# ---------------------------------------------------------------------------------------------------------------
+
+STEP_COLUMNS = ("stage", "epoch", "iteration", "loss", "iou", "lr", "sec_per_iter")
+
+
+def log_columns(stages: list[StageConfig]) -> list[str]:
+    """train_log.csv's columns: the epoch's step statistics, then the score column of each stage's selection."""
+    return [*STEP_COLUMNS, *dict.fromkeys(s.data.column for s in stages)]
+
+
+def append_log(path: Path, row: dict, columns: list[str]) -> None:
+    """One row per epoch in train_log.csv, flushed at once so a crash loses nothing. A new file gets `columns`; an
+    existing one (a resumed run's, or an earlier run's in the same folder) keeps its own, and is rewritten whole with
+    the missing ones added when a column of this run is not among them."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header: list[str] = []
+    if path.is_file() and path.stat().st_size:
+        with open(path, newline="") as f:
+            header = next(csv.reader(f))
+    if header and not set(columns) <= set(header):
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        header = [*header, *(c for c in columns if c not in header)]
+        text = io.StringIO()
+        w = csv.DictWriter(text, header, restval="", lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+        atomic_write(path, lambda f: f.write(text.getvalue().encode()))
+    with open(path, "a", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        if not header:
+            header = columns
+            w.writerow(header)
+        w.writerow([row.get(c, "") for c in header])
+        f.flush()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -503,35 +433,23 @@ class StageState:
 
 
 @dataclass
-class StageRun:
-    """One stage in progress: its preset, where it stands, and the objects a step needs."""
-
-    stage: StageConfig
-    state: StageState
-    model: nn.Module  # what a step calls: the DistributedDataParallel wrapper, or the bare model
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler | None  # fp16 autocast only
-    loader: DataLoader
-
-
-@dataclass
 class Trainer:
-    """Runs the stages in order on one model. One per process; rank 0 alone writes files and validates."""
+    """What every stage of a run shares. One per process; rank 0 alone writes files and validates."""
 
     method: Method
     opts: TrainOptions
-    stages: list[StageConfig]
+    stages: list[StageConfig]  # every stage of --stages, those already done included
     net: nn.Module  # the bare model (not the DDP wrapper)
     device: torch.device
     dist_info: Dist
-    datasets: dict[str, Dataset]
-    validation: Validation | None
-    roots: dict[str, str | None]
+    roots: Roots
     stop: StopRequest
+    davis_val: DavisVal
 
     def __post_init__(self) -> None:
         self.save_dir = Path(self.opts.save_dir)
         self.log_path = self.save_dir / "train_log.csv"
+        self.log_columns = log_columns(self.stages)
         self.amp = amp_dtype(self.opts.amp, self.device)
         self.loss = self.method.losses[self.opts.loss or self.method.default_loss]
         self.verbose = self.dist_info.main
@@ -541,430 +459,356 @@ class Trainer:
             tqdm.write(text, file=sys.stdout)
             sys.stdout.flush()
 
-    # --- the loop ---------------------------------------------------------------------------------------------------
-    def train_epoch(self, run: StageRun, epoch: int) -> EpochStats:
-        stats, epoch_rng = self.begin_epoch(run)
-        for imgs, masks, t0 in self.batches(run, epoch, stats, epoch_rng):
-            imgs, masks = imgs.to(self.device, non_blocking=True), masks.to(self.device, non_blocking=True)
+
+@dataclass
+class StageRun:
+    """One stage in progress: its preset, data and selection, where it stands, and the objects a step needs."""
+
+    stage: StageConfig
+    data: TrainSet
+    selection: Selection | None  # None: nothing to select on, the last weights stand as the best
+    state: StageState
+    model: nn.Module  # what a step calls: the DistributedDataParallel wrapper, or the bare model
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None  # fp16 autocast only
+    loader: DataLoader
+
+
+def train_stage(t: Trainer, run: StageRun) -> None:
+    """The stage's epochs from where it stands. A step: the batch (swap-and-attach and the skip rule, `batches`),
+    the forward over the clip, the loss on frames 1..L-1, backward, the optimizer step; after each epoch the model
+    selection, the checkpoints and the log row (`end_epoch`)."""
+    state = run.state
+    if state.epoch_end_pending:  # stopped during the selection after a finished epoch: do that epoch's end again
+        stats = EpochStats(**state.partial)
+        state.partial, state.epoch_end_pending = None, False
+        end_epoch(t, run, stats)
+    for epoch in range(state.epoch + 1, run.stage.epochs + 1):
+        stats, epoch_rng = begin_epoch(t, run)
+        for imgs, masks, t0 in batches(t, run, epoch, stats, epoch_rng):
+            imgs, masks = imgs.to(t.device, non_blocking=True), masks.to(t.device, non_blocking=True)
             gt = masks[:, 1:]  # the loss covers frames 1..L-1; frame 0's mask is given
-            with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+            with torch.autocast(t.device.type, dtype=t.amp, enabled=t.amp is not None):
                 logits = run.model(imgs, masks[:, 0])  # (B, L-1, 2, H, W)
-            loss = self.loss(logits, gt)
-            loss_value, iou = _all_reduce(self.dist_info, [loss.item(), foreground_iou(logits.detach(), gt).item()],
-                                          self.device, "mean")
-            self.check_finite(loss_value, run, epoch, stats)
+            loss = t.loss(logits, gt)
+            iou = foreground_iou(logits.detach(), gt)
+            loss_value, iou = distributed.all_reduce(t.dist_info, [loss.item(), iou.item()], t.device, "mean")
+            check_finite(t, loss_value, run, epoch, stats)
             run.optimizer.zero_grad(set_to_none=True)
-            if run.scaler is not None:
+            if run.scaler is not None:  # fp16 autocast
                 run.scaler.scale(loss).backward()
                 run.scaler.step(run.optimizer)
                 run.scaler.update()
             else:
                 loss.backward()
                 run.optimizer.step()
-            run.state.iteration += 1
-            stats.add(loss_value, iou, imgs.shape[0] * self.dist_info.world, time.perf_counter() - t0)
-        run.state.epoch = epoch
-        return stats
+            state.iteration += 1
+            stats.add(loss_value, iou, imgs.shape[0] * t.dist_info.world, time.perf_counter() - t0)
+        state.epoch = epoch
+        end_epoch(t, run, stats)
+    if not state.validated:
+        # Nothing to choose the best by, so the last weights stand for the stage. The official ytvos stage has no
+        # validation set, so its trainer never writes a best file at all; this gives coco_ytvos_best.pth a source.
+        save(t, run, f"{run.stage.save_name}_best.pth", "last checkpoint as best (no validation)")
 
-    def begin_epoch(self, run: StageRun) -> tuple[EpochStats, list[dict]]:
-        """Fresh sums and the random states the epoch starts from (every process's), or, resuming mid-epoch, the
-        interrupted epoch's sums and its random states restored."""
-        d, state = self.dist_info, run.state
-        if state.partial is None:
-            return EpochStats(), _gather(d, capture_rng())
-        partial = dict(state.partial)
-        epoch_rng = partial.pop("rng")
-        restore_rng(epoch_rng[d.rank] if len(epoch_rng) == d.world else capture_rng())
-        state.partial = None
-        return EpochStats(**partial), epoch_rng
 
-    def batches(self, run: StageRun, epoch: int, stats: EpochStats,
-                epoch_rng: list[dict]) -> Iterator[tuple[Tensor, Tensor, float]]:
-        """The epoch's batches, swap-and-attach applied, those the official rule skips left out, as (imgs (B, L, 3, H,
-        W), masks (B, L, H, W), start time). A resumed epoch first redraws the batches it had done, without running
-        the model, so the data and the random draws go on exactly as in the interrupted run. A stop request (Ctrl+C)
-        ends the epoch here: the resumable checkpoint is written and TrainingInterrupted raised."""
-        d, state = self.dist_info, run.state
-        loader = iter(run.loader)  # draws the workers' seeds (and the shuffle) from torch's generator
-        bar = tqdm(total=len(run.loader), desc=f"{run.stage.name} ep{epoch:04d}", leave=False, dynamic_ncols=True,
-                   disable=not self.verbose, initial=stats.batches)
-        try:
-            for _ in range(stats.batches):  # replay: the same data and the same swap draws
-                next(loader)
-                random.random()
-            while stats.batches < len(run.loader):
-                t0 = time.perf_counter()
-                batch = None if self.stop.requested else self.next_batch(loader)
-                if batch is not None:
-                    imgs, masks = batch["imgs"], batch["masks"]
-                    if random.random() > run.stage.swap_above:  # the official draw, for every batch, before skipping
-                        imgs, masks = swap_and_attach(imgs, masks)
-                skip, stop = _all_reduce(d, [float(batch is None or must_skip(masks)), float(self.stop.requested)],
-                                         self.device, "max")
-                if stop:
-                    state.partial, state.epoch = {**asdict(stats), "rng": epoch_rng}, epoch - 1
-                    raise self.interrupted(run, f"epoch {epoch} after {stats.batches} of {len(run.loader)} batches")
-                stats.batches += 1
-                bar.update()
-                if not skip:
-                    yield imgs, masks, t0
-                    bar.set_postfix(loss=f"{stats.last_loss:.4f}")
-        finally:
-            bar.close()
+def begin_epoch(t: Trainer, run: StageRun) -> tuple[EpochStats, list[dict]]:
+    """Fresh sums and the random states the epoch starts from (every process's), or, resuming mid-epoch, the
+    interrupted epoch's sums and its random states restored."""
+    d, state = t.dist_info, run.state
+    if state.partial is None:
+        return EpochStats(), distributed.gather(d, capture_rng())
+    partial = dict(state.partial)
+    epoch_rng = partial.pop("rng")
+    restore_rng(epoch_rng[d.rank] if len(epoch_rng) == d.world else capture_rng())
+    state.partial = None
+    return EpochStats(**partial), epoch_rng
 
-    def next_batch(self, loader: Iterator) -> dict | None:
-        try:
-            return next(loader)
-        except Exception:
-            if not self.stop.requested:  # workers that died of the signal: not an error
-                raise
-            return None
 
-    def check_finite(self, loss: float, run: StageRun, epoch: int, stats: EpochStats) -> None:
-        if not math.isfinite(loss):
-            raise TrainingError(
-                f"the loss is {loss} in stage '{run.stage.name}', epoch {epoch}, iteration {stats.steps + 1} of the "
-                f"epoch ({stats.batches} batches drawn); training stopped and no checkpoint was written from this "
-                f"state (those in {self.save_dir} are intact). Try a lower --lr (now {run.stage.lr:g})"
-                f"{', or run without --amp (--no-amp)' if self.amp is not None else ''}, and resume from the last "
-                f"checkpoint with --resume; without --amp, a diverging run usually needs the lower --lr")
+def batches(t: Trainer, run: StageRun, epoch: int, stats: EpochStats,
+            epoch_rng: list[dict]) -> Iterator[tuple[Tensor, Tensor, float]]:
+    """The epoch's batches, swap-and-attach applied, those the official rule skips left out, as (imgs (B, L, 3, H, W),
+    masks (B, L, H, W), start time). A resumed epoch first redraws the batches it had done, without running the
+    model, so the data and the random draws go on exactly as in the interrupted run. A stop request (Ctrl+C) ends the
+    epoch here: the resumable checkpoint is written and TrainingInterrupted raised."""
+    d, state = t.dist_info, run.state
+    loader = iter(run.loader)  # draws the workers' seeds (and the shuffle) from torch's generator
+    bar = tqdm(total=len(run.loader), desc=f"{run.stage.name} ep{epoch:04d}", leave=False, dynamic_ncols=True,
+               disable=not t.verbose, initial=stats.batches)
+    try:
+        for _ in range(stats.batches):  # replay: the same data and the same swap draws
+            next(loader)
+            random.random()
+        while stats.batches < len(run.loader):
+            t0 = time.perf_counter()
+            batch = None if t.stop.requested else next_batch(t, loader)
+            if batch is not None:
+                imgs, masks = batch["imgs"], batch["masks"]
+                if random.random() > run.stage.swap_above:  # the official draw, for every batch, before skipping
+                    imgs, masks = swap_and_attach(imgs, masks)
+            skip, stop = distributed.all_reduce(d, [float(batch is None or must_skip(masks)), float(t.stop.requested)],
+                                                t.device, "max")
+            if stop:
+                state.partial, state.epoch = {**asdict(stats), "rng": epoch_rng}, epoch - 1
+                raise interrupted(t, run, f"epoch {epoch} after {stats.batches} of {len(run.loader)} batches")
+            stats.batches += 1
+            bar.update()
+            if not skip:
+                yield imgs, masks, t0
+                bar.set_postfix(loss=f"{stats.last_loss:.4f}")
+    finally:
+        bar.close()
 
-    # --- stages -----------------------------------------------------------------------------------------------------
-    def run(self, first: int, resumed: dict | None) -> None:
-        for k in range(first, len(self.stages)):
-            stage = self.stages[k]
-            if k > first and self.opts.chain == "best":
-                self.load_best(self.stages[k - 1])
-            self.run_stage(self.start_stage(stage, resumed if k == first else None))
-            self.datasets.pop(stage.name, None)  # free it (the COCO index is large)
 
-    def start_stage(self, stage: StageConfig, resumed: dict | None) -> StageRun:
-        """A new Adam per stage, as the official run.py builds one in each train_* function; with --resume, the
-        optimizer, the scaler and the stage's progress and random states of the checkpoint."""
-        net = self.net.train()  # EMVOS.train keeps the encoder (BatchNorm) in eval mode, as the official model.eval()
-        optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=stage.lr,
-                                     weight_decay=stage.weight_decay)
-        scaler = torch.amp.GradScaler("cuda") if self.amp == torch.float16 else None
-        state = StageState(rng=_gather(self.dist_info, capture_rng()))
-        if resumed is not None:
-            optimizer.load_state_dict(resumed["optimizer"])
-            if scaler is not None and resumed.get("scaler"):
-                scaler.load_state_dict(resumed["scaler"])
-            state = StageState(**{f.name: resumed[f.name] for f in fields(StageState)})
-            if len(state.rng) == self.dist_info.world:
-                restore_rng(state.rng[self.dist_info.rank])
-            else:
-                self.say(f"warning: the checkpoint was written by {len(state.rng)} process(es), this run has "
-                         f"{self.dist_info.world}; the clips drawn from here on differ from the original run's")
-        model = nn.parallel.DistributedDataParallel(
-            net, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-            broadcast_buffers=False,  # the only buffers are frozen BatchNorm statistics and constants
-        ) if self.dist_info.enabled else net
-        data = self.datasets[stage.name]
-        loader = DataLoader(data, batch_size=stage.batch_size // self.dist_info.world,
-                            sampler=epoch_sampler(data, stage.clips_per_epoch // self.dist_info.world),
-                            num_workers=self.opts.workers, worker_init_fn=_init_worker,
-                            pin_memory=self.device.type == "cuda")
-        self.describe(stage, loader)
-        return StageRun(stage, state, model, optimizer, scaler, loader)
+def next_batch(t: Trainer, loader: Iterator) -> dict | None:
+    try:
+        return next(loader)
+    except Exception:
+        if not t.stop.requested:  # workers that died of the signal: not an error
+            raise
+        return None
 
-    def describe(self, stage: StageConfig, loader: DataLoader) -> None:
-        if loader.batch_size == 1 and stage.swap_above < 1:
-            self.say("note: one clip per process: swap-and-attach then pastes a clip onto itself, which empties its "
-                     "mask, so those batches (p = 0.2) are skipped, as the official code does at batch size 1")
-        val_note = f"validating on {self.validation_title(stage)} every {stage.val_every} epochs" \
-            if self.validation_title(stage) and stage.val_every else "no validation"
-        clips = len(loader.sampler) * self.dist_info.world
-        self.say(f"stage '{stage.name}': {stage.epochs} epochs of {clips} clips of {stage.clip_len} frames at "
-                 f"{stage.crop[0]}x{stage.crop[1]}, batch {stage.batch_size}"
-                 f"{f' ({self.dist_info.world} processes)' if self.dist_info.enabled else ''}, lr {stage.lr:g}, "
-                 f"{val_note}; checkpoints {self.save_dir}/{stage.save_name}_*.pth")
 
-    def run_stage(self, run: StageRun) -> None:
-        state = run.state
-        if state.epoch_end_pending:  # stopped during the validation of a finished epoch: do that epoch's end again
-            stats = EpochStats(**state.partial)
-            state.partial, state.epoch_end_pending = None, False
-            self.end_epoch(run, stats)
-        for epoch in range(state.epoch + 1, run.stage.epochs + 1):
-            self.end_epoch(run, self.train_epoch(run, epoch))
-        if not state.validated:
-            # Nothing to choose the best by, so the last weights stand for the stage. The official ytvos stage has no
-            # validation set, so its trainer never writes a best file at all; this gives coco_ytvos_best.pth a source.
-            self.save(run, f"{run.stage.save_name}_best.pth", "last checkpoint as best (no validation)")
+def check_finite(t: Trainer, loss: float, run: StageRun, epoch: int, stats: EpochStats) -> None:
+    if not math.isfinite(loss):
+        raise TrainingError(
+            f"the loss is {loss} in stage '{run.stage.name}', epoch {epoch}, iteration {stats.steps + 1} of the "
+            f"epoch ({stats.batches} batches drawn); training stopped and no checkpoint was written from this "
+            f"state (those in {t.save_dir} are intact). Try a lower --lr (now {run.stage.lr:g})"
+            f"{', or run without --amp (--no-amp)' if t.amp is not None else ''}, and resume from the last "
+            f"checkpoint with --resume; without --amp, a diverging run usually needs the lower --lr")
 
-    def end_epoch(self, run: StageRun, stats: EpochStats) -> None:
-        """Validate, keep the best, write the periodic checkpoint and the log row (the official order)."""
-        stage, state = run.stage, run.state
-        epoch = state.epoch
-        state.rng = _gather(self.dist_info, capture_rng())  # what the next epoch starts from
-        loss, iou, sec = stats.summary()
-        if stats.steps:
-            self.say(f"[{stage.name} ep{epoch:04d}] loss {loss:.5f}  iou {iou:.5f}  ({stats.steps} it, "
-                     f"{sec:.3f} s/it)")
-        score = None
-        title = self.validation_title(stage)
-        if title and stage.val_every and epoch % stage.val_every == 0:
-            if not self.dist_info.main:
-                result = None
-            elif stage.data == PAIRS:
-                result = validate_pairs(self.net, self.datasets[stage.name], self.device)
-            else:
-                result = validate(self.net, self.validation, self.stop)
-            score = _broadcast(self.dist_info, result)
-            if score is None:  # stopped during validation: the resumed run validates this epoch again
-                state.partial, state.epoch_end_pending = asdict(stats), True
-                raise self.interrupted(run, f"the validation after epoch {epoch}")
-            state.validated = True
-            new_best = score > state.best_score
-            self.say(f"[{stage.name} ep{epoch:04d}] {title} {score:.5f}"
-                     f"{' (new best)' if new_best else f' (best {state.best_score:.5f})'}")
-            if new_best:
-                state.best_score = score
-                self.save(run, f"{stage.save_name}_best.pth", f"new best checkpoint after epoch {epoch}")
-        if epoch % stage.save_every == 0 or epoch == stage.epochs:
-            self.save(run, f"{stage.save_name}_{epoch:04d}.pth", "checkpoint", resumable=True)
-        if self.dist_info.main:
-            append_log(self.log_path, {
-                "stage": stage.name, "epoch": epoch, "iteration": state.iteration,
-                "loss": f"{loss:.6f}" if stats.steps else "", "iou": f"{iou:.6f}" if stats.steps else "",
-                "lr": f"{run.optimizer.param_groups[0]['lr']:g}", "sec_per_iter": f"{sec:.4f}" if stats.steps else "",
-                "val_pairs_iou" if stage.data == PAIRS else "val_jf": "" if score is None else f"{score:.6f}"})
 
-    def validation_title(self, stage: StageConfig) -> str | None:
-        """What the stage selects its best checkpoint by, or None when it has nothing to validate on."""
-        if stage.data == PAIRS:
-            pairs = len(self.datasets[stage.name].heldout_pairs)
-            return f"IoU on {pairs} held-out pairs" if pairs else None
-        return f"{self.validation.title} J&F" if self.validation is not None else None
+def end_epoch(t: Trainer, run: StageRun, stats: EpochStats) -> None:
+    """The model selection (keeping a new best), the periodic checkpoint and the log row (the official order)."""
+    stage, state = run.stage, run.state
+    epoch = state.epoch
+    state.rng = distributed.gather(t.dist_info, capture_rng())  # what the next epoch starts from
+    loss, iou, sec = stats.summary()
+    if stats.steps:
+        t.say(f"[{stage.name} ep{epoch:04d}] loss {loss:.5f}  iou {iou:.5f}  ({stats.steps} it, {sec:.3f} s/it)")
+    due = run.selection is not None and stage.val_every and epoch % stage.val_every == 0
+    score = select(t, run, stats) if due else None
+    if epoch % stage.save_every == 0 or epoch == stage.epochs:
+        save(t, run, f"{stage.save_name}_{epoch:04d}.pth", "checkpoint", resumable=True)
+    if t.dist_info.main:
+        done = bool(stats.steps)
+        append_log(t.log_path, {
+            "stage": stage.name, "epoch": epoch, "iteration": state.iteration,
+            "loss": f"{loss:.6f}" if done else "", "iou": f"{iou:.6f}" if done else "",
+            "lr": f"{run.optimizer.param_groups[0]['lr']:g}", "sec_per_iter": f"{sec:.4f}" if done else "",
+            stage.data.column: "" if score is None else f"{score:.6f}"}, t.log_columns)
 
-    def load_best(self, previous: StageConfig) -> None:
-        """--chain best: start from the previous stage's best checkpoint instead of its last weights."""
-        path = self.save_dir / f"{previous.save_name}_best.pth"
-        found = _broadcast(self.dist_info, path.is_file() if self.dist_info.main else None)
-        if not found:
-            self.say(f"--chain best: no {path}; going on from the last weights of stage '{previous.name}'")
-            return
-        if self.dist_info.main:
-            best, _ = methods.load_weights(path, "--chain best")
-            self.net.load_state_dict(best.state_dict(), strict=True)
-            self.say(f"starting from {path}")
-        _broadcast_weights(self.dist_info, self.net)
 
-    # --- checkpoints ------------------------------------------------------------------------------------------------
-    def save(self, run: StageRun, name: str, what: str, resumable: bool = False) -> None:
-        """Write the weights file `name` (the method's file layout) and, if resumable, its `.train.pth` with
-        everything --resume needs. Atomic: a kill leaves the previous file or the new one, never half of one."""
-        state = run.state
-        # every process checks (their weights are equal), so that all of them stop together
-        check_finite_weights(self.net, f"after epoch {state.epoch} of stage '{run.stage.name}'")
-        if not self.dist_info.main:
-            return
-        path = self.save_dir / name
-        save_atomic(methods.weights_payload(self.net, self.method.name), path)
-        if resumable:
-            save_atomic({
-                "weights": methods.weights_payload(self.net, self.method.name), "method": self.method.name,
-                "config": asdict(self.net.config), "stage": run.stage.name, "save_name": run.stage.save_name,
-                **asdict(state), "world_size": self.dist_info.world, "optimizer": run.optimizer.state_dict(),
-                "scaler": run.scaler.state_dict() if run.scaler is not None else None,
-                "stage_config": asdict(run.stage), "train_options": asdict(self.opts),
-            }, training_state_path(path))
-        self.say(f"saved {what}: {path}{' (+ .train.pth to resume)' if resumable else ''}")
+def select(t: Trainer, run: StageRun, stats: EpochStats) -> float:
+    """Score the model by the stage's selection (rank 0; the others get its score) and keep a new best."""
+    stage, state = run.stage, run.state
+    score = distributed.broadcast(t.dist_info, run.selection(t.net) if t.dist_info.main else None)
+    if score is None:  # stopped during the selection: the resumed run scores this epoch again
+        state.partial, state.epoch_end_pending = asdict(stats), True
+        raise interrupted(t, run, f"the validation after epoch {state.epoch}")
+    state.validated = True
+    new_best = score > state.best_score
+    t.say(f"[{stage.name} ep{state.epoch:04d}] {run.selection.title} {score:.5f}"
+          f"{' (new best)' if new_best else f' (best {state.best_score:.5f})'}")
+    if new_best:
+        state.best_score = score
+        save(t, run, f"{stage.save_name}_best.pth", f"new best checkpoint after epoch {state.epoch}")
+    return score
 
-    def resume_command(self, path: Path) -> str:
-        flags = [f"{DATA_FLAGS[s.data][0]} {self.roots[s.data]}" for s in self.stages if self.roots.get(s.data)]
-        flags = list(dict.fromkeys(flags))
-        if self.validation is not None and not any(s.data == "davis" for s in self.stages):
-            flags.append(f"--davis {self.roots['davis']}")
-        launcher = f"torchrun --nproc_per_node {self.dist_info.world} run.py" if self.dist_info.enabled else \
-            "python run.py"
-        method = [] if self.method.name == "emvos" else [f"--method {self.method.name}"]
-        return " ".join([launcher, "--train", *method, f"--resume {path}", *flags])
 
-    def interrupted(self, run: StageRun, where: str) -> TrainingInterrupted:
-        path = self.save_dir / f"{run.stage.save_name}_interrupted.pth"
-        self.save(run, path.name, "resumable checkpoint", resumable=True)
-        self.say(f"interrupted in stage '{run.stage.name}' at {where}. Resume with:\n  {self.resume_command(path)}")
-        return TrainingInterrupted(path)
+# ---------------------------------------------------------------------------------------------------------------
+# stages
+# ---------------------------------------------------------------------------------------------------------------
+
+def open_stages(stages: list[StageConfig], ctx: StageContext) -> list[tuple[TrainSet, Selection | None]]:
+    """Every stage's training data (its root first, then the data itself checked) and model selection, before any
+    training starts."""
+    roots = asdict(ctx.roots)
+    problems = []
+    for data in dict.fromkeys(s.data for s in stages):
+        root = roots[data.root]
+        if root is None or not Path(root).is_dir():
+            given = "is not set" if root is None else f"'{root}' does not exist"
+            needed_by = ", ".join(s.name for s in stages if s.data == data)
+            problems.append(f"stage(s) {needed_by} train on {data.name}, but --{data.root} {given}; pass "
+                            f"--{data.root} PATH (the folder with {data.holds}) or leave the stage out of --stages")
+    for s in stages:
+        if s.batch_size % ctx.world or s.clips_per_epoch % ctx.world:
+            problems.append(f"stage {s.name}: --batch-size {s.batch_size} and --clips-per-epoch {s.clips_per_epoch} "
+                            f"must be multiples of the {ctx.world} processes (each takes an equal share)")
+    if problems:
+        raise VOSInputError("\n".join(problems))
+    opened = []
+    for s in stages:
+        data = s.data.open(s, ctx)
+        data.check()  # data that could only give skipped batches is an error now, not after the run
+        opened.append((data, s.data.selection(s, data, ctx) if s.val_every else None))
+    return opened
+
+
+def start_stage(t: Trainer, stage: StageConfig, data: TrainSet, selection: Selection | None,
+                resumed: dict | None) -> StageRun:
+    """A new Adam per stage, as the official run.py builds one in each train_* function; with --resume, the
+    optimizer, the scaler and the stage's progress and random states of the checkpoint."""
+    d = t.dist_info
+    net = t.net.train()  # EMVOS.train keeps the encoder (BatchNorm) in eval mode, as the official model.eval()
+    optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=stage.lr,
+                                 weight_decay=stage.weight_decay)
+    scaler = torch.amp.GradScaler("cuda") if t.amp == torch.float16 else None
+    state = StageState(rng=distributed.gather(d, capture_rng()))
+    if resumed is not None:
+        optimizer.load_state_dict(resumed["optimizer"])
+        if scaler is not None and resumed.get("scaler"):
+            scaler.load_state_dict(resumed["scaler"])
+        state = StageState(**{f.name: resumed[f.name] for f in fields(StageState)})
+        if len(state.rng) == d.world:
+            restore_rng(state.rng[d.rank])
+        else:
+            t.say(f"warning: the checkpoint was written by {len(state.rng)} process(es), this run has {d.world}; "
+                  f"the clips drawn from here on differ from the original run's")
+    model = distributed.wrap(d, net, t.device)
+    loader = DataLoader(data, batch_size=stage.batch_size // d.world,
+                        sampler=epoch_sampler(data, stage.clips_per_epoch // d.world), num_workers=t.opts.workers,
+                        worker_init_fn=_init_worker, pin_memory=t.device.type == "cuda")
+    run = StageRun(stage, data, selection, state, model, optimizer, scaler, loader)
+    describe(t, run)
+    return run
+
+
+def describe(t: Trainer, run: StageRun) -> None:
+    stage = run.stage
+    if run.loader.batch_size == 1 and stage.swap_above < 1:
+        t.say("note: one clip per process: swap-and-attach then pastes a clip onto itself, which empties its "
+              "mask, so those batches (p = 0.2) are skipped, as the official code does at batch size 1")
+    selecting = run.selection is not None and stage.val_every
+    val_note = f"validating on {run.selection.title} every {stage.val_every} epochs" if selecting else "no validation"
+    world = t.dist_info.world
+    t.say(f"stage '{stage.name}': {stage.epochs} epochs of {len(run.loader.sampler) * world} clips of "
+          f"{stage.clip_len} frames at {stage.crop[0]}x{stage.crop[1]}, batch {stage.batch_size}"
+          f"{f' ({world} processes)' if world > 1 else ''}, lr {stage.lr:g}, {val_note}; "
+          f"checkpoints {t.save_dir}/{stage.save_name}_*.pth")
+
+
+def run_stages(t: Trainer, first: int, finished: bool, opened: list[tuple[TrainSet, Selection | None]],
+               resumed: dict | None) -> None:
+    """Stages first.. in order on one model; a later one starts from the previous one's last weights, or with
+    --chain best from its best checkpoint."""
+    for k in range(first, len(t.stages)):
+        if t.opts.chain == "best" and (k > first or finished):
+            load_best(t, t.stages[k - 1])
+        data, selection = opened.pop(0)  # the stage's run alone holds its data, freed after it (COCO's is large)
+        train_stage(t, start_stage(t, t.stages[k], data, selection, resumed if k == first else None))
+
+
+def load_best(t: Trainer, previous: StageConfig) -> None:
+    """--chain best: start from the previous stage's best checkpoint instead of its last weights."""
+    path = t.save_dir / f"{previous.save_name}_best.pth"
+    found = distributed.broadcast(t.dist_info, path.is_file() if t.dist_info.main else None)
+    if not found:
+        t.say(f"--chain best: no {path}; going on from the last weights of stage '{previous.name}'")
+        return
+    if t.dist_info.main:
+        best, _ = methods.load_weights(path, "--chain best")
+        t.net.load_state_dict(best.state_dict(), strict=True)
+        t.say(f"starting from {path}")
+    distributed.broadcast_weights(t.dist_info, t.net)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# checkpoints (what checkpoint.py writes, from the trainer's state)
+# ---------------------------------------------------------------------------------------------------------------
+
+def save(t: Trainer, run: StageRun, name: str, what: str, resumable: bool = False) -> None:
+    """Write the weights file `name` (the method's file layout) and, if resumable, its `.train.pth` with
+    everything --resume needs. Atomic: a kill leaves the previous file or the new one, never half of one."""
+    # every process checks (their weights are equal), so that all of them stop together
+    check_finite_weights(t.net, f"after epoch {run.state.epoch} of stage '{run.stage.name}'")
+    if not t.dist_info.main:
+        return
+    path = t.save_dir / name
+    checkpoint.save_atomic(methods.weights_payload(t.net, t.method.name), path)
+    if resumable:
+        checkpoint.save_atomic({
+            "weights": methods.weights_payload(t.net, t.method.name), "method": t.method.name,
+            "config": asdict(t.net.config), "stage": run.stage.name, "save_name": run.stage.save_name,
+            **asdict(run.state), "world_size": t.dist_info.world, "optimizer": run.optimizer.state_dict(),
+            "scaler": run.scaler.state_dict() if run.scaler is not None else None,
+            "stage_config": run.stage.record(), "train_options": recorded_options(t.opts),
+        }, checkpoint.training_state_path(path))
+    t.say(f"saved {what}: {path}{' (+ .train.pth to resume)' if resumable else ''}")
+
+
+def interrupted(t: Trainer, run: StageRun, where: str) -> TrainingInterrupted:
+    """Write the resumable checkpoint of a stopped run and say how to go on from it."""
+    path = t.save_dir / f"{run.stage.save_name}_interrupted.pth"
+    save(t, run, path.name, "resumable checkpoint", resumable=True)
+    roots = asdict(t.roots)
+    needed = [s.data.root for s in t.stages] + (["davis"] if t.davis_val.selection is not None else [])
+    flags = {name: roots[name] for name in needed if roots[name] is not None}
+    command = checkpoint.resume_command(path, t.method.name, flags, t.dist_info.world)
+    t.say(f"interrupted in stage '{run.stage.name}' at {where}. Resume with:\n  {command}")
+    return TrainingInterrupted(path)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # entry point
 # ---------------------------------------------------------------------------------------------------------------
 
-def training_state_path(weights_path: Path) -> Path:
-    """X.pth -> X.train.pth, the file with what --resume needs besides the weights."""
-    return weights_path.with_name(weights_path.stem + ".train.pth")
-
-
-def open_datasets(stages: list[StageConfig], roots: dict[str, str | None], opts: TrainOptions,
-                  d: Dist) -> dict[str, Dataset]:
-    """Every stage's clip sampler, built (and its data root checked) before any training starts."""
-    problems = []
-    for data, (flag, holds) in DATA_FLAGS.items():
-        needed_by = [s.name for s in stages if s.data == data]
-        root = roots[data]
-        if needed_by and (root is None or not Path(root).is_dir()):
-            given = "is not set" if root is None else f"'{root}' does not exist"
-            problems.append(f"stage(s) {', '.join(needed_by)} train on {data}, but {flag} {given}; pass {flag} PATH "
-                            f"(the folder with {holds}) or leave the stage out of --stages")
-    for s in stages:
-        if s.batch_size % d.world or s.clips_per_epoch % d.world:
-            problems.append(f"stage {s.name}: --batch-size {s.batch_size} and --clips-per-epoch {s.clips_per_epoch} "
-                            f"must be multiples of the {d.world} processes (each takes an equal share)")
-    if problems:
-        raise VOSInputError("\n".join(problems))
-    sets: dict[str, Dataset] = {}
-    for s in stages:
-        common = {"output_size": tuple(s.crop), "clip_len": s.clip_len, "clips_per_epoch": s.clips_per_epoch // d.world}
-        if s.data == PAIRS:
-            if d.enabled:  # each process would go through every pair: no DistributedSampler here
-                raise VOSInputError(f"stage {s.name} (every frame pair, batch 1 as the port) runs in one process; "
-                                    f"start it with python run.py, not torchrun")
-            sets[s.name] = dataset.TrainPairs(roots["davis"], year=davis_year(opts, s), output_size=tuple(s.crop))
-        elif s.data == "coco":
-            sets[s.name] = dataset.TrainCOCO(roots["coco"], **common)
-        elif s.data == "davis":
-            sets[s.name] = dataset.TrainDAVIS(roots["davis"], year=davis_year(opts, s), split="train", **common)
-        else:
-            sets[s.name] = dataset.TrainYTVOS(roots["ytvos"], **common)
-        sets[s.name].check()  # data that could only give skipped batches is an error now, not after the run
-    return sets
-
-
-def davis_year(opts: TrainOptions, stage: StageConfig | None = None) -> str:
-    """--davis-year, or the default of the stage's data: 2016 for frame pairs (the port's), else 2017."""
-    return opts.davis_year or ("2016" if stage is not None and stage.data == PAIRS else "2017")
-
-
-def load_resume(path: str, method_name: str) -> dict:
-    """The training state written beside a checkpoint (X.train.pth; X.pth finds it), read safely."""
-    given = Path(path)
-    state_path = given if given.name.endswith(".train.pth") else training_state_path(given)
-    if not state_path.is_file():
-        if given.is_file():
-            raise VOSInputError(f"--resume {path}: the file holds weights only and no {state_path.name} with the "
-                                f"training state is beside it; to start training from these weights pass --init {path}")
-        raise VOSInputError(f"--resume {path}: no such file")
-    obj = weights.load_file(state_path, "--resume")
-    needed = ("weights", "method", "config", "optimizer", "stage", "epoch", "rng", "train_options")
-    if not isinstance(obj, dict) or any(k not in obj for k in needed):
-        raise VOSInputError(f"--resume {state_path} is not a training state written by `run.py --train` (it lacks "
-                            f"{', '.join(k for k in needed if not isinstance(obj, dict) or k not in obj)})")
-    if obj["method"] != method_name:
-        raise VOSInputError(f"--resume {path} is a {obj['method']} checkpoint; pass --method {obj['method']}")
-    return {**obj, "path": str(state_path)}
-
-
-def build_network(method: Method, opts: TrainOptions, resumed: dict | None, init: str | None) -> nn.Module:
+def build_network(method: Method, opts: TrainOptions, resumed: dict | None, verbose: bool = True) -> nn.Module:
     """The model to train: from the resumed checkpoint, from --init weights, or new (ImageNet backbone)."""
     overrides = {"train_encoder": True} if opts.train_encoder else {}
     if resumed is not None:
         return methods.model_from_payload(resumed["weights"], Path(resumed["path"]), "--resume", resumed["config"])[0]
-    if init is not None:
-        net, meta = methods.load_weights(init, "--init", overrides)
+    if opts.init is not None:
+        net, meta = methods.load_weights(opts.init, "--init", overrides)
         if meta["method"] != method.name:
-            raise VOSInputError(f"--init {init} is a {meta['method']} checkpoint, not {method.name}")
+            raise VOSInputError(f"--init {opts.init} is a {meta['method']} checkpoint, not {method.name}")
         return net
+    if not opts.pretrained and verbose:
+        print("note: --no-pretrained: the backbone starts from scratch, not from ImageNet (official: ImageNet)")
     return methods.build_model(method.name, overrides, pretrained=opts.pretrained)
 
 
-def resume_point(resumed: dict | None, stages: list[StageConfig], path: str | None) -> tuple[int, bool]:
-    """(index of the stage to start with, whether the resumed stage was already finished)."""
-    if resumed is None:
-        return 0, False
-    names = [s.name for s in stages]
-    if resumed["stage"] not in names:
-        raise VOSInputError(f"--resume {path} is from stage '{resumed['stage']}', which is not in --stages "
-                            f"{' '.join(names)}")
-    first = names.index(resumed["stage"])
-    finished = (resumed["epoch"] >= stages[first].epochs and resumed["partial"] is None
-                and not resumed["epoch_end_pending"])
-    first += finished  # that stage is done: go on with the next one
-    if first == len(stages):
-        raise VOSInputError(f"--resume {path}: stage '{resumed['stage']}' is finished and no stage follows it in "
-                            f"--stages {' '.join(names)}; name a stage after it to go on")
-    return first, finished
+def train(method: str, options: TrainOptions, roots: Roots) -> nn.Module:
+    """Train the stages `options` ask for, on the data under `roots`; returns the trained model (the bare module, on
+    its device).
 
-
-def check_recipe(args: argparse.Namespace, method: Method, opts: TrainOptions) -> None:
-    if args.resume and getattr(args, "init", None):
-        raise VOSInputError("pass --resume or --init, not both: --resume restores the weights it holds")
-    if opts.loss is not None and opts.loss not in method.losses:
-        raise VOSInputError(f"--loss {opts.loss} is not a loss of {method.name}; choose from "
-                            f"{', '.join(method.losses)}")
-    if getattr(args, "precision", "fp32") == "fp64":
-        raise VOSInputError("--precision fp64 is for comparing with a reference at test time; validation during "
-                            "training runs in fp32 (default), bf16 or fp16")
-
-
-def train(args: argparse.Namespace) -> nn.Module:
-    """Train the stages the flags ask for; returns the trained model (the bare module, on its device).
-
-    Raises VOSInputError (bad flags or data, missing ImageNet weights, an unwritable --save-dir) before any training,
-    TrainingError when the loss or the weights stop being finite, and TrainingInterrupted (a SystemExit, code 130)
-    after Ctrl+C.
+    Raises VOSInputError (bad options or data, missing ImageNet weights, an unwritable save folder) before any
+    training, TrainingError when the loss or the weights stop being finite, and TrainingInterrupted (a SystemExit,
+    code 130) after Ctrl+C.
     """
-    method = methods.get(getattr(args, "method", None) or "emvos")
-    resumed = load_resume(args.resume, method.name) if args.resume else None
-    opts = resolve_options(args, method, resumed["train_options"] if resumed else None)
-    check_recipe(args, method, opts)
-    stages = stage_configs(opts, method)
-    first, finished = resume_point(resumed, stages, args.resume)
-    settings = run_settings(getattr(args, "device", None), getattr(args, "precision", "fp32"))
-    d = init_distributed(settings.device)
-    roots = {"coco": getattr(args, "coco", None), "davis": getattr(args, "davis", None),
-             "ytvos": getattr(args, "ytvos", None) or dataset.YTVOS18_ROOT}
-    roots[PAIRS] = roots["davis"]
+    spec = methods.get(method)
+    resumed = checkpoint.load_resume(options.resume, spec.name) if options.resume else None
+    opts = resolve_options(options, spec, resumed["train_options"] if resumed else None)
+    check_recipe(opts, spec)
+    stages = stage_configs(opts, spec)
+    first, finished = checkpoint.resume_point(resumed, stages, opts.resume)
+    settings = run_settings(opts.device, opts.precision)
+    d = distributed.init_distributed(settings.device)
     try:
-        if d.enabled and settings.device.type == "cuda":
-            torch.cuda.set_device(d.local_rank)
-            settings = replace(settings, device=torch.device("cuda", d.local_rank))
-        datasets = open_datasets(stages[first:], roots, opts, d)
+        settings = replace(settings, device=distributed.process_device(d, settings.device))
+        stop = StopRequest(verbose=d.main)
+        davis_val = DavisVal(roots.davis, opts, settings, stop, d.main)
+        opened = open_stages(stages[first:], StageContext(roots, opts.davis_year, d.world, settings.device, davis_val))
         if d.main:
-            prepare_save_dir(Path(opts.save_dir))
+            checkpoint.prepare_save_dir(Path(opts.save_dir))
         amp_dtype(opts.amp, settings.device)  # refuse an unsupported --amp before building anything
-        seed_everything(opts.seed + d.rank)  # each process draws its own clips; DDP gives all rank 0's weights
+        checkpoint.seed_everything(opts.seed + d.rank)  # each process draws its own clips; DDP gives all rank 0's
         if finished and len(resumed["rng"]) == d.world:
             restore_rng(resumed["rng"][d.rank])
-        net = build_network(method, opts, resumed, None if resumed else getattr(args, "init", None))
-        net = net.to(settings.device)
-        if d.main and not opts.pretrained and resumed is None and not getattr(args, "init", None):
-            print("note: --no-pretrained: the backbone starts from scratch, not from ImageNet (official: ImageNet)")
-        validation = open_validation_if_needed(stages[first:], roots["davis"], opts, settings, d)
-        with StopRequest(verbose=d.main) as stop:
-            trainer = Trainer(method, opts, stages, net, settings.device, d, datasets, validation, roots, stop)
-            if finished and opts.chain == "best":
-                trainer.load_best(stages[first - 1])
+        net = build_network(spec, opts, resumed, verbose=d.main).to(settings.device)
+        t = Trainer(spec, opts, stages, net, settings.device, d, roots, stop, davis_val)
+        with stop:
             try:
-                trainer.run(first, None if finished else resumed)
+                run_stages(t, first, finished, opened, None if finished else resumed)
             except KeyboardInterrupt:  # a second Ctrl+C, or one that no signal handler could catch
                 if d.main:
-                    print(f"\naborted without saving; the checkpoints in {trainer.save_dir} are those written before",
+                    print(f"\naborted without saving; the checkpoints in {t.save_dir} are those written before",
                           file=sys.stderr)
                 raise TrainingInterrupted(None) from None
         if d.main:
-            print(f"finished training: {', '.join(s.name for s in stages[first:])}; checkpoints in {trainer.save_dir}")
+            print(f"finished training: {', '.join(s.name for s in stages[first:])}; checkpoints in {t.save_dir}")
         return net
     finally:
-        if d.initialized_here:
-            dist.destroy_process_group()
-
-
-def prepare_save_dir(path: Path) -> None:
-    """Before any step: the folder exists and takes files, and the temporaries of saves a kill cut short are gone."""
-    writable_dir(path, "--save-dir")
-    for leftover in weights.clean_stale_temporaries(path):
-        print(f"removed {leftover}, left by a save that was killed")
-
-
-def open_validation_if_needed(stages: list[StageConfig], davis_root: str | None, opts: TrainOptions,
-                              settings: RunSettings, d: Dist) -> Validation | None:
-    if not any(s.val_every and s.data != PAIRS for s in stages):  # pairs stages validate on held-out pairs
-        return None
-    validation, why = open_validation(davis_root, davis_year(opts), opts.val_sequences, settings)
-    if validation is None and d.main:
-        print(f"no DAVIS {davis_year(opts)} val to validate on ({why}); training without validation, so each "
-              f"stage keeps its last checkpoint as <name>_best.pth")
-    return validation
+        distributed.close_distributed(d)

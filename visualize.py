@@ -5,7 +5,7 @@
 - `probability_maps`: the public VideoMatch port's `videomatch.py REF.jpg REF.png IMG...`: VideoMatch's soft
   matching output (foreground / background probabilities) for any images against one reference image and its mask.
 - `preview_augmentation`: the port's `preprocess.py IMG MASK`: samples of the training augmentation of an image and
-  its mask, for EMVOS's clip sampler (dataset.make_clip) and VideoMatch's (dataset.PortAugmentation).
+  its mask, for EMVOS's clip sampler (samplers.make_clip) and VideoMatch's (samplers.PortAugmentation).
 
 Panels are labelled with cv2.putText (matplotlib is not a dependency); probabilities use OpenCV's JET map
 (0 blue, 0.5 green, 1 red) with its colour bar beside them.
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-import dataset
+import samplers
 from model import aggregate_objects, get_padding, one_hot, pad, pad_mask, unpad
 from utils import VOSInputError, colorize, overlay_mask, read_frame, read_mask
 from videomatch import VideoMatch
@@ -282,13 +282,13 @@ def _uint8(img: torch.Tensor) -> np.ndarray:
 
 def emvos_samples(img: Image.Image, mask: Image.Image, count: int,
                   output_size: tuple[int, int] = (384, 384)) -> list[tuple[np.ndarray, np.ndarray, str]]:
-    """`count` draws of EMVOS's clip augmentation of one frame (dataset.make_clip with the samplers' random flips):
+    """`count` draws of EMVOS's clip augmentation of one frame (samplers.make_clip with the samplers' random flips):
     (RGB, target mask, what was drawn)."""
     out = []
     for _ in range(count):
         h_flip, v_flip = random.random() > 0.5, random.random() > 0.5
         info: dict = {}
-        clip = dataset.make_clip(iter([(img, mask)]), output_size, h_flip, v_flip, info)
+        clip = samplers.make_clip(iter([(img, mask)]), output_size, h_flip, v_flip, info)
         top, left, ch, cw = info["crop"]
         what = [w for w, on in (("h-flip", h_flip), ("v-flip", v_flip)) if on]
         what.append(f"crop {cw}x{ch} -> {output_size[1]}x{output_size[0]}")
@@ -297,10 +297,10 @@ def emvos_samples(img: Image.Image, mask: Image.Image, count: int,
     return out
 
 
-def port_samples(img: Image.Image, mask: Image.Image, count: int, augment: dataset.PortAugmentation | None = None
+def port_samples(img: Image.Image, mask: Image.Image, count: int, augment: samplers.PortAugmentation | None = None
                  ) -> list[tuple[np.ndarray, np.ndarray, str]]:
     """`count` draws of the port's augmentation (VideoMatch's training frames): (RGB, id mask, what was drawn)."""
-    augment = augment or dataset.PortAugmentation()
+    augment = augment or samplers.PortAugmentation()
     out = []
     for _ in range(count):
         a, m, ops = augment.apply(img, mask)
@@ -309,7 +309,7 @@ def port_samples(img: Image.Image, mask: Image.Image, count: int, augment: datas
 
 
 def preview_augmentation(image: str | Path, mask: str | Path, out_path: str | Path, samples: int = 4, seed: int = 0,
-                         augment: dataset.PortAugmentation | None = None, emvos_size: tuple[int, int] = (384, 384),
+                         augment: samplers.PortAugmentation | None = None, emvos_size: tuple[int, int] = (384, 384),
                          panel_height: int = 200) -> Path:
     """A PNG of training augmentations of one image and its mask, the port's `preprocess.py IMG MASK` without the
     window: the original, then a row of `samples` draws of EMVOS's sampler (480p, flips, its crop rule, squashed to
@@ -322,7 +322,7 @@ def preview_augmentation(image: str | Path, mask: str | Path, out_path: str | Pa
         raise VOSInputError(f"mask {mask} is {ids.shape[1]}x{ids.shape[0]} but image {image} is "
                             f"{rgb.shape[1]}x{rgb.shape[0]}; the mask must be drawn on the image")
     img, mask_img = Image.fromarray(rgb), Image.fromarray(ids)
-    augment = augment or dataset.PortAugmentation()
+    augment = augment or samplers.PortAugmentation()
     saved = random.getstate()
     try:
         random.seed(seed)
@@ -337,10 +337,10 @@ def preview_augmentation(image: str | Path, mask: str | Path, out_path: str | Pa
     width = max(original.shape[1], emvos_row.shape[1], port_row.shape[1])
     rows = [
         original,
-        text_strip(width, f"EMVOS (dataset.make_clip): 480p, flips, its crop rule, resized to "
+        text_strip(width, f"EMVOS (samplers.make_clip): 480p, flips, its crop rule, resized to "
                           f"{emvos_size[1]}x{emvos_size[0]}", scale=0.55),
         emvos_row,
-        text_strip(width, f"VideoMatch (dataset.PortAugmentation): flip / crop {augment.crop[0]:g}-{augment.crop[1]:g}"
+        text_strip(width, f"VideoMatch (samplers.PortAugmentation): flip / crop {augment.crop[0]:g}-{augment.crop[1]:g}"
                           f" / zoom {augment.scale[0]:g}-{augment.scale[1]:g}, each with p {augment.p:g}, resized to "
                           f"{ow}x{oh}" + ("" if augment.crop_any_size else
                                           " (as the port, no crop of frames not larger than that)"), scale=0.55),

@@ -1,4 +1,4 @@
-"""Tests of the image I/O helpers (utils.py) and the dataset readers and clip samplers (dataset.py)."""
+"""Tests of the image I/O helpers (utils.py), the dataset readers (dataset.py) and the clip samplers (samplers.py)."""
 
 from __future__ import annotations
 
@@ -12,17 +12,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from dataset import (
-    DAVIS,
-    SingleVideo,
-    TestVideo,
-    TrainCOCO,
-    TrainDAVIS,
-    TrainYTVOS,
-    YouTubeVOS,
-    random_crop_params,
-    seed_worker,
-)
+from dataset import DAVIS, SingleVideo, TestVideo, YouTubeVOS
+from samplers import TrainCOCO, TrainDAVIS, TrainYTVOS, random_crop_params, seed_worker
 from utils import DAVIS_PALETTE, VOSInputError, atomic_write, read_frame, read_mask, save_mask
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -65,8 +65,8 @@ class Propagate(nn.Module):
 
 @pytest.fixture
 def propagate(monkeypatch: pytest.MonkeyPatch) -> methods.Method:
-    stage = methods.StageConfig("davis", "propagate_davis", "davis", clip_len=2, clips_per_epoch=2, batch_size=2,
-                                epochs=1, save_every=1, val_every=0, crop=(32, 32), swap_above=1.0)
+    stage = methods.StageConfig("davis", "propagate_davis", methods.DAVIS_CLIPS, clip_len=2, clips_per_epoch=2,
+                                batch_size=2, epochs=1, save_every=1, val_every=0, crop=(32, 32), swap_above=1.0)
     entry = methods.Method("propagate", Propagate, PropagateConfig, "trained_model/propagate_davis_best.pth",
                            {"davis": stage}, ("davis",), {"bce": bce_loss}, "bce")
     monkeypatch.setitem(methods.METHODS, entry.name, entry)  # what methods.register does, undone after the test

@@ -106,7 +106,7 @@ def test_unwritable_places_fail_before_the_first_frame_or_step(tmp_path: Path, m
                                                                capsys: pytest.CaptureFixture) -> None:
     steps = []
     monkeypatch.setattr(inference.VideoSegmenter, "step", lambda *a, **k: steps.append(1))
-    monkeypatch.setattr(trainer.Trainer, "train_epoch", lambda *a, **k: steps.append(1))
+    monkeypatch.setattr(trainer, "train_stage", lambda *a, **k: steps.append(1))
     a_file = tmp_path / "a_file"
     a_file.write_text("not a folder")
     assert run.main(["--test", "--device", "cpu", "--weights", str(GOLDEN_WEIGHTS), "--output", str(a_file),
@@ -190,7 +190,7 @@ def test_training_that_cannot_train_stops_before_the_first_step(tmp_path: Path, 
     else:  # boat listed, but its annotation folder is gone
         shutil.rmtree(root / "Annotations" / "480p" / "boat")
     steps = []
-    monkeypatch.setattr(trainer.Trainer, "train_epoch", lambda *a, **k: steps.append(1))
+    monkeypatch.setattr(trainer, "train_stage", lambda *a, **k: steps.append(1))
     argv = [a if a != str(DAVIS2016_SAMPLE) else str(root) for a in TRAIN]
     assert run.main([*argv, "--no-pretrained", "--save-dir", str(tmp_path / "ckpt")]) == 2
     err = capsys.readouterr().err

@@ -38,7 +38,9 @@ def _davis_args(root: Path, save_dir: Path, *extra: str) -> list[str]:
 
 
 def _train(argv: list[str]) -> torch.nn.Module:
-    return trainer.train(run.build_parser().parse_args(["--train", *argv]))
+    """What `run.py --train ARGV` trains (the options and roots run.py builds from its flags)."""
+    args = run.build_parser().parse_args(["--train", *argv])
+    return trainer.train(args.method, run.train_options(args), run.training_roots(args))
 
 
 def _log(save_dir: Path) -> list[dict]:
@@ -77,7 +79,7 @@ def sample_run(davis2016_root: Path, tmp_path_factory: pytest.TempPathFactory) -
 def test_loss_falls_on_the_davis2016_sample(sample_run: Path) -> None:
     rows = _log(sample_run)
     assert [r["epoch"] for r in rows] == [str(e) for e in range(1, 17)]
-    assert list(rows[0]) == list(trainer.LOG_COLUMNS)
+    assert list(rows[0]) == ["stage", "epoch", "iteration", "loss", "iou", "lr", "sec_per_iter", "val_jf"]
     losses = [float(r["loss"]) for r in rows if r["loss"]]  # an epoch whose only batch was skipped has none
     assert len(losses) >= 12
     assert all(r["val_jf"] == "" for r in rows) and all(float(r["lr"]) == 1e-4 for r in rows)
@@ -224,13 +226,13 @@ def test_amp_on_cpu_runs_the_forward_in_bf16(davis2016_root: Path, tmp_path: Pat
 def test_stages_chain_with_official_names(davis2016_root: Path, coco_converted_root: Path, tmp_path: Path,
                                           monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     starts = {}
-    run_stage = trainer.Trainer.run_stage
+    train_stage = trainer.train_stage
 
-    def spy(self: trainer.Trainer, stage_run: trainer.StageRun) -> None:
-        starts[stage_run.stage.name] = {k: v.clone() for k, v in self.net.state_dict().items()}
-        run_stage(self, stage_run)
+    def spy(t: trainer.Trainer, stage_run: trainer.StageRun) -> None:
+        starts[stage_run.stage.name] = {k: v.clone() for k, v in t.net.state_dict().items()}
+        train_stage(t, stage_run)
 
-    monkeypatch.setattr(trainer.Trainer, "run_stage", spy)
+    monkeypatch.setattr(trainer, "train_stage", spy)
     argv = [*TINY, "--stages", "coco", "davis", "--coco", str(coco_converted_root), "--davis", str(davis2016_root),
             "--davis-year", "2016", "--clips-per-epoch", "2", "--epochs", "2", "--val-every", "1",
             "--save-dir", str(tmp_path)]
@@ -319,16 +321,17 @@ DDP_DRIVER = textwrap.dedent("""
     import os, sys
     import torch
     sys.path.insert(0, {root!r})
-    import dataset, run, trainer
+    import samplers, run, trainer
     torch.set_num_threads(1)
     clips = []
-    get = dataset.TrainDAVIS.__getitem__
+    get = samplers.TrainDAVIS.__getitem__
     def record(self, index):
         clip = get(self, index)
         clips.append(float(clip["imgs"].sum()))
         return clip
-    dataset.TrainDAVIS.__getitem__ = record
-    net = trainer.train(run.build_parser().parse_args(["--train", *sys.argv[1:]]))
+    samplers.TrainDAVIS.__getitem__ = record
+    args = run.build_parser().parse_args(["--train", *sys.argv[1:]])
+    net = trainer.train(args.method, run.train_options(args), run.training_roots(args))
     torch.save({{"state": net.state_dict(), "clips": clips}}, os.path.join({out!r}, f"rank{{os.environ['RANK']}}.pt"))
 """)
 

@@ -15,10 +15,10 @@ import matching
 import methods
 import run
 import trainer
-from dataset import TrainDAVIS
 from inference import VideoSegmenter
 from methods import build_model
 from model import aggregate_objects, one_hot
+from samplers import Roots, TrainDAVIS
 from utils import VOSInputError
 from videomatch import (
     LOSSES,
@@ -289,7 +289,7 @@ def test_losses_by_hand() -> None:
 
 @pytest.mark.skipif(not (DAVIS2016 / "JPEGImages").is_dir(), reason=f"DAVIS 2016 sample not found at {DAVIS2016}")
 def test_training_on_real_pairs_lowers_the_loss() -> None:
-    # Two frame pairs of the real sample from the training sampler (dataset.TrainDAVIS, clip_len 2, a tiny 48x80
+    # Two frame pairs of the real sample from the training sampler (samplers.TrainDAVIS, clip_len 2, a tiny 48x80
     # crop), the paper's optimiser (Adam, lr 1e-5, weight decay 5e-4) and BCE, on this one batch: from random
     # weights the loss falls at every step, ~1.2% a step (the port's VGG-19 to conv4_4); 6 steps keep it at seconds.
     random.seed(0)
@@ -327,7 +327,8 @@ def test_trainer_preset_trains_videomatch(tmp_path: Path, monkeypatch: pytest.Mo
     argv = ["--train", "--method", "videomatch", "--device", "cpu", "--no-pretrained", "--crop", "32", "32",
             "--batch-size", "2", "--workers", "0", "--val-every", "0", "--epochs", "1", "--clips-per-epoch", "2",
             "--loss", "dice", "--davis", str(DAVIS2016), "--davis-year", "2016", "--save-dir", str(tmp_path)]
-    net = trainer.train(run.build_parser().parse_args(argv))
+    args = run.build_parser().parse_args(argv)
+    net = trainer.train(args.method, run.train_options(args), run.training_roots(args))
     assert all(p.requires_grad for p in net.parameters())  # the encoder is the whole network: it is trained
     assert adam == [{"lr": 1e-5, "weight_decay": 5e-4}]  # the paper's optimiser settings reached Adam
     loaded, _ = methods.load_weights(tmp_path / "videomatch_davis_best.pth")
@@ -335,4 +336,4 @@ def test_trainer_preset_trains_videomatch(tmp_path: Path, monkeypatch: pytest.Mo
     state = torch.load(trainer.training_state_path(tmp_path / "videomatch_davis_0001.pth"), weights_only=True)
     assert state["train_options"]["loss"] == "dice"
     with pytest.raises(VOSInputError, match="--loss"):  # an EMVOS run has no Dice loss
-        trainer.train(run.build_parser().parse_args(["--train", "--loss", "dice", "--save-dir", str(tmp_path / "e")]))
+        trainer.train("emvos", trainer.TrainOptions(loss="dice", save_dir=str(tmp_path / "e")), Roots())

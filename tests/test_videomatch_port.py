@@ -16,9 +16,9 @@ import torchvision
 from conftest import DAVIS2016_SAMPLE, save_mask, write_jpeg
 from PIL import Image
 
-import dataset
 import methods
 import run
+import samplers
 import trainer
 import videomatch
 from model import aggregate_objects, one_hot
@@ -192,8 +192,8 @@ def tiny_davis(root: Path, lengths: dict[str, int], h: int = 32, w: int = 48) ->
 
 def test_pairs_every_pair_exactly_once_per_epoch(tmp_path: Path) -> None:
     root = tiny_davis(tmp_path / "davis", {"a": 4, "b": 3})
-    no_aug = dataset.PortAugmentation((32, 48), p=1.0)  # random() > 1 never: frames only resized
-    data = dataset.TrainPairs(root, year="2016", output_size=(32, 48), heldout=0, augment=no_aug)
+    no_aug = samplers.PortAugmentation((32, 48), p=1.0)  # random() > 1 never: frames only resized
+    data = samplers.TrainPairs(root, year="2016", output_size=(32, 48), heldout=0, augment=no_aug)
     expected = Counter([("a", i, j) for i, j in combinations(range(4), 2)] +
                        [("b", i, j) for i, j in combinations(range(3), 2)])
     assert len(data) == 9
@@ -219,8 +219,8 @@ def test_pairs_every_pair_exactly_once_per_epoch(tmp_path: Path) -> None:
 
 def test_heldout_pairs_are_apart_and_fixed(tmp_path: Path) -> None:
     root = tiny_davis(tmp_path / "davis", {"a": 30})  # 435 pairs: 0.25 % is 1
-    one = dataset.TrainPairs(root, year="2016", output_size=(32, 48))
-    two = dataset.TrainPairs(root, year="2016", output_size=(32, 48))
+    one = samplers.TrainPairs(root, year="2016", output_size=(32, 48))
+    two = samplers.TrainPairs(root, year="2016", output_size=(32, 48))
     assert len(one.heldout_pairs) == 1 and len(one) == 434
     assert one.heldout_pairs == two.heldout_pairs  # the same whatever the run's seed
     assert not set(one.heldout_pairs) & set(one.pairs)
@@ -233,10 +233,10 @@ def test_port_recipe_reaches_the_training_loop(tmp_path: Path, monkeypatch: pyte
     # `run.py --train --method videomatch` with no recipe flag but a small size and one pair: what the loop gets is
     # the port's recipe (every-pair sampler, batch 1, Dice, Adam 1e-5 / 5e-4, model kept by held-out pair IoU)
     seen: dict[str, object] = {}
-    start_stage, adam, dice = trainer.Trainer.start_stage, torch.optim.Adam, videomatch.LOSSES["dice"]
+    start_stage, adam, dice = trainer.start_stage, torch.optim.Adam, videomatch.LOSSES["dice"]
 
-    def spy_stage(self: trainer.Trainer, stage: methods.StageConfig, resumed: dict | None) -> trainer.StageRun:
-        run_ = start_stage(self, stage, resumed)
+    def spy_stage(t: trainer.Trainer, *args: object) -> trainer.StageRun:
+        run_ = start_stage(t, *args)
         seen["loader"] = run_.loader
         return run_
 
@@ -248,14 +248,14 @@ def test_port_recipe_reaches_the_training_loop(tmp_path: Path, monkeypatch: pyte
         seen["dice"] = seen.get("dice", 0) + 1
         return dice(logits, target)
 
-    monkeypatch.setattr(trainer.Trainer, "start_stage", spy_stage)
+    monkeypatch.setattr(trainer, "start_stage", spy_stage)
     monkeypatch.setattr(torch.optim, "Adam", spy_adam)
     monkeypatch.setitem(videomatch.LOSSES, "dice", spy_dice)
     assert run.main(["--train", "--method", "videomatch", "--device", "cpu", "--no-pretrained", "--davis",
                      str(DAVIS2016_SAMPLE), "--crop", "48", "80", "--clips-per-epoch", "1", "--workers", "0",
                      "--save-dir", str(tmp_path)]) == 0
     loader = seen["loader"]
-    assert isinstance(loader.dataset, dataset.TrainPairs) and loader.batch_size == 1
+    assert isinstance(loader.dataset, samplers.TrainPairs) and loader.batch_size == 1
     assert seen["adam"] == {"lr": 1e-5, "weight_decay": 5e-4} and seen["dice"] == 1
     log = (tmp_path / "train_log.csv").read_text().splitlines()
     header, row = log[0].split(","), log[1].split(",")
@@ -279,7 +279,7 @@ def square_picture(h: int = 240, w: int = 427, side: int = 60) -> tuple[Image.Im
 
 def test_port_augmentation_keeps_the_aspect_ratio_and_the_mask_on_the_object() -> None:
     img, mask = square_picture()
-    aug = dataset.PortAugmentation((120, 214), p=0.0, crop_any_size=True)  # every operation, every time
+    aug = samplers.PortAugmentation((120, 214), p=0.0, crop_any_size=True)  # every operation, every time
     random.seed(0)
     for _ in range(20):
         out, out_mask, ops = aug.apply(img, mask)
@@ -297,9 +297,9 @@ def test_port_augmentation_keeps_the_aspect_ratio_and_the_mask_on_the_object() -
 def test_port_crop_rule_spares_frames_not_larger_than_the_output() -> None:
     img, mask = square_picture(120, 214)
     random.seed(0)
-    port = dataset.PortAugmentation((120, 214), p=0.0)
+    port = samplers.PortAugmentation((120, 214), p=0.0)
     assert all("crop" not in " ".join(port.apply(img, mask)[2]) for _ in range(10))
-    bigger = dataset.PortAugmentation((100, 178), p=0.0)  # frame larger: crops of at least the output size
+    bigger = samplers.PortAugmentation((100, 178), p=0.0)  # frame larger: crops of at least the output size
     for _ in range(10):
         share = float(next(o for o in bigger.apply(img, mask)[2] if o.startswith("crop")).split()[1])
         assert max(0.85, 100 / 120) - 0.005 <= share <= 0.95
