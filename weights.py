@@ -166,7 +166,7 @@ def fetch_official(
                 f"{got}, expected {expected} (a cut transfer or a changed file); it was deleted, nothing was saved "
                 f"in {folder}/. Try again; {_by_hand(url, folder, name)}"
             )
-        os.chmod(tmp, 0o644)  # as trainer.save_atomic: a 0600 temporary must not hide the weights from other users
+        os.chmod(tmp, 0o644)  # as checkpoint.save_atomic: a 0600 temporary must not hide the weights from other users
         os.replace(tmp, dest)  # same folder, so atomic: dest is either absent or the whole checked file
     finally:
         tmp.unlink(missing_ok=True)  # gone after os.replace; otherwise this is the cleanup
@@ -226,7 +226,7 @@ def resolve_weights(
     return fetch_official(path.name, path.parent, base_url, progress)
 
 
-# Temporary files that an interrupted write leaves: trainer.save_atomic's `.{name}.XXXXXXXX.tmp`, fetch_official's
+# Temporary files that an interrupted write leaves: checkpoint.save_atomic's `.{name}.XXXXXXXX.tmp`, fetch_official's
 # `.{name}.XXXXXXXX.part`, and the `.{name}.XXXXXXXX.part.<uuid hex>.partial` that torch.hub writes inside the latter.
 # XXXXXXXX is tempfile's random part ([a-z0-9_]).
 _STALE_PATTERNS = (

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 from urllib.error import URLError
 
@@ -17,12 +18,15 @@ import pytest
 import torch
 from conftest import GOLDEN_WEIGHTS, save_mask, square_frame, write_jpeg
 
+import checkpoint
 import evaluation
 import inference
 import methods
 import model
 import run
+import samplers
 import trainer
+from samplers import Roots
 from utils import VOSInputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,7 +44,7 @@ def _davis_args(root: Path, save_dir: Path, *extra: str) -> list[str]:
 def _train(argv: list[str]) -> torch.nn.Module:
     """What `run.py --train ARGV` trains (the options and roots run.py builds from its flags)."""
     args = run.build_parser().parse_args(["--train", *argv])
-    return trainer.train(args.method, run.train_options(args), run.training_roots(args))
+    return trainer.train(args.method or "emvos", run.train_options(args), run.training_roots(args))
 
 
 def _log(save_dir: Path) -> list[dict]:
@@ -55,7 +59,7 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 def _state(path: Path) -> dict:
     """The training state written beside a resumable checkpoint X.pth (X.train.pth)."""
-    return torch.load(trainer.training_state_path(path), map_location="cpu", weights_only=True)
+    return torch.load(checkpoint.training_state_path(path), map_location="cpu", weights_only=True)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -331,7 +335,7 @@ DDP_DRIVER = textwrap.dedent("""
         return clip
     samplers.TrainDAVIS.__getitem__ = record
     args = run.build_parser().parse_args(["--train", *sys.argv[1:]])
-    net = trainer.train(args.method, run.train_options(args), run.training_roots(args))
+    net = trainer.train(args.method or "emvos", run.train_options(args), run.training_roots(args))
     torch.save({{"state": net.state_dict(), "clips": clips}}, os.path.join({out!r}, f"rank{{os.environ['RANK']}}.pt"))
 """)
 
@@ -352,3 +356,70 @@ def test_two_process_ddp_ends_with_identical_weights(davis2016_root: Path, tmp_p
     assert [r["epoch"] for r in _log(tmp_path / "out")] == ["1", "2"]
     saved = model.from_official(_weights(tmp_path / "out" / "coco_davis_0002.pth"))
     assert all(torch.equal(saved[k], r0["state"][k]) for k in saved)
+
+
+def test_train_from_dataclasses_runs_a_stage_with_its_own_data_and_selection(davis2016_root: Path, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """trainer.train takes TrainOptions and Roots alone (no parser), fills in what was not given, and runs a stage
+    that brings its own selection and log column as it runs the presets. Fails if the trainer reads a flag that only
+    run.py's parser makes, drops an option on the way to the loop, or special-cases the stages it knows (a fixed
+    set of log columns, a validation chosen by the stage's name)."""
+    scores = iter([0.25, 0.5, 0.375])
+
+    class Constant:
+        title = "a constant"
+
+        def __call__(self, net: torch.nn.Module) -> float:
+            return next(scores)
+
+    data = replace(methods.DAVIS_CLIPS, name="custom", selection=lambda s, d, c: Constant(), column="val_custom")
+    stage = replace(methods.EMVOS_STAGES["davis"], name="custom", save_name="custom", data=data, epochs=3,
+                    save_every=3, val_every=1, clips_per_epoch=2, batch_size=2, clip_len=3, crop=(64, 64))
+    monkeypatch.setitem(methods.get("emvos").stages, "custom", stage)
+    options = trainer.TrainOptions(stages=["custom"], davis_year="2016", pretrained=False, workers=0, device="cpu",
+                                   save_dir=str(tmp_path), overrides={"lr": 2e-4})
+    trainer.train("emvos", options, Roots(davis=str(davis2016_root)))
+    rows = _log(tmp_path)
+    assert list(rows[0])[-1] == "val_custom" and "val_jf" not in rows[0]
+    assert [r["val_custom"] for r in rows] == ["0.250000", "0.500000", "0.375000"]
+    assert all(float(r["lr"]) == 2e-4 for r in rows)  # the override reached Adam
+    state = _state(tmp_path / "custom_0003.pth")
+    assert state["best_score"] == 0.5 and state["stage_config"]["data"] == "custom"
+    recorded = state["train_options"]
+    assert recorded["seed"] == trainer.SEED and recorded["chain"] == "last" and recorded["pretrained"] is False
+    assert recorded["workers"] == 0 and recorded["overrides"] == {"lr": 2e-4}
+
+
+def test_ytvos_root_set_at_the_top_of_run_py_reaches_train(ytvos_train_root: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """README: set the roots at the top of run.py. Fails if --train opens YouTube-VOS anywhere else than
+    run.YTVOS18_ROOT when --ytvos is not given (it used to fall back to dataset.YTVOS18_ROOT)."""
+    opened = []
+    sampler = samplers.TrainYTVOS
+
+    def recording(root: str, **kwargs: object) -> samplers.TrainYTVOS:
+        opened.append(root)
+        return sampler(root, **kwargs)
+
+    monkeypatch.setattr(samplers, "TrainYTVOS", recording)
+    monkeypatch.setattr(run, "YTVOS18_ROOT", str(ytvos_train_root))
+    argv = [*TINY, "--stages", "ytvos", "--epochs", "1", "--clips-per-epoch", "2", "--save-dir", str(tmp_path / "o")]
+    assert run.main(["--train", *argv]) == 0
+    assert opened == [str(ytvos_train_root)]
+    assert (tmp_path / "o" / "coco_ytvos_best.pth").is_file()
+
+
+def test_log_keeps_an_earlier_header_and_widens_it_for_a_new_column(tmp_path: Path) -> None:
+    """An existing train_log.csv (a resumed run's, or another method's run in the same folder) keeps its rows and
+    columns. Fails if a row is written in another column order than the header, or a score with no column in the
+    existing header is dropped, or the earlier rows are lost when the header grows."""
+    path = tmp_path / "train_log.csv"
+    old = ["stage", "epoch", "iteration", "loss", "iou", "lr", "val_jf", "sec_per_iter"]
+    trainer.append_log(path, {"stage": "coco", "epoch": 1, "val_jf": "0.5"}, old)
+    new = trainer.log_columns([methods.VIDEOMATCH_STAGES["davis"]])
+    trainer.append_log(path, {"stage": "davis", "epoch": 1, "sec_per_iter": "0.1", "val_pairs_iou": "0.7"}, new)
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == [*old, "val_pairs_iou"]
+    assert rows[0]["val_jf"] == "0.5" and rows[0]["val_pairs_iou"] == ""
+    assert rows[1]["sec_per_iter"] == "0.1" and rows[1]["val_pairs_iou"] == "0.7" and rows[1]["val_jf"] == ""

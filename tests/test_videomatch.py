@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from conftest import DAVIS2016_SAMPLE
 
+import checkpoint
 import matching
 import methods
 import run
@@ -328,12 +329,12 @@ def test_trainer_preset_trains_videomatch(tmp_path: Path, monkeypatch: pytest.Mo
             "--batch-size", "2", "--workers", "0", "--val-every", "0", "--epochs", "1", "--clips-per-epoch", "2",
             "--loss", "dice", "--davis", str(DAVIS2016), "--davis-year", "2016", "--save-dir", str(tmp_path)]
     args = run.build_parser().parse_args(argv)
-    net = trainer.train(args.method, run.train_options(args), run.training_roots(args))
+    net = trainer.train(args.method or "emvos", run.train_options(args), run.training_roots(args))
     assert all(p.requires_grad for p in net.parameters())  # the encoder is the whole network: it is trained
     assert adam == [{"lr": 1e-5, "weight_decay": 5e-4}]  # the paper's optimiser settings reached Adam
     loaded, _ = methods.load_weights(tmp_path / "videomatch_davis_best.pth")
     assert isinstance(loaded, VideoMatch)
-    state = torch.load(trainer.training_state_path(tmp_path / "videomatch_davis_0001.pth"), weights_only=True)
+    state = torch.load(checkpoint.training_state_path(tmp_path / "videomatch_davis_0001.pth"), weights_only=True)
     assert state["train_options"]["loss"] == "dice"
     with pytest.raises(VOSInputError, match="--loss"):  # an EMVOS run has no Dice loss
         trainer.train("emvos", trainer.TrainOptions(loss="dice", save_dir=str(tmp_path / "e")), Roots())

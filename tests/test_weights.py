@@ -287,7 +287,7 @@ def test_clean_stale_temporaries(tmp_path: Path) -> None:
     stale = [tmp_path / ".x.pth.abc.tmp", tmp_path / ".x.pth.abc.part"]
     for p in stale:
         p.write_bytes(b"half")
-    # the names trainer.save_atomic and fetch_official really make, and torch.hub's file inside the latter
+    # the names checkpoint.save_atomic and fetch_official really make, and torch.hub's file inside the latter
     for prefix, suffix in ((".coco_best.pth.", ".tmp"), (f".{DAVIS}.", ".part")):
         fd, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=tmp_path)
         os.close(fd)
