@@ -24,6 +24,15 @@ WEIGHTS = GOLDEN_WEIGHTS
 pytestmark = pytest.mark.skipif(not WEIGHTS.exists(), reason=f"golden weights not found at {WEIGHTS}")
 
 
+@pytest.fixture(scope="module")
+def videomatch_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random VideoMatch checkpoint, built once for the module (building the network is most of a test's time)."""
+    torch.manual_seed(0)
+    ckpt = tmp_path_factory.mktemp("videomatch") / "videomatch.pth"
+    torch.save(methods.weights_payload(methods.build_model("videomatch"), "videomatch"), ckpt)
+    return ckpt
+
+
 def _test(tmp_path: Path, *extra: str) -> int:
     return run.main(["--test", "--device", "cpu", "--weights", str(WEIGHTS), "--output", str(tmp_path / "out"),
                      *extra])
@@ -229,14 +238,13 @@ def test_corrupt_jpeg_keeps_the_frames_already_written(tmp_path: Path, capsys: p
     assert written == ["00000.png", "00001.png"]  # the frames before the bad one are on disk
 
 
-def test_videomatch_end_to_end_with_visualisation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_videomatch_end_to_end_with_visualisation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   videomatch_weights: Path) -> None:
     """VideoMatch through --test --visualize. Fails if the overlay or the figure land among the masks, the overlay
     misses frames or is not at the frame's size, or the figure is not of the --vis-frame frame and its one object."""
     import cv2
 
-    torch.manual_seed(0)
-    ckpt = tmp_path / "videomatch.pth"
-    torch.save(methods.weights_payload(methods.build_model("videomatch"), "videomatch"), ckpt)
+    ckpt = videomatch_weights
     monkeypatch.setattr(run, "SAMPLE_ROOT", _small_sample(tmp_path, frames=4))
     monkeypatch.setattr(dataset, "TEST_SHORT_SIDE", 120)
     code = run.main(["--test", "--device", "cpu", "--weights", str(ckpt), "--output", str(tmp_path / "out"),
@@ -264,12 +272,10 @@ def test_method_mismatch_is_a_clear_error(tmp_path: Path, capsys: pytest.Capture
     assert "--method" in capsys.readouterr().err
 
 
-def test_visual_tools_through_run_py(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_visual_tools_through_run_py(tmp_path: Path, capsys: pytest.CaptureFixture, videomatch_weights: Path) -> None:
     """--prob-maps and --preview-augmentation. Fails if a map per image is not written, or --prob-maps runs an
     EMVOS checkpoint (whose probabilities are the decoder's, not the matching layer's)."""
-    torch.manual_seed(0)
-    ckpt = tmp_path / "videomatch.pth"
-    torch.save(methods.weights_payload(methods.build_model("videomatch"), "videomatch"), ckpt)
+    ckpt = videomatch_weights
     root = _small_sample(tmp_path)
     seq = root / "JPEGImages/480p/bear"
     ref, ref_mask = seq / "00000.jpg", root / "Annotations/480p/bear/00000.png"
