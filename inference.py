@@ -1,8 +1,10 @@
-"""Running a model over a video: the official test-time size rule, streaming frames from disk, writing masks.
+"""Running a model over videos: streaming frames from disk, writing masks, and run.py --test's library.
 
 `VideoSegmenter` steps any `methods.VOSModel` through a video frame by frame (as XMem / Cutie do), holding only the
-current frame and the model's state; `segment_video` feeds it a `dataset.TestVideo` from disk and writes palette PNGs.
-run.py's --test and the trainer's validation both run videos through here, so their numbers are the same.
+current frame and the model's state; `segment_video` feeds it a `dataset.VideoReader` (which decides the sizes and
+the files) and writes what it predicts. run.py's --test and the trainer's validation both run videos through here,
+so their numbers are the same. `segment_benchmarks` is --test itself: the benchmarks of `TEST_KEYS` opened from
+`Roots`, the checkpoint (`load_model`), each benchmark segmented, scored and zipped (`run_dataset`, `write_zip`).
 """
 
 import argparse
@@ -306,7 +308,7 @@ def load_model(args: argparse.Namespace, settings: RunSettings, trained_model: P
     return net, method.name
 
 
-def test(args: argparse.Namespace, roots: Roots) -> list[evaluation.EvaluationResult]:
+def segment_benchmarks(args: argparse.Namespace, roots: Roots) -> list[evaluation.EvaluationResult]:
     """run.py --test: segment --video, or every --data benchmark (its --sequences), scoring and zipping each as its
     layout says; the scores of the benchmarks that have ground truth on disk."""
     settings = run_settings(args.device, args.precision, Runtime(memory_budget=args.max_memory))

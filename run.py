@@ -223,7 +223,7 @@ def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         else:
             if args.data is None and args.video is None:
                 args.data = default_data(args)
-            inference.test(args, roots(args))
+            inference.segment_benchmarks(args, roots(args))
     except trainer.TrainingError as e:  # a NaN/inf stop: the message says where and what to change
         print(f"error: {e}", file=sys.stderr)
         return 3
