@@ -92,12 +92,13 @@ class VideoReader:
     Built from paths only; frames and masks are read one at a time when asked for, so no reader ever holds a whole
     video in memory. The driver (inference.segment_video) asks, for each index: `image` (the frame as on disk),
     `model_input` (frame and given mask at `run_size`), then `to_output` and `write` for the prediction.
-    A benchmark that writes another format (one folder per object, ...) subclasses this and overrides `write`.
+    A benchmark with another mask format (one file per object, ...) subclasses this and overrides `load_mask`
+    and / or `write`.
     """
 
     name: str
     frames: list[Path]  # every frame to run on, in order
-    given_masks: dict[int, Path]  # frame index -> mask file (index 0 always; objects may first be given later)
+    given_masks: dict[int, Path]  # frame index -> its given mask (index 0 always; objects may first be given later)
     output_names: list[str | None]  # per frame: PNG file name to write ('00000.png'), or None = run but don't write
     binary: bool = False  # DAVIS 2016: binarise masks (!= 0)
 
@@ -117,7 +118,7 @@ class VideoReader:
         height, width = self.original_size
         given = {}
         for index, path in sorted(self.given_masks.items()):
-            mask = read_mask(path, binary=self.binary)
+            mask = self.load_mask(index)
             if mask.shape != (height, width):
                 raise VOSInputError(
                     f"mask {path} is {mask.shape[1]}x{mask.shape[0]} but its frame {self.frames[index]} is "
@@ -131,6 +132,11 @@ class VideoReader:
                 "as pixel values 1..255"
             )
         return given
+
+    def load_mask(self, index: int) -> np.ndarray:
+        """The (H, W) id mask given at frame `index`, read from given_masks[index] (a benchmark that stores one
+        file per object overrides this to merge them)."""
+        return read_mask(self.given_masks[index], binary=self.binary)
 
     @cached_property
     def run_size(self) -> tuple[int, int]:

@@ -272,23 +272,27 @@ def test_method_mismatch_is_a_clear_error(tmp_path: Path, capsys: pytest.Capture
     assert "--method" in capsys.readouterr().err
 
 
-def test_visual_tools_through_run_py(tmp_path: Path, capsys: pytest.CaptureFixture, videomatch_weights: Path) -> None:
-    """--prob-maps and --preview-augmentation. Fails if a map per image is not written, or --prob-maps runs an
-    EMVOS checkpoint (whose probabilities are the decoder's, not the matching layer's)."""
-    ckpt = videomatch_weights
+def test_prob_maps_through_run_py(tmp_path: Path, videomatch_weights: Path) -> None:
+    """--prob-maps REF MASK IMG IMG. Fails if not one map per image is written under OUTPUT/prob_maps."""
     root = _small_sample(tmp_path)
     seq = root / "JPEGImages/480p/bear"
-    ref, ref_mask = seq / "00000.jpg", root / "Annotations/480p/bear/00000.png"
-    out = tmp_path / "out"
+    ref, ref_mask, out = seq / "00000.jpg", root / "Annotations/480p/bear/00000.png", tmp_path / "out"
     assert run.main(["--prob-maps", str(ref), str(ref_mask), str(seq / "00003.jpg"), str(seq / "00004.jpg"),
-                     "--weights", str(ckpt), "--device", "cpu", "--output", str(out)]) == 0
-    assert len(list((out / "prob_maps").glob("*.png"))) == 2
-    assert run.main(["--preview-augmentation", str(ref), str(ref_mask), "--output", str(out)]) == 0
-    assert (out / "augmentation_00000.png").is_file()
-    # EMVOS has a decoder between matching and probabilities: the tool says so
+                     "--weights", str(videomatch_weights), "--device", "cpu", "--output", str(out)]) == 0
+    assert sorted(p.name for p in (out / "prob_maps").iterdir()) == ["00_00003_probabilities.png",
+                                                                     "01_00004_probabilities.png"]
+
+
+def test_prob_maps_refuses_emvos_and_preview_augmentation(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Fails if --prob-maps runs an EMVOS checkpoint (its probabilities are the decoder's, not the matching
+    layer's), or --preview-augmentation does not write OUTPUT/augmentation_<IMG>.png."""
+    seq = run.SAMPLE_ROOT / "JPEGImages/480p/bear"
+    ref, ref_mask, out = seq / "00000.jpg", run.SAMPLE_ROOT / "Annotations/480p/bear/00000.png", tmp_path / "out"
     assert run.main(["--prob-maps", str(ref), str(ref_mask), str(seq / "00003.jpg"), "--weights", str(WEIGHTS),
                      "--device", "cpu", "--output", str(out)]) == 2
     assert "VideoMatch" in capsys.readouterr().err
+    assert run.main(["--preview-augmentation", str(ref), str(ref_mask), "--output", str(out)]) == 0
+    assert (out / "augmentation_00000.png").is_file()
 
 
 @pytest.mark.parametrize(("argv", "says"), [
