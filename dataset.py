@@ -1,7 +1,11 @@
 """Datasets on disk (DAVIS 2016 / 2017, YouTube-VOS 2018 / 2019, a user's video): the test-time video readers.
 
-`DAVIS`, `YouTubeVOS` and `SingleVideo` each yield `TestVideo`s, lists of file paths that the runner reads one frame
-at a time, so no reader ever holds a whole video in memory. The training samplers are in samplers.py.
+Test side: a `Layout` per benchmark (`DAVIS`, `YouTubeVOS`, `SingleVideo`) yields one `VideoReader` per video. The
+reader holds file paths only and knows the frame order, the masks given at each frame, the official test-time size
+(`official_size`) and the size masks are written at, and the output files; inference.segment_video runs any of them
+one frame at a time, so no reader ever holds a whole video in memory.
+
+The training samplers are in samplers.py.
 
 Every unusable input raises `utils.VOSInputError` naming the file or flag and the fix.
 """
@@ -13,13 +17,17 @@ import shutil
 import sys
 import tempfile
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
 
-from utils import VOSInputError, read_frame, read_mask
+from utils import VOSInputError, read_frame, read_mask, save_mask
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Test side
@@ -33,17 +41,160 @@ YTVOS19_ROOT = "../DB/YTVOS19"
 COCO_ROOT = "../DB/COCO"
 
 
-@dataclass
-class TestVideo:
-    """One video to segment: paths only, images are read lazily one at a time."""
+# The official test protocol: short side to 480 unless a given object would then have fewer pixels than this.
+TEST_SHORT_SIDE = 480
+MIN_OBJECT_PIXELS = 1000
 
-    __test__ = False  # not a pytest test class despite the name
+
+def official_size(height: int, width: int, given: Iterable[np.ndarray]) -> tuple[int, int] | None:
+    """The size to run at, or None to keep the original: the short side goes to 480 (bicubic frames, nearest masks),
+    unless any given object would then have fewer than 1000 pixels (the official evaluator's rule)."""
+    if min(height, width) == TEST_SHORT_SIDE:
+        return None
+    if height > width:
+        size = (int(TEST_SHORT_SIDE / width * height), TEST_SHORT_SIDE)
+    else:
+        size = (TEST_SHORT_SIDE, int(TEST_SHORT_SIDE / height * width))
+    for mask in given:
+        resized = resize_mask(torch.from_numpy(mask).long(), size)
+        ids, counts = resized.unique(return_counts=True)
+        if any(c < MIN_OBJECT_PIXELS for i, c in zip(ids.tolist(), counts.tolist(), strict=True) if i != 0):
+            return None
+    return size
+
+
+def resize_frame(frame: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(3, H, W) -> (3, h, w) bicubic, not clamped: the official code feeds the overshoot to the network as is."""
+    return F.interpolate(frame[None], size=size, mode="bicubic", align_corners=False)[0]
+
+
+def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(H, W) ids -> (h, w) ids, nearest (as F.interpolate does it in the official code)."""
+    return F.interpolate(mask[None, None].float(), size=size, mode="nearest")[0, 0].long()
+
+
+@dataclass
+class VideoReader:
+    """One video at test time: which frames run in which order, which masks are given at which frame, the size the
+    model runs at and the size masks are written at, and where each frame's mask goes.
+
+    Built from paths only; frames and masks are read one at a time when asked for, so no reader ever holds a whole
+    video in memory. The driver (inference.segment_video) asks, for each index: `image` (the frame as on disk),
+    `model_input` (frame and given mask at `run_size`), then `to_output` and `write` for the prediction.
+    A benchmark with another mask format (one file per object, ...) subclasses this and overrides `load_mask`
+    and / or `write`.
+    """
 
     name: str
     frames: list[Path]  # every frame to run on, in order
-    given_masks: dict[int, Path]  # frame index -> mask file (index 0 always; YouTube-VOS: objects first given later)
+    given_masks: dict[int, Path]  # frame index -> its given mask (index 0 always; objects may first be given later)
     output_names: list[str | None]  # per frame: PNG file name to write ('00000.png'), or None = run but don't write
     binary: bool = False  # DAVIS 2016: binarise masks (!= 0)
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    @cached_property
+    def original_size(self) -> tuple[int, int]:
+        """(H, W) of the frames on disk: every frame must have it, and masks are written at it."""
+        return read_frame(self.frames[0]).shape[:2]
+
+    @cached_property
+    def given(self) -> dict[int, np.ndarray]:
+        """{frame index: id mask} of every given mask, read and checked up front (they decide the run size)."""
+        if 0 not in self.given_masks:
+            raise VOSInputError(f"video {self.name} has no mask for its first frame {self.frames[0]}")
+        height, width = self.original_size
+        given = {}
+        for index, path in sorted(self.given_masks.items()):
+            mask = self.load_mask(index)
+            if mask.shape != (height, width):
+                raise VOSInputError(
+                    f"mask {path} is {mask.shape[1]}x{mask.shape[0]} but its frame {self.frames[index]} is "
+                    f"{width}x{height}; masks must have the size of their frame (resize it with nearest neighbour "
+                    "interpolation)"
+                )
+            given[index] = mask
+        if not given[0].any():
+            raise VOSInputError(
+                f"first-frame mask {self.given_masks[0]} has no object (every pixel is 0); give at least one object "
+                "as pixel values 1..255"
+            )
+        return given
+
+    def load_mask(self, index: int) -> np.ndarray:
+        """The (H, W) id mask given at frame `index`, read from given_masks[index] (a benchmark that stores one
+        file per object overrides this to merge them)."""
+        return read_mask(self.given_masks[index], binary=self.binary)
+
+    @cached_property
+    def run_size(self) -> tuple[int, int]:
+        """(h, w) the model runs at: the official test-time rule (`official_size`) on the given masks."""
+        return official_size(*self.original_size, self.given.values()) or self.original_size
+
+    def check(self) -> None:
+        """Read and check the first frame's size and every given mask, and fix the run size: before any frame runs,
+        so that a bad mask stops the video before anything is written."""
+        _ = self.run_size
+
+    def image(self, index: int) -> np.ndarray:
+        """Frame `index` as on disk, (H, W, 3) uint8 RGB, checked to have the video's size."""
+        rgb = read_frame(self.frames[index])
+        if rgb.shape[:2] != self.original_size:
+            height, width = self.original_size
+            raise VOSInputError(
+                f"frame {self.frames[index]} is {rgb.shape[1]}x{rgb.shape[0]} but the video's first frame is "
+                f"{width}x{height}; all frames of a video must have one size"
+            )
+        return rgb
+
+    def model_input(self, index: int, rgb: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(frame (3, h, w) float RGB in [0, 1], given mask (h, w) long ids or None) of frame `index` at run_size."""
+        frame = torch.tensor(rgb).permute(2, 0, 1).float().div(255)  # a copy: PIL arrays are read-only
+        mask = torch.from_numpy(self.given[index]).long() if index in self.given else None
+        if self.run_size != self.original_size:
+            frame = resize_frame(frame, self.run_size)
+            mask = resize_mask(mask, self.run_size) if mask is not None else None
+        return frame, mask
+
+    def to_output(self, labels: torch.Tensor) -> np.ndarray:
+        """(h, w) predicted ids at run_size -> (H, W) uint8 at the original size (YouTube-VOS is scored at it)."""
+        if tuple(labels.shape) != self.original_size:
+            labels = resize_mask(labels, self.original_size)
+        return labels.to("cpu", torch.uint8).numpy()
+
+    def write(self, out_dir: Path, index: int, labels: np.ndarray) -> list[Path]:
+        """Write frame `index`'s (H, W) id mask under out_dir as a palette PNG; the files written ([] if the frame is
+        not one to write)."""
+        name = self.output_names[index]
+        if name is None:
+            return []
+        save_mask(out_dir / name, labels)
+        return [out_dir / name]
+
+
+class Layout:
+    """A test-time dataset on disk: its video names, and one `VideoReader` per video.
+
+    A benchmark is one subclass: it sets `sequences` (and `binary`, `has_annotations`, `submission_prefix` where
+    they differ) and implements `videos`; `ground_truth` where the split has masks of every frame.
+    """
+
+    sequences: list[str]
+    binary: bool = False  # one merged object per video (masks != 0), scored so too
+    has_annotations: bool = False  # ground truth of every frame is on disk (J&F can be computed here)
+    submission_prefix: str | None = None  # a server's zip holds `<prefix><video>/<frame>.png`; None: no zip
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+    def videos(self, sequences: list[str] | None = None) -> Iterator[VideoReader]:
+        """A reader per video (all, or the named subset in that order)."""
+        raise NotImplementedError
+
+    def ground_truth(self, sequences: list[str] | None = None) -> dict[str, list[Path]]:
+        """{video: ground-truth mask of every frame}: the `gt` argument of evaluation.evaluate_and_write."""
+        raise VOSInputError(f"{type(self).__name__} has no ground truth on disk")
 
 
 _IMAGE_EXTS = {".jpg", ".jpeg", ".png"}
@@ -96,7 +247,8 @@ class _ListedLayout:
         if year != "2016":
             raise VOSInputError(
                 f"DAVIS root '{root}' is the original DAVIS 2016 download (ImageSets/{resolution}), which has no "
-                "DAVIS 2017 sequences; pass the DAVIS-2017-trainval-480p folder with --davis, or use --year 2016"
+                "DAVIS 2017 sequences; pass the DAVIS-2017-trainval-480p folder with --davis, or ask for a DAVIS 2016 "
+                "set (run.py --data DAVIS16_val, run.py --train --davis-year 2016, evaluation.py --year 2016)"
             )
         if split == "test-dev":
             raise VOSInputError(f"DAVIS root '{root}' is the DAVIS 2016 download, which has no test-dev split")
@@ -198,7 +350,7 @@ class _FolderLayout:
         return frames, annotations
 
 
-class DAVIS:
+class DAVIS(Layout):
     """DAVIS 2016 / 2017 semi-supervised test reader, on either download layout.
 
     * 2017 layout (DAVIS-2017-trainval-480p, DAVIS-2017-test-dev-480p): `ImageSets/{2016,2017}/<split>.txt` name
@@ -220,7 +372,7 @@ class DAVIS:
         if split not in ("train", "val", "trainval", "test-dev"):
             raise VOSInputError(f"DAVIS split '{split}' is not supported; use train, val, trainval or test-dev")
         if split == "test-dev" and self.year != "2017":
-            raise VOSInputError("DAVIS test-dev exists for year 2017 only; pass --year 2017 or another split")
+            raise VOSInputError("DAVIS test-dev exists for year 2017 only; evaluate DAVIS 2016 on val or train")
         if not (self.root / "JPEGImages" / resolution).is_dir():
             raise VOSInputError(
                 f"DAVIS root '{self.root}' has no JPEGImages/{resolution}; pass --davis PATH "
@@ -228,6 +380,7 @@ class DAVIS:
             )
         self.binary = self.year == "2016"
         self.has_annotations = split != "test-dev"  # test-dev ships the first-frame masks only
+        self.submission_prefix = "" if split == "test-dev" else None  # the DAVIS server scores test-dev
         sets = self.root / "ImageSets"
         self._layout: _ListedLayout | _FolderLayout
         if (sets / "2017").is_dir() or (sets / "2016").is_dir():
@@ -240,9 +393,6 @@ class DAVIS:
                 "lists ship with the DAVIS download (DAVIS-2017-trainval-480p.zip, or DAVIS-data.zip for 2016)"
             )
         self.sequences = self._layout.sequences
-
-    def __len__(self) -> int:
-        return len(self.sequences)
 
     def _select(self, sequences: list[str] | None) -> list[str]:
         return _select(sequences, self.sequences, f"DAVIS {self.year} {self.split} at '{self.root}'")
@@ -269,7 +419,7 @@ class DAVIS:
             )
         return {seq: self._files(seq)[1] for seq in self._select(sequences)}
 
-    def videos(self, sequences: list[str] | None = None) -> Iterator[TestVideo]:
+    def videos(self, sequences: list[str] | None = None) -> Iterator[VideoReader]:
         """The test videos (all, or the named subset in that order); the first frame's mask is the given one."""
         for seq in self._select(sequences):
             frames, annotations = self._files(seq)
@@ -278,7 +428,7 @@ class DAVIS:
                     f"first-frame mask '{annotations[0]}' of sequence '{seq}' does not exist; re-download the DAVIS "
                     "annotations"
                 )
-            yield TestVideo(
+            yield VideoReader(
                 name=seq,
                 frames=frames,
                 given_masks={0: annotations[0]},
@@ -287,7 +437,7 @@ class DAVIS:
             )
 
 
-class YouTubeVOS:
+class YouTubeVOS(Layout):
     """YouTube-VOS 2018 / 2019 validation reader (the layouts of both years are the same).
 
     Runs on `valid_all_frames/JPEGImages/<video>` (every frame), writes only the frames that `valid/JPEGImages`
@@ -296,8 +446,8 @@ class YouTubeVOS:
     does, frames before the first annotated one are dropped (neither run nor written).
     """
 
-    binary = False
     has_annotations = False  # the server scores the validation set; no ground truth is on disk
+    submission_prefix = "Annotations/"  # the layout the YouTube-VOS server reads
 
     def __init__(self, root: str | Path, year: str = "2018", split: str = "valid") -> None:
         self.root = Path(root)
@@ -326,15 +476,12 @@ class YouTubeVOS:
         # The official reader lists valid/Annotations; meta.json is not needed to run.
         self.sequences = _list_folders(self.mask_dir)
 
-    def __len__(self) -> int:
-        return len(self.sequences)
-
-    def videos(self, sequences: list[str] | None = None) -> Iterator[TestVideo]:
+    def videos(self, sequences: list[str] | None = None) -> Iterator[VideoReader]:
         """The test videos (all, or the named subset in that order)."""
         for name in _select(sequences, self.sequences, f"YouTube-VOS {self.year} {self.split} at '{self.root}'"):
             yield self._video(name)
 
-    def _video(self, name: str) -> TestVideo:
+    def _video(self, name: str) -> VideoReader:
         frames = _list_files(self.all_frames_dir / name, {".jpg"})
         if not frames:
             raise VOSInputError(f"'{self.all_frames_dir / name}' holds no .jpg frames; re-extract the video '{name}'")
@@ -348,7 +495,7 @@ class YouTubeVOS:
         scored = {p.stem for p in _list_files(self.image_dir / name, {".jpg"})}
         start = min(index[s] for s in masks)  # official: frame ids below the first annotated one are dropped
         frames = frames[start:]
-        return TestVideo(
+        return VideoReader(
             name=name,
             frames=frames,
             given_masks={index[s] - start: p for s, p in sorted(masks.items(), key=lambda kv: index[kv[0]])},
@@ -356,7 +503,7 @@ class YouTubeVOS:
         )
 
 
-class SingleVideo:
+class SingleVideo(Layout):
     """One user video: a folder of frames (.jpg/.jpeg/.png, natural order) or a video file, plus a first-frame mask.
 
     A video file is decoded frame by frame into a temporary folder of lossless PNGs (a second JPEG encoding would
@@ -368,7 +515,6 @@ class SingleVideo:
     leaves a gap instead of shifting every later name); a video file's frame k gives `%05d.png` of k.
     """
 
-    binary = False
     has_annotations = False  # a user's video comes with its first-frame mask only
 
     def __init__(self, video: str | Path, mask: str | Path, name: str | None = None) -> None:
@@ -409,9 +555,6 @@ class SingleVideo:
                     f"cannot decode video '{self.video}'; extract its frames (e.g. `ffmpeg -i {self.video} "
                     f"frames/%05d.png`) and pass the folder instead"
                 )
-
-    def __len__(self) -> int:
-        return 1
 
     def _extract(self) -> list[Path]:
         """Decode the video file into a temporary folder, one frame in memory at a time.
@@ -454,7 +597,7 @@ class SingleVideo:
             self._cleanup()
             self._frames = None
 
-    def videos(self, sequences: list[str] | None = None) -> Iterator[TestVideo]:
+    def videos(self, sequences: list[str] | None = None) -> Iterator[VideoReader]:
         """The one video, after checking that the mask has the frames' size."""
         for _ in _select(sequences, self.sequences, f"video '{self.video}'"):
             if self._frames is None:
@@ -466,7 +609,7 @@ class SingleVideo:
                     f"mask '{self.mask}' is {mw}x{mh} but the first frame '{self._frames[0]}' is {fw}x{fh}; "
                     "the mask must be drawn on the first frame at its full size"
                 )
-            yield TestVideo(
+            yield VideoReader(
                 name=self.name,
                 frames=list(self._frames),
                 given_masks={0: self.mask},

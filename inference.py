@@ -1,65 +1,38 @@
-"""Running a model over a video: the official test-time size rule, streaming frames from disk, writing masks.
+"""Running a model over videos: streaming frames from disk, writing masks, and run.py --test's library.
 
 `VideoSegmenter` steps any `methods.VOSModel` through a video frame by frame (as XMem / Cutie do), holding only the
-current frame and the model's state; `segment_video` feeds it a `dataset.TestVideo` from disk and writes palette PNGs.
-run.py's --test and the trainer's validation both run videos through here, so their numbers are the same.
+current frame and the model's state; `segment_video` feeds it a `dataset.VideoReader` (which decides the sizes and
+the files) and writes what it predicts. run.py's --test and the trainer's validation both run videos through here,
+so their numbers are the same. `segment_benchmarks` is --test itself: the benchmarks of `TEST_KEYS` opened from
+`Roots`, the checkpoint (`load_model`), each benchmark segmented, scored and zipped (`run_dataset`, `write_zip`).
 """
 
+import argparse
+import os
 import time
+import zipfile
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from dataset import TestVideo
+import evaluation
+import methods
+import weights
+from dataset import DAVIS, Layout, SingleVideo, VideoReader, YouTubeVOS
 from methods import VOSModel
 from model import Runtime, aggregate_objects, get_padding, one_hot, pad, pad_mask, unpad
-from utils import VOSInputError, read_frame, read_mask, save_mask
+from utils import VOSInputError, atomic_write, writable_dir
+from visualize import Visualizer
 
 PRECISIONS = {"fp32": (torch.float32, None), "fp64": (torch.float64, None),
               "bf16": (torch.float32, torch.bfloat16), "fp16": (torch.float32, torch.float16)}
-
-# The official test protocol: short side to 480 unless a given object would then have fewer pixels than this.
-TEST_SHORT_SIDE = 480
-MIN_OBJECT_PIXELS = 1000
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# the official test-time resize rule
-# ---------------------------------------------------------------------------------------------------------------
-
-def test_size(height: int, width: int, given: Iterable[np.ndarray]) -> tuple[int, int] | None:
-    """The size to run at, or None to keep the original: the short side goes to 480 (bicubic frames, nearest masks),
-    unless any given object would then have fewer than 1000 pixels (the official evaluator's rule)."""
-    if min(height, width) == TEST_SHORT_SIDE:
-        return None
-    if height > width:
-        size = (int(TEST_SHORT_SIDE / width * height), TEST_SHORT_SIDE)
-    else:
-        size = (TEST_SHORT_SIDE, int(TEST_SHORT_SIDE / height * width))
-    for mask in given:
-        resized = resize_mask(torch.from_numpy(mask).long(), size)
-        ids, counts = resized.unique(return_counts=True)
-        if any(c < MIN_OBJECT_PIXELS for i, c in zip(ids.tolist(), counts.tolist(), strict=True) if i != 0):
-            return None
-    return size
-
-
-def resize_frame(frame: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(3, H, W) -> (3, h, w) bicubic, not clamped: the official code feeds the overshoot to the network as is."""
-    return F.interpolate(frame[None], size=size, mode="bicubic", align_corners=False)[0]
-
-
-def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(H, W) ids -> (h, w) ids, nearest (as F.interpolate does it in the official code)."""
-    return F.interpolate(mask[None, None].float(), size=size, mode="nearest")[0, 0].long()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -184,74 +157,189 @@ def prefetch(items: list, load: Callable, depth: int = 2) -> Iterator:
             yield result
 
 
-def load_given_masks(video: TestVideo, frame_size: tuple[int, int]) -> dict[int, np.ndarray]:
-    """Read and check every given mask of a video up front (they decide the resize rule)."""
-    given = {}
-    for index, path in sorted(video.given_masks.items()):
-        mask = read_mask(path, binary=video.binary)
-        if mask.shape != frame_size:
-            raise VOSInputError(
-                f"mask {path} is {mask.shape[1]}x{mask.shape[0]} but its frame {video.frames[index]} is "
-                f"{frame_size[1]}x{frame_size[0]}; masks must have the size of their frame (resize it with nearest "
-                f"neighbour interpolation)")
-        given[index] = mask
-    if not given or 0 not in given:
-        raise VOSInputError(f"video {video.name} has no mask for its first frame {video.frames[0]}")
-    if not given[0].any():
-        raise VOSInputError(f"first-frame mask {video.given_masks[0]} has no object (every pixel is 0); give at "
-                            f"least one object as pixel values 1..255")
-    return given
-
-
-def segment_video(model: VOSModel, video: TestVideo, out_dir: Path, settings: RunSettings,
+def segment_video(model: VOSModel, video: VideoReader, out_dir: Path, settings: RunSettings,
                   on_frame: Callable[[int, np.ndarray, np.ndarray, VideoSegmenter], None] | None = None,
                   keep_probabilities: bool = False) -> VideoRun:
-    """Run one video frame by frame and write its palette PNGs to out_dir/<output name>.
+    """Run one video frame by frame and write its masks under out_dir as the reader says (`VideoReader.write`).
 
-    on_frame(index, rgb frame, id mask, segmenter) is called after each frame (visualisation hooks); with
-    keep_probabilities the segmenter keeps each frame's per-object probabilities for it.
+    The reader decides the sizes (the official run size, masks back at the original size); this loop only times the
+    model, overlaps reading and writing with it, and surfaces write errors. on_frame(index, rgb frame, id mask,
+    segmenter) is called after each frame (visualisation hooks); with keep_probabilities the segmenter keeps each
+    frame's per-object probabilities for it.
     """
-    first = read_frame(video.frames[0])
-    height, width = first.shape[:2]
-    given = load_given_masks(video, (height, width))
-    size = test_size(height, width, given.values())
+    video.check()
     seg = VideoSegmenter(model, settings.dtype, settings.autocast, settings.runtime, keep_probabilities)
     seconds, frames, written = 0.0, 0, []
 
-    def load(index: int) -> tuple[int, np.ndarray]:
-        return index, first if index == 0 else read_frame(video.frames[index])
+    def load(index: int) -> tuple[int, np.ndarray, Tensor, Tensor | None]:
+        rgb = video.image(index)
+        return index, rgb, *video.model_input(index, rgb)
 
     with ThreadPoolExecutor(1) as writer:
         writes: deque[Future] = deque()
-        for index, rgb in prefetch(list(range(len(video.frames))), load):
-            if rgb.shape[:2] != (height, width):
-                raise VOSInputError(f"frame {video.frames[index]} is {rgb.shape[1]}x{rgb.shape[0]} but the video's "
-                                    f"first frame is {width}x{height}; all frames of a video must have one size")
-            frame = torch.tensor(rgb).permute(2, 0, 1).float().div(255)  # a copy: PIL arrays are read-only
-            mask = torch.from_numpy(given[index]).long() if index in given else None
-            if size is not None:
-                frame = resize_frame(frame, size)
-                mask = resize_mask(mask, size) if mask is not None else None
+        for index, rgb, frame, mask in prefetch(list(range(len(video))), load):
             sync(settings.device)
             t0 = time.perf_counter()
             labels, _ = seg.step(frame, mask)
             sync(settings.device)
             seconds += time.perf_counter() - t0
             frames += 1
-            if size is not None:  # masks go out at the original size (YouTube-VOS is scored at it)
-                labels = resize_mask(labels, (height, width))
-            labels = labels.to("cpu", torch.uint8).numpy()
-            name = video.output_names[index]
-            if name is not None:
-                writes.append(writer.submit(save_mask, out_dir / name, labels))
-                written.append(out_dir / name)
+            labels = video.to_output(labels)
+            writes.append(writer.submit(video.write, out_dir, index, labels))
             while len(writes) > 4 or (writes and writes[0].done()):
-                writes.popleft().result()  # surface write errors early; bound the queue
+                written += writes.popleft().result()  # surface write errors early; bound the queue
             if on_frame is not None:
                 on_frame(index, rgb, labels, seg)
         for w in writes:
-            w.result()
+            written += w.result()
     return VideoRun(frames, seconds, written)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# run.py --test: a benchmark from disk, the checkpoint, scores and submission archives
+# ---------------------------------------------------------------------------------------------------------------
+
+# --data key -> (benchmark, year, split)
+TEST_KEYS = {
+    "DAVIS16_val": ("davis", "2016", "val"),
+    "DAVIS17_val": ("davis", "2017", "val"),
+    "DAVIS17_test-dev": ("davis", "2017", "test-dev"),
+    "YTVOS18_val": ("ytvos", "2018", "valid"),
+    "YTVOS19_val": ("ytvos", "2019", "valid"),
+    "sample": ("sample", "2016", "train"),  # the bundled piece of DAVIS 2016 train
+}
+
+
+@dataclass
+class Roots:
+    """Where the data and the checkpoints are (run.py's editable constants, or the flags that override them)."""
+
+    davis: str | Path
+    ytvos18: str | Path
+    ytvos19: str | Path
+    sample: Path  # the bundled DAVIS 2016 sample
+    trained_model: Path  # the authors' files are fetched here; the default checkpoint is read from here
+
+
+def open_layout(key: str, roots: Roots) -> Layout:
+    """The benchmark that a --data key names, read from its root."""
+    bench, year, split = TEST_KEYS[key]
+    if bench == "sample":
+        return DAVIS(roots.sample, year, split)
+    if bench == "davis":
+        return DAVIS(roots.davis, year, split)
+    return YouTubeVOS(roots.ytvos18 if year == "2018" else roots.ytvos19, year, split)
+
+
+def write_zip(files: Iterable[Path], zip_path: Path, prefix: str) -> Path:
+    """Zip exactly these mask files for an evaluation server as `<prefix><video>/<frame>.png` (YouTube-VOS wants
+    'Annotations/'): never whatever else sits in the folder from an earlier run. Written to a unique temporary name
+    and renamed, so two runs never write into one file and a kill leaves no half archive."""
+    def write(f: BinaryIO) -> None:
+        with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as z:
+            for png in files:
+                z.write(png, f"{prefix}{png.parent.name}/{png.name}")
+
+    return atomic_write(zip_path, write)
+
+
+def run_dataset(model: VOSModel, key: str, videos: Iterable[VideoReader], out_dir: Path, settings: RunSettings,
+                gt: dict[str, list[Path]] | None, binary: bool, zip_prefix: str | None,
+                make_hook: Callable[[VideoReader], Any] | None = None) -> evaluation.EvaluationResult | None:
+    """Segment every video of one dataset into out_dir/<video>/, then score against gt (the ground truth of those
+    videos, if the split has it) and zip (if zip_prefix).
+
+    make_hook(video) gives a per-frame hook for segment_video (called as on_frame, then `.close()`d), e.g.
+    visualize.Visualizer.
+    """
+    split = "val" if "val" in key else key
+    if gt is not None:  # a run that fails half way must not leave the last run's scores beside its new masks
+        evaluation.remove_csvs(out_dir, split)
+    total_frames, total_seconds, videos_run = 0, 0.0, 0
+    written: list[Path] = []
+    for video in videos:
+        hook = make_hook(video) if make_hook else None
+        try:
+            done = segment_video(model, video, out_dir / video.name, settings, hook, keep_probabilities=bool(hook))
+        finally:
+            if hook is not None:
+                hook.close()
+        total_frames, total_seconds = total_frames + done.frames, total_seconds + done.seconds
+        written += done.written
+        videos_run += 1
+        print(f"{key} {video.name}: {done.frames} frames, {done.frames / max(done.seconds, 1e-9):.2f} fps", flush=True)
+    fps = total_frames / max(total_seconds, 1e-9)
+    print(f"{key}: {videos_run} videos, {total_frames} frames, {fps:.2f} fps (model time)")
+    result = None
+    if gt is not None:
+        result, _, _ = evaluation.evaluate_and_write(gt, out_dir, split, binary)
+        print(evaluation.format_table(result, key))
+        print(f"{key}: J&F {result.jf_mean:.3f}  J {result.j_mean:.3f}  F {result.f_mean:.3f}  {fps:.2f} fps")
+    if zip_prefix is not None:
+        path = write_zip(written, out_dir.parent / f"{key}.zip", zip_prefix)
+        print(f"{key}: submission archive {path} ({len(written)} masks)")
+    return result
+
+
+def load_model(args: argparse.Namespace, settings: RunSettings, trained_model: Path) -> tuple[VOSModel, str]:
+    """The checkpoint named by --weights (a path or an alias such as official-ytvos; default: the method's own file
+    in trained_model/), fetched on first use when it is one of the authors' files, checked, on the run's device and
+    precision."""
+    spec = methods.get(args.method)
+    # the base URL is looked up now, not bound at import, so that tests can stand a local server in for GitHub
+    path = weights.resolve_weights(args.weights or str(trained_model / spec.weights), trained_model,
+                                   base_url=weights.OFFICIAL_BASE_URL)
+    net, meta = methods.load_weights(path, "--weights")
+    if args.method_given and meta["method"] != args.method:
+        raise VOSInputError(f"--weights {path} holds a {meta['method']} model but --method {args.method} was asked "
+                            f"for; drop --method or pass a {args.method} checkpoint")
+    method = methods.get(meta["method"])
+    print(f"{method.name}: {path}")
+    net = net.to(settings.device)
+    if settings.dtype == torch.float64:
+        net = net.to(torch.float64)
+    if args.channels_last:  # NHWC convolutions: faster with oneDNN and cuDNN (bench.py); fp32 logits move ~1e-5
+        net = net.to(memory_format=torch.channels_last)
+    if args.compile:
+        if not method.compilable:
+            able = ", ".join(m.name for m in methods.METHODS.values() if m.compilable)
+            raise VOSInputError(f"--compile is implemented for {able}, not for {method.name}; drop --compile")
+        net.compile_modules()
+    return net, method.name
+
+
+def segment_benchmarks(args: argparse.Namespace, roots: Roots) -> list[evaluation.EvaluationResult]:
+    """run.py --test: segment --video, or every --data benchmark (its --sequences), scoring and zipping each as its
+    layout says; the scores of the benchmarks that have ground truth on disk."""
+    settings = run_settings(args.device, args.precision, Runtime(memory_budget=args.max_memory))
+    # oneDNN's primitive cache keeps every convolution it has built together with memory of its own: 60-90 MiB
+    # resident at 854x480, for about 3 % of speed when they are built anew each frame (README, "Memory"). Read at the
+    # first convolution; ONEDNN_PRIMITIVE_CACHE_CAPACITY set in the environment wins.
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "0")
+    out_root = writable_dir(Path(args.output), "--output")  # before the model loads and any frame runs
+    model, _ = load_model(args, settings, roots.trained_model)
+
+    def visualizer(key: str) -> Callable[[VideoReader], Visualizer] | None:
+        if not args.visualize:
+            return None
+        return lambda video: Visualizer(video.name, out_root / "visualize" / key, args.vis_frame)
+
+    if args.video is not None:
+        single = SingleVideo(args.video, args.mask)
+        try:
+            run_dataset(model, "video", single.videos(), out_root, settings, None, False, None, visualizer("video"))
+        finally:
+            single.close()
+        return []
+    results = []
+    for key in args.data:
+        data = open_layout(key, roots)
+        gt = data.ground_truth(args.sequences) if data.has_annotations else None
+        result = run_dataset(model, key, data.videos(args.sequences), out_root / key, settings, gt, data.binary,
+                             data.submission_prefix, visualizer(key))
+        if result is not None:
+            results.append(result)
+    return results
 
 
 def sync(device: torch.device) -> None:

@@ -6,29 +6,20 @@ with the authors' checkpoint (fetched into trained_model/ on first use).
 
 import argparse
 import errno
-import os
 import sys
-import zipfile
-from collections.abc import Callable, Iterable
 from dataclasses import fields
 from pathlib import Path
-from typing import BinaryIO
-
-import numpy as np
-import torch
-import torch.nn.functional as F
 
 import dataset
 import evaluation
+import inference
 import methods
 import trainer
 import visualize
 import weights
-from dataset import DAVIS, SingleVideo, TestVideo, YouTubeVOS
-from inference import PRECISIONS, RunSettings, VideoSegmenter, run_settings, segment_video
-from model import Runtime
+from inference import PRECISIONS, TEST_KEYS, run_settings
 from samplers import Roots
-from utils import OverlayWriter, VOSInputError, atomic_write, parse_bytes, writable_dir
+from utils import VOSInputError, parse_bytes, writable_dir
 
 # Dataset roots: edit these or pass the flags (--davis, --ytvos, --coco), as in the official run.py. The DAVIS reader
 # works out whether it was given the 2017 layout or the original DAVIS 2016 download.
@@ -39,160 +30,16 @@ COCO_ROOT = dataset.COCO_ROOT
 SAMPLE_ROOT = Path(__file__).resolve().parent / "sample" / "DAVIS2016"  # CC BY 4.0, see sample/README.md
 TRAINED_MODEL = methods.TRAINED_MODEL  # the authors' files are fetched here; --train writes here by default
 
-# --data key -> (benchmark, year, split)
-TEST_KEYS = {
-    "DAVIS16_val": ("davis", "2016", "val"),
-    "DAVIS17_val": ("davis", "2017", "val"),
-    "DAVIS17_test-dev": ("davis", "2017", "test-dev"),
-    "YTVOS18_val": ("ytvos", "2018", "valid"),
-    "YTVOS19_val": ("ytvos", "2019", "valid"),
-    "sample": ("sample", "2016", "train"),  # the bundled piece of DAVIS 2016 train
-}
+
+def roots(args: argparse.Namespace) -> inference.Roots:
+    """The roots of this run: the flags, else the constants above (read at the call: an edit or a patch holds)."""
+    return inference.Roots(davis=args.davis, ytvos18=args.ytvos or YTVOS18_ROOT, ytvos19=args.ytvos or YTVOS19_ROOT,
+                           sample=SAMPLE_ROOT, trained_model=TRAINED_MODEL)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# --test
+# the modes
 # ---------------------------------------------------------------------------------------------------------------
-
-class Visualizer:
-    """`--visualize`: an overlay MP4 of each video and the per-object foreground / background probabilities of one
-    frame (--vis-frame) as a PNG, both under OUTPUT/visualize/<KEY>/<video>/, never among the masks (nor in a
-    submission zip). Written as the frames go; nothing waits on a window."""
-
-    def __init__(self, video: TestVideo, vis_dir: Path, vis_frame: int = 1, fps: float = 24.0) -> None:
-        self.name = video.name
-        self.out_dir = vis_dir / video.name
-        self.overlay = OverlayWriter(self.out_dir / "overlay.mp4", fps)
-        self.vis_frame = vis_frame
-
-    def __call__(self, index: int, rgb: np.ndarray, labels: np.ndarray, seg: VideoSegmenter) -> None:
-        self.overlay.write(rgb, labels)
-        if index == self.vis_frame and seg.last_probs is not None:
-            probs = F.interpolate(seg.last_probs, size=labels.shape, mode="bilinear", align_corners=False).numpy()
-            visualize.save_probability_figure(self.out_dir / f"probabilities_{index:05d}.png", rgb, probs[:, 1],
-                                              probs[:, 0], labels=labels, object_ids=seg.object_ids,
-                                              title=f"{self.name}, frame {index}")
-
-    def close(self) -> None:
-        self.overlay.close()
-
-
-def open_dataset(key: str, args: argparse.Namespace) -> DAVIS | YouTubeVOS:
-    bench, year, split = TEST_KEYS[key]
-    if bench == "sample":
-        return DAVIS(SAMPLE_ROOT, year, split)
-    if bench == "davis":
-        return DAVIS(args.davis, year, split)
-    root = args.ytvos or (YTVOS18_ROOT if year == "2018" else YTVOS19_ROOT)
-    return YouTubeVOS(root, year, split)
-
-
-def write_zip(files: Iterable[Path], zip_path: Path, prefix: str) -> Path:
-    """Zip exactly these mask files for an evaluation server as `<prefix><video>/<frame>.png` (YouTube-VOS wants
-    'Annotations/'): never whatever else sits in the folder from an earlier run. Written to a unique temporary name
-    and renamed, so two runs never write into one file and a kill leaves no half archive."""
-    def write(f: BinaryIO) -> None:
-        with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as z:
-            for png in files:
-                z.write(png, f"{prefix}{png.parent.name}/{png.name}")
-
-    return atomic_write(zip_path, write)
-
-
-def run_dataset(model: methods.VOSModel, key: str, videos: Iterable[TestVideo], out_dir: Path,
-                settings: RunSettings, gt: dict[str, list[Path]] | None, binary: bool, zip_prefix: str | None,
-                make_visualizer: Callable[[TestVideo], Visualizer] | None = None) -> evaluation.EvaluationResult | None:
-    """Segment every video of one dataset into out_dir/<video>/, then score against gt (the ground truth of those
-    videos, if the split has it) and zip (if zip_prefix)."""
-    split = "val" if "val" in key else key
-    if gt is not None:  # a run that fails half way must not leave the last run's scores beside its new masks
-        evaluation.remove_csvs(out_dir, split)
-    total_frames, total_seconds, videos_run = 0, 0.0, 0
-    written: list[Path] = []
-    for video in videos:
-        hook = make_visualizer(video) if make_visualizer else None
-        try:
-            done = segment_video(model, video, out_dir / video.name, settings, hook, keep_probabilities=bool(hook))
-        finally:
-            if hook is not None:
-                hook.close()
-        total_frames, total_seconds = total_frames + done.frames, total_seconds + done.seconds
-        written += done.written
-        videos_run += 1
-        print(f"{key} {video.name}: {done.frames} frames, {done.frames / max(done.seconds, 1e-9):.2f} fps", flush=True)
-    fps = total_frames / max(total_seconds, 1e-9)
-    print(f"{key}: {videos_run} videos, {total_frames} frames, {fps:.2f} fps (model time)")
-    result = None
-    if gt is not None:
-        result, _, _ = evaluation.evaluate_and_write(gt, out_dir, split, binary)
-        print(evaluation.format_table(result, key))
-        print(f"{key}: J&F {result.jf_mean:.3f}  J {result.j_mean:.3f}  F {result.f_mean:.3f}  {fps:.2f} fps")
-    if zip_prefix is not None:
-        path = write_zip(written, out_dir.parent / f"{key}.zip", zip_prefix)
-        print(f"{key}: submission archive {path} ({len(written)} masks)")
-    return result
-
-
-def load_model(args: argparse.Namespace, settings: RunSettings) -> tuple[methods.VOSModel, str]:
-    """The checkpoint named by --weights (a path or an alias such as official-ytvos; default: the method's own file
-    in trained_model/), fetched on first use when it is one of the authors' files, checked, on the run's device and
-    precision."""
-    spec = methods.get(args.method)
-    # the base URL is looked up now, not bound at import, so that tests can stand a local server in for GitHub
-    path = weights.resolve_weights(args.weights or str(TRAINED_MODEL / spec.weights), TRAINED_MODEL,
-                                   base_url=weights.OFFICIAL_BASE_URL)
-    net, meta = methods.load_weights(path, "--weights")
-    if args.method_given and meta["method"] != args.method:
-        raise VOSInputError(f"--weights {path} holds a {meta['method']} model but --method {args.method} was asked "
-                            f"for; drop --method or pass a {args.method} checkpoint")
-    method = methods.get(meta["method"])
-    print(f"{method.name}: {path}")
-    net = net.to(settings.device)
-    if settings.dtype == torch.float64:
-        net = net.to(torch.float64)
-    if args.channels_last:  # NHWC convolutions: faster with oneDNN and cuDNN (bench.py); fp32 logits move ~1e-5
-        net = net.to(memory_format=torch.channels_last)
-    if args.compile:
-        if not method.compilable:
-            able = ", ".join(m.name for m in methods.METHODS.values() if m.compilable)
-            raise VOSInputError(f"--compile is implemented for {able}, not for {method.name}; drop --compile")
-        net.compile_modules()
-    return net, method.name
-
-
-def test(args: argparse.Namespace) -> list[evaluation.EvaluationResult]:
-    settings = run_settings(args.device, args.precision, Runtime(memory_budget=args.max_memory))
-    # oneDNN's primitive cache keeps every convolution it has built together with memory of its own: 60-90 MiB
-    # resident at 854x480, for about 3 % of speed when they are built anew each frame (README, "Memory"). Read at the
-    # first convolution; ONEDNN_PRIMITIVE_CACHE_CAPACITY set in the environment wins.
-    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "0")
-    out_root = writable_dir(Path(args.output), "--output")  # before the model loads and any frame runs
-    model, _ = load_model(args, settings)
-    results = []
-
-    def visualizer(key: str) -> Callable[[TestVideo], Visualizer] | None:
-        if not args.visualize:
-            return None
-        return lambda video: Visualizer(video, out_root / "visualize" / key, args.vis_frame)
-
-    if args.video is not None:
-        single = SingleVideo(args.video, args.mask)
-        try:
-            run_dataset(model, "video", single.videos(), out_root, settings, None, False, None, visualizer("video"))
-        finally:
-            single.close()
-        return results
-    for key in args.data:
-        bench, _, split = TEST_KEYS[key]
-        data = open_dataset(key, args)
-        gt = data.ground_truth(args.sequences) if data.has_annotations else None
-        zip_prefix = "Annotations/" if bench == "ytvos" else ("" if split == "test-dev" else None)
-        result = run_dataset(model, key, data.videos(args.sequences), out_root / key, settings, gt, data.binary,
-                             zip_prefix, visualizer(key))
-        if result is not None:
-            results.append(result)
-    return results
-
 
 def prob_maps(args: argparse.Namespace) -> None:
     """--prob-maps REF.jpg REF.png IMG...: VideoMatch's probability maps of each image against the reference."""
@@ -201,7 +48,7 @@ def prob_maps(args: argparse.Namespace) -> None:
                             "--prob-maps REF.jpg REF.png IMG [IMG ...]")
     settings = run_settings(args.device, args.precision)
     out_dir = writable_dir(Path(args.output) / "prob_maps", "--output")
-    model, method = load_model(args, settings)
+    model, method = inference.load_model(args, settings, TRAINED_MODEL)
     if method != "videomatch":
         raise VOSInputError(f"--prob-maps shows VideoMatch's soft matching layer, and --weights holds {method}; pass "
                             f"a VideoMatch checkpoint (ours or the public port's) with --weights")
@@ -397,7 +244,7 @@ def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         else:
             if args.data is None and args.video is None:
                 args.data = default_data(args)
-            test(args)
+            inference.segment_benchmarks(args, roots(args))
     except trainer.TrainingError as e:  # a NaN/inf stop: the message says where and what to change
         print(f"error: {e}", file=sys.stderr)
         return 3

@@ -252,7 +252,7 @@ class TrainDAVIS(ClipSampler):
     ) -> None:
         self.data = DAVIS(root, year=year, split=split)
         if not self.data.has_annotations:
-            raise VOSInputError("DAVIS test-dev has no training annotations; train on --split train")
+            raise VOSInputError("DAVIS test-dev has no training annotations; pass split='train'")
         super().__init__(output_size, clip_len, clips_per_epoch)
 
     def check(self) -> None:
@@ -593,7 +593,7 @@ class TrainPairs(TrainSet):
     ) -> None:
         self.data = DAVIS(root, year=year, split=split)
         if not self.data.has_annotations:
-            raise VOSInputError("DAVIS test-dev has no training annotations; train on --split train")
+            raise VOSInputError("DAVIS test-dev has no training annotations; pass split='train'")
         if not 0 <= heldout < 1:
             raise VOSInputError(f"the held-out share of pairs must be in [0, 1), got {heldout}")
         self.output_size = tuple(output_size)

@@ -2,6 +2,7 @@
 
 - `save_probability_figure`: a frame beside each object's foreground and background probability maps, with a colour
   bar; for `run.py --visualize` (the frame's own probabilities as the driver keeps them).
+- `Visualizer`: `run.py --visualize`'s per-frame hook: an overlay MP4 of the video and that figure for one frame.
 - `probability_maps`: the public VideoMatch port's `videomatch.py REF.jpg REF.png IMG...`: VideoMatch's soft
   matching output (foreground / background probabilities) for any images against one reference image and its mask.
 - `preview_augmentation`: the port's `preprocess.py IMG MASK`: samples of the training augmentation of an image and
@@ -16,15 +17,17 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 import samplers
 from model import aggregate_objects, get_padding, one_hot, pad, pad_mask, unpad
-from utils import VOSInputError, colorize, overlay_mask, read_frame, read_mask
+from utils import OverlayWriter, VOSInputError, colorize, overlay_mask, read_frame, read_mask
 from videomatch import VideoMatch
 
 PANEL_HEIGHT = 240  # pixels of every panel's picture; widths follow each picture's aspect ratio
@@ -347,3 +350,32 @@ def preview_augmentation(image: str | Path, mask: str | Path, out_path: str | Pa
         port_row,
     ]
     return write_png(out_path, titled(vstack(rows), f"training augmentation of {Path(image).name}"))
+
+
+class KeptProbabilities(Protocol):
+    """What Visualizer reads of the segmenter (inference.VideoSegmenter with keep_probabilities)."""
+
+    last_probs: torch.Tensor | None  # (N, 2, h, w) each object's [bg, fg] probabilities of the last frame
+    object_ids: list[int]
+
+
+class Visualizer:
+    """`--visualize`: an overlay MP4 of each video and the per-object foreground / background probabilities of one
+    frame (--vis-frame) as a PNG, both under OUTPUT/visualize/<KEY>/<video>/, never among the masks (nor in a
+    submission zip). Written as the frames go; nothing waits on a window."""
+
+    def __init__(self, name: str, vis_dir: Path, vis_frame: int = 1, fps: float = 24.0) -> None:
+        self.name = name
+        self.out_dir = vis_dir / name
+        self.overlay = OverlayWriter(self.out_dir / "overlay.mp4", fps)
+        self.vis_frame = vis_frame
+
+    def __call__(self, index: int, rgb: np.ndarray, labels: np.ndarray, seg: KeptProbabilities) -> None:
+        self.overlay.write(rgb, labels)
+        if index == self.vis_frame and seg.last_probs is not None:
+            probs = F.interpolate(seg.last_probs, size=labels.shape, mode="bilinear", align_corners=False).numpy()
+            save_probability_figure(self.out_dir / f"probabilities_{index:05d}.png", rgb, probs[:, 1], probs[:, 0],
+                                    labels=labels, object_ids=seg.object_ids, title=f"{self.name}, frame {index}")
+
+    def close(self) -> None:
+        self.overlay.close()

@@ -9,10 +9,12 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import square_frame
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from dataset import DAVIS, SingleVideo, TestVideo, YouTubeVOS
+import dataset
+from dataset import DAVIS, SingleVideo, VideoReader, YouTubeVOS
 from samplers import TrainCOCO, TrainDAVIS, TrainYTVOS, random_crop_params, seed_worker
 from utils import DAVIS_PALETTE, VOSInputError, atomic_write, read_frame, read_mask, save_mask
 
@@ -148,16 +150,19 @@ def test_bad_images_raise_naming_the_file(tmp_path: Path, davis2016_root: Path) 
 
 
 def test_davis_2016_original_layout(davis2016_root: Path) -> None:
+    """The DAVIS 2016 download (listed pairs). Fails if frames are dropped or reordered, the first mask is not the
+    given one, outputs are not named by frame, the year 2016 is not binary, or test-time zips are made for val."""
     ds = DAVIS(davis2016_root, year="2016", split="train")
     assert ds.sequences == ["bear", "boat", "hockey"] and len(ds) == 3 and ds.binary
     videos = list(ds.videos(["boat"]))
     assert len(videos) == 1
     v = videos[0]
-    assert isinstance(v, TestVideo) and v.name == "boat" and v.binary
+    assert isinstance(v, VideoReader) and v.name == "boat" and v.binary
     assert len(v.frames) == 75 and v.frames[0].name == "00000.jpg" and v.frames[-1].name == "00074.jpg"
     assert all(p.is_file() for p in v.frames)
     assert v.given_masks == {0: davis2016_root / "Annotations" / "480p" / "boat" / "00000.png"}
     assert v.output_names[0] == "00000.png" and len(v.output_names) == 75
+    assert ds.submission_prefix is None  # the val/train splits are scored here, never zipped
     gt = ds.ground_truth(["boat"])
     assert list(gt) == ["boat"] and len(gt["boat"]) == 75 and all(p.is_file() for p in gt["boat"])
     assert ds.frames("bear")[-1].name == "00081.jpg" and len(ds.annotations("bear")) == 82
@@ -165,6 +170,8 @@ def test_davis_2016_original_layout(davis2016_root: Path) -> None:
 
 
 def test_davis_2017_layout(davis2017_root: Path) -> None:
+    """The 2017 layout. Fails if the named sequences come back in another order, year 2016 on the 2017 layout uses
+    the 2017 list or keeps two objects, or trainval without a trainval.txt is not train + val."""
     ds = DAVIS(davis2017_root, year="2017", split="val")
     assert ds.sequences == ["bear", "boat"] and not ds.binary
     _, boat = list(ds.videos())
@@ -186,13 +193,15 @@ def test_davis_2017_layout(davis2017_root: Path) -> None:
 
 
 def test_davis_test_dev(davis2017_root: Path, tmp_path: Path) -> None:
+    """Fails if test-dev claims ground truth (J&F would be computed on first-frame masks only), or its masks are
+    not zipped flat for the DAVIS server."""
     with pytest.raises(VOSInputError, match="test-dev.txt.*test-dev-480p"):
         DAVIS(davis2017_root, "2017", "test-dev")
     (davis2017_root / "ImageSets" / "2017" / "test-dev.txt").write_text("hockey\n")
     try:
         ds = DAVIS(davis2017_root, "2017", "test-dev")
         v = next(ds.videos())
-        assert not ds.has_annotations and list(v.given_masks) == [0]
+        assert not ds.has_annotations and list(v.given_masks) == [0] and ds.submission_prefix == ""
         with pytest.raises(VOSInputError, match="server"):
             ds.annotations("hockey")
         with pytest.raises(VOSInputError, match="server"):
@@ -202,6 +211,8 @@ def test_davis_test_dev(davis2017_root: Path, tmp_path: Path) -> None:
 
 
 def test_davis_errors(davis2016_copy: Path, davis2017_root: Path, tmp_path: Path) -> None:
+    """Fails if a bad root, a missing split list, a 2017 request on the 2016 download, an unknown sequence or a
+    listed but missing frame or folder gets past the reader (or names no file and fix)."""
     with pytest.raises(VOSInputError, match=r"'.*nowhere' has no JPEGImages/480p; pass --davis PATH"):
         DAVIS(tmp_path / "nowhere", "2017", "val")
     with pytest.raises(VOSInputError, match=r"val.txt.*DAVIS-data.zip"):
@@ -225,6 +236,7 @@ def test_davis_errors(davis2016_copy: Path, davis2017_root: Path, tmp_path: Path
 
 
 def test_davis_2017_missing_frame_or_annotation_is_refused(davis2017_copy: Path) -> None:
+    """Fails if a missing frame silently drops out of the run and of J&F, whichever way it is missing."""
     jpegs, pngs = davis2017_copy / "JPEGImages" / "480p" / "boat", davis2017_copy / "Annotations" / "480p" / "boat"
 
     def refused(match: str) -> None:
@@ -253,6 +265,7 @@ def test_davis_2017_missing_frame_or_annotation_is_refused(davis2017_copy: Path)
 
 
 def test_davis_2016_missing_annotation_is_refused(davis2016_copy: Path) -> None:
+    """Fails if a listed annotation that is not on disk is scored as an empty mask instead of refused."""
     listing = davis2016_copy / "ImageSets" / "480p" / "train.txt"
     listing.write_text(listing.read_text() + "/JPEGImages/480p/bear/00000.jpg /Annotations/480p/bear/00999.png\n")
     with pytest.raises(VOSInputError, match="annotation '.*00999.png' listed in '.*train.txt' does not exist"):
@@ -260,6 +273,7 @@ def test_davis_2016_missing_annotation_is_refused(davis2016_copy: Path) -> None:
 
 
 def test_hidden_files_are_not_frames_or_masks(davis2017_copy: Path, ytvos_root: Path, frame_folder) -> None:
+    """Fails if macOS AppleDouble files or other dot files are read as frames, masks or videos."""
     # macOS AppleDouble files ('._name', not images at all) and other dot files beside every frame and mask.
     def litter(folder: Path, ext: str) -> None:
         for name in (f"._00000{ext}", f"._zzz{ext}", ".DS_Store", f".00001{ext}.x1y2.tmp"):
@@ -290,6 +304,8 @@ def test_hidden_files_are_not_frames_or_masks(davis2017_copy: Path, ytvos_root: 
 
 
 def test_youtube_vos_late_objects(ytvos_root: Path) -> None:
+    """Fails if objects first given late are not given at their frame index, frames before the first mask are
+    run (the official TestYTVOS drops them), unscored frames are written, or the zip prefix is not the server's."""
     ds = YouTubeVOS(ytvos_root, "2018")
     assert ds.sequences == ["vid_a", "vid_b"] and len(ds) == 2
     a, b = ds.videos()
@@ -299,6 +315,9 @@ def test_youtube_vos_late_objects(ytvos_root: Path) -> None:
     assert a.given_masks == {0: masks / "00000.png", 5: masks / "00005.png"}
     assert a.output_names == ["00000.png", None, None, None, None, "00005.png"]
     assert not ds.has_annotations and not ds.binary and not a.binary
+    assert ds.submission_prefix == "Annotations/"
+    with pytest.raises(VOSInputError, match="no ground truth"):
+        ds.ground_truth()
     # vid_b: first annotation at frame 5, earlier frames dropped (official TestYTVOS).
     assert [p.name for p in b.frames] == [f"{t:05d}.jpg" for t in range(5, 11)]
     assert list(b.given_masks) == [0] and b.given_masks[0].name == "00005.png"
@@ -306,6 +325,8 @@ def test_youtube_vos_late_objects(ytvos_root: Path) -> None:
 
 
 def test_youtube_vos_without_all_frames(ytvos_root: Path, capsys: pytest.CaptureFixture) -> None:
+    """Fails if a missing valid_all_frames is fatal or silent, or the given-mask indices are not re-counted on
+    the sparse frames."""
     import shutil
 
     shutil.rmtree(ytvos_root / "valid_all_frames")
@@ -321,11 +342,13 @@ def test_youtube_vos_without_all_frames(ytvos_root: Path, capsys: pytest.Capture
 
 
 def test_youtube_vos_errors(tmp_path: Path) -> None:
+    """Fails if a root without valid/ is not refused naming --ytvos."""
     with pytest.raises(VOSInputError, match="has no valid/JPEGImages; pass --ytvos PATH"):
         YouTubeVOS(tmp_path)
 
 
 def test_single_video_folder(frame_folder: tuple[Path, Path]) -> None:
+    """Fails if frames are sorted as strings (frame10 before frame2) or outputs are not named by frame."""
     folder, mask = frame_folder
     sv = SingleVideo(folder, mask)
     assert len(sv) == 1 and sv.sequences == ["frames"]
@@ -336,6 +359,7 @@ def test_single_video_folder(frame_folder: tuple[Path, Path]) -> None:
 
 
 def test_single_video_folder_with_a_gap_names_outputs_by_frame(tmp_path: Path) -> None:
+    """Fails if outputs are named by position (a gap would shift every later name) or two frames write one mask."""
     folder = tmp_path / "clip"
     folder.mkdir()
     for t in (0, 1, 3, 4):  # 00002.jpg is missing
@@ -356,6 +380,7 @@ def test_single_video_folder_with_a_gap_names_outputs_by_frame(tmp_path: Path) -
 
 
 def test_truncated_video_file_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Fails if a truncated video file is an error (its decoded frames are real) or goes unreported."""
     path = tmp_path / "clip.avi"
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (32, 24))
     assert writer.isOpened(), "this OpenCV build cannot write MJPG"
@@ -379,6 +404,7 @@ def test_truncated_video_file_is_reported(tmp_path: Path, capsys: pytest.Capture
 
 
 def test_single_video_file(tiny_mp4: tuple[Path, Path]) -> None:
+    """Fails if a video file's frames are not decoded in order as RGB, or the temporary folder outlives close()."""
     path, mask = tiny_mp4
     sv = SingleVideo(path, mask, name="demo")
     (v,) = sv.videos()
@@ -392,6 +418,8 @@ def test_single_video_file(tiny_mp4: tuple[Path, Path]) -> None:
 
 
 def test_single_video_errors(tmp_path: Path, frame_folder: tuple[Path, Path], tiny_mp4: tuple[Path, Path]) -> None:
+    """Fails if a missing video or mask, an empty folder, an undecodable file, a mask of another size or an RGB
+    mask is accepted."""
     folder, mask = frame_folder
     with pytest.raises(VOSInputError, match="nothing.mp4.*does not exist"):
         SingleVideo(tmp_path / "nothing.mp4", mask)
@@ -409,6 +437,65 @@ def test_single_video_errors(tmp_path: Path, frame_folder: tuple[Path, Path], ti
     Image.fromarray(np.zeros((24, 32, 3), np.uint8)).save(tmp_path / "rgbmask.png")
     with pytest.raises(VOSInputError, match="rgbmask.png.*RGB"):
         SingleVideo(folder, tmp_path / "rgbmask.png")
+
+
+def _reader(tmp_path: Path, late_side: int) -> VideoReader:
+    """3 frames of 24x32: object 1 (an 8x8 square) given at frame 0, object 2 (late_side x late_side) first given at
+    frame 2; frame 1 is run but not written."""
+    tmp_path.mkdir()
+    frames, masks = [], {}
+    for t in range(3):
+        rgb, ids = square_frame(24, 32, t, [(1, (255, 0, 0))])
+        frames.append(tmp_path / f"{t:05d}.jpg")
+        Image.fromarray(rgb).save(frames[-1])
+        if t == 2:
+            ids[18 : 18 + late_side, 26 : 26 + late_side] = 2
+        if t != 1:
+            masks[t] = tmp_path / f"{t:05d}.png"
+            save_mask(masks[t], ids)
+    return VideoReader("clip", frames, masks, ["00000.png", None, "00002.png"])
+
+
+def test_video_reader_sizes_inputs_and_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reader's geometry, what segment_video relies on. Fails if the run size ignores a mask given after the
+    first frame (the official rule checks every given object), a mask is handed to the model at a frame that has
+    none, masks are resized with anything but nearest, predictions are written at the run size, a frame that is
+    not to be written is written, or a frame of another size is run."""
+    monkeypatch.setattr(dataset, "TEST_SHORT_SIDE", 48)  # 24x32 frames go to 48x64, as 720p goes to 480p
+    monkeypatch.setattr(dataset, "MIN_OBJECT_PIXELS", 100)  # 8x8 -> 256 px: kept; 4x4 -> 64 px: too small
+    video = _reader(tmp_path / "big", late_side=6)
+    video.check()
+    assert len(video) == 3 and video.original_size == (24, 32) and video.run_size == (48, 64)
+    frame, mask = video.model_input(0, video.image(0))
+    assert frame.shape == (3, 48, 64) and frame.dtype == torch.float32
+    # RGB in [0, 1] (not BGR, not 0..255): the red square's centre and the grey background
+    torch.testing.assert_close(frame[:, 24, 12], torch.tensor([1.0, 0.0, 0.0]), atol=0.05, rtol=0)
+    torch.testing.assert_close(frame[:, 2, 60], torch.full((3,), 128 / 255), atol=0.02, rtol=0)
+    np.testing.assert_array_equal(mask.numpy(), np.kron(video.given[0], np.ones((2, 2), np.uint8)))
+    assert video.model_input(1, video.image(1))[1] is None
+    assert set(np.unique(video.model_input(2, video.image(2))[1].numpy())) == {0, 1, 2}
+    labels = torch.from_numpy(np.kron(video.given[2], np.ones((2, 2), np.uint8))).long()
+    out = video.to_output(labels)
+    assert out.dtype == np.uint8 and out.shape == (24, 32)
+    np.testing.assert_array_equal(out, video.given[2])
+    assert video.write(tmp_path / "out", 1, out) == []
+    assert video.write(tmp_path / "out", 2, out) == [tmp_path / "out" / "00002.png"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["00002.png"]
+    np.testing.assert_array_equal(read_mask(tmp_path / "out" / "00002.png"), video.given[2])
+    # a late object too small at 480p keeps the original size, as a small first object does
+    small = _reader(tmp_path / "small", late_side=4)
+    assert small.run_size == (24, 32)
+    frame, mask = small.model_input(2, small.image(2))
+    assert frame.shape == (3, 24, 32) and np.array_equal(mask.numpy(), small.given[2])
+    # frames and masks that do not match the first frame
+    Image.fromarray(np.zeros((20, 32, 3), np.uint8)).save(small.frames[1])
+    with pytest.raises(VOSInputError, match=r"00001\.jpg is 32x20 but the video's first frame is 32x24"):
+        small.image(1)
+    save_mask(small.given_masks[2], np.ones((12, 16), np.uint8))
+    with pytest.raises(VOSInputError, match=r"00002\.png is 16x12 but its frame .*00002\.jpg is 32x24"):
+        _ = VideoReader("again", small.frames, small.given_masks, small.output_names).run_size
+    with pytest.raises(VOSInputError, match="no mask for its first frame"):
+        VideoReader("late", small.frames, {2: small.given_masks[2]}, small.output_names).check()
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import torch
 from conftest import DAVIS2016_SAMPLE, GOLDEN_WEIGHTS
 from PIL import Image
 
+import dataset
 import inference
 import methods
 import run
@@ -59,7 +60,7 @@ def test_a_planted_pickle_in_the_imagenet_cache_never_runs(tmp_path: Path, monke
 
 def test_the_zip_holds_only_what_this_run_wrote(tmp_path: Path, ytvos_root: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(inference, "TEST_SHORT_SIDE", 48)
+    monkeypatch.setattr(dataset, "TEST_SHORT_SIDE", 48)
     assert _test(tmp_path, "--data", "YTVOS18_val", "--ytvos", str(ytvos_root)) == 0
     assert _test(tmp_path, "--data", "YTVOS18_val", "--ytvos", str(ytvos_root), "--sequences", "vid_a",
                  "--visualize") == 0
@@ -119,7 +120,7 @@ def test_unwritable_places_fail_before_the_first_frame_or_step(tmp_path: Path, m
 
 def test_a_full_disk_mid_run_is_one_line_and_keeps_what_was_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                    capsys: pytest.CaptureFixture) -> None:
-    save_mask = inference.save_mask
+    save_mask = dataset.save_mask
     calls = []
 
     def full(path: Path, mask: object) -> None:
@@ -128,7 +129,7 @@ def test_a_full_disk_mid_run_is_one_line_and_keeps_what_was_written(tmp_path: Pa
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         save_mask(path, mask)
 
-    monkeypatch.setattr(inference, "save_mask", full)
+    monkeypatch.setattr(dataset, "save_mask", full)
     assert _test(tmp_path, "--data", "sample", "--sequences", "bear") == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "No space left on device" in err and "Traceback" not in err

@@ -19,8 +19,8 @@ import torch
 from conftest import GOLDEN_WEIGHTS, save_mask, square_frame, write_jpeg
 
 import checkpoint
+import dataset
 import evaluation
-import inference
 import methods
 import model
 import run
@@ -263,7 +263,7 @@ def test_stages_chain_with_official_names(davis2016_root: Path, coco_converted_r
 def tiny_davis2017(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A DAVIS 2017 tree of 48x64 frames with a moving square (train: a, b; val: c, d), and run.py's test size set
     to 48 so that validation runs at that size, as `run.py --test` then does."""
-    monkeypatch.setattr(inference, "TEST_SHORT_SIDE", 48)
+    monkeypatch.setattr(dataset, "TEST_SHORT_SIDE", 48)
     root = tmp_path / "DAVIS"
     for seq, colour in (("a", (255, 0, 0)), ("b", (0, 255, 0)), ("c", (0, 0, 255)), ("d", (255, 255, 0))):
         for t in range(5):

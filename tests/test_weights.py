@@ -28,7 +28,7 @@ import torch.nn as nn
 import torchvision as tv
 from conftest import GOLDEN_WEIGHTS
 
-import inference
+import dataset
 import run
 import weights
 from utils import VOSInputError
@@ -502,7 +502,7 @@ def served_golden(server: SimpleNamespace, tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setitem(weights.OFFICIAL_BLOB_IDS, DAVIS, weights.git_blob_id(golden))
     monkeypatch.setattr(weights, "OFFICIAL_BASE_URL", server.url)
     monkeypatch.setattr(run, "TRAINED_MODEL", tmp_path / "trained_model")
-    monkeypatch.setattr(inference, "TEST_SHORT_SIDE", 120)  # a quarter of 480p: the download is what is tested
+    monkeypatch.setattr(dataset, "TEST_SHORT_SIDE", 120)  # a quarter of 480p: the download is what is tested
     return tmp_path / "trained_model"
 
 

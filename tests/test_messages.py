@@ -1,0 +1,123 @@
+"""Every `--flag` that an error message or the README tells a user to pass exists on the command line it is meant
+for: run.py's, unless the text names evaluation.py or bench.py before it (or the message is raised in one of them).
+
+A message naming a flag that no parser defines sends the user to an argparse error instead of the fix; it happens
+when a flag is renamed (`--year` became `--davis-year` on run.py) and the messages far from the parser are not.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+import run
+
+ROOT = Path(__file__).resolve().parents[1]
+ERRORS = {"VOSInputError", "EvaluationError", "TrainingError"}
+FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9_]*(?:-[a-z0-9_]+)*")
+OTHER_TOOLS = {"--nproc_per_node"}  # torchrun's, in the README's multi-GPU command
+
+
+SCRIPTS = ("run.py", "evaluation.py", "bench.py")
+
+
+def defined_flags() -> dict[str, set[str]]:
+    """{script: its option strings}: run.py's parser built (so that generated flags count), every `add_argument` of
+    evaluation.py and bench.py read from the source, with the `--no-X` of BooleanOptionalAction flags."""
+    flags = {"run.py": set(run.build_parser()._option_string_actions)}
+    for name in SCRIPTS[1:]:
+        flags[name] = set()
+        for node in ast.walk(ast.parse((ROOT / name).read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "add_argument":
+                names = [a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+                flags[name].update(names)
+                if any(k.arg == "action" and "BooleanOptional" in ast.unparse(k.value) for k in node.keywords):
+                    flags[name].update("--no-" + n[2:] for n in names if n.startswith("--"))
+    return flags
+
+
+def named_flags(text: str, where: str, default: str, row: bool = False) -> list[tuple[str, str, str]]:
+    """(where, script, flag) for each flag in text; its script is the last one the text names before it
+    ('evaluation.py --year 2016'), in a table row else the first one named after it ('(`--profile`) | `bench.py`'),
+    else `default`."""
+    found = []
+    for match in FLAG.finditer(text):
+        if match.group() in OTHER_TOOLS:
+            continue
+        before, after = text[: match.start()], text[match.end():]
+        script = max(SCRIPTS, key=before.rfind)
+        if before.rfind(script) < 0:
+            named = [s for s in SCRIPTS if s in after] if row else []
+            script = min(named, key=after.find) if named else default
+        found.append((where, script, match.group()))
+    return found
+
+
+def _strings(node: ast.AST) -> list[str]:
+    """The literal text of every string constant and f-string part under node."""
+    return [n.value for n in ast.walk(node) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+
+
+def message_flags() -> list[tuple[str, str, str]]:
+    """(where, script, flag) for every flag in the arguments of `raise <one of ERRORS>(...)` in the repository's
+    modules. A flag with no script named before it is one of the script that raises it, and of run.py for every
+    other module (run.py is what reaches them)."""
+    found = []
+    for path in sorted(ROOT.glob("*.py")):
+        default = path.name if path.name in SCRIPTS else "run.py"
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call)):
+                continue
+            func = node.exc.func
+            if (func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)) not in ERRORS:
+                continue
+            for text in _strings(node.exc):
+                found += named_flags(text, f"{path.name}:{node.lineno}", default)
+    return found
+
+
+def readme_flags() -> list[tuple[str, str, str]]:
+    """(where, script, flag) for every flag in README.md, read per table row and per paragraph or code block (a
+    command wraps over lines); a flag with no script named in its row or paragraph is run.py's."""
+    found, chunk, start = [], [], 1
+    lines = (ROOT / "README.md").read_text().splitlines() + [""]
+    for n, line in enumerate(lines, 1):
+        if line.lstrip().startswith("|"):
+            found += named_flags(line, f"README.md:{n}", "run.py", row=True)
+            line = ""
+        if line.strip() and not line.lstrip().startswith("```"):
+            start = start if chunk else n
+            chunk.append(line)
+        elif chunk:
+            found += named_flags("\n".join(chunk), f"README.md:{start}", "run.py")
+            chunk = []
+    return found
+
+
+def test_the_scanners_see_flags() -> None:
+    """Fails if a scanner finds nothing (a broken regex or AST walk would make the real test pass vacuously)."""
+    messages, readme, defined = message_flags(), readme_flags(), defined_flags()
+    assert ("dataset.py", "run.py", "--davis") in {(w.split(":")[0], s, f) for w, s, f in messages}
+    assert len(messages) > 20 and len(readme) > 10
+    assert ("run.py", "--test") in {(s, f) for _, s, f in readme}
+    assert ("evaluation.py", "--year") in {(s, f) for _, s, f in readme}
+    assert "--nproc_per_node" in (ROOT / "README.md").read_text()  # else OTHER_TOOLS is stale: drop it
+    assert {"--davis-year", "--no-channels-last", "--clip-len"} <= defined["run.py"]
+    assert "--year" in defined["evaluation.py"] and "--year" not in defined["run.py"]
+    assert {"--quick", "--no-channels-last"} <= defined["bench.py"]
+    assert [s for _, s, _ in named_flags("--davis-year 2016, evaluation.py --year; --x", "", "run.py")] == [
+        "run.py", "evaluation.py", "evaluation.py"]
+    assert [s for _, s, _ in named_flags("| (`--profile`) | `bench.py` |", "", "run.py", row=True)] == ["bench.py"]
+    assert FLAG.findall("pass --davis-year 2016, not -x or a--b; `--max-memory 4G`") == ["--davis-year", "--max-memory"]
+
+
+@pytest.mark.parametrize("source", [message_flags, readme_flags], ids=["error messages", "README"])
+def test_every_flag_named_exists(source) -> None:
+    """Fails if an error message or the README names a flag that its script does not define, e.g. `--year` or
+    `--split` (evaluation.py's) told to a run.py user, whose flags are --data and --davis-year."""
+    defined = defined_flags()
+    missing = sorted({f"{where} {script} {flag}" for where, script, flag in source() if flag not in defined[script]})
+    assert not missing, "flags named but defined nowhere:\n" + "\n".join(missing)
