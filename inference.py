@@ -1,6 +1,6 @@
 """Running a model over a video: the official test-time size rule, streaming frames from disk, writing masks.
 
-`VideoSegmenter` steps any `methods.VOSModel` through a video frame by frame (as XMem / Cutie do), holding only the
+`VideoSegmenter` steps any `framework.VOSModel` through a video frame by frame (as XMem / Cutie do), holding only the
 current frame and the model's state; `segment_video` feeds it a `dataset.TestVideo` from disk and writes palette PNGs.
 run.py's --test and the trainer's validation both run videos through here, so their numbers are the same.
 """
@@ -19,8 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dataset import TestVideo
-from methods import VOSModel
-from model import Runtime, aggregate_objects, get_padding, one_hot, pad, pad_mask, unpad
+from framework import Runtime, VOSModel, aggregate_objects, get_padding, one_hot, pad, pad_mask, unpad
 from utils import VOSInputError, read_frame, read_mask, save_mask
 
 PRECISIONS = {"fp32": (torch.float32, None), "fp64": (torch.float64, None),
@@ -70,8 +69,8 @@ def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 class VideoSegmenter:
     """Segments one video frame by frame: `step(frame, mask=None)` -> the frame's id mask (as in XMem / Cutie).
 
-    Works with any `methods.VOSModel`. Only the current frame and the model's state are held, so memory does not
-    grow with the video's length.
+    Works with any `framework.VOSModel`; frames are padded to a multiple of the model's stride. Only the current
+    frame and the model's state are held, so memory does not grow with the video's length.
 
     The first call needs a mask with at least one object. A later mask adds the objects it holds that are not
     tracked yet (their first appearance, as in YouTube-VOS); its pixels overwrite the prediction in the output.
@@ -97,7 +96,7 @@ class VideoSegmenter:
 
         Returns (labels (H, W) long object ids, probs (N, H, W) each object's aggregated foreground probability).
         """
-        padding = get_padding(*frame.shape[-2:])
+        padding = get_padding(*frame.shape[-2:], self.model.stride)
         img = pad(frame[None].to(self.device, self.dtype), padding)
         given = pad_mask(mask[None].to(self.device).long(), padding) if mask is not None else None
         with torch.autocast(self.device.type, self.autocast, enabled=self.autocast is not None):

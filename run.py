@@ -25,9 +25,9 @@ import trainer
 import visualize
 import weights
 from dataset import DAVIS, SingleVideo, TestVideo, YouTubeVOS
+from framework import Runtime
 from inference import PRECISIONS, RunSettings, VideoSegmenter, run_settings, segment_video
-from model import Runtime
-from utils import OverlayWriter, VOSInputError, atomic_write, parse_bytes, writable_dir
+from utils import VOSInputError, atomic_write, parse_bytes, writable_dir
 
 # Dataset roots: edit these or pass the flags (--davis, --ytvos, --coco), as in the official run.py. The DAVIS reader
 # works out whether it was given the 2017 layout or the original DAVIS 2016 download.
@@ -61,7 +61,7 @@ class Visualizer:
     def __init__(self, video: TestVideo, vis_dir: Path, vis_frame: int = 1, fps: float = 24.0) -> None:
         self.name = video.name
         self.out_dir = vis_dir / video.name
-        self.overlay = OverlayWriter(self.out_dir / "overlay.mp4", fps)
+        self.overlay = visualize.OverlayWriter(self.out_dir / "overlay.mp4", fps)
         self.vis_frame = vis_frame
 
     def __call__(self, index: int, rgb: np.ndarray, labels: np.ndarray, seg: VideoSegmenter) -> None:
