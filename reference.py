@@ -1,6 +1,6 @@
 """The reference the tests and bench.py compare this repository's EMVOS against: the official inference structure
-(suhwan-cho/EMVOS, `VOS.forward`) reimplemented on this repository's modules, one object at a time, and the
-synthetic videos (random frames, random blob masks) both stream through it.
+(suhwan-cho/EMVOS, `VOS.forward`) reimplemented on this repository's modules, one object at a time; a recorder of
+the logits a segmenter predicts; and the synthetic videos (random frames, random blob masks) they segment.
 """
 
 from __future__ import annotations
@@ -36,8 +36,9 @@ class PerObjectSegmenter:
     """The official inference structure (`VOS.forward` of suhwan-cho/EMVOS) on this repository's modules.
 
     Per object and frame: four similarity matrices, eight max-readouts in the official (B, HW, h, w) layout, the
-    decoder's 1x1 projections and a batch-1 decoder. Aggregation is the model's own, so that any difference from
-    `ours` comes from the network. Objects are given in the first frame only (what the benchmark needs).
+    decoder's 1x1 projections and a batch-1 decoder. Aggregation is the shared one (framework.aggregate_objects), so
+    that any difference from `ours` comes from the network. Objects are given in the first frame only (what the
+    benchmark needs).
     """
 
     model: EMVOS

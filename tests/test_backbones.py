@@ -19,11 +19,12 @@ from videomatch import VideoMatchEncoder
 tv = pytest.importorskip("torchvision")
 
 
-def _file_layout(name: str) -> dict[str, tuple[int, ...]]:
-    """Keys and shapes of torchvision's whole network `name` (its ImageNet file's layout), built on the meta device."""
+def _file_layout(name: str) -> dict[str, torch.Tensor]:
+    """The tensors of torchvision's whole network `name` (its ImageNet file's layout) on the meta device: keys,
+    shapes and dtypes only."""
     with torch.device("meta"):
         net = getattr(tv.models, name)()
-    return {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    return net.state_dict()
 
 
 # (torchvision network, the encoder built with pretrained=True, its key -> the file's key)
@@ -53,7 +54,8 @@ def test_imagenet_file_loads_into_the_truncated_backbone(case: str, tmp_path: Pa
         # The file holds every key of the whole network; the parts a backbone keeps with their real shapes, the rest
         # as one number each (their values are never read: only their keys must be skipped).
         kept = set(net.state_dict())
-        state = {k: (torch.randn(shape, generator=g) if k in kept else torch.zeros(1)) for k, shape in layout.items()}
+        state = {k: (torch.randn(v.shape, generator=g).to(v.dtype) if k in kept else torch.zeros(1))
+                 for k, v in layout.items()}
         files.append(state)
         raw = tmp_path / "raw.pth"
         torch.save(state, raw)
@@ -77,8 +79,7 @@ def test_vgg19_builds_no_classifier() -> None:
     modules of it."""
     encoder = VideoMatchEncoder("vgg19")
     layout = _file_layout("vgg19")
-    port_part = sum(torch.Size(s).numel() for k, s in layout.items() if k.startswith("features.")
-                    and int(k.split(".")[1]) < 27)
+    port_part = sum(v.numel() for k, v in layout.items() if k.startswith("features.") and int(k.split(".")[1]) < 27)
     assert sum(p.numel() for p in encoder.parameters()) == port_part  # conv1_1 .. conv4_4
     assert [n for n, _ in encoder.features.named_children()] == [str(i) for i in range(27)]
 
