@@ -165,7 +165,7 @@ def matmul_peak(device: torch.device, precision: str, size: int = 2048, repeats:
 
     'mm': torch.mm (BLAS: MKL on CPU, cuBLAS on CUDA). 'conv': the same product as a 1x1 convolution of size
     channels over size pixels (oneDNN on CPU, cuDNN on CUDA), the library EMVOS's convolutions run on. The two can
-    differ a lot: on this project's AMD CPU MKL's sgemm reaches 210 GFLOP/s and oneDNN 440-520.
+    differ a lot, by a factor of two or more on some CPUs.
     """
     dtype = PRECISIONS[precision] or torch.float32
     g = torch.Generator().manual_seed(0)
