@@ -5,9 +5,9 @@ Three ways to segment the same video with the same modules and weights:
 - `per-object`: the structure of the official code (suhwan-cho/EMVOS, `VOS.forward`), reimplemented here: every
   object computes its own four HW x HW similarity matrices, its own decoder projections and runs the decoder alone
   (batch 1).
-- `unsplit`: `inference.VideoSegmenter` with the official decoder computation (model.Runtime(split_decoder=False)):
+- `unsplit`: `inference.VideoSegmenter` with the official decoder computation (framework.Runtime(split_decoder=False)):
   similarities (key products as 1x1 convolutions, matching.key_products) and projections once per frame for all
-  objects, the readout in cache-sized tiles, the decoder one object per call (model.Runtime.decoder_batch:
+  objects, the readout in cache-sized tiles, the decoder one object per call (framework.Runtime.decoder_batch:
   bit-identical to the official per-object decoder), plus torch.compile if asked for.
 - `ours`: the same with the split decoder (model.Decoder.project): the blend convolutions' shared half also runs
   once per frame, each object convolves only its own channels, and the transposed convolutions run as a 1x1
@@ -45,7 +45,7 @@ import re
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,11 +54,12 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
+import framework
 import inference
-import matching
 import methods
 import model as emvos
 from inference import VideoSegmenter
+from reference import PerObjectSegmenter, blob_mask, capture_logits, random_frame
 from utils import parse_bytes
 
 RESOLUTIONS = {"480p": (480, 854), "720p": (720, 1280), "1080p": (1080, 1920), "tiny": (96, 160)}
@@ -66,94 +67,6 @@ RESOLUTIONS = {"480p": (480, 854), "720p": (720, 1280), "1080p": (1080, 1920), "
 PRECISIONS = {name: autocast for name, (_, autocast) in inference.PRECISIONS.items() if name != "fp64"}
 PATHS = ("per-object", "unsplit", "ours")
 TIE = 1e-4  # probability gap below which two labels count as a tie (clear diff)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# the official per-object structure
-# ---------------------------------------------------------------------------------------------------------------
-
-@dataclass
-class ObjectState:
-    """What the official code keeps per object (its `state[k]` dict): keys (1, C, h, w) and masks (1, 2, h, w)."""
-
-    init_nk: Tensor
-    init_k: Tensor
-    init_mask16: Tensor
-    prev_nk: Tensor
-    prev_k: Tensor
-    prev_mask16: Tensor
-
-
-@dataclass
-class PerObjectSegmenter:
-    """The official inference structure (`VOS.forward` of suhwan-cho/EMVOS) on this repository's modules.
-
-    Per object and frame: four similarity matrices, eight max-readouts in the official (B, HW, h, w) layout, the
-    decoder's 1x1 projections and a batch-1 decoder. Aggregation is the model's own, so that any difference from
-    `ours` comes from the network. Objects are given in the first frame only (what the benchmark needs).
-    """
-
-    model: emvos.EMVOS
-    dtype: torch.dtype = torch.float32
-    autocast: torch.dtype | None = None
-    object_ids: list[int] = field(default_factory=list)
-    objects: list[ObjectState] = field(default_factory=list)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @torch.inference_mode()
-    def step(self, frame: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """As `inference.VideoSegmenter.step`: frame (3, H, W), mask (H, W) ids on the first frame only."""
-        height, width = frame.shape[-2:]
-        padding = emvos.get_padding(height, width)
-        img = emvos.pad(frame[None].to(self.device, self.dtype), padding)
-        with torch.autocast(self.device.type, self.autocast, enabled=self.autocast is not None):
-            feats = self.model.encoder(img)
-            nk = matching.l2_normalise(self.model.matcher.conv1(feats[2]))  # (1, C, h, w)
-            k = self.model.matcher.conv2(feats[2])
-            if not self.objects:
-                if mask is None:
-                    raise ValueError("the first frame needs a mask")
-                given = emvos.pad_mask(mask[None].to(self.device).long(), padding)
-                self.object_ids = [i for i in given.unique().tolist() if i != 0]
-                for i in self.object_ids:
-                    m16 = F.avg_pool2d(torch.stack([given != i, given == i], dim=1).to(img.dtype), 16)
-                    self.objects.append(ObjectState(nk, k, m16, nk, k, m16))
-                fg = torch.stack([given[0] == i for i in self.object_ids]).to(img.dtype)  # (N, H, W)
-                return emvos.unpad(given[0], padding), emvos.unpad(fg, padding)
-            if mask is not None:
-                raise ValueError("the per-object path takes objects in the first frame only")
-            logits = torch.cat([self._object_logits(feats, nk, k, obj) for obj in self.objects], dim=1)
-            probs = torch.softmax(logits.to(img.dtype), dim=2)  # (1, N, 2, H, W)
-            index, probs = emvos.aggregate_objects(probs)
-            for n, obj in enumerate(self.objects):
-                obj.prev_nk, obj.prev_k, obj.prev_mask16 = nk, k, F.avg_pool2d(probs[:, n], 16)
-        ids = torch.tensor([0] + self.object_ids, device=index.device)
-        return emvos.unpad(ids[index][0], padding), emvos.unpad(probs[0, :, 1].float(), padding)
-
-    def _object_logits(self, feats: tuple[Tensor, Tensor, Tensor], nk: Tensor, k: Tensor, obj: ObjectState) -> Tensor:
-        b, _, h, w = nk.shape
-
-        def rows(x: Tensor) -> Tensor:  # (1, C, h, w) -> (1, HW, C)
-            return x.flatten(2).transpose(1, 2)
-
-        cos_init = (torch.bmm(rows(obj.init_nk), nk.flatten(2)).view(b, h * w, h, w) + 1) / 2
-        cos_prev = (torch.bmm(rows(obj.prev_nk), nk.flatten(2)).view(b, h * w, h, w) + 1) / 2
-        soft_init = torch.softmax(torch.bmm(rows(obj.init_k), k.flatten(2)), dim=2).view(b, h * w, h, w)
-        soft_prev = torch.softmax(torch.bmm(rows(obj.prev_k), k.flatten(2)), dim=2).view(b, h * w, h, w)
-        scores = []
-        for sim, m16 in ((cos_init, obj.init_mask16), (cos_prev, obj.prev_mask16),
-                         (soft_init, obj.init_mask16), (soft_prev, obj.prev_mask16)):
-            for c in (0, 1):  # bg, fg
-                scores.append(torch.max(sim * m16[:, c].reshape(b, h * w, 1, 1), dim=1, keepdim=True)[0])
-        d = self.model.decoder
-        f4, f8, f16 = feats
-        x = torch.cat([d.conv1(f16), *scores, obj.prev_mask16], dim=1)
-        s8 = d.deconv1(d.cbam1(d.blend1(x)))
-        s4 = d.deconv2(d.cbam2(d.blend2(torch.cat([d.conv2(f8), s8], dim=1))))
-        return d.deconv3(d.cbam3(d.blend3(torch.cat([d.conv3(f4), s4], dim=1))))[:, None]  # (1, 1, 2, H, W)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -252,7 +165,7 @@ def matmul_peak(device: torch.device, precision: str, size: int = 2048, repeats:
 
     'mm': torch.mm (BLAS: MKL on CPU, cuBLAS on CUDA). 'conv': the same product as a 1x1 convolution of size
     channels over size pixels (oneDNN on CPU, cuDNN on CUDA), the library EMVOS's convolutions run on. The two can
-    differ a lot: on this project's AMD CPU MKL's sgemm reaches 210 GFLOP/s and oneDNN 440-520.
+    differ a lot, by a factor of two or more on some CPUs.
     """
     dtype = PRECISIONS[precision] or torch.float32
     g = torch.Generator().manual_seed(0)
@@ -284,36 +197,6 @@ def count_flops(fn: Callable[[], object]) -> tuple[int, object]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# synthetic videos
-# ---------------------------------------------------------------------------------------------------------------
-
-def blob_mask(height: int, width: int, objects: int, seed: int) -> Tensor:
-    """(H, W) ids 0..objects: one random ellipse per object, later ones on top, every id keeping some pixels."""
-    g = torch.Generator().manual_seed(seed)
-    yy = torch.arange(height, dtype=torch.float32)[:, None]
-    xx = torch.arange(width, dtype=torch.float32)[None, :]
-    # sizes such that the objects together cover about 30% of the frame
-    base = math.sqrt(0.3 * height * width / (math.pi * max(1, objects)))
-    for _ in range(100):
-        mask = torch.zeros(height, width, dtype=torch.long)
-        for i in range(1, objects + 1):
-            cy, cx = torch.rand(2, generator=g).tolist()
-            ry, rx = (base * (0.6 + 0.8 * torch.rand(2, generator=g))).tolist()
-            mask[((yy - cy * height) / ry) ** 2 + ((xx - cx * width) / rx) ** 2 <= 1] = i
-        if len(mask.unique()) == objects + 1:
-            return mask
-    raise RuntimeError(f"could not place {objects} visible objects on a {width}x{height} frame")
-
-
-def random_frame(height: int, width: int, seed: int) -> Tensor:
-    """(3, H, W) in [0, 1]: smooth random structure plus noise, generated on demand (nothing is held)."""
-    g = torch.Generator().manual_seed(seed)
-    coarse = torch.rand(1, 3, max(1, height // 32), max(1, width // 32), generator=g)
-    smooth = F.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)[0]
-    return (0.8 * smooth + 0.2 * torch.rand(3, height, width, generator=g)).clamp(0, 1)
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # one configuration
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -337,32 +220,11 @@ class Row:
         return statistics.median(self.times) if self.times else math.nan
 
 
-@contextlib.contextmanager
-def capture_logits(segmenter: object, sink: list[Tensor]) -> Iterator[None]:
-    """Record the logits a segmenter's model predicts for a frame (both paths; they run on one model)."""
-    if isinstance(segmenter, PerObjectSegmenter):
-        target, name = segmenter, "_object_logits"
-    else:
-        target, name = segmenter.model, "predict"
-    original = getattr(target, name)
-
-    def recording(*args: object, **kwargs: object) -> Tensor:
-        out = original(*args, **kwargs)
-        sink.append(out.detach())
-        return out
-
-    setattr(target, name, recording)
-    try:
-        yield
-    finally:
-        delattr(target, name)
-
-
-def make_segmenter(path: str, model: emvos.EMVOS, precision: str, runtime: emvos.Runtime | None = None) -> object:
+def make_segmenter(path: str, model: emvos.EMVOS, precision: str, runtime: framework.Runtime | None = None) -> object:
     autocast = PRECISIONS[precision]
     if path == "per-object":
         return PerObjectSegmenter(model, autocast=autocast)
-    runtime = dataclasses.replace(runtime or emvos.Runtime(), split_decoder=path == "ours")
+    runtime = dataclasses.replace(runtime or framework.Runtime(), split_decoder=path == "ours")
     return VideoSegmenter(model, autocast=autocast, runtime=runtime)
 
 
@@ -375,7 +237,7 @@ def label_margin(probs: Tensor) -> Tensor:
 
 def run_configuration(models: dict[str, emvos.EMVOS], device: torch.device, resolution: str, objects: int,
                       precisions: list[str], paths: list[str], frames: int, seed: int = 0, warmup: int = 1,
-                      runtime: emvos.Runtime | None = None) -> list[Row]:
+                      runtime: framework.Runtime | None = None) -> list[Row]:
     """Stream one synthetic video through every (path, precision) in lockstep; see the module docstring.
 
     Frame 0 gives the masks, frames 1..warmup are untimed (FLOPs counted on frame 1), the next `frames` are timed.
@@ -458,7 +320,7 @@ class Growth:
 
 
 def memory_growth(model: emvos.EMVOS, device: torch.device, resolution: str, objects: int, frames: int,
-                  precision: str = "fp32", runtime: emvos.Runtime | None = None) -> Growth:
+                  precision: str = "fp32", runtime: framework.Runtime | None = None) -> Growth:
     """Stream a synthetic video through `ours` and record memory per frame.
 
     CPU: peak = the process's resident high-water mark during the frame (reset before it); resident = the resident
@@ -532,7 +394,7 @@ def profile_frames(model: emvos.EMVOS, device: torch.device, objects: int, split
     import utils
 
     paths, mask = sample_video(objects)
-    seg = VideoSegmenter(model, runtime=emvos.Runtime(split_decoder=split))
+    seg = VideoSegmenter(model, runtime=framework.Runtime(split_decoder=split))
     times: dict[str, list[float]] = {part: [] for part in PARTS}
     current: dict[str, float] = {}
 
@@ -657,7 +519,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                    help="channels_last convolutions (both paths, so that their float32 numbers stay identical)")
     p.add_argument("--decoder-batch", type=int, default=1,
-                   help="objects per decoder call for `ours` (model.Runtime.decoder_batch); 0: all the budget allows")
+                   help="objects per decoder call for `ours` (framework.Runtime.decoder_batch); 0: all the budget "
+                        "allows")
     p.add_argument("--compile", action="store_true", help="torch.compile the encoder and decoder of `ours`")
     p.add_argument("--weights", default=None, help="checkpoint to load (default: random init, --seed)")
     p.add_argument("--seed", type=int, default=0)
@@ -699,7 +562,7 @@ def main(argv: list[str] | None = None) -> int:
         precisions = args.precisions or (["fp32", "bf16", "fp16"] if device.type == "cuda" else ["fp32", "bf16"])
         precisions = [q for q in precisions if supported(device, q)]
         models = build_models(args, device)
-        runtime = emvos.Runtime(memory_budget=args.max_memory, decoder_batch=args.decoder_batch or None)
+        runtime = framework.Runtime(memory_budget=args.max_memory, decoder_batch=args.decoder_batch or None)
         if args.profile:
             import tempfile
 

@@ -1,6 +1,6 @@
 """Running a model over videos: streaming frames from disk, writing masks, and run.py --test's library.
 
-`VideoSegmenter` steps any `methods.VOSModel` through a video frame by frame (as XMem / Cutie do), holding only the
+`VideoSegmenter` steps any `framework.VOSModel` through a video frame by frame (as XMem / Cutie do), holding only the
 current frame and the model's state; `segment_video` feeds it a `dataset.VideoReader` (which decides the sizes and
 the files) and writes what it predicts. run.py's --test and the trainer's validation both run videos through here,
 so their numbers are the same. `segment_benchmarks` is --test itself: the benchmarks of `TEST_KEYS` opened from
@@ -26,8 +26,7 @@ import evaluation
 import methods
 import weights
 from dataset import DAVIS, Layout, SingleVideo, VideoReader, YouTubeVOS
-from methods import VOSModel
-from model import Runtime, aggregate_objects, get_padding, one_hot, pad, pad_mask, unpad
+from framework import Runtime, VOSModel, aggregate_objects, get_padding, one_hot, pad, pad_mask, unpad
 from utils import VOSInputError, atomic_write, writable_dir
 from visualize import Visualizer
 
@@ -43,8 +42,8 @@ PRECISIONS = {"fp32": (torch.float32, None), "fp64": (torch.float64, None),
 class VideoSegmenter:
     """Segments one video frame by frame: `step(frame, mask=None)` -> the frame's id mask (as in XMem / Cutie).
 
-    Works with any `methods.VOSModel`. Only the current frame and the model's state are held, so memory does not
-    grow with the video's length.
+    Works with any `framework.VOSModel`; frames are padded to a multiple of the model's stride. Only the current
+    frame and the model's state are held, so memory does not grow with the video's length.
 
     The first call needs a mask with at least one object. A later mask adds the objects it holds that are not
     tracked yet (their first appearance, as in YouTube-VOS); its pixels overwrite the prediction in the output.
@@ -70,7 +69,7 @@ class VideoSegmenter:
 
         Returns (labels (H, W) long object ids, probs (N, H, W) each object's aggregated foreground probability).
         """
-        padding = get_padding(*frame.shape[-2:])
+        padding = get_padding(*frame.shape[-2:], self.model.stride)
         img = pad(frame[None].to(self.device, self.dtype), padding)
         given = pad_mask(mask[None].to(self.device).long(), padding) if mask is not None else None
         with torch.autocast(self.device.type, self.autocast, enabled=self.autocast is not None):

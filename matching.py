@@ -31,8 +31,8 @@ def key_products(ref: Tensor, query: Tensor) -> Tensor:
     """ref^T query per clip: (B, C, HW_r), (B, C, HW_q) -> (B, HW_r, HW_q), the product inside every similarity.
 
     Computed as a 1x1 convolution whose filters are the reference positions (grouped by clip) rather than with
-    torch.bmm: on CPU oneDNN runs it at about twice MKL's sgemm speed (854x480: 1620 x 1620 x 512 in 7 instead of
-    13-18 ms, four per frame). The same sums in another order: float32 results move by rounding only.
+    torch.bmm: on CPU oneDNN runs such products faster than MKL's sgemm (at 854x480 they are 1620 x 1620 x 512, four
+    per frame). The same sums in another order: float32 results move by rounding only.
     """
     b, c, hw_r = ref.shape
     weight = ref.transpose(1, 2).reshape(b * hw_r, c, 1, 1)  # (B HW_r, C, 1, 1)
@@ -104,8 +104,8 @@ def similarity(branch: str, ref: tuple[Tensor, Tensor], query: tuple[Tensor, Ten
 
 
 # On CPU the readout works in tiles of about this many bytes even without a memory limit: a larger temporary is
-# fresh memory from the OS at every call, and its page faults cost more than the arithmetic (854x480, 3 objects:
-# 47 ms for one 63 MB temporary, 4 ms in 4 MB tiles; bench.py). A GPU's caching allocator has no such cost.
+# fresh memory from the OS at every call, and its page faults cost more than the arithmetic (854x480, 3 objects: one
+# 63 MB temporary, or 4 MB tiles that stay in cache). A GPU's caching allocator has no such cost.
 READOUT_TILE_BYTES = 4 * 2**20
 
 

@@ -1,11 +1,11 @@
-"""The methods this repository implements, in one table, and the interface every method meets.
+"""The methods this repository implements, in one table.
 
-A method is a model class that meets `VOSModel` plus one `Method` entry in `METHODS`: its config class, default
-weights, training stages and losses. A training stage (`StageConfig`) names its `StageData`: the factory of its
-training data and its model selection (`Selection`), so the trainer runs every stage the same way. run.py, the
-trainer, the checkpoint code and bench.py read this table and nothing else, so adding a method means writing its
-module and calling `register(Method(...))` (tests/test_extend.py registers a tiny one and runs it through
-`run.py --test` and a training step).
+A method is a model class that meets `VOSModel` (framework.py; re-exported here) plus one `Method` entry in
+`METHODS`: its config class, default weights, training stages and losses. A training stage (`StageConfig`) names
+its `StageData`: the factory of its training data and its model selection (`Selection`), so the trainer runs every
+stage the same way. run.py, the trainer, the checkpoint code and bench.py read this table and nothing else, so
+adding a method means writing its module and calling `register(Method(...))` (tests/test_extend.py registers a tiny
+one and runs it through `run.py --test` and a training step).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 import torch
 import torch.nn as nn
@@ -22,38 +22,10 @@ from torch import Tensor
 import model
 import samplers
 import videomatch
+from framework import VOSModel as VOSModel  # re-exported: the interface each method's class meets
 from samplers import Roots, TrainSet
 from utils import VOSInputError
 from weights import as_state_dict, load_file
-
-
-@runtime_checkable
-class VOSModel(Protocol):
-    """What the driver (`inference.VideoSegmenter`) and the trainer call on a model.
-
-    Shapes: B clips (1 at test time), N tracked objects, n objects given at one frame, H x W the frame padded to a
-    multiple of 16. `feats` and `state` are the method's own types (a small dataclass each).
-    """
-
-    config: Any  # a dataclass; asdict(config) rebuilds the model with the method's config class
-
-    def encode(self, img: Tensor) -> Any:
-        """(B, 3, H, W) RGB in [0, 1] -> the frame's features."""
-
-    def init_state(self, feats: Any, masks: Tensor) -> Any:
-        """Start a video from the objects given at this frame; masks (B, n, 2, H, W) [bg, fg] in {0, 1}."""
-
-    def add_objects(self, state: Any, feats: Any, masks: Tensor) -> None:
-        """Objects first given at a later frame join the state (masks as in init_state)."""
-
-    def predict(self, feats: Any, state: Any, runtime: model.Runtime | None = None) -> Tensor:
-        """Logits (B, N, 2, H, W) [bg, fg] of every tracked object in a new frame."""
-
-    def update(self, state: Any, feats: Any, probs: Tensor) -> None:
-        """After a frame: remember it with the aggregated soft masks probs (B, N, 2, H, W)."""
-
-    def forward(self, imgs: Tensor, first_masks: Tensor) -> Tensor:
-        """Training: clips (B, L, 3, H, W), first masks (B, H, W) in {0, 1} -> logits (B, L-1, 2, H, W)."""
 
 
 class Selection(Protocol):

@@ -1,7 +1,9 @@
 """EMVOS (Cho et al., arXiv 2209.03139) in one module with named steps: encode -> match -> decode.
 
 Read top to bottom: the configuration, the building blocks (encoder, matcher, CBAM, decoder), the per-video state,
-the model, object aggregation, and `VideoSegmenter`, which streams a video through any model frame by frame.
+the model and its loss, and the official checkpoint layout. What every method shares (padding, soft aggregation of
+the objects, the training forward) is in framework.py, the ImageNet backbones in backbones.py, the matching
+functions in matching.py, and `inference.VideoSegmenter` streams a video through any model frame by frame.
 
 Naming: the trailing number is the stride, as in STCN: f4, f8, f16 are encoder features at strides 4, 8, 16.
 Shapes: B batch (clips), N objects, C channels, HW stride-16 positions, H x W the (padded) frame.
@@ -9,8 +11,6 @@ Shapes: B batch (clips), N objects, C channels, HW stride-16 positions, H x W th
 Checkpoints: module names equal the official ones, and the official state dicts carry them under one extra prefix,
 `vos.` (the official top module wraps the network as `self.vos`). `from_official` / `to_official` strip and add it,
 so `coco_davis_best.pth` loads with strict=True and checkpoints written here load in the official code.
-
-VideoMatch (Hu et al., ECCV 2018), the second method, follows at the end with the same streaming interface.
 """
 
 from collections import OrderedDict
@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import matching
-import weights
-from utils import auto_memory_budget
+from backbones import densenet121_features, resnet_trunk
+from framework import DEFAULT_RUNTIME, Runtime, clip_forward
 
 OFFICIAL_PREFIX = "vos."
 
@@ -50,40 +50,6 @@ class ModelConfig:
             raise ValueError("at least one matching branch is needed")
 
 
-@dataclass
-class Runtime:
-    """How to run a model on this machine. Not part of the weights, so it is passed to `predict` (by the driver,
-    `inference.VideoSegmenter`) rather than stored on the network."""
-
-    # bound in bytes on one frame's matching readout and decoder temporaries; "auto": a share of the memory free on
-    # the frame's device, looked up every frame (utils.auto_memory_budget); None: no bound. run.py's --max-memory.
-    memory_budget: int | str | None = "auto"
-    # Objects per decoder call. 1: each object alone, which keeps its float32 logits bit-identical to the official
-    # per-object decoder (oneDNN and cuDNN choose kernels, hence summation orders, by batch size; random-weight
-    # models have ties that such 1e-6 differences flip) and is also the fastest on CPU (bench.py). None: as many
-    # as the memory budget allows, which may pay on a GPU at small frames.
-    decoder_batch: int | None = 1
-    readout_bytes: int | None = None  # fixed readout tile size in bytes (tests); None: from memory_budget
-    # EMVOS: the blend convolutions' shared half once per frame (Decoder.project); False runs the official, unsplit
-    # decoder computation, for comparisons (float32 logits then equal the official code's; split moves them by
-    # summation order only)
-    split_decoder: bool = True
-    topk_chunk: int | None = None  # VideoMatch: query positions per top-K chunk; None: all at once
-
-    def __post_init__(self) -> None:
-        if isinstance(self.memory_budget, str) and self.memory_budget != "auto":
-            raise ValueError(f"memory budget must be bytes, None or 'auto', not {self.memory_budget!r}")
-
-    def budget_bytes(self, device: torch.device) -> int | None:
-        """The memory budget in bytes for a frame on device, resolving "auto" now."""
-        if self.memory_budget == "auto":
-            return auto_memory_budget(device)
-        return self.memory_budget  # type: ignore[return-value]
-
-
-DEFAULT_RUNTIME = Runtime()
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # building blocks
 # ---------------------------------------------------------------------------------------------------------------
@@ -94,89 +60,6 @@ ENCODER_LAYERS = {
                      "transition2", "denseblock3"), ("denseblock1", "denseblock2", "denseblock3")),
     "resnet50": (("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3"), ("layer1", "layer2", "layer3")),
 }
-IMAGENET_WEIGHTS = {"densenet121": "DenseNet121_Weights", "resnet50": "ResNet50_Weights",
-                    "vgg19": "VGG19_Weights", "resnet101": "ResNet101_Weights"}  # the last two: VideoMatch
-
-
-class DenseLayer(nn.Module):
-    """torchvision's `_DenseLayer` (bottleneck width 4 x growth, no dropout): the same submodules and operations."""
-
-    def __init__(self, c_in: int, growth: int = 32, bottleneck: int = 4):
-        super().__init__()
-        self.norm1 = nn.BatchNorm2d(c_in)
-        self.relu1 = nn.ReLU(inplace=True)
-        self.conv1 = nn.Conv2d(c_in, bottleneck * growth, 1, bias=False)
-        self.norm2 = nn.BatchNorm2d(bottleneck * growth)
-        self.relu2 = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(bottleneck * growth, growth, 3, padding=1, bias=False)
-
-    def forward(self, features: list[Tensor]) -> Tensor:
-        x = self.conv1(self.relu1(self.norm1(torch.cat(features, 1))))
-        return self.conv2(self.relu2(self.norm2(x)))  # (B, growth, h, w)
-
-
-class DenseBlock(nn.ModuleDict):
-    """torchvision's `_DenseBlock`: every layer sees the concatenation of the block's input and all earlier outputs."""
-
-    def __init__(self, layers: int, c_in: int, growth: int = 32):
-        super().__init__({f"denselayer{i + 1}": DenseLayer(c_in + i * growth, growth) for i in range(layers)})
-
-    def forward(self, x: Tensor) -> Tensor:
-        features = [x]
-        for layer in self.values():
-            features.append(layer(features))
-        return torch.cat(features, 1)
-
-
-def densenet121_features() -> nn.Sequential:
-    """`torchvision.models.densenet121(weights=None).features`, built here: importing torchvision brings in
-    torch._dynamo and triton (about 160 MiB resident and 0.8 s for `run.py --test`, which needs neither).
-
-    The same module names (so the same checkpoint keys), operations and random initialisation: modules are made and
-    initialised in torchvision's order, its classifier included and then dropped, so that the same seed gives the
-    same weights here and in every module built after the encoder (tests/test_decoder_split.py checks it).
-    """
-    features = nn.Sequential(OrderedDict(conv0=nn.Conv2d(3, 64, 7, 2, 3, bias=False), norm0=nn.BatchNorm2d(64),
-                                         relu0=nn.ReLU(inplace=True), pool0=nn.MaxPool2d(3, 2, 1)))
-    c = 64
-    for i, layers in enumerate((6, 12, 24, 16)):
-        features.add_module(f"denseblock{i + 1}", DenseBlock(layers, c))
-        c += 32 * layers
-        if i < 3:
-            features.add_module(f"transition{i + 1}", nn.Sequential(OrderedDict(
-                norm=nn.BatchNorm2d(c), relu=nn.ReLU(inplace=True), conv=nn.Conv2d(c, c // 2, 1, bias=False),
-                pool=nn.AvgPool2d(2, 2))))
-            c //= 2
-    features.add_module("norm5", nn.BatchNorm2d(c))
-    classifier = nn.Linear(c, 1000)
-    for m in [*features.modules(), classifier]:
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.zeros_(m.bias)
-    return features
-
-
-def imagenet_backbone(name: str, pretrained: bool) -> nn.Module:
-    """A torchvision backbone, with its ImageNet weights (torchvision's IMAGENET1K_V1 file) only when asked for.
-
-    The file is loaded by weights.load_imagenet_weights, not by torchvision: its SHA-256 is checked against the hash
-    its name carries before anything is unpickled, and it is unpickled with weights_only=True, so a file planted in
-    the torch hub cache cannot run code. Without internet the error names the URL, the folder and --no-pretrained.
-    DenseNet-121 without ImageNet weights (inference from a checkpoint) comes from densenet121_features, without
-    importing torchvision (whose import alone holds 160 MiB: it loads torch._dynamo and triton).
-    """
-    if name == "densenet121" and not pretrained:
-        return densenet121_features()
-    import torchvision as tv
-
-    net = getattr(tv.models, name)(weights=None)
-    if pretrained:
-        weights.load_imagenet_weights(net, getattr(tv.models, IMAGENET_WEIGHTS[name]).IMAGENET1K_V1)
-    return net.features if name == "densenet121" else net
 
 
 class Encoder(nn.Module):
@@ -185,7 +68,7 @@ class Encoder(nn.Module):
     def __init__(self, name: str = "densenet121", pretrained: bool = False):
         super().__init__()
         layers, self.taps = ENCODER_LAYERS[name]
-        backbone = imagenet_backbone(name, pretrained)
+        backbone = densenet121_features(pretrained) if name == "densenet121" else resnet_trunk(name, 3, pretrained)
         for n in layers:  # the official keys name the backbone's own submodules (vos.encoder.denseblock1...)
             self.add_module(n, getattr(backbone, n))
         self.layers = layers
@@ -223,8 +106,8 @@ def deconv(c_in: int, c_out: int, k: int, s: int, p: int) -> nn.Sequential:
 def conv_transpose_gemm(x: Tensor, layer: nn.ConvTranspose2d) -> Tensor:
     """layer(x) as a 1x1 convolution to C_out k k channels and col2im (F.fold): the same sums in another order.
 
-    oneDNN's transposed convolution is slow with EMVOS's 2 output channels (deconv3 at 854x480: 0.96 GFLOP in
-    about 28 ms on this project's CPU); as a 1x1 convolution and a scatter-add it takes about 5 ms.
+    oneDNN's transposed convolution is slow with EMVOS's 2 output channels (deconv3 at 854x480: 0.96 GFLOP); as a
+    1x1 convolution and a scatter-add (F.fold) the same sums avoid that kernel.
     Stride, padding and kernel as the layer's; no output padding, dilation or groups (EMVOS has none).
     """
     b, _, h, w = x.shape
@@ -328,7 +211,7 @@ class Decoder(nn.Module):
         """
         b, n = scores.shape[:2]
         # torch.cat keeps channels_last only when every input is in it; otherwise the next conv converts its input
-        # back, a copy of (B*N, 258, H/4, W/4) per call (bench.py: 7 ms per object at 854x480 on CPU)
+        # back, a copy of (B*N, 258, H/4, W/4) per call, per object
         cl = shared.maps[0].is_contiguous(memory_format=torch.channels_last)
         fmt = torch.channels_last if cl else torch.contiguous_format
         own = torch.cat([scores.flatten(0, 1), prev_mask16.flatten(0, 1)], dim=1).contiguous(memory_format=fmt)
@@ -442,6 +325,8 @@ class VideoState:
 
 class EMVOS(nn.Module):
     """Encoder + surjective / equalized matching against the first and the previous frame + decoder."""
+
+    stride = 16  # of f16, the coarsest map: frames are padded to a multiple of it (framework.VOSModel)
 
     def __init__(self, config: ModelConfig | None = None, pretrained: bool = False):
         super().__init__()
@@ -562,86 +447,6 @@ def emvos_loss(logits: Tensor, gt: Tensor) -> Tensor:
     every pixel of every frame, as the official nn.CrossEntropyLoss on scores.view(-1, 2, H, W). Computed in fp32
     (under --amp the logits come out in bf16 / fp16)."""
     return F.cross_entropy(logits.flatten(0, 1).float(), gt.flatten(0, 1))
-
-
-def clip_forward(net: nn.Module, imgs: Tensor, first_masks: Tensor, aggregate: bool = False) -> Tensor:
-    """The training forward of any method with the streaming interface: clips with only the first frame's mask
-    given, one object (id 1); each frame's prediction becomes the next frame's previous mask.
-
-    imgs: (B, L, 3, H, W) RGB in [0, 1]; first_masks: (B, H, W) with values 0/1.
-    aggregate: False (EMVOS, as the official training): the previous soft mask is the softmax of the last logits.
-    True (VideoMatch): it goes through aggregate_objects as at test time (for one object p^2 / (p^2 + (1 - p)^2)),
-    so that an online-update threshold the test-time update reaches is reached in training too.
-    Returns the logits of frames 1..L-1, (B, L-1, 2, H, W), with the padding to a multiple of 16 cropped off.
-    """
-    b, length, _, height, width = imgs.shape
-    padding = get_padding(height, width)
-    imgs = pad(imgs.flatten(0, 1), padding).unflatten(0, (b, length))
-    first = pad_mask(first_masks, padding)
-    feats = net.encode(imgs[:, 0])
-    state = net.init_state(feats, one_hot(first, [1], imgs.dtype))
-    logits = []
-    for i in range(1, length):
-        feats = net.encode(imgs[:, i])
-        logit = net.predict(feats, state)  # (B, 1, 2, H, W)
-        logits.append(logit[:, 0])
-        if i < length - 1:
-            probs = torch.softmax(logit, dim=2)
-            net.update(state, feats, aggregate_objects(probs)[1] if aggregate else probs)
-    return unpad(torch.stack(logits, dim=1), padding)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# padding, masks, aggregation
-# ---------------------------------------------------------------------------------------------------------------
-
-def get_padding(height: int, width: int, div: int = 16) -> tuple[int, int, int, int]:
-    """(left, right, top, bottom) to reach multiples of div; the odd pixel goes left/top, as in the official code."""
-    h_pad, w_pad = (div - height % div) % div, (div - width % div) % div
-    return (w_pad + 1) // 2, w_pad // 2, (h_pad + 1) // 2, h_pad // 2
-
-
-def pad(x: Tensor, padding: tuple[int, int, int, int]) -> Tensor:
-    """Reflect-pad (B, C, H, W) images."""
-    return F.pad(x, padding, mode="reflect") if any(padding) else x
-
-
-def pad_mask(mask: Tensor, padding: tuple[int, int, int, int]) -> Tensor:
-    """Reflect-pad (B, H, W) id masks (reflect padding needs floats, as in the official code)."""
-    return pad(mask[:, None].float(), padding)[:, 0].long() if any(padding) else mask
-
-
-def unpad(x: Tensor, padding: tuple[int, int, int, int]) -> Tensor:
-    """Crop the padding off (..., H, W)."""
-    left, right, top, bottom = padding
-    return x[..., top:x.shape[-2] - bottom, left:x.shape[-1] - right]
-
-
-def one_hot(mask: Tensor, ids: list[int], dtype: torch.dtype = torch.float32) -> Tensor:
-    """(B, H, W) id mask -> (B, n, 2, H, W) [mask != id, mask == id] for each id."""
-    fg = torch.stack([mask == i for i in ids], dim=1).to(dtype)  # (B, n, H, W)
-    return torch.stack([1 - fg, fg], dim=2)
-
-
-def aggregate_objects(probs: Tensor, eps: float = 1e-7) -> tuple[Tensor, Tensor]:
-    """Soft aggregation of the objects' [bg, fg] probabilities (official EMVOS; as in RGMP / STM).
-
-    Background is the minimum of the objects' background probabilities; each class's odds p / (1 - p), with both
-    terms clamped to [eps, 1 - eps], are normalised by the sum of all odds.
-
-    Args:
-        probs: (B, N, 2, H, W) per-object [bg, fg] probabilities.
-    Returns:
-        labels: (B, H, W) in 0..N (0 background; ties go to the lower index, background first), and
-        aggregated: (B, N, 2, H, W) the objects' [1 - p, p] after aggregation (the next frame's previous masks).
-    """
-    bg = probs[:, :, 0].amin(dim=1, keepdim=True)  # (B, 1, H, W)
-    odds = torch.cat([bg.clamp(eps, 1 - eps) / (1 - bg).clamp(eps, 1 - eps),
-                      probs[:, :, 1].clamp(eps, 1 - eps) / probs[:, :, 0].clamp(eps, 1 - eps)], dim=1)  # (B, 1+N, H, W)
-    p = odds / odds.sum(dim=1, keepdim=True)
-    labels = p.max(dim=1).indices  # the first maximum, as argmax; argmax over this dim is 20x slower on CPU (30 ms)
-    fg = p[:, 1:]
-    return labels, torch.stack([1 - fg, fg], dim=2)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -171,8 +171,9 @@ def stage_configs(opts: TrainOptions, method: Method) -> list[StageConfig]:
             raise VOSInputError(f"--clip-len must be at least 2: the loss covers frames 1..L-1 (stage {s.name})")
         if s.val_every < 0:
             raise VOSInputError("--val-every must be 0 (never) or more")
-        if min(s.crop) < 16:
-            raise VOSInputError(f"--crop {s.crop[0]} {s.crop[1]} is too small; the network's stride is 16")
+        stride = method.model.stride
+        if min(s.crop) < stride:
+            raise VOSInputError(f"--crop {s.crop[0]} {s.crop[1]} is too small; {method.name}'s stride is {stride}")
     return stages
 
 

@@ -2,7 +2,7 @@
 
 Image I/O comes first: reading frames and object-id masks, and writing masks as DAVIS palette PNGs. Every bad
 input raises `VOSInputError` with a message that names the file and the fix, so that a user sees one readable line
-instead of a PIL traceback.
+instead of a PIL traceback. Then writing files atomically, parsing memory sizes and probing free memory.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-import cv2
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -206,80 +205,9 @@ def save_mask(path: str | os.PathLike, mask: np.ndarray) -> None:
     atomic_write(path, lambda f: img.save(f, format="PNG"))
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Visualisation (both methods). Files only: nothing opens a window or waits for one, so it runs on a headless server.
-# ----------------------------------------------------------------------------------------------------------------------
-
-_PALETTE_RGB = np.array(DAVIS_PALETTE, dtype=np.uint8).reshape(256, 3)
-
-
-def overlay_mask(frame: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """Blend each object's palette colour into a frame.
-
-    Args:
-        frame: (H, W, 3) uint8 RGB.
-        mask: (H, W) object ids (0 = background, left as it is).
-        alpha: weight of the colour on object pixels.
-    Returns:
-        (H, W, 3) uint8 RGB.
-    """
-    frame = np.asarray(frame, dtype=np.uint8)
-    mask = np.asarray(mask)
-    if mask.shape != frame.shape[:2]:
-        raise ValueError(f"mask {mask.shape} and frame {frame.shape[:2]} differ in size; resize the mask to the frame")
-    colour = _PALETTE_RGB[mask.astype(np.uint8)].astype(np.float32)  # (H, W, 3)
-    blended = (1 - alpha) * frame.astype(np.float32) + alpha * colour
-    return np.where((mask != 0)[..., None], np.rint(blended), frame).astype(np.uint8)
-
-
-class OverlayWriter:
-    """An MP4 (codec mp4v) of frames with their masks blended in, written one frame at a time (never blocks on a
-    window, holds no frame): `write(frame, mask)` per frame, then `close()`; also a context manager."""
-
-    def __init__(self, path: str | os.PathLike, fps: float = 24.0, alpha: float = 0.5) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fps, self.alpha = fps, alpha
-        self.count = 0
-        self._writer: cv2.VideoWriter | None = None
-        self._size: tuple[int, int] | None = None
-
-    def write(self, frame: np.ndarray, mask: np.ndarray) -> None:
-        """frame: (H, W, 3) uint8 RGB; mask: (H, W) object ids."""
-        image = overlay_mask(frame, mask, self.alpha)
-        height, width = image.shape[:2]
-        if self._writer is None:
-            self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (width, height))
-            if not self._writer.isOpened():
-                raise RuntimeError(f"OpenCV cannot write '{self.path}' with codec mp4v; give a path ending in .mp4 "
-                                   f"in a writable folder")
-            self._size = (height, width)
-        elif (height, width) != self._size:  # VideoWriter would drop the frame without a word
-            raise ValueError(f"frame {self.count} is {width}x{height} but the video '{self.path}' is "
-                             f"{self._size[1]}x{self._size[0]}; all frames of one video must have one size")
-        self._writer.write(np.ascontiguousarray(image[:, :, ::-1]))  # OpenCV takes BGR
-        self.count += 1
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.release()
-            self._writer = None
-
-    def __enter__(self) -> OverlayWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def colorize(prob: np.ndarray, colormap: int = cv2.COLORMAP_JET) -> np.ndarray:
-    """(H, W) values in [0, 1] -> (H, W, 3) uint8 RGB through an OpenCV colour map (JET: 0 blue, 1 red)."""
-    grey = np.rint(np.clip(np.asarray(prob, dtype=np.float32), 0, 1) * 255).astype(np.uint8)
-    return cv2.applyColorMap(grey, colormap)[:, :, ::-1]
-
-
 def parse_bytes(text: str) -> int | str | None:
-    """--max-memory: '4G', '512M', '1e9' -> bytes; 'none' -> None (no bound); 'auto' stays (EMVOS.set_memory_budget)."""
+    """--max-memory: '4G', '512M', '1e9' -> bytes; 'none' -> None (no bound); 'auto' stays 'auto' (resolved per
+    frame by framework.Runtime.budget_bytes)."""
     text = text.strip().lower()
     if text == "auto":
         return text

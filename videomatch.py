@@ -1,6 +1,6 @@
 """VideoMatch (Hu, Huang and Schwing, "VideoMatch: Matching based Video Object Segmentation", ECCV 2018).
 
-The second method, with the same streaming interface as EMVOS (`methods.VOSModel`: encode / init_state /
+The second method, with the same streaming interface as EMVOS (`framework.VOSModel`: encode / init_state /
 add_objects / predict / update / forward), so the same driver runs it and its objects go through the same soft
 aggregation. There is no decoder network: the soft matching layer's scores, upsampled, are the logits.
 Shapes: B clips, N objects, HW the positions of the stride-8 feature map (times the upsample factor), H x W the
@@ -8,7 +8,6 @@ Shapes: B clips, N objects, HW the positions of the stride-8 feature map (times 
 """
 
 import math
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -19,8 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import matching
-import model
-from model import DEFAULT_RUNTIME, Runtime, imagenet_backbone
+from backbones import resnet_trunk, vgg19_features, vgg19_modules
+from framework import DEFAULT_RUNTIME, Runtime, clip_forward
 
 # The largest aggregated foreground probability (the probabilities `update` receives) an object can reach while both of
 # its reference sets are non-empty. Every encoder here ends with a ReLU (VGG-19's after conv4_4, ResNet-101's layer2),
@@ -81,25 +80,28 @@ VIDEOMATCH_ENCODERS = {
 }
 
 
+def vgg19_layers(name: str) -> list[str]:
+    """The torchvision names of the `vgg19().features` modules an encoder keeps ('vgg19' or 'vgg19_conv5')."""
+    modules = vgg19_modules()
+    pools = [k for k, (_, kind, _, _) in enumerate(modules) if kind == "pool"]
+    if name == "vgg19":  # the port: everything before the second-to-last max-pool
+        return [m[0] for m in modules[:pools[-2]]]
+    return [m[0] for k, m in enumerate(modules) if k not in pools[-2:]]
+
+
 class VideoMatchEncoder(nn.Module):
     """The Siamese feature extractor: RGB in [0, 1] (B, 3, H, W) -> (B, 512, H/8 * f, W/8 * f), f the upsample factor.
 
-    Weights are `features.<torchvision name>`, so ImageNet weights come from the torchvision model as is.
+    Weights are `features.<torchvision name>`, so ImageNet weights come from the torchvision file as they are; only
+    the modules kept are built (backbones.py).
     """
 
     def __init__(self, name: str = "vgg19", pretrained: bool = False, upsample: float = 1.0):
         super().__init__()
-        backbone = imagenet_backbone("vgg19" if name.startswith("vgg19") else name, pretrained)
         if name.startswith("vgg19"):
-            children = list(backbone.features.named_children())
-            pools = [k for k, (_, m) in enumerate(children) if isinstance(m, nn.MaxPool2d)]
-            if name == "vgg19":  # the port: everything before the second-to-last max-pool
-                layers = children[:pools[-2]]
-            else:
-                layers = [c for k, c in enumerate(children) if k not in pools[-2:]]
+            self.features = vgg19_features(vgg19_layers(name), pretrained)
         else:
-            layers = [(n, getattr(backbone, n)) for n in VIDEOMATCH_ENCODERS[name]]
-        self.features = nn.Sequential(OrderedDict(layers))
+            self.features = resnet_trunk(name, 2, pretrained)
         self.upsample = upsample
         # ImageNet normalisation inside the network (the port does it in preprocessing, the same arithmetic)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
@@ -153,10 +155,15 @@ def object_masks(probs: Tensor) -> Tensor:
 class VideoMatch(nn.Module):
     """Siamese encoder + soft matching layer (top-K mean of cosine similarities) + outlier removal."""
 
+    stride = 8  # of the encoder's features: frames are padded to a multiple of it (framework.VOSModel)
+
     def __init__(self, config: VideoMatchConfig | None = None, pretrained: bool = False):
         super().__init__()
         self.config = config or VideoMatchConfig()
         self.encoder = VideoMatchEncoder(self.config.encoder, pretrained, self.config.upsample)
+        # Query positions per top-K chunk of the soft matching layer (matching.soft_match), a bound on its
+        # temporaries; None: all at once. How to run, not what the model is, so not part of the config.
+        self.topk_chunk: int | None = None
 
     def train(self, mode: bool = True) -> "VideoMatch":
         super().train(mode)
@@ -177,7 +184,7 @@ class VideoMatch(nn.Module):
         """Soft matching layer (Sec. 3.1): [bg, fg] scores of every object, (B, N, 2, h, w), in [-1, 1]."""
         ref_feats, sets = state.reference()
         sim = matching.cosine_similarity(ref_feats, feats.flatten(2))  # (B, HW_r, HW_q), one for all objects
-        scores = matching.soft_match(sim, sets, self.config.topk, runtime.topk_chunk)  # (B, N, 2, HW_q)
+        scores = matching.soft_match(sim, sets, self.config.topk, self.topk_chunk)  # (B, N, 2, HW_q)
         return scores.unflatten(3, feats.shape[-2:])
 
     def decode(self, scores: Tensor, size: tuple[int, int]) -> Tensor:
@@ -209,7 +216,7 @@ class VideoMatch(nn.Module):
 
     def update(self, state: MatchState, feats: Tensor, probs: Tensor) -> None:
         """After a frame, with the aggregated soft masks probs (B, N, 2, H, W), as the driver (inference.py) and
-        `forward` pass them: model.aggregate_objects of the softmax of `predict`'s logits.
+        `forward` pass them: framework.aggregate_objects of the softmax of `predict`'s logits.
 
         Its id mask becomes the previous mask of outlier removal. With the online update (Sec. 3.3), this frame's
         confidently predicted positions (matching.confident_sets: cell-averaged foreground probability >=
@@ -246,16 +253,16 @@ class VideoMatch(nn.Module):
     # --- training forward ------------------------------------------------------------------------------------------
     def forward(self, imgs: Tensor, first_masks: Tensor) -> Tensor:
         """Training forward: clips (B, L, 3, H, W) RGB in [0, 1], first masks (B, H, W) in {0, 1} -> the logits of
-        frames 1..L-1, (B, L-1, 2, H, W), the padding to a multiple of 16 cropped off.
+        frames 1..L-1, (B, L-1, 2, H, W), the padding to a multiple of the stride (8) cropped off.
 
         The paper and the port train on pairs (L = 2): the first frame's mask given, the second predicted; `update`
         is never called then. Longer clips carry the previous mask along and, with the online update, the confident
-        sets, from the probabilities `update` gets at test time (the softmax through model.aggregate_objects, which
+        sets, from the probabilities `update` gets at test time (the softmax through framework.aggregate_objects, which
         for one object is p^2 / (p^2 + (1 - p)^2)), so a threshold that the test-time update reaches is reached here
         too (EMVOS's training passes the plain softmax, as the official code, which here never leaves [0.27, 0.73]).
         No outlier removal in training.
         """
-        return model.clip_forward(self, imgs, first_masks, aggregate=True)
+        return clip_forward(self, imgs, first_masks, aggregate=True)
 
 
 # --- checkpoints of the port (stashvala/Pytorch-VideoMatch) -------------------------------------------------------

@@ -1,4 +1,7 @@
-"""Figures that a person can read and that never block: PNG files drawn with OpenCV and PIL, no window.
+"""Figures and videos that a person can read and that never block: files drawn with OpenCV and PIL, no window.
+
+- `overlay_mask`, `OverlayWriter`: frames with their masks blended in the DAVIS palette colours, as images or as an
+  MP4 written one frame at a time (`run.py --visualize`); `colorize`: probabilities through OpenCV's JET map.
 
 - `save_probability_figure`: a frame beside each object's foreground and background probability maps, with a colour
   bar; for `run.py --visualize` (the frame's own probabilities as the driver keeps them).
@@ -14,6 +17,7 @@ Panels are labelled with cv2.putText (matplotlib is not a dependency); probabili
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,8 +30,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 import samplers
-from model import aggregate_objects, get_padding, one_hot, pad, pad_mask, unpad
-from utils import OverlayWriter, VOSInputError, colorize, overlay_mask, read_frame, read_mask
+from framework import aggregate_objects, get_padding, one_hot, pad, pad_mask, unpad
+from utils import DAVIS_PALETTE, VOSInputError, read_frame, read_mask
 from videomatch import VideoMatch
 
 PANEL_HEIGHT = 240  # pixels of every panel's picture; widths follow each picture's aspect ratio
@@ -35,6 +39,79 @@ LABEL_HEIGHT = 26  # the white strip above each panel that names it (one or two 
 GAP = 8  # white space between panels
 WHITE = 255
 FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# overlays and colour maps (both methods)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+PALETTE_RGB = np.array(DAVIS_PALETTE, dtype=np.uint8).reshape(256, 3)
+
+
+def overlay_mask(frame: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Blend each object's palette colour into a frame.
+
+    Args:
+        frame: (H, W, 3) uint8 RGB.
+        mask: (H, W) object ids (0 = background, left as it is).
+        alpha: weight of the colour on object pixels.
+    Returns:
+        (H, W, 3) uint8 RGB.
+    """
+    frame = np.asarray(frame, dtype=np.uint8)
+    mask = np.asarray(mask)
+    if mask.shape != frame.shape[:2]:
+        raise ValueError(f"mask {mask.shape} and frame {frame.shape[:2]} differ in size; resize the mask to the frame")
+    colour = PALETTE_RGB[mask.astype(np.uint8)].astype(np.float32)  # (H, W, 3)
+    blended = (1 - alpha) * frame.astype(np.float32) + alpha * colour
+    return np.where((mask != 0)[..., None], np.rint(blended), frame).astype(np.uint8)
+
+
+class OverlayWriter:
+    """An MP4 (codec mp4v) of frames with their masks blended in, written one frame at a time (never blocks on a
+    window, holds no frame): `write(frame, mask)` per frame, then `close()`; also a context manager."""
+
+    def __init__(self, path: str | os.PathLike, fps: float = 24.0, alpha: float = 0.5) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fps, self.alpha = fps, alpha
+        self.count = 0
+        self._writer: cv2.VideoWriter | None = None
+        self._size: tuple[int, int] | None = None
+
+    def write(self, frame: np.ndarray, mask: np.ndarray) -> None:
+        """frame: (H, W, 3) uint8 RGB; mask: (H, W) object ids."""
+        image = overlay_mask(frame, mask, self.alpha)
+        height, width = image.shape[:2]
+        if self._writer is None:
+            self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (width, height))
+            if not self._writer.isOpened():
+                raise RuntimeError(f"OpenCV cannot write '{self.path}' with codec mp4v; give a path ending in .mp4 "
+                                   f"in a writable folder")
+            self._size = (height, width)
+        elif (height, width) != self._size:  # VideoWriter would drop the frame without a word
+            raise ValueError(f"frame {self.count} is {width}x{height} but the video '{self.path}' is "
+                             f"{self._size[1]}x{self._size[0]}; all frames of one video must have one size")
+        self._writer.write(np.ascontiguousarray(image[:, :, ::-1]))  # OpenCV takes BGR
+        self.count += 1
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+
+    def __enter__(self) -> OverlayWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def colorize(prob: np.ndarray, colormap: int = cv2.COLORMAP_JET) -> np.ndarray:
+    """(H, W) values in [0, 1] -> (H, W, 3) uint8 RGB through an OpenCV colour map (JET: 0 blue, 1 red)."""
+    grey = np.rint(np.clip(np.asarray(prob, dtype=np.float32), 0, 1) * 255).astype(np.uint8)
+    return cv2.applyColorMap(grey, colormap)[:, :, ::-1]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -250,7 +327,7 @@ def probability_maps(model: VideoMatch, ref_image: str | Path, ref_mask: str | P
     model.eval()
     try:
         h, w = ref.shape[:2]
-        padding = get_padding(h, w)
+        padding = get_padding(h, w, model.stride)
         given = pad_mask(torch.from_numpy(ids)[None].long().to(device), padding)
         state = model.init_state(model.encode(pad(_tensor(ref, device), padding)), one_hot(given, objects))
         paths = []

@@ -449,6 +449,7 @@ def load_imagenet_weights(
     cache_dir: Path | None = None,
     download: bool = True,
     progress: bool = True,
+    dropped: tuple[str, ...] = (),
 ) -> None:
     """Load ImageNet weights into `net` (strict), checking the file's SHA-256 before anything is unpickled.
 
@@ -460,11 +461,14 @@ def load_imagenet_weights(
     does.
 
     Args:
-        net: the torchvision network, e.g. `torchvision.models.densenet121(weights=None)`.
+        net: a network with torchvision's module names, e.g. `torchvision.models.densenet121(weights=None)` or a
+            backbones.py trunk.
         weights_entry: e.g. `torchvision.models.DenseNet121_Weights.IMAGENET1K_V1`, or anything with `.url`.
         cache_dir: the folder of downloaded weights.
         download: False forbids the network (so does EMVOS_NO_DOWNLOAD).
         progress: show a progress bar while downloading.
+        dropped: names of the file's modules that `net` leaves out (a classifier, later stages): their keys are
+            skipped; every other key must fit `net` and every key of `net` must be in the file.
     Raises:
         ValueError: the URL's file name carries no hash (`<name>-<hex>.pth`), so the file could not be checked.
         WeightsUnavailableError: the file is missing and cannot be downloaded now.
@@ -521,4 +525,5 @@ def load_imagenet_weights(
         old = _OLD_DENSENET_KEY.match(key)
         if old:
             state[old.group(1) + old.group(2)] = state.pop(key)
+    state = {k: v for k, v in state.items() if not any(k == d or k.startswith(d + ".") for d in dropped)}
     net.load_state_dict(state, strict=True)

@@ -192,25 +192,22 @@ def test_davis_2017_layout(davis2017_root: Path) -> None:
     assert DAVIS(davis2017_root, "2017", "trainval").sequences == ["bear", "boat", "hockey"]
 
 
-def test_davis_test_dev(davis2017_root: Path, tmp_path: Path) -> None:
+def test_davis_test_dev(davis2017_copy: Path) -> None:
     """Fails if test-dev claims ground truth (J&F would be computed on first-frame masks only), or its masks are
     not zipped flat for the DAVIS server."""
     with pytest.raises(VOSInputError, match="test-dev.txt.*test-dev-480p"):
-        DAVIS(davis2017_root, "2017", "test-dev")
-    (davis2017_root / "ImageSets" / "2017" / "test-dev.txt").write_text("hockey\n")
-    try:
-        ds = DAVIS(davis2017_root, "2017", "test-dev")
-        v = next(ds.videos())
-        assert not ds.has_annotations and list(v.given_masks) == [0] and ds.submission_prefix == ""
-        with pytest.raises(VOSInputError, match="server"):
-            ds.annotations("hockey")
-        with pytest.raises(VOSInputError, match="server"):
-            ds.ground_truth()
-    finally:
-        (davis2017_root / "ImageSets" / "2017" / "test-dev.txt").unlink()
+        DAVIS(davis2017_copy, "2017", "test-dev")
+    (davis2017_copy / "ImageSets" / "2017" / "test-dev.txt").write_text("hockey\n")
+    ds = DAVIS(davis2017_copy, "2017", "test-dev")
+    v = next(ds.videos())
+    assert not ds.has_annotations and list(v.given_masks) == [0] and ds.submission_prefix == ""
+    with pytest.raises(VOSInputError, match="server"):
+        ds.annotations("hockey")
+    with pytest.raises(VOSInputError, match="server"):
+        ds.ground_truth()
 
 
-def test_davis_errors(davis2016_copy: Path, davis2017_root: Path, tmp_path: Path) -> None:
+def test_davis_errors(davis2016_copy: Path, davis2017_copy: Path, tmp_path: Path) -> None:
     """Fails if a bad root, a missing split list, a 2017 request on the 2016 download, an unknown sequence or a
     listed but missing frame or folder gets past the reader (or names no file and fix)."""
     with pytest.raises(VOSInputError, match=r"'.*nowhere' has no JPEGImages/480p; pass --davis PATH"):
@@ -227,12 +224,9 @@ def test_davis_errors(davis2016_copy: Path, davis2017_root: Path, tmp_path: Path
     with pytest.raises(VOSInputError, match="00099.jpg.*train.txt"):
         list(DAVIS(davis2016_copy, "2016", "train").videos(["bear"]))
     # A sequence listed in the 2017 layout whose folder is missing.
-    (davis2017_root / "ImageSets" / "2017" / "val.txt").write_text("bear\nghost\n")
-    try:
-        with pytest.raises(VOSInputError, match="ghost"):
-            list(DAVIS(davis2017_root, "2017", "val").videos())
-    finally:
-        (davis2017_root / "ImageSets" / "2017" / "val.txt").write_text("bear\nboat\n")
+    (davis2017_copy / "ImageSets" / "2017" / "val.txt").write_text("bear\nghost\n")
+    with pytest.raises(VOSInputError, match="ghost"):
+        list(DAVIS(davis2017_copy, "2017", "val").videos())
 
 
 def test_davis_2017_missing_frame_or_annotation_is_refused(davis2017_copy: Path) -> None:
@@ -654,7 +648,7 @@ def test_coco_warp_fill_colour(coco_converted_root: Path) -> None:
     assert filled > 0
 
 
-def test_training_errors(tmp_path: Path, coco_raw_root: Path, ytvos_train_root: Path, davis2017_root: Path) -> None:
+def test_training_errors(tmp_path: Path, coco_raw_root: Path, ytvos_train_root: Path, davis2017_copy: Path) -> None:
     with pytest.raises(VOSInputError, match="has no train/JPEGImages; pass --ytvos PATH"):
         TrainYTVOS(tmp_path / "none")
     with pytest.raises(VOSInputError, match=r"neither JPEGImages/.*instances_train2017.json.*--coco PATH"):
@@ -677,9 +671,6 @@ def test_training_errors(tmp_path: Path, coco_raw_root: Path, ytvos_train_root: 
     with pytest.raises(VOSInputError, match="'.*nowhere' has no JPEGImages/480p; pass --davis PATH"):
         TrainDAVIS(tmp_path / "nowhere")
     missing_list = r"split list '.*ImageSets/2017/val\.txt' does not exist; it ships with DAVIS"
+    (davis2017_copy / "ImageSets" / "2017" / "val.txt").unlink()
     with pytest.raises(VOSInputError, match=missing_list):
-        (davis2017_root / "ImageSets" / "2017" / "val.txt").rename(tmp_path / "val.txt")
-        try:
-            TrainDAVIS(davis2017_root, split="val")
-        finally:
-            (tmp_path / "val.txt").rename(davis2017_root / "ImageSets" / "2017" / "val.txt")
+        TrainDAVIS(davis2017_copy, split="val")

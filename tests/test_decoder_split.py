@@ -11,10 +11,11 @@ import torch
 from conftest import SHARED
 from PIL import Image
 
+from framework import DEFAULT_RUNTIME as DEFAULT
+from framework import Runtime
 from inference import VideoSegmenter
 from methods import load_weights
-from model import DEFAULT_RUNTIME as DEFAULT
-from model import EMVOS, Decoder, FrameFeatures, Runtime
+from model import EMVOS, Decoder, FrameFeatures
 
 GOLDEN = SHARED / "golden"
 DAVIS = SHARED / "data" / "DAVIS2016"

@@ -19,7 +19,7 @@ from torch import Tensor
 
 import methods
 import run
-from model import Runtime, clip_forward
+from framework import Runtime, clip_forward
 from videomatch import bce_loss
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,6 +38,8 @@ class PropagateState:
 
 
 class Propagate(nn.Module):
+    stride = 1  # works at any frame size: no padding
+
     def __init__(self, config: PropagateConfig | None = None, pretrained: bool = False):
         super().__init__()
         self.config = config or PropagateConfig()
@@ -128,3 +130,23 @@ def test_import_run_loads_each_module_once() -> None:
     out = subprocess.run([sys.executable, "-c", code, str(ROOT)], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert int(out.stdout) >= 9  # run, inference, methods, model, videomatch, matching, dataset, evaluation, ...
+
+
+def test_generic_modules_import_nothing_from_model() -> None:
+    """Bug: code every method needs (padding, aggregation, the driver, figures, training, readers) reached through
+    EMVOS's module, so that VideoMatch silently inherits EMVOS's choices (its stride 16) and cannot be used without
+    it. model.py is EMVOS: only its own callers (the method table, the reference, bench.py) may import it."""
+    generic = ["framework", "backbones", "matching", "videomatch", "inference", "visualize", "trainer", "dataset",
+               "utils", "weights", "evaluation"]
+    generic += [name for name in ("samplers",) if (ROOT / f"{name}.py").is_file()]
+    offenders = {}
+    for name in generic:
+        imported = set()
+        for node in ast.walk(ast.parse((ROOT / f"{name}.py").read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+        if "model" in imported:
+            offenders[name] = sorted(imported & {"model"})
+    assert offenders == {}

@@ -6,9 +6,10 @@ import pytest
 import torch
 from conftest import SHARED
 
+from framework import Runtime
 from inference import VideoSegmenter
 from methods import load_weights
-from model import EMVOS, Runtime, from_official, to_official
+from model import EMVOS, from_official, to_official
 
 GOLDEN = SHARED / "golden"
 CASES = GOLDEN / "cases.npz"

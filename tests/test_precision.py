@@ -11,9 +11,9 @@ import torch
 from conftest import SHARED
 from PIL import Image
 
-from bench import capture_logits
 from inference import VideoSegmenter
 from methods import load_weights
+from reference import capture_logits
 
 WEIGHTS = SHARED / "golden" / "emvos_official.pth"
 BEAR = SHARED / "data" / "DAVIS2016"

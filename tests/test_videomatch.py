@@ -16,9 +16,9 @@ import matching
 import methods
 import run
 import trainer
+from framework import one_hot
 from inference import VideoSegmenter
 from methods import build_model
-from model import aggregate_objects, one_hot
 from samplers import Roots, TrainDAVIS
 from utils import VOSInputError
 from videomatch import (
@@ -162,18 +162,25 @@ def test_two_objects_aggregate_into_one_mask(tiny_model: VideoMatch) -> None:
     assert seg.state.prev_mask.shape == (1, 2, 64, 96)
 
 
-def test_videomatch_matches_manual_aggregation(tiny_model: VideoMatch) -> None:
-    frames, mask = tiny_video()
-    imgs = torch.stack(frames[:2])
-    with torch.no_grad():
-        feats = tiny_model.encode(imgs)
-        state = tiny_model.init_state(feats[:1], one_hot(mask[None], [1, 2]))
-        logits = tiny_model.predict(feats[1:], state)  # (1, 2, 2, 64, 96)
-    assert logits.shape == (1, 2, 2, 64, 96)
-    labels, _ = aggregate_objects(torch.softmax(logits, dim=2))
+def test_driver_pads_videomatch_to_its_stride(tiny_model: VideoMatch, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bug: the driver padding every model to EMVOS's stride 16, so that VideoMatch (stride 8) matches reflected
+    border pixels that are not in the frame; or the padding not cropped off the labels and probabilities."""
+    frames, mask = tiny_video(50, 84)  # stride 8 pads to 56 x 88; stride 16 would pad to 64 x 96
+    sizes = []
+    encode = tiny_model.encode
+
+    def spy(img: torch.Tensor) -> torch.Tensor:
+        sizes.append(tuple(img.shape[-2:]))
+        return encode(img)
+
+    monkeypatch.setattr(tiny_model, "encode", spy)
     seg = VideoSegmenter(tiny_model)
-    seg.step(frames[0], mask)
-    assert torch.equal(seg.step(frames[1])[0], labels[0])
+    labels, _ = seg.step(frames[0], mask)
+    assert torch.equal(labels, mask)
+    labels, probs = seg.step(frames[1])
+    assert sizes == [(56, 88), (56, 88)]
+    assert labels.shape == (50, 84) and probs.shape == (2, 50, 84)
+    assert seg.state.prev_mask.shape == (1, 2, 56, 88)  # outlier removal's previous mask, on the padded frame
 
 
 def test_late_object_and_probability_maps(tiny_model: VideoMatch) -> None:

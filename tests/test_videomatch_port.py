@@ -21,7 +21,7 @@ import run
 import samplers
 import trainer
 import videomatch
-from model import aggregate_objects, one_hot
+from framework import aggregate_objects, one_hot
 from utils import VOSInputError
 from videomatch import VideoMatch, VideoMatchConfig
 
@@ -29,10 +29,16 @@ MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 
 
+def vgg19_features() -> nn.Sequential:
+    """`torchvision.models.vgg19().features`, built by torchvision's own builder without the 123 M-parameter
+    classifier that vgg19() would also make."""
+    return torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["E"])
+
+
 def port_vgg19_features() -> nn.Sequential:
     """What the port's Encoder.load_vgg19 keeps, rebuilt here: pop modules off the end of vgg19().features until two
     max-pools have gone."""
-    feats = torchvision.models.vgg19().features
+    feats = vgg19_features()
     pools = 0
     while pools < 2:
         _, layer = feats._modules.popitem()
@@ -75,7 +81,7 @@ def test_port_vgg19_checkpoint_loads_with_the_same_features(tmp_path: Path) -> N
     torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
     # a whole vgg19().features is not a port file (nor any method's): refused with the file named
     full = tmp_path / "vgg19_features.pth"
-    torch.save(torchvision.models.vgg19().features.state_dict(), full)
+    torch.save(vgg19_features().state_dict(), full)
     with pytest.raises(VOSInputError, match="vgg19_features.pth"):
         methods.load_weights(full)
 

@@ -13,7 +13,8 @@ from PIL import Image
 import visualize
 from inference import VideoSegmenter
 from methods import build_model
-from utils import DAVIS_PALETTE, OverlayWriter, colorize, overlay_mask
+from utils import DAVIS_PALETTE
+from visualize import OverlayWriter, colorize, overlay_mask
 
 
 def frames_and_masks(n: int, h: int = 60, w: int = 90) -> tuple[list[np.ndarray], list[np.ndarray]]:

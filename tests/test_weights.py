@@ -152,18 +152,29 @@ def test_git_blob_id_equals_git_hash_object(tmp_path: Path, size: int) -> None:
 
 
 def test_official_ids_are_pinned() -> None:
-    """The table the brief gives; a typo here would refuse every real download."""
+    """Bugs: a typo in a pinned blob id (every real download would be refused), or a base URL that follows a branch
+    (the files could change under their ids). The ids are what `git ls-tree 7e1e200 trained_model` lists in
+    suhwan-cho/EMVOS, the commit the URL names."""
     assert weights.OFFICIAL_BLOB_IDS == {
         "coco_davis_best.pth": "fd1081e60b4c7ab791edd1267a321c9621f86391",
         "coco_ytvos_best.pth": "1778292b21ea66d8cfb18ceaf39f70f3fc8dc179",
     }
-    assert weights.OFFICIAL_BASE_URL == (
-        "https://github.com/suhwan-cho/EMVOS/raw/7e1e200338e9e74afa9f9d3cffb592fcc570d00b/trained_model"
-    )
-    assert {a: weights.WEIGHT_ALIASES[a] for a in ("official-davis", "official-ytvos")} == {
-        "official-davis": "coco_davis_best.pth",
-        "official-ytvos": "coco_ytvos_best.pth",
-    }
+    assert re.fullmatch(r"https://github\.com/suhwan-cho/EMVOS/raw/7e1e200[0-9a-f]{33}/trained_model",
+                        weights.OFFICIAL_BASE_URL)
+
+
+def test_each_alias_fetches_its_own_file(tmp_path: Path, server: SimpleNamespace,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bug: an alias naming the other checkpoint (--weights official-ytvos testing with the DAVIS weights), or one
+    checked against the other file's blob id."""
+    for name in weights.OFFICIAL_BLOB_IDS:
+        torch.save({"name": name}, server.root / name)
+        monkeypatch.setitem(weights.OFFICIAL_BLOB_IDS, name, weights.git_blob_id(server.root / name))
+    folder = tmp_path / "trained_model"
+    for alias, name in (("official-davis", "coco_davis_best.pth"), ("official-ytvos", "coco_ytvos_best.pth")):
+        got = weights.resolve_weights(alias, folder, base_url=server.url, progress=False)
+        assert got == folder / name and torch.load(got) == {"name": name}
+    assert server.hits == ["/coco_davis_best.pth", "/coco_ytvos_best.pth"]
 
 
 def test_fetch_places_the_checked_file(tmp_path: Path, server: SimpleNamespace, official: bytes) -> None:
