@@ -21,7 +21,7 @@ from torch import Tensor
 from dataset import TestVideo
 from methods import VOSModel
 from model import Runtime, aggregate_objects, get_padding, one_hot, pad, pad_mask, unpad
-from utils import VOSInputError, read_frame, read_mask, save_mask
+from utils import VOSInputError, read_frame, read_mask, save_mask, why_no_object
 
 PRECISIONS = {"fp32": (torch.float32, None), "fp64": (torch.float64, None),
               "bf16": (torch.float32, torch.bfloat16), "fp16": (torch.float32, torch.float16)}
@@ -198,8 +198,8 @@ def load_given_masks(video: TestVideo, frame_size: tuple[int, int]) -> dict[int,
     if not given or 0 not in given:
         raise VOSInputError(f"video {video.name} has no mask for its first frame {video.frames[0]}")
     if not given[0].any():
-        raise VOSInputError(f"first-frame mask {video.given_masks[0]} has no object (every pixel is 0); give at "
-                            f"least one object as pixel values 1..255")
+        first = video.given_masks[0]
+        raise VOSInputError(f"first-frame mask {first} has no object {why_no_object(first)}")
     return given
 
 

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 import dataset
 import evaluation
+import flags
 import methods
 import trainer
 import visualize
@@ -27,7 +28,7 @@ import weights
 from dataset import DAVIS, SingleVideo, TestVideo, YouTubeVOS
 from inference import PRECISIONS, RunSettings, VideoSegmenter, run_settings, segment_video
 from model import Runtime
-from utils import OverlayWriter, VOSInputError, atomic_write, parse_bytes, writable_dir
+from utils import OverlayWriter, VOSInputError, atomic_write, writable_dir
 
 # Dataset roots: edit these or pass the flags (--davis, --ytvos, --coco), as in the official run.py. The DAVIS reader
 # works out whether it was given the 2017 layout or the original DAVIS 2016 download.
@@ -59,6 +60,9 @@ class Visualizer:
     submission zip). Written as the frames go; nothing waits on a window."""
 
     def __init__(self, video: TestVideo, vis_dir: Path, vis_frame: int = 1, fps: float = 24.0) -> None:
+        if vis_frame >= len(video.frames):  # before the video runs: else the figure would silently never be written
+            raise VOSInputError(f"--vis-frame {vis_frame} is past the last frame of {video.name} (frames 0.."
+                                f"{len(video.frames) - 1}); pass --vis-frame 1..{len(video.frames) - 1}")
         self.name = video.name
         self.out_dir = vis_dir / video.name
         self.overlay = OverlayWriter(self.out_dir / "overlay.mp4", fps)
@@ -136,10 +140,9 @@ def load_model(args: argparse.Namespace, settings: RunSettings) -> tuple[methods
     """The checkpoint named by --weights (a path or an alias such as official-ytvos; default: the method's own file
     in trained_model/), fetched on first use when it is one of the authors' files, checked, on the run's device and
     precision."""
-    spec = methods.get(args.method)
+    given = args.weights or str(methods.default_weights(args.method, TRAINED_MODEL))
     # the base URL is looked up now, not bound at import, so that tests can stand a local server in for GitHub
-    path = weights.resolve_weights(args.weights or str(TRAINED_MODEL / spec.weights), TRAINED_MODEL,
-                                   base_url=weights.OFFICIAL_BASE_URL)
+    path = weights.resolve_weights(given, TRAINED_MODEL, base_url=weights.OFFICIAL_BASE_URL)
     net, meta = methods.load_weights(path, "--weights")
     if args.method_given and meta["method"] != args.method:
         raise VOSInputError(f"--weights {path} holds a {meta['method']} model but --method {args.method} was asked "
@@ -200,6 +203,7 @@ def prob_maps(args: argparse.Namespace) -> None:
                             "--prob-maps REF.jpg REF.png IMG [IMG ...]")
     settings = run_settings(args.device, args.precision)
     out_dir = writable_dir(Path(args.output) / "prob_maps", "--output")
+    args.method = args.method if args.method_given else "videomatch"  # the only method with a matching layer to show
     model, method = load_model(args, settings)
     if method != "videomatch":
         raise VOSInputError(f"--prob-maps shows VideoMatch's soft matching layer, and --weights holds {method}; pass "
@@ -233,10 +237,10 @@ def add_stage_flags(group: argparse._ArgumentGroup) -> None:
             continue
         flag, text = "--" + f.name.replace("_", "-"), trainer.OVERRIDES[f.name]
         if f.name == "crop":
-            group.add_argument(flag, type=int, nargs=2, default=None, metavar=("H", "W"), help=text)
+            group.add_argument(flag, type=flags.positive_int, nargs=2, default=None, metavar=("H", "W"), help=text)
         else:
             kind = {"int": int, "float": float}[f.type if isinstance(f.type, str) else f.type.__name__]
-            group.add_argument(flag, type=kind, default=None, help=text)
+            group.add_argument(flag, type=trainer.OVERRIDE_TYPES.get(f.name, kind), default=None, help=text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -273,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--sequences", nargs="+", default=None, help="run only these sequences (not with --video)")
     t.add_argument("--video", default=None, help="one video: a folder of frames or a video file (needs --mask)")
     t.add_argument("--mask", default=None, help="first-frame mask PNG for --video (pixel values = object ids)")
-    t.add_argument("--max-memory", type=parse_bytes, default="auto",
+    t.add_argument("--max-memory", type=flags.byte_size, default="auto",
                    help="bound on one frame's matching/decoder temporaries, e.g. 4G or 512M; 'none': no bound; "
                         "default: automatic, from free memory")
     t.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
@@ -282,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--visualize", action="store_true",
                    help="also write OUTPUT/visualize/<KEY>/<sequence>/overlay.mp4 and the probability maps of "
                         "--vis-frame (kept apart from the masks and the zips)")
-    t.add_argument("--vis-frame", type=int, default=None, help="frame whose fg/bg probabilities --visualize saves (1)")
+    t.add_argument("--vis-frame", type=flags.positive_int, default=None,
+                   help="frame whose fg/bg probabilities --visualize saves (1; frame 0 is the given mask)")
     g = p.add_argument_group("train")
     g.add_argument("--stages", nargs="+", default=None, metavar="STAGE",
                    help="stages in order, each starting from the previous one's weights (EMVOS default: coco davis, "
@@ -305,10 +310,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "carried over) or from its best checkpoint")
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="mixed precision: bf16 autocast (fp16 + GradScaler on GPUs without bf16)")
-    g.add_argument("--workers", type=int, default=None, help="DataLoader worker processes (4, official)")
+    g.add_argument("--workers", type=flags.nonneg_int, default=None, help="DataLoader worker processes (default: 4 as "
+                   "the official code, fewer on a machine with fewer CPUs)")
     g.add_argument("--train-encoder", action="store_true", default=None,
                    help="EMVOS: fine-tune the encoder too (official: frozen; its BatchNorm statistics stay frozen)")
-    g.add_argument("--seed", type=int, default=None, help=f"random seed ({trainer.SEED}, official)")
+    g.add_argument("--seed", type=flags.seed, default=None, help=f"random seed ({trainer.SEED}, official)")
     g.add_argument("--loss", default=None, choices=sorted({n for m in methods.METHODS.values() for n in m.losses}),
                    help="training loss by name (EMVOS: cross_entropy; VideoMatch: bce (default), balanced_bce, dice)")
     return p

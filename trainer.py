@@ -44,6 +44,7 @@ from tqdm import tqdm
 
 import dataset
 import evaluation
+import flags
 import methods
 import weights
 from inference import RunSettings, run_settings, segment_video
@@ -93,6 +94,9 @@ OVERRIDES = {
     "save_every": "write a checkpoint every N epochs (4000 / 2000)",
     "swap_above": "swap-and-attach when a uniform draw exceeds this (0.8: p = 0.2; 1: never)",
 }
+# The checked argparse types of the float overrides (the integer ones are checked against their stage in
+# stage_configs, where the bound depends on the stage's data); run.py types the rest from the StageConfig field.
+OVERRIDE_TYPES = {"lr": flags.positive_float, "weight_decay": flags.nonneg_float, "swap_above": flags.probability}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -111,7 +115,7 @@ class TrainOptions:
     pretrained: bool = True
     chain: str = "last"
     amp: bool = False
-    workers: int = 4
+    workers: int = min(4, os.cpu_count() or 1)  # official 4; more workers than CPUs only make torch warn
     train_encoder: bool = False
     seed: int = SEED
     loss: str | None = None  # --loss: one of the method's losses by name; None: its default
@@ -740,7 +744,7 @@ class Trainer:
 
     def load_best(self, previous: StageConfig) -> None:
         """--chain best: start from the previous stage's best checkpoint instead of its last weights."""
-        path = self.save_dir / f"{previous.save_name}_best.pth"
+        path = weights.safe_destination(self.save_dir / f"{previous.save_name}_best.pth", note=False)  # as save()
         found = _broadcast(self.dist_info, path.is_file() if self.dist_info.main else None)
         if not found:
             self.say(f"--chain best: no {path}; going on from the last weights of stage '{previous.name}'")
@@ -760,7 +764,7 @@ class Trainer:
         check_finite_weights(self.net, f"after epoch {state.epoch} of stage '{run.stage.name}'")
         if not self.dist_info.main:
             return
-        path = self.save_dir / name
+        path = weights.safe_destination(self.save_dir / name)  # never over the authors' released checkpoint
         save_atomic(methods.weights_payload(self.net, self.method.name), path)
         if resumable:
             save_atomic({
@@ -838,8 +842,9 @@ def davis_year(opts: TrainOptions, stage: StageConfig | None = None) -> str:
     return opts.davis_year or ("2016" if stage is not None and stage.data == PAIRS else "2017")
 
 
-def load_resume(path: str, method_name: str) -> dict:
-    """The training state written beside a checkpoint (X.train.pth; X.pth finds it), read safely."""
+def load_resume(path: str, method_name: str, method_given: bool = True) -> dict:
+    """The training state written beside a checkpoint (X.train.pth; X.pth finds it), read safely. The method is the
+    file's; a --method that differs (method_given) is an error."""
     given = Path(path)
     state_path = given if given.name.endswith(".train.pth") else training_state_path(given)
     if not state_path.is_file():
@@ -852,8 +857,12 @@ def load_resume(path: str, method_name: str) -> dict:
     if not isinstance(obj, dict) or any(k not in obj for k in needed):
         raise VOSInputError(f"--resume {state_path} is not a training state written by `run.py --train` (it lacks "
                             f"{', '.join(k for k in needed if not isinstance(obj, dict) or k not in obj)})")
-    if obj["method"] != method_name:
-        raise VOSInputError(f"--resume {path} is a {obj['method']} checkpoint; pass --method {obj['method']}")
+    if obj["method"] not in methods.METHODS:
+        raise VOSInputError(f"--resume {path} holds a {obj['method']!r} model, which this repository does not "
+                            f"implement (methods: {', '.join(methods.METHODS)})")
+    if method_given and obj["method"] != method_name:
+        raise VOSInputError(f"--resume {path} is a {obj['method']} checkpoint; drop --method {method_name} (the "
+                            f"method is read from the file)")
     return {**obj, "path": str(state_path)}
 
 
@@ -907,7 +916,8 @@ def train(args: argparse.Namespace) -> nn.Module:
     after Ctrl+C.
     """
     method = methods.get(getattr(args, "method", None) or "emvos")
-    resumed = load_resume(args.resume, method.name) if args.resume else None
+    resumed = load_resume(args.resume, method.name, getattr(args, "method_given", True)) if args.resume else None
+    method = methods.get(resumed["method"]) if resumed else method  # --resume: the method the file records
     opts = resolve_options(args, method, resumed["train_options"] if resumed else None)
     check_recipe(args, method, opts)
     stages = stage_configs(opts, method)

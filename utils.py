@@ -133,6 +133,18 @@ def read_mask(
     return ids
 
 
+def why_no_object(path: str | os.PathLike) -> str:
+    """For a mask that `read_mask` finds empty: what its pixels hold and how to give objects, as the rest of a
+    sentence "mask PATH has no object ...". A mask of only 255 is DAVIS "void", not zeros, and must be called so."""
+    values = [int(v) for v in np.unique(read_mask(path, raw=True))]
+    if values == [0]:
+        held = "every pixel is 0"
+    else:
+        shown = ", ".join(map(str, values[:6])) + (", ..." if len(values) > 6 else "")
+        held = f"its pixel values are {shown}, and 255 is DAVIS's void label, read as background"
+    return f"({held}); give at least one object as pixel values 1..254 (or a black/white grayscale mask)"
+
+
 def writable_dir(path: Path, flag: str) -> Path:
     """Create the folder `path` and check that a file can be written in it, so that a run fails before any work,
     not after it. `flag` names the option the path came from, for the message."""
@@ -276,19 +288,6 @@ def colorize(prob: np.ndarray, colormap: int = cv2.COLORMAP_JET) -> np.ndarray:
     """(H, W) values in [0, 1] -> (H, W, 3) uint8 RGB through an OpenCV colour map (JET: 0 blue, 1 red)."""
     grey = np.rint(np.clip(np.asarray(prob, dtype=np.float32), 0, 1) * 255).astype(np.uint8)
     return cv2.applyColorMap(grey, colormap)[:, :, ::-1]
-
-
-def parse_bytes(text: str) -> int | str | None:
-    """--max-memory: '4G', '512M', '1e9' -> bytes; 'none' -> None (no bound); 'auto' stays (EMVOS.set_memory_budget)."""
-    text = text.strip().lower()
-    if text == "auto":
-        return text
-    if text in ("none", "off", "0"):
-        return None
-    scale = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
-    if text[-1] in scale:
-        return int(float(text[:-1]) * scale[text[-1]])
-    return int(float(text))
 
 
 def available_memory(device: torch.device | str) -> int:
