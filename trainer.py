@@ -115,7 +115,8 @@ class TrainOptions:
     pretrained: bool = True
     chain: str = "last"
     amp: bool = False
-    workers: int = min(4, os.cpu_count() or 1)  # official 4; more workers than CPUs only make torch warn
+    # official 4, but no more than the CPUs: torch warns on every run when the workers outnumber them
+    workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
     train_encoder: bool = False
     seed: int = SEED
     loss: str | None = None  # --loss: one of the method's losses by name; None: its default
