@@ -5,10 +5,11 @@ Read top to bottom:
 1. The official release: the two checkpoints in the authors' repository, pinned to one commit and checked by their
    git blob ids. `resolve_weights` turns `--weights official-davis` (or a path) into a file on disk, fetching the
    official one when it is missing; a download lands in a hidden temporary file and is moved into place only after
-   its blob id matches, so the folder never holds half a file.
+   its blob id matches, so the folder never holds half a file. `official-davis` / `official-ytvos` check the blob id
+   of the file they name, and `safe_destination` keeps a training save from overwriting an official file.
 2. `load_file` / `load_state_dict_file`: every `torch.load` of a user's file goes through here, with
    `weights_only=True` and one readable error per way a file can be wrong (missing, empty, truncated, a git-lfs
-   pointer, a pickle with code in it).
+   pointer, a pickle with code in it); `check_finite` refuses NaN or infinite weights.
 3. `load_imagenet_weights`: torchvision's `weights.get_state_dict()` unpickles a file already in the hub cache with
    `weights_only=False` and checks its hash only when it downloads it, so a file planted in
    `$TORCH_HOME/hub/checkpoints/` runs code. Here the SHA-256 the file name carries is checked before anything is
