@@ -53,8 +53,6 @@ def float_range(lo: float, hi: float = math.inf, lo_open: bool = False) -> Calla
 nonneg_int = int_range(0)
 positive_int = int_range(1)
 seed = int_range(0, SEED_MAX)
-positive_float = float_range(0.0, lo_open=True)
-nonneg_float = float_range(0.0)
 probability = float_range(0.0, 1.0)
 
 _SCALE = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}

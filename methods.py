@@ -272,7 +272,7 @@ def _meta_mismatch(method: str, config: dict, state: Mapping[str, Tensor]) -> tu
     try:
         with torch.device("meta"), _SkipInPlace():
             shapes = {k: tuple(v.shape) for k, v in build_model(method, config).state_dict().items()}
-    except (TypeError, ValueError, RuntimeError) as e:
+    except (TypeError, ValueError, RuntimeError, OverflowError) as e:  # e.g. a negative or astronomic channel count
         return str(e).splitlines()[0][:200] if str(e) else type(e).__name__
     for k, v in state.items():
         if shapes.get(k) != tuple(v.shape):

@@ -96,7 +96,10 @@ OVERRIDES = {
 }
 # The checked argparse types of the float overrides (the integer ones are checked against their stage in
 # stage_configs, where the bound depends on the stage's data); run.py types the rest from the StageConfig field.
-OVERRIDE_TYPES = {"lr": flags.positive_float, "weight_decay": flags.nonneg_float, "swap_above": flags.probability}
+# Adam's lr and weight decay at most 1: far above any working value, and below what torch's float32 step overflows
+# on (lr / (1 - beta1) must be a float32).
+OVERRIDE_TYPES = {"lr": flags.float_range(0.0, 1.0, lo_open=True), "weight_decay": flags.float_range(0.0, 1.0),
+                  "swap_above": flags.probability}
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -24,11 +24,12 @@ BAD = [
     (["--train", "--workers", "-1"], "0 or more"),
     (["--train", "--seed", "-1"], f"from 0 to {2**32 - 1}"),
     (["--train", "--seed", str(2**32)], f"from 0 to {2**32 - 1}"),  # np.random.seed refuses it mid-start-up
-    (["--train", "--lr", "nan"], "above 0"),
-    (["--train", "--lr=-1e-4"], "above 0"),
-    (["--train", "--lr", "0"], "above 0"),
-    (["--train", "--weight-decay=-5e-4"], "0 or more"),
-    (["--train", "--weight-decay", "inf"], "0 or more"),
+    (["--train", "--lr", "nan"], "from 0 to 1 (not 0)"),
+    (["--train", "--lr=-1e-4"], "from 0 to 1 (not 0)"),
+    (["--train", "--lr", "0"], "from 0 to 1 (not 0)"),
+    (["--train", "--lr", "1e39"], "from 0 to 1 (not 0)"),  # torch's Adam step: RuntimeError, float32 overflow
+    (["--train", "--weight-decay=-5e-4"], "from 0 to 1"),
+    (["--train", "--weight-decay", "inf"], "from 0 to 1"),
     (["--train", "--swap-above", "nan"], "from 0 to 1"),  # random() > nan is never true: silently no swaps
     (["--train", "--swap-above", "1.5"], "from 0 to 1"),
     (["--train", "--crop", "0", "64"], "1 or more"),
@@ -58,8 +59,8 @@ def test_byte_size_reads_the_sizes_it_names(text: str, value: object) -> None:
     (flags.nonneg_int, ["0", "7"], ["-1", "1.5", "x"]),
     (flags.positive_int, ["1"], ["0"]),
     (flags.seed, ["0", str(2**32 - 1)], [str(2**32), "-3"]),
-    (flags.positive_float, ["1e-9", "3"], ["0", "-1", "nan", "inf", "1e400"]),
-    (flags.nonneg_float, ["0", "5e-4"], ["-0.1", "nan", "-inf"]),
+    (flags.float_range(0.0, lo_open=True), ["1e-9", "3e300"], ["0", "-1", "nan", "inf", "1e400"]),
+    (flags.float_range(0.0, 1.0), ["0", "5e-4", "1"], ["-0.1", "nan", "-inf", "1.5"]),
     (flags.probability, ["0", "0.8", "1"], ["1.01", "-0.5", "nan"]),
 ])
 def test_each_type_takes_its_range_and_refuses_the_rest(parse: object, good: list[str], bad: list[str]) -> None:
