@@ -54,13 +54,13 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
+import flags
 import framework
 import inference
 import methods
 import model as emvos
 from inference import VideoSegmenter
 from reference import PerObjectSegmenter, blob_mask, capture_logits, random_frame
-from utils import parse_bytes
 
 RESOLUTIONS = {"480p": (480, 854), "720p": (720, 1280), "1080p": (1080, 1920), "tiny": (96, 160)}
 # precision -> autocast dtype, from the one table run.py uses (fp64 is for comparisons, not for speed)
@@ -505,15 +505,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="tiny frames, 1 and 3 objects, fp32 and bf16, few frames (CI)")
     p.add_argument("--device", nargs="+", default=None, help="cpu and/or cuda (default: cpu, and cuda when present)")
     p.add_argument("--resolutions", nargs="+", default=["480p", "720p", "1080p"], choices=list(RESOLUTIONS))
-    p.add_argument("--objects", nargs="+", type=int, default=[1, 3, 10])
+    p.add_argument("--objects", nargs="+", type=flags.positive_int, default=[1, 3, 10])
     p.add_argument("--configs", nargs="+", type=parse_config, default=None, metavar="RES:OBJECTS",
                    help="these (resolution, objects) rows instead of --resolutions x --objects, e.g. 480p:10 1080p:40")
     p.add_argument("--precisions", nargs="+", default=None, choices=list(PRECISIONS),
                    help="default: fp32 bf16 (+ fp16 on CUDA); bf16 on CPU runs where the CPU supports it")
     p.add_argument("--paths", nargs="+", default=list(PATHS), choices=list(PATHS))
-    p.add_argument("--frames", type=int, default=3,
+    p.add_argument("--frames", type=flags.positive_int, default=3,
                    help="timed frames per configuration (after the given frame and a warm-up)")
-    p.add_argument("--max-memory", type=parse_bytes, default="auto",
+    p.add_argument("--max-memory", type=flags.byte_size, default="auto",
                    help="bound on one frame's matching/decoder temporaries for `ours`, e.g. 4G; 'none': unbounded; "
                         "default: automatic, from free memory")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
@@ -523,7 +523,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "allows")
     p.add_argument("--compile", action="store_true", help="torch.compile the encoder and decoder of `ours`")
     p.add_argument("--weights", default=None, help="checkpoint to load (default: random init, --seed)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=flags.seed, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--memory-growth", action="store_true",
                    help="instead of the table: peak memory per frame of `ours` over --frames frames")

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import methods
 import weights
 from methods import StageConfig
 from utils import VOSInputError, atomic_write, writable_dir
@@ -73,8 +74,9 @@ def restore_rng(state: dict) -> None:
 # --resume
 # ---------------------------------------------------------------------------------------------------------------
 
-def load_resume(path: str, method_name: str) -> dict:
-    """The training state written beside a checkpoint (X.train.pth; X.pth finds it), read safely."""
+def load_resume(path: str, method_name: str | None) -> dict:
+    """The training state written beside a checkpoint (X.train.pth; X.pth finds it), read safely. The method is the
+    file's; a --method given (method_name not None) that differs is an error."""
     given = Path(path)
     state_path = given if given.name.endswith(".train.pth") else training_state_path(given)
     if not state_path.is_file():
@@ -86,8 +88,12 @@ def load_resume(path: str, method_name: str) -> dict:
     if not isinstance(obj, dict) or any(k not in obj for k in RESUME_KEYS):
         raise VOSInputError(f"--resume {state_path} is not a training state written by `run.py --train` (it lacks "
                             f"{', '.join(k for k in RESUME_KEYS if not isinstance(obj, dict) or k not in obj)})")
-    if obj["method"] != method_name:
-        raise VOSInputError(f"--resume {path} is a {obj['method']} checkpoint; pass --method {obj['method']}")
+    if obj["method"] not in methods.METHODS:
+        raise VOSInputError(f"--resume {path} holds a {obj['method']!r} model, which this repository does not "
+                            f"implement (methods: {', '.join(methods.METHODS)})")
+    if method_name is not None and obj["method"] != method_name:
+        raise VOSInputError(f"--resume {path} is a {obj['method']} checkpoint; drop --method {method_name} (the "
+                            f"method is read from the file)")
     return {**obj, "path": str(state_path)}
 
 

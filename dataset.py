@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from utils import VOSInputError, read_frame, read_mask, save_mask
+from utils import VOSInputError, read_frame, read_mask, save_mask, why_no_object
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Test side
@@ -116,10 +116,8 @@ class VideoReader:
                 )
             given[index] = mask
         if not given[0].any():
-            raise VOSInputError(
-                f"first-frame mask {self.given_masks[0]} has no object (every pixel is 0); give at least one object "
-                "as pixel values 1..255"
-            )
+            raise VOSInputError(f"first-frame mask {self.given_masks[0]} has no object "
+                                f"{why_no_object(self.given_masks[0])}")
         return given
 
     def load_mask(self, index: int) -> np.ndarray:

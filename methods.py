@@ -11,13 +11,14 @@ one and runs it through `run.py --test` and a training step).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 import torch.nn as nn
 from torch import Tensor
+from torch.overrides import TorchFunctionMode
 
 import model
 import samplers
@@ -25,7 +26,7 @@ import videomatch
 from framework import VOSModel as VOSModel  # re-exported: the interface each method's class meets
 from samplers import Roots, TrainSet
 from utils import VOSInputError
-from weights import as_state_dict, load_file
+from weights import OFFICIAL_BLOB_IDS, as_state_dict, check_finite, load_file
 
 
 class Selection(Protocol):
@@ -251,6 +252,17 @@ def build_model(method: str = "emvos", config: dict | None = None, pretrained: b
     return spec.model(spec.config(**(config or {})), pretrained=pretrained)
 
 
+def default_weights(method: str, folder: Path = TRAINED_MODEL) -> Path:
+    """The checkpoint a run without --weights uses: `folder/<the method's file>`. An official file may be missing (it
+    is fetched on first use); any other method's file has nowhere to come from, so its absence is an error here."""
+    path = Path(folder) / get(method).weights
+    if path.name not in OFFICIAL_BLOB_IDS and not path.is_file():
+        raise VOSInputError(f"no {method} weights at {path}, and none are published to download; train them with "
+                            f"`python run.py --train --method {method}`, or pass --weights PATH to a {method} "
+                            f"checkpoint")
+    return path
+
+
 def weights_payload(net: nn.Module, method: str) -> dict:
     """What a weights file holds. A method with an official layout (EMVOS with the official architecture) gets
     exactly that: a plain state dict with the official keys, which the authors' code loads with
@@ -308,13 +320,83 @@ def model_from_payload(payload: object, path: Path, what: str, config: dict | No
                                 f"checkpoint")
         method, file_config = found
     config = {**(file_config if config is None else config), **(overrides or {})}
+    check_finite(state, path, what)
+    state = get(method).from_file(state)
+    check_config_fits(method, config, state, path, what)  # on the meta device: nothing allocated yet
     try:
         net = build_model(method, config)
     except (TypeError, ValueError) as e:
         raise VOSInputError(f"{what} {path}: its {method} config {config} is not valid here ({e})") from e
     try:
-        net.load_state_dict(get(method).from_file(state), strict=True)
+        net.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise VOSInputError(f"{what} {path} does not fit the {method} model with config {net.config}: "
                             f"{str(e).splitlines()[0][:300]}") from e
     return net.eval(), {"method": method, "config": config, **meta}
+
+
+class _SkipInPlace(TorchFunctionMode):
+    """In-place ops on meta tensors do nothing: a meta tensor has no values, and torch runs an initialiser's
+    `normal_` on one through its Python reference implementation, which makes a meta build slower than a real one."""
+
+    def __torch_function__(self, func: Callable, types: tuple, args: tuple = (), kwargs: dict | None = None) -> Any:
+        name = getattr(func, "__name__", "")
+        in_place = name.endswith("_") and not name.startswith("__")
+        if in_place and args and isinstance(args[0], Tensor) and args[0].is_meta:
+            return args[0]
+        return func(*args, **(kwargs or {}))
+
+
+def _meta_mismatch(method: str, config: dict, state: Mapping[str, Tensor]) -> tuple[str, tuple, tuple | None] | str:
+    """Build the model of `config` on the meta device (shapes only, no memory, so `key_dim: 10**7` costs nothing) and
+    compare it with `state` (this repository's keys). '' when they fit; else (key, shape in the file, shape the
+    config builds or None when the config has no such tensor), or the build error's text."""
+    try:
+        with torch.device("meta"), _SkipInPlace():
+            shapes = {k: tuple(v.shape) for k, v in build_model(method, config).state_dict().items()}
+    except (TypeError, ValueError, RuntimeError, OverflowError) as e:  # e.g. a negative or astronomic channel count
+        return str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+    for k, v in state.items():
+        if shapes.get(k) != tuple(v.shape):
+            return k, tuple(v.shape), shapes.get(k)
+    missing = [k for k in shapes if k not in state]
+    return (missing[0], (), shapes[missing[0]]) if missing else ""
+
+
+def _field_tensor(method: str, fitting: dict, name: str, state: Mapping[str, Tensor]) -> str:
+    """A tensor of `state` whose shape follows the integer field `name` (the first that changes when it grows by
+    one); the first tensor when the field is not an integer."""
+    value = fitting[name]
+    if isinstance(value, int) and not isinstance(value, bool):
+        found = _meta_mismatch(method, {**fitting, name: value + 1}, state)
+        if isinstance(found, tuple) and found[0] in state:
+            return found[0]
+    return next(iter(state))
+
+
+def check_config_fits(method: str, config: dict, state: Mapping[str, Tensor], path: Path, what: str) -> None:
+    """The config a file records against its tensors, before the model is built: a field that disagrees with them
+    (an edited `key_dim: -1`, or `10**7`, which would allocate gigabytes first) is named with the tensor it
+    contradicts. A field is the culprit when putting its default back makes the file fit."""
+    found = _meta_mismatch(method, config, state)
+    if found == "":
+        return
+    spec = get(method)
+    defaults = {f.name: getattr(spec.config(), f.name) for f in fields(spec.config)}
+    for name, value in config.items():
+        if name in defaults and value != defaults[name] and _meta_mismatch(method, {**config, name: defaults[name]},
+                                                                           state) == "":
+            key = found[0] if isinstance(found, tuple) and found[0] in state else _field_tensor(
+                method, {**config, name: defaults[name]}, name, state)
+            file_key = next(iter(spec.to_file({key: state[key]})))
+            shape = tuple(state[key].shape)
+            raise VOSInputError(f"{what} {path}: its config says {name}: {value!r}, but the file's tensor {file_key} "
+                                f"has shape {shape} ({name}: {defaults[name]!r} fits it); the file's config was "
+                                f"edited or damaged: re-save the checkpoint from its model")
+    if isinstance(found, str):
+        raise VOSInputError(f"{what} {path}: its {method} config {config} is not valid here ({found})")
+    key, shape, want = found
+    file_key = next(iter(spec.to_file({key: state.get(key)})))
+    have = f"has shape {shape}" if key in state else "is missing"
+    raise VOSInputError(f"{what} {path}: its tensor {file_key} {have}, but its {method} config {config} builds "
+                        f"{'no such tensor' if want is None else f'shape {want}'}; pass a checkpoint of that model")

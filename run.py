@@ -12,6 +12,7 @@ from pathlib import Path
 
 import dataset
 import evaluation
+import flags
 import inference
 import methods
 import trainer
@@ -19,7 +20,7 @@ import visualize
 import weights
 from inference import PRECISIONS, TEST_KEYS, run_settings
 from samplers import Roots
-from utils import VOSInputError, parse_bytes, writable_dir
+from utils import VOSInputError, writable_dir
 
 # Dataset roots: edit these or pass the flags (--davis, --ytvos, --coco), as in the official run.py. The DAVIS reader
 # works out whether it was given the 2017 layout or the original DAVIS 2016 download.
@@ -48,6 +49,7 @@ def prob_maps(args: argparse.Namespace) -> None:
                             "--prob-maps REF.jpg REF.png IMG [IMG ...]")
     settings = run_settings(args.device, args.precision)
     out_dir = writable_dir(Path(args.output) / "prob_maps", "--output")
+    args.method = args.method if args.method_given else "videomatch"  # the only method with a matching layer to show
     model, method = inference.load_model(args, settings, TRAINED_MODEL)
     if method != "videomatch":
         raise VOSInputError(f"--prob-maps shows VideoMatch's soft matching layer, and --weights holds {method}; pass "
@@ -81,10 +83,10 @@ def add_stage_flags(group: argparse._ArgumentGroup) -> None:
             continue
         flag, text = "--" + f.name.replace("_", "-"), trainer.OVERRIDES[f.name]
         if f.name == "crop":
-            group.add_argument(flag, type=int, nargs=2, default=None, metavar=("H", "W"), help=text)
+            group.add_argument(flag, type=flags.positive_int, nargs=2, default=None, metavar=("H", "W"), help=text)
         else:
             kind = {"int": int, "float": float}[f.type if isinstance(f.type, str) else f.type.__name__]
-            group.add_argument(flag, type=kind, default=None, help=text)
+            group.add_argument(flag, type=trainer.OVERRIDE_TYPES.get(f.name, kind), default=None, help=text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--sequences", nargs="+", default=None, help="run only these sequences (not with --video)")
     t.add_argument("--video", default=None, help="one video: a folder of frames or a video file (needs --mask)")
     t.add_argument("--mask", default=None, help="first-frame mask PNG for --video (pixel values = object ids)")
-    t.add_argument("--max-memory", type=parse_bytes, default="auto",
+    t.add_argument("--max-memory", type=flags.byte_size, default="auto",
                    help="bound on one frame's matching/decoder temporaries, e.g. 4G or 512M; 'none': no bound; "
                         "default: automatic, from free memory")
     t.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
@@ -130,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--visualize", action="store_true",
                    help="also write OUTPUT/visualize/<KEY>/<sequence>/overlay.mp4 and the probability maps of "
                         "--vis-frame (kept apart from the masks and the zips)")
-    t.add_argument("--vis-frame", type=int, default=None, help="frame whose fg/bg probabilities --visualize saves (1)")
+    t.add_argument("--vis-frame", type=flags.positive_int, default=None,
+                   help="frame whose fg/bg probabilities --visualize saves (1; frame 0 is the given mask)")
     g = p.add_argument_group("train")
     g.add_argument("--stages", nargs="+", default=None, metavar="STAGE",
                    help="stages in order, each starting from the previous one's weights (EMVOS default: coco davis, "
@@ -153,10 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "carried over) or from its best checkpoint")
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="mixed precision: bf16 autocast (fp16 + GradScaler on GPUs without bf16)")
-    g.add_argument("--workers", type=int, default=None, help="DataLoader worker processes (4, official)")
+    g.add_argument("--workers", type=flags.nonneg_int, default=None, help="DataLoader worker processes (default: 4 as "
+                   "the official code, fewer on a machine with fewer CPUs)")
     g.add_argument("--train-encoder", action="store_true", default=None,
                    help="EMVOS: fine-tune the encoder too (official: frozen; its BatchNorm statistics stay frozen)")
-    g.add_argument("--seed", type=int, default=None, help=f"random seed ({trainer.SEED}, official)")
+    g.add_argument("--seed", type=flags.seed, default=None, help=f"random seed ({trainer.SEED}, official)")
     losses = "; ".join(f"{m.name}: " + ", ".join(n + " (default)" * (n == m.default_loss) for n in m.losses)
                        for m in methods.METHODS.values())
     g.add_argument("--loss", default=None, choices=sorted({n for m in methods.METHODS.values() for n in m.losses}),
@@ -234,7 +238,7 @@ def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     try:
         check_flags(args, parser)
         if args.train:
-            trainer.train(args.method, train_options(args), training_roots(args))
+            trainer.train(args.method if args.method_given else None, train_options(args), training_roots(args))
         elif args.prob_maps is not None:
             prob_maps(args)
         elif args.preview_augmentation is not None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
 import random
 import signal
 import sys
@@ -44,8 +45,10 @@ import checkpoint
 import dataset
 import distributed
 import evaluation
+import flags
 import methods
 import samplers
+import weights
 from checkpoint import capture_rng, restore_rng
 from distributed import Dist
 from inference import RunSettings, run_settings, segment_video
@@ -86,6 +89,12 @@ OVERRIDES = {
     "save_every": "write a checkpoint every N epochs (4000 / 2000)",
     "swap_above": "swap-and-attach when a uniform draw exceeds this (0.8: p = 0.2; 1: never)",
 }
+# The checked argparse types of the float overrides (the integer ones are checked against their stage in
+# stage_configs, where the bound depends on the stage's data); run.py types the rest from the StageConfig field.
+# Adam's lr and weight decay at most 1: far above any working value, and below what torch's float32 step overflows
+# on (lr / (1 - beta1) must be a float32).
+OVERRIDE_TYPES = {"lr": flags.float_range(0.0, 1.0, lo_open=True), "weight_decay": flags.float_range(0.0, 1.0),
+                  "swap_above": flags.probability}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -119,7 +128,9 @@ class TrainOptions:
 # the options a checkpoint records and --resume restores, and the defaults of those that have one
 RECORDED = ("stages", "overrides", "val_sequences", "davis_year", "save_dir", "pretrained", "chain", "amp", "workers",
             "train_encoder", "seed", "loss")
-DEFAULTS = {"pretrained": True, "chain": "last", "amp": False, "workers": 4, "train_encoder": False, "seed": SEED}
+# workers: official 4, but no more than the CPUs (torch warns on every run when the workers outnumber them)
+DEFAULTS = {"pretrained": True, "chain": "last", "amp": False, "workers": min(4, os.cpu_count() or 1),
+            "train_encoder": False, "seed": SEED}
 
 
 def resolve_options(options: TrainOptions, method: Method, saved: dict | None = None) -> TrainOptions:
@@ -704,7 +715,7 @@ def run_stages(t: Trainer, first: int, finished: bool, opened: list[tuple[TrainS
 
 def load_best(t: Trainer, previous: StageConfig) -> None:
     """--chain best: start from the previous stage's best checkpoint instead of its last weights."""
-    path = t.save_dir / f"{previous.save_name}_best.pth"
+    path = weights.safe_destination(t.save_dir / f"{previous.save_name}_best.pth", note=False)  # where save() wrote
     found = distributed.broadcast(t.dist_info, path.is_file() if t.dist_info.main else None)
     if not found:
         t.say(f"--chain best: no {path}; going on from the last weights of stage '{previous.name}'")
@@ -727,7 +738,7 @@ def save(t: Trainer, run: StageRun, name: str, what: str, resumable: bool = Fals
     check_finite_weights(t.net, f"after epoch {run.state.epoch} of stage '{run.stage.name}'")
     if not t.dist_info.main:
         return
-    path = t.save_dir / name
+    path = weights.safe_destination(t.save_dir / name)  # never over the authors' released checkpoint
     checkpoint.save_atomic(methods.weights_payload(t.net, t.method.name), path)
     if resumable:
         checkpoint.save_atomic({
@@ -746,8 +757,8 @@ def interrupted(t: Trainer, run: StageRun, where: str) -> TrainingInterrupted:
     save(t, run, path.name, "resumable checkpoint", resumable=True)
     roots = asdict(t.roots)
     needed = [s.data.root for s in t.stages] + (["davis"] if t.davis_val.selection is not None else [])
-    flags = {name: roots[name] for name in needed if roots[name] is not None}
-    command = checkpoint.resume_command(path, t.method.name, flags, t.dist_info.world)
+    data_flags = {name: roots[name] for name in needed if roots[name] is not None}
+    command = checkpoint.resume_command(path, t.method.name, data_flags, t.dist_info.world)
     t.say(f"interrupted in stage '{run.stage.name}' at {where}. Resume with:\n  {command}")
     return TrainingInterrupted(path)
 
@@ -771,7 +782,7 @@ def build_network(method: Method, opts: TrainOptions, resumed: dict | None, verb
     return methods.build_model(method.name, overrides, pretrained=opts.pretrained)
 
 
-def train(method: str, options: TrainOptions, roots: Roots) -> nn.Module:
+def train(method: str | None, options: TrainOptions, roots: Roots) -> nn.Module:
     """Train the stages `options` ask for, on the data under `roots`; returns the trained model (the bare module, on
     its device).
 
@@ -779,8 +790,8 @@ def train(method: str, options: TrainOptions, roots: Roots) -> nn.Module:
     training, TrainingError when the loss or the weights stop being finite, and TrainingInterrupted (a SystemExit,
     code 130) after Ctrl+C.
     """
-    spec = methods.get(method)
-    resumed = checkpoint.load_resume(options.resume, spec.name) if options.resume else None
+    resumed = checkpoint.load_resume(options.resume, method) if options.resume else None
+    spec = methods.get(resumed["method"] if resumed else (method or "emvos"))  # --resume: the method the file records
     opts = resolve_options(options, spec, resumed["train_options"] if resumed else None)
     check_recipe(opts, spec)
     stages = stage_configs(opts, spec)

@@ -132,6 +132,18 @@ def read_mask(
     return ids
 
 
+def why_no_object(path: str | os.PathLike) -> str:
+    """For a mask that `read_mask` finds empty: what its pixels hold and how to give objects, as the rest of a
+    sentence "mask PATH has no object ...". A mask of only 255 is DAVIS "void", not zeros, and must be called so."""
+    values = [int(v) for v in np.unique(read_mask(path, raw=True))]
+    if values == [0]:
+        held = "every pixel is 0"
+    else:
+        shown = ", ".join(map(str, values[:6])) + (", ..." if len(values) > 6 else "")
+        held = f"its pixel values are {shown}, and 255 is DAVIS's void label, read as background"
+    return f"({held}); give at least one object as pixel values 1..254 (or a black/white grayscale mask)"
+
+
 def writable_dir(path: Path, flag: str) -> Path:
     """Create the folder `path` and check that a file can be written in it, so that a run fails before any work,
     not after it. `flag` names the option the path came from, for the message."""
@@ -205,18 +217,6 @@ def save_mask(path: str | os.PathLike, mask: np.ndarray) -> None:
     atomic_write(path, lambda f: img.save(f, format="PNG"))
 
 
-def parse_bytes(text: str) -> int | str | None:
-    """--max-memory: '4G', '512M', '1e9' -> bytes; 'none' -> None (no bound); 'auto' stays 'auto' (resolved per
-    frame by framework.Runtime.budget_bytes)."""
-    text = text.strip().lower()
-    if text == "auto":
-        return text
-    if text in ("none", "off", "0"):
-        return None
-    scale = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
-    if text[-1] in scale:
-        return int(float(text[:-1]) * scale[text[-1]])
-    return int(float(text))
 
 
 def available_memory(device: torch.device | str) -> int:

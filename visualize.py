@@ -31,7 +31,7 @@ from PIL import Image
 
 import samplers
 from framework import aggregate_objects, get_padding, one_hot, pad, pad_mask, unpad
-from utils import DAVIS_PALETTE, VOSInputError, read_frame, read_mask
+from utils import DAVIS_PALETTE, VOSInputError, read_frame, read_mask, why_no_object
 from videomatch import VideoMatch
 
 PANEL_HEIGHT = 240  # pixels of every panel's picture; widths follow each picture's aspect ratio
@@ -321,7 +321,7 @@ def probability_maps(model: VideoMatch, ref_image: str | Path, ref_mask: str | P
                             f"is {ref.shape[1]}x{ref.shape[0]}; the mask must be drawn on the reference image")
     objects = [int(i) for i in np.unique(ids) if i != 0]
     if not objects:
-        raise VOSInputError(f"mask {ref_mask} has no object (every pixel is 0); give objects as pixel values 1..255")
+        raise VOSInputError(f"mask {ref_mask} has no object {why_no_object(ref_mask)}")
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()

@@ -5,17 +5,18 @@ Read top to bottom:
 1. The official release: the two checkpoints in the authors' repository, pinned to one commit and checked by their
    git blob ids. `resolve_weights` turns `--weights official-davis` (or a path) into a file on disk, fetching the
    official one when it is missing; a download lands in a hidden temporary file and is moved into place only after
-   its blob id matches, so the folder never holds half a file.
+   its blob id matches, so the folder never holds half a file. `official-davis` / `official-ytvos` check the blob id
+   of the file they name, and `safe_destination` keeps a training save from overwriting an official file.
 2. `load_file` / `load_state_dict_file`: every `torch.load` of a user's file goes through here, with
    `weights_only=True` and one readable error per way a file can be wrong (missing, empty, truncated, a git-lfs
-   pointer, a pickle with code in it).
+   pointer, a pickle with code in it); `check_finite` refuses NaN or infinite weights.
 3. `load_imagenet_weights`: torchvision's `weights.get_state_dict()` unpickles a file already in the hub cache with
    `weights_only=False` and checks its hash only when it downloads it, so a file planted in
    `$TORCH_HOME/hub/checkpoints/` runs code. Here the SHA-256 the file name carries is checked before anything is
    unpickled, and the unpickling is `weights_only` as well.
 
 Downloading is off when the environment variable EMVOS_NO_DOWNLOAD is set to anything but "" or "0" (read at each
-call, not at import).
+call, not at import), and inside `downloads_off()` (run.py's --no-download).
 """
 
 from __future__ import annotations
@@ -89,37 +90,88 @@ def git_blob_id(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+# (resolved path, size, mtime_ns) -> git blob id: a 100 MB checkpoint is hashed once per process, not at each save
+# or load; a file replaced in place gets a new mtime (or size) and is hashed again.
+_BLOB_ID_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def cached_blob_id(path: str | os.PathLike) -> str:
+    """`git_blob_id(path)`, remembered by the file's size and modification time."""
+    st = os.stat(path)
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _BLOB_ID_CACHE:
+        _BLOB_ID_CACHE[key] = git_blob_id(path)
+    return _BLOB_ID_CACHE[key]
+
+
+def official_name(path: str | os.PathLike) -> str | None:
+    """The official file name whose bytes `path` holds (whatever it is called now), or None (also when missing)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    blob = cached_blob_id(path)
+    return next((name for name, blob_id in OFFICIAL_BLOB_IDS.items() if blob_id == blob), None)
+
+
+def safe_destination(path: str | os.PathLike, note: bool = True) -> Path:
+    """Where a checkpoint meant for `path` may be written without destroying the authors' released weights.
+
+    `path` itself unless it holds an official checkpoint (by git blob id, whatever its name): then the first of
+    `<stem>.retrained.pth`, `<stem>.retrained2.pth`, ... beside it that does not, with one line saying so when
+    `note`. The same answer every time for the same files, so the trainer's later saves (and --chain best) find the
+    file its earlier saves wrote.
+    """
+    path = Path(path)
+    if official_name(path) is None:
+        return path
+    k = 1
+    while True:
+        other = path.with_name(f"{path.stem}.retrained{k if k > 1 else ''}{path.suffix}")
+        if official_name(other) is None:
+            break
+        k += 1
+    if note:
+        print(f"note: {path} is the authors' official {official_name(path)}; writing {other} instead of "
+              f"overwriting it")
+    return other
+
+
 def download_disabled(download: bool = True) -> str | None:
-    """Why downloading is off (a phrase for an error message), or None when it is allowed."""
+    """What turned downloading off and how to turn it back on (a phrase for an error message), or None when it is
+    allowed. Names the one that did it: run.py's --no-download (`downloads_off`, or download=False) or the variable."""
+    if not download or _off_by_flag:
+        return "--no-download was given; run without it to download"
     flag = os.environ.get(DOWNLOAD_ENV, "")
     if flag not in ("", "0"):
-        return (f"downloading is off ({DOWNLOAD_ENV}={flag}, which run.py's --no-download also sets); unset it (or "
-                f"set it to 0) and drop --no-download to allow downloading")
-    if not download:
-        return "downloading is off (--no-download); run without it to allow downloading"
+        return f"{DOWNLOAD_ENV}={flag} is set; unset it (or set it to 0) to download"
     return None
+
+
+_off_by_flag = False  # set by downloads_off: --no-download, kept apart from the variable so messages can tell them
 
 
 @contextlib.contextmanager
 def downloads_off(off: bool = True) -> Iterator[None]:
-    """Within the block, downloading is off as if DOWNLOAD_ENV were set (run.py's --no-download); restored after."""
-    if not off:
-        yield
-        return
-    before = os.environ.get(DOWNLOAD_ENV)
-    os.environ[DOWNLOAD_ENV] = "1"
+    """Within the block, downloading is off as run.py's --no-download asks (every download of the run); restored
+    after. The environment is left alone, so a refusal names the flag, not DOWNLOAD_ENV."""
+    global _off_by_flag
+    before = _off_by_flag
+    _off_by_flag = before or off
     try:
         yield
     finally:
-        if before is None:
-            del os.environ[DOWNLOAD_ENV]
-        else:
-            os.environ[DOWNLOAD_ENV] = before
+        _off_by_flag = before
 
 
-def _by_hand(url: str, folder: Path, name: str) -> str:
+def _by_hand(url: str, dest: Path) -> str:
     """The manual way out, for machines without internet."""
-    return f"to place it by hand, download {url} on a machine with internet and put it in {folder}/ as {folder / name}"
+    return f"or download {url} on a machine with internet and put it at {dest}"
+
+
+def _short(e: Exception) -> str:
+    """The first line of a network error, bounded: urllib's can carry a whole HTML page."""
+    text = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def fetch_official(
@@ -153,9 +205,8 @@ def fetch_official(
             torch.hub.download_url_to_file(url, str(tmp), progress=progress)
         except _NETWORK_ERRORS as e:
             raise WeightsUnavailableError(
-                f"could not download the official EMVOS weights {name} from {url} ({e}); nothing was saved. "
-                f"Check the connection and run again; {_by_hand(url, folder, name)}; or pass --weights PATH to a "
-                f"checkpoint you have"
+                f"could not download {url} ({_short(e)}); nothing was saved. Check the connection and run again, "
+                f"put the file at {dest} by hand, or pass --weights PATH to a checkpoint you have"
             ) from e
         expected, got = OFFICIAL_BLOB_IDS[name], git_blob_id(tmp)
         if got != expected:
@@ -163,8 +214,8 @@ def fetch_official(
             # so a cut transfer ends here too; the size helps tell it from a changed file.
             raise VOSInputError(
                 f"the download of {url} ({tmp.stat().st_size} bytes) is not the official {name}: its git blob id is "
-                f"{got}, expected {expected} (a cut transfer or a changed file); it was deleted, nothing was saved "
-                f"in {folder}/. Try again; {_by_hand(url, folder, name)}"
+                f"{got}, expected {expected} (a cut transfer or a changed file); it was deleted, nothing was saved. "
+                f"Try again, or put the official file at {dest} by hand"
             )
         os.chmod(tmp, 0o644)  # as checkpoint.save_atomic: a 0600 temporary must not hide the weights from other users
         os.replace(tmp, dest)  # same folder, so atomic: dest is either absent or the whole checked file
@@ -183,7 +234,8 @@ def resolve_weights(
     """Turn a `--weights` value into a checkpoint file on disk.
 
     - `official-davis` / `official-ytvos` name `folder/coco_davis_best.pth` / `folder/coco_ytvos_best.pth`.
-    - An existing file is returned as it is (not re-checked).
+    - An alias's file must be the official one (its git blob id, hashed once per process); any other existing file
+      is returned as it is.
     - A missing file named like an official checkpoint is downloaded (`fetch_official`): into `folder` when `spec`
       is an alias or a bare file name (after looking for it there), else into the folder `spec` names.
     - Anything else that is missing is an error naming the path and the ways out.
@@ -201,6 +253,12 @@ def resolve_weights(
     folder = Path(folder)
     path = folder / WEIGHT_ALIASES[spec] if spec in WEIGHT_ALIASES else Path(spec)
     if path.is_file():
+        if spec in WEIGHT_ALIASES and cached_blob_id(path) != OFFICIAL_BLOB_IDS[path.name]:
+            raise VOSInputError(
+                f"--weights {spec}: {path} is not the authors' {path.name} (its git blob id differs: another or a "
+                f"damaged file); move it away and run again to fetch the official one, or pass --weights {path} to "
+                f"use it as it is"
+            )
         return path
     if path.is_dir():
         raise VOSInputError(
@@ -220,8 +278,8 @@ def resolve_weights(
     if why_not is not None:
         url = f"{base_url.rstrip('/')}/{path.name}"
         raise WeightsUnavailableError(
-            f"the official EMVOS weights {path.name} are not in {path.parent}/ and downloading is off: {why_not}. "
-            f"Or, {_by_hand(url, path.parent, path.name)}"
+            f"the official EMVOS weights {path} are missing and downloading is off ({why_not}); "
+            f"{_by_hand(url, path)}"
         )
     return fetch_official(path.name, path.parent, base_url, progress)
 
@@ -261,12 +319,19 @@ _ZIP_HEADER = b"PK\x03\x04"  # torch.save since 1.6 writes a zip archive
 _PICKLE_PROTO = 0x80  # the PROTO opcode: the first byte of a pickle (and of torch.save's legacy format)
 
 
+# Sentences of torch's weights_only refusal that give advice rather than say what was refused: re-running with
+# weights_only=False, allowlisting with add_safe_globals / safe_globals, the documentation link. Their wording changes
+# between torch releases, so whole sentences are dropped by what they talk about, not matched verbatim.
+_ADVICE = re.compile(r"weights.only|safe_globals|allowlist|trusted source|documentation|https?://|in pytorch \d|"
+                     r"please use|you can use|re-?running", re.IGNORECASE)
+
+
 def _refusal_reason(e: Exception) -> str:
-    """The one line of torch's weights_only refusal that says what was refused, without its advice to allowlist it."""
-    text = str(e)
-    text = text.split("WeightsUnpickler error:", 1)[-1].split("Check the documentation", 1)[0]
-    text = text.split(" Please use", 1)[0]  # torch suggests add_safe_globals: exactly what must not happen here
-    return " ".join(text.split()).rstrip(".") or "unsupported content"
+    """What torch's weights_only refusal says was refused (e.g. `unsupported GLOBAL posix.system`), without its
+    advice to load with weights_only=False or to allowlist the object: exactly what must not happen here."""
+    sentences = re.split(r"(?<=[.!?])\s+|\n+", str(e))
+    kept = [t.strip() for t in sentences if t.strip() and not _ADVICE.search(t)]
+    return " ".join(" ".join(kept).split()).rstrip(".") or "unsupported content"
 
 
 def _load_error(path: Path, what: str, head: bytes, e: Exception, fix: str) -> VOSInputError:
@@ -394,6 +459,20 @@ def load_state_dict_file(path: str | os.PathLike, what: str = "checkpoint") -> t
     return as_state_dict(load_file(path, what), path, what)
 
 
+def check_finite(state: Mapping[str, Tensor], path: Path, what: str) -> None:
+    """Refuse weights holding NaN or infinity, naming the first such tensor: a network with them turns every frame
+    into background (NaN logits lose every comparison) and the run would still end with exit 0."""
+    for name, t in state.items():
+        if t.is_floating_point() or t.is_complex():
+            bad = ~torch.isfinite(t)
+            if bad.any():
+                raise VOSInputError(
+                    f"{what} '{path}': tensor {name} {tuple(t.shape)} holds {int(bad.sum())} NaN/inf values, so the "
+                    f"file is damaged or comes from a diverged run; pass an earlier checkpoint of that run, or "
+                    f"download or copy it again"
+                )
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # 3. ImageNet backbone weights, hash-checked before unpickling
 # ----------------------------------------------------------------------------------------------------------------------
@@ -490,8 +569,8 @@ def load_imagenet_weights(
         why_not = download_disabled(download)
         if why_not is not None:
             raise WeightsUnavailableError(
-                f"the ImageNet weights {name} are not in {cache_dir}/ and downloading is off: {why_not}. "
-                f"Or, {_by_hand(url, cache_dir, name)}; or pass --no-pretrained to start the backbone from scratch"
+                f"the ImageNet weights {path} are missing and downloading is off ({why_not}); "
+                f"{_by_hand(url, path)}, or pass --no-pretrained to start the backbone from scratch"
             )
         cache_dir.mkdir(parents=True, exist_ok=True)
         try:
@@ -499,9 +578,9 @@ def load_imagenet_weights(
             torch.hub.download_url_to_file(url, str(path), hash_prefix=prefix, progress=progress)
         except _NETWORK_ERRORS as e:
             raise WeightsUnavailableError(
-                f"could not download the ImageNet weights from {url} ({e}); nothing was saved. "
-                f"Check the connection and run again; {_by_hand(url, cache_dir, name)}; or pass --no-pretrained to "
-                f"start the backbone from scratch"
+                f"could not download the ImageNet weights {url} ({_short(e)}); nothing was saved. Check the "
+                f"connection and run again, put the file at {path} by hand, or pass --no-pretrained to start the "
+                f"backbone from scratch"
             ) from e
         except RuntimeError as e:
             if "invalid hash value" not in str(e):

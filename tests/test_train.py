@@ -168,11 +168,14 @@ def test_resume_after_ctrl_c_continues_exactly(davis2016_root: Path, tmp_path: P
 @pytest.mark.parametrize(("clips", "message"), [("4", "iteration 2"), ("2", "is not finite")])
 def test_nan_stops_without_writing_a_checkpoint(davis2016_root: Path, tmp_path: Path, clips: str,
                                                 message: str) -> None:
-    # lr = inf: the first update makes the weights inf/NaN. With two steps per epoch the second loss is NaN; with one,
-    # the end-of-epoch save finds the weights non-finite. Either way nothing is written from that state.
+    # lr = inf (set past the parser, which refuses it): the first update makes the weights inf/NaN. With two steps
+    # per epoch the second loss is NaN; with one, the end-of-epoch save finds the weights non-finite. Either way
+    # nothing is written from that state.
+    args = run.build_parser().parse_args(["--train", *_davis_args(davis2016_root, tmp_path, "--clips-per-epoch", clips,
+                                                                  "--epochs", "2", "--save-every", "1")])
+    args.lr = float("inf")
     with pytest.raises(trainer.TrainingError) as err:
-        _train(_davis_args(davis2016_root, tmp_path, "--lr", "inf", "--clips-per-epoch", clips, "--epochs", "2",
-                           "--save-every", "1"))
+        trainer.train(args)
     text = str(err.value)
     assert message in text and "--lr" in text and "--amp" in text
     if clips == "4":
