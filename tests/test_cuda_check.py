@@ -114,13 +114,21 @@ def test_a_broken_part_is_a_row_and_the_others_still_run(tmp_path: Path, monkeyp
 
 
 def test_subprocess_time_limit_stops_the_child(tmp_path: Path) -> None:
-    """Catches a part that waits forever on a hung run.py (the budget must hold)."""
+    """Catches a part that waits forever on a hung run.py, or starts one after its time is spent (the budget must
+    hold)."""
     ctx = cuda_check.Context(torch.device("cpu"), True, None, tmp_path, sys.executable)
-    ctx.deadline = cuda_check.time.monotonic() + 2
+    ctx.deadline = cuda_check.time.monotonic() + 6
     proc = cuda_check.run_process(ctx, "sleeper", [sys.executable, "-c", "import time; print('up', flush=True); "
                                                    "time.sleep(60)"])
     assert proc.rc is None and proc.wall < 30 and proc.stdout == "up\n"
     assert cuda_check.status_of(proc) == "timeout" and "time limit" in cuda_check.failure(proc)
+    # with the part's time spent, nothing starts: the check becomes a `skip` row
+    ctx.deadline = cuda_check.time.monotonic()
+    with pytest.raises(cuda_check.OutOfTimeError) as spent:
+        cuda_check.run_process(ctx, "late", [sys.executable, "-c", "open('started', 'w')"])
+    assert not (ROOT / "started").exists()
+    cuda_check.broken(ctx, "train", "late", spent.value)
+    assert [(c.status, c.name) for c in ctx.checks] == [("skip", "late")]
 
 
 @pytest.mark.skipif(os.environ.get("CUDA_CHECK_E2E") != "1",

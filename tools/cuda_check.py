@@ -149,6 +149,10 @@ class Context:
         print(f"  [{part}] {name}: {status} {value}", flush=True)
 
 
+class OutOfTimeError(Exception):
+    """The part's time is spent before a subprocess could start: its rows become `skip`."""
+
+
 @dataclass
 class Proc:
     """A finished (or stopped) subprocess."""
@@ -168,7 +172,9 @@ def run_process(ctx: Context, name: str, cmd: list[str], env: dict | None = None
     log = ctx.out / "logs" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    timeout = max(1.0, ctx.left())
+    timeout = ctx.left()
+    if timeout < 5:
+        raise OutOfTimeError(f"not run, nor what follows it in this check: the part's time is spent ({name})")
     start = time.monotonic()
     with open(log.with_suffix(".stderr"), "w+") as err:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=err, text=True,
@@ -198,6 +204,14 @@ def run_process(ctx: Context, name: str, cmd: list[str], env: dict | None = None
     stdout = "".join(lines)
     log.write_text(f"$ {' '.join(cmd)}\n# rc {rc}, {wall:.1f} s\n{stdout}")
     return Proc(rc, wall, stdout, stderr, log)
+
+
+def broken(ctx: Context, part: str, name: str, e: Exception) -> None:
+    """A check that raised: `skip` when it ran out of time, else `error` with the traceback in the report."""
+    if isinstance(e, OutOfTimeError):
+        ctx.add(part, name, "skip", str(e))
+    else:
+        ctx.add(part, name, "error", f"{type(e).__name__}: {e}"[:300], traceback=traceback.format_exc())
 
 
 def failure(proc: Proc) -> str:
@@ -373,32 +387,28 @@ def part_parity(ctx: Context) -> None:
         try:
             check(ctx)
         except Exception as e:  # one broken check must not hide the other
-            ctx.add("parity", check.__name__, "error", f"{type(e).__name__}: {e}"[:300],
-                    traceback=traceback.format_exc())
+            broken(ctx, "parity", check.__name__, e)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # part 2: speed and memory
 # ---------------------------------------------------------------------------------------------------------------
 
-def bench_runs(ctx: Context) -> list[tuple[str, list[str]]]:
-    """(name, bench.py arguments): one run per resolution, so that a time limit keeps the finished ones."""
+def bench_runs(ctx: Context, compiled: bool) -> list[tuple[str, list[str]]]:
+    """(name, bench.py arguments): one run per resolution, so that a time limit keeps the finished ones. The test
+    mode leaves --compile out (minutes of compilation on a CPU)."""
     if ctx.tiny:
-        return [("bench_tiny", ["--configs", "tiny:2", "--precisions", "fp32", "--frames", "1"])]
+        return [] if compiled else [("bench_tiny", ["--configs", "tiny:2", "--precisions", "fp32", "--frames", "1"])]
     precisions = ["fp32", "bf16", "fp16"] if torch.cuda.is_bf16_supported() else ["fp32", "fp16"]
     runs = []
-    for compiled in (False, True):
-        for res in ("480p", "720p", "1080p"):
-            args = ["--configs", *(f"{res}:{n}" for n in (1, 3, 10)), "--precisions", *precisions, "--frames", "3"]
-            runs.append((f"bench_{res}{'_compile' if compiled else ''}", args + (["--compile"] if compiled else [])))
+    for res in ("480p", "720p", "1080p"):
+        args = ["--configs", *(f"{res}:{n}" for n in (1, 3, 10)), "--precisions", *precisions, "--frames", "3"]
+        runs.append((f"bench_{res}{'_compile' if compiled else ''}", args + (["--compile"] if compiled else [])))
     return runs
 
 
-def speed_bench(ctx: Context) -> None:
-    for name, args in bench_runs(ctx):
-        if ctx.left() < 5:
-            ctx.add("speed", name, "skip", "not run: the part's time is spent")
-            continue
+def speed_bench(ctx: Context, compiled: bool) -> None:
+    for name, args in bench_runs(ctx, compiled):
         path = ctx.out / f"{name}.json"
         cmd = [ctx.python, "bench.py", "--device", ctx.device.type, "--paths", "per-object", "ours", "--json",
                str(path), *args]
@@ -421,9 +431,6 @@ def speed_wall(ctx: Context) -> None:
     frames = 3 if ctx.tiny else 10
     weights = weights_file(ctx)
     for res, (height, width) in sizes.items():
-        if ctx.left() < 5:
-            ctx.add("speed", f"run.py --test {res}", "skip", "not run: the part's time is spent")
-            continue
         root = ctx.out / "data" / f"test_{res}"
         objects = (1,) if ctx.tiny else (1, 3, 10)
         davis_layout(root, {f"{res}_{n}obj": (height, width, n) for n in objects}, frames, "val", speck=ctx.tiny)
@@ -442,12 +449,13 @@ def speed_wall(ctx: Context) -> None:
 
 
 def part_speed(ctx: Context) -> None:
-    for check in (speed_bench, speed_wall):
+    # compiled runs last: they take the longest, and what the budget cuts should be the least needed
+    for name, check in (("bench.py", lambda: speed_bench(ctx, False)), ("run.py --test", lambda: speed_wall(ctx)),
+                        ("bench.py --compile", lambda: speed_bench(ctx, True))):
         try:
-            check(ctx)
+            check()
         except Exception as e:
-            ctx.add("speed", check.__name__, "error", f"{type(e).__name__}: {e}"[:300],
-                    traceback=traceback.format_exc())
+            broken(ctx, "speed", name, e)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -528,9 +536,6 @@ def peak_text(run: TrainRun) -> tuple[str, int | None]:
 def part_train(ctx: Context) -> None:
     for amp in (False, True):
         name = f"train_{'amp' if amp else 'fp32'}"
-        if ctx.left() < 5:
-            ctx.add("train", name, "skip", "not run: the part's time is spent")
-            continue
         try:
             run = train(ctx, name, train_args(ctx, ctx.out / name, "--amp" if amp else "--no-amp"), ctx.out / name)
             if run.proc.rc != 0:
@@ -547,7 +552,7 @@ def part_train(ctx: Context) -> None:
                     f"{run.proc.wall:.0f} s wall", sec_per_iter=secs, losses=run.losses, peak_bytes=peak_bytes,
                     iterations=iterations)
         except Exception as e:
-            ctx.add("train", name, "error", f"{type(e).__name__}: {e}"[:300], traceback=traceback.format_exc())
+            broken(ctx, "train", name, e)
 
 
 def reference(ctx: Context) -> TrainRun:
@@ -723,7 +728,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             RUNNERS[part](ctx)
         except Exception as e:  # a part that breaks is a row of the table, not the end of the check
-            ctx.add(part, part, "error", f"{type(e).__name__}: {e}"[:300], traceback=traceback.format_exc())
+            broken(ctx, part, part, e)
         print(f"cuda_check: {part} took {time.monotonic() - begun:.0f} s", flush=True)
     info["seconds"] = time.monotonic() - start
     table = format_table(ctx.checks)
