@@ -59,6 +59,7 @@ from utils import read_frame, read_mask, save_mask  # noqa: E402
 PARTS = {"parity": 0.15, "speed": 0.40, "train": 0.20, "resume": 0.15, "ddp": 0.10}  # shares of --budget
 SAMPLE = ROOT / "sample" / "DAVIS2016"
 GOLDEN_TOLERANCE = 1e-8  # float64 training logits against the official ones (as tests/test_golden.py on CPU)
+RESIZE_NOTE = " (run.py runs at short side 480 unless an object would keep under 1000 pixels, the official rule)"
 DDP_TOLERANCE = 0.10  # relative per-epoch loss difference allowed between 2 ranks and 1 process (different clips)
 
 # Runs run.py as its command line does (sys.argv, __main__) and, at exit, writes the peak CUDA memory and the
@@ -233,7 +234,7 @@ def status_of(proc: Proc) -> str:
 def synthetic_frame(height: int, width: int, t: int, objects: int, seed: int, speck: bool = False,
                     ) -> tuple[np.ndarray, np.ndarray]:
     """(H, W, 3) uint8 RGB and (H, W) ids: a smooth random background and `objects` ellipses, each its own colour,
-    that move a little every frame (later objects on top; each keeps some pixels at these sizes).
+    that move a little every frame (later objects on top, so one may hide another).
 
     speck: one more object, a 4x4 square in a corner: run.py --test's resize to short side 480 would leave it fewer
     than 1000 pixels, so the official rule (inference.test_size) keeps tiny frames at their own size."""
@@ -352,32 +353,39 @@ def object_pixels_differ(a: list[torch.Tensor], b: list[torch.Tensor]) -> dict[i
 
 
 def precision_parity(ctx: Context) -> None:
-    """fp32 on the device against fp32 on CPU; bf16 / fp16 autocast against the device's fp32 (per object)."""
+    """fp32 on the device against fp32 on CPU; bf16 / fp16 autocast against the device's fp32 (per object), on the
+    bundled sample and (not in --tiny) the golden case b's frames, with the golden weights when given."""
     weights = weights_file(ctx)
     cpu_net = load_weights(weights)[0].float()
     net = load_weights(weights)[0].float().to(ctx.device)
     on_cpu = ctx.device.type == "cpu"
-    for name in ("bear",) if ctx.tiny else ("bear", "boat"):
-        frames, masks = sample_video(ctx, name)
+    videos = {f"sample {name}": sample_video(ctx, name) for name in (("bear",) if ctx.tiny else ("bear", "boat"))}
+    if not ctx.tiny and ctx.golden is not None and (ctx.golden / "cases.npz").is_file():
+        # several objects, one of them first given at frame 2: the per-object rows of the reduced precisions
+        cases = np.load(ctx.golden / "cases.npz")
+        videos["golden b"] = ([torch.from_numpy(a).permute(2, 0, 1).float() / 255 for a in cases["b_imgs"]],
+                              {0: torch.from_numpy(cases["b_first_mask"]).long(),
+                               2: torch.from_numpy(cases["b_frame2_mask"]).long()})
+    for name, (frames, masks) in videos.items():
         ref_labels, ref_logits = segment(cpu_net, frames, masks, torch.float32, None)
         labels, logits = segment(net, frames, masks, torch.float32, None)
         differ = sum(int((x != y).sum()) for x, y in zip(ref_labels, labels, strict=True))
         logit = max(float((x - y).abs().max()) for x, y in zip(ref_logits, logits, strict=True))
         tf32 = torch.backends.cudnn.allow_tf32 if ctx.device.type == "cuda" else False
-        ctx.add("parity", f"sample {name} fp32 {ctx.device.type} vs cpu", "ok" if differ == 0 else "FAIL",
+        ctx.add("parity", f"{name} fp32 {ctx.device.type} vs cpu", "ok" if differ == 0 else "FAIL",
                 f"{differ} of {sum(x.numel() for x in labels)} pixels differ, max |logit diff| {logit:.2e}"
                 f"{' (cuDNN TF32 on, the torch default)' if tf32 else ''}", pixels_differ=differ,
                 max_logit_diff=logit, cudnn_tf32=tf32)
         for q in ("bf16", "fp16"):
             if q == "fp16" and on_cpu:
-                ctx.add("parity", f"sample {name} {q} vs fp32", "skip", "fp16 autocast is a CUDA path")
+                ctx.add("parity", f"{name} {q} vs fp32", "skip", "fp16 autocast is a CUDA path")
                 continue
             q_labels, q_logits = segment(net, frames, masks, torch.float32, PRECISIONS[q][1])
             per_object = object_pixels_differ(labels, q_labels)
             logit = max(float((x - y).abs().max()) for x, y in zip(logits, q_logits, strict=True))
             total = sum(x.numel() for x in labels)
             text = ", ".join(f"object {i} {n}" for i, n in per_object.items())
-            ctx.add("parity", f"sample {name} {q} vs fp32", "info",
+            ctx.add("parity", f"{name} {q} vs fp32", "info",
                     f"pixels differing per object (of {total}): {text}; max |logit diff| {logit:.2e}",
                     pixels_differ_per_object=per_object, max_logit_diff=logit)
 
@@ -388,6 +396,8 @@ def part_parity(ctx: Context) -> None:
             check(ctx)
         except Exception as e:  # one broken check must not hide the other
             broken(ctx, "parity", check.__name__, e)
+    if ctx.device.type == "cuda":
+        torch.cuda.empty_cache()  # the subprocesses of the later parts get the GPU's memory back
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -444,7 +454,7 @@ def speed_wall(ctx: Context) -> None:
         model_fps = [line.split(", ")[-1] for line in proc.stdout.splitlines() if "fps" in line and "obj:" in line]
         ctx.add("speed", f"run.py --test {res} fp32, whole process", "info",
                 f"{total / proc.wall:.2f} frames/s over {proc.wall:.1f} s wall ({total} frames); model time per "
-                f"video: {', '.join(model_fps)}{'' if ctx.tiny else ' (run at short side 480, the official protocol)'}",
+                f"video: {', '.join(model_fps)}{'' if ctx.tiny else RESIZE_NOTE}",
                 wall_s=proc.wall, frames=total)
 
 
@@ -520,7 +530,10 @@ def train(ctx: Context, name: str, argv: list[str], save_dir: Path, deterministi
         cmd = [ctx.python, *wrapped]
     proc = run_process(ctx, name, cmd, env, on_line)
     log_path = save_dir / "train_log.csv"
-    log = list(csv.DictReader(log_path.open(newline=""))) if log_path.is_file() else []
+    log = []
+    if log_path.is_file():
+        with open(log_path, newline="") as f:
+            log = list(csv.DictReader(f))
     reports = [json.loads(p.read_text()) for p in sorted(report.parent.glob(f"{report.name}.*"))]
     return TrainRun(proc, log, reports, save_dir)
 
