@@ -39,6 +39,7 @@ import argparse
 import contextlib
 import ctypes
 import dataclasses
+import json
 import math
 import os
 import re
@@ -59,6 +60,7 @@ import framework
 import inference
 import methods
 import model as emvos
+import utils
 from inference import VideoSegmenter
 from reference import PerObjectSegmenter, blob_mask, capture_logits, random_frame
 
@@ -391,7 +393,6 @@ def profile_frames(model: emvos.EMVOS, device: torch.device, objects: int, split
     (the given mask) and frame 1 (first-call set-up) are not counted. In run.py reading and writing overlap the
     model in threads, so they cost wall time only where the model waits.
     """
-    import utils
 
     paths, mask = sample_video(objects)
     seg = VideoSegmenter(model, runtime=framework.Runtime(split_decoder=split))
@@ -461,6 +462,28 @@ def format_profile(columns: dict[str, dict[str, float]]) -> str:
 # command line
 # ---------------------------------------------------------------------------------------------------------------
 
+def speedup_over_per_object(rows: list[Row], row: Row) -> float:
+    """Median per-frame ratio of the per-object path's time to row's, in row's precision (nan without that path)."""
+    base = next((r for r in rows if r.path == "per-object" and r.precision == row.precision
+                 and (r.device, r.resolution, r.objects) == (row.device, row.resolution, row.objects)), None)
+    # paired: the two paths ran the same frames back to back, so the ratio per frame cancels slow spells
+    return statistics.median(b / o for b, o in zip(base.times, row.times, strict=True)) if base else math.nan
+
+
+def json_report(rows: list[Row], peaks: dict[tuple[str, str], float], args: argparse.Namespace) -> dict:
+    """The table's numbers for programs (--json): one record per row, the matmul peaks and the settings."""
+    records = []
+    for row in rows:
+        record = dataclasses.asdict(row)
+        record.update(seconds=row.seconds, fps=1 / row.seconds, x_per_object=speedup_over_per_object(rows, row))
+        records.append(record)
+    settings = {"compile": args.compile, "channels_last": args.channels_last, "frames": args.frames,
+                "decoder_batch": args.decoder_batch, "max_memory": args.max_memory, "seed": args.seed,
+                "threads": torch.get_num_threads()}
+    return {"rows": records, "matmul_peak_flops": {f"{d} {q}": v for (d, q), v in peaks.items()},
+            "settings": settings}
+
+
 def format_table(rows: list[Row], peaks: dict[tuple[str, str], float]) -> str:
     """One line per (device, resolution, objects, path, precision)."""
     head = (f"{'device':6} {'res':>6} {'obj':>3} {'path':10} {'prec':4} {'fps':>7} {'s/frame':>8} "
@@ -468,10 +491,7 @@ def format_table(rows: list[Row], peaks: dict[tuple[str, str], float]) -> str:
             f"{'clear diff':>10} {'logit diff':>10} {'load':>5}")
     lines = [head, "-" * len(head)]
     for row in rows:
-        base = next((r for r in rows if r.path == "per-object" and r.precision == row.precision
-                     and (r.device, r.resolution, r.objects) == (row.device, row.resolution, row.objects)), None)
-        # paired: the two paths ran the same frames back to back, so the ratio per frame cancels slow spells
-        speedup = statistics.median(b / o for b, o in zip(base.times, row.times, strict=True)) if base else math.nan
+        speedup = speedup_over_per_object(rows, row)
         achieved = row.flops / row.seconds
         peak = peaks.get((row.device, row.precision), math.nan)
         lines.append(
@@ -525,6 +545,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weights", default=None, help="checkpoint to load (default: random init, --seed)")
     p.add_argument("--seed", type=flags.seed, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--json", type=Path, default=None, metavar="PATH",
+                   help="also write the table's numbers to PATH as JSON (NaN where a ratio has no per-object row)")
     p.add_argument("--memory-growth", action="store_true",
                    help="instead of the table: peak memory per frame of `ours` over --frames frames")
     p.add_argument("--profile", action="store_true",
@@ -604,6 +626,10 @@ def main(argv: list[str] | None = None) -> int:
               f"path (mask: fraction of pixels; clear: of those not tied within {TIE} in the reference; logit: "
               f"max abs); load: cores other processes took meanwhile.")
         print(format_table(rows, peaks))
+        if args.json is not None:
+            payload = json.dumps(json_report(rows, peaks, args), indent=1).encode()
+            utils.atomic_write(args.json, lambda f: f.write(payload))
+            print(f"wrote {args.json}")
     return 0
 
 
