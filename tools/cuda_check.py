@@ -237,7 +237,7 @@ def synthetic_frame(height: int, width: int, t: int, objects: int, seed: int, sp
     that move a little every frame (later objects on top, so one may hide another).
 
     speck: one more object, a 4x4 square in a corner: run.py --test's resize to short side 480 would leave it fewer
-    than 1000 pixels, so the official rule (inference.test_size) keeps tiny frames at their own size."""
+    than 1000 pixels, so the official rule (dataset.official_size) keeps tiny frames at their own size."""
     rng = np.random.default_rng(seed)
     coarse = rng.uniform(40, 215, size=(max(2, height // 40), max(2, width // 40), 3)).astype(np.float32)
     background = np.asarray(Image.fromarray(coarse.astype(np.uint8)).resize((width, height), Image.BILINEAR))
@@ -291,7 +291,7 @@ def weights_file(ctx: Context) -> Path:
 
 def segment(model: torch.nn.Module, frames: list[torch.Tensor], masks: dict[int, torch.Tensor], dtype: torch.dtype,
             autocast: torch.dtype | None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Labels and the model's logits (methods.VOSModel.predict, recorded) of every frame, on CPU."""
+    """Labels and the model's logits (framework.VOSModel.predict, recorded) of every frame, on CPU."""
     seg = VideoSegmenter(model, dtype=dtype, autocast=autocast)
     logits: list[torch.Tensor] = []
     original = model.predict
