@@ -505,9 +505,19 @@ def score_mosev2(
             names.sort(key=lambda x: int(x.split(".")[0]))
         except ValueError as err:
             raise VOSInputError(f"{results / video} has a PNG whose name is not a frame number ({err})") from err
-        if len(names) < length - 1:
+        # score.py takes the frame names from the prediction listing; a missing prediction would shift every later
+        # frame onto the wrong GT without an error, so the listing must start with the GT's own frames.
+        gt_names = sorted(_pngs(gt / video), key=lambda x: int(x.split(".")[0]))
+        missing = [x for x in gt_names if x not in set(names)]
+        if missing:
             raise VOSInputError(
-                f"{results / video} has {len(names)} PNGs but the video has {length} frames; write every frame"
+                f"missing prediction {results / video / missing[0]} ({len(missing)} frame(s) of {gt / video} have "
+                "none); write one PNG per frame, named like the GT"
+            )
+        if names[:length] != gt_names:
+            raise VOSInputError(
+                f"{results / video} holds PNGs that are not frames of {gt / video} among its first {length}; "
+                "score.py would pair them with the wrong GT frames: remove them"
             )
         frames = [x[: -len(".png")] for x in names[1 : length - 1]]
         objs = list(videos_meta[video]["objects"])
@@ -538,7 +548,7 @@ def score_mosev2(
     per_object["total_time"] = time.perf_counter() - start_time
     _write_text(paths[1], json.dumps(per_object, indent=4))
     _write_text(paths[0], mose_scores_text(table))
-    return BenchmarkResult("mosev2", "valid", table, objects, list(paths), notes)
+    return BenchmarkResult("mosev2", "", table, objects, list(paths), notes)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -661,12 +671,12 @@ def score_sav(gt: Path, results: Path, out: Path | None = None, workers: int = 2
 
 
 def format_result(result: BenchmarkResult) -> str:
-    """The global table and the notes, for the terminal."""
+    """The global table as the toolkit prints it (LVOS 3 decimals, MOSE v2 its 2-dp values, vos-benchmark and SA-V
+    1 decimal; '(empty)' where the toolkit leaves a field empty), then the notes."""
+    digits = {"lvos": ".3f", "mosev2": "", "vos-benchmark": ".1f", "sav": ".1f"}[result.benchmark]
     width = max(len(c) for c, _ in result.global_table)
     lines = [f" {result.benchmark} {result.split} ".center(60, "-")]
-    lines += [
-        f"{c.ljust(width)}  {v:.3f}" if not math.isnan(v) else f"{c.ljust(width)}  (empty)"
-        for c, v in result.global_table
-    ]
-    lines += result.notes
-    return "\n".join(lines)
+    for c, v in result.global_table:
+        value = "(empty)" if result.benchmark == "lvos" and math.isnan(v) else format(v, digits)
+        lines.append(f"{c.ljust(width)}  {value}")
+    return "\n".join(lines + result.notes)
