@@ -132,6 +132,11 @@ def _write_text(path: Path, text: str) -> Path:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def _object_ids(mask: np.ndarray) -> np.ndarray:
+    """Sorted non-zero values of an id map (np.unique of its object pixels only, which are few)."""
+    return np.unique(mask[mask != 0])
+
+
 def _read_pair(gt_path: Path, pred_path: Path, binary_sav: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """GT and prediction id maps as the toolkits read them (`np.array(Image.open(p))`, values untouched).
 
@@ -151,12 +156,12 @@ def _read_pair(gt_path: Path, pred_path: Path, binary_sav: bool = False) -> tupl
         )
     if binary_sav:
         for path, ids in ((gt_path, gt), (pred_path, pred)):
-            if len(np.unique(ids)) > 2:
+            if len(_object_ids(ids)) + (not ids.all()) > 2:  # np.unique's count, 0 included
                 raise VOSInputError(
                     f"{path} holds more than one object; SA-V stores one object per PNG (0 = background), one folder "
                     "per object (vos_inference.py --per_obj_png_file)"
                 )
-        gt, pred = (gt > 0).astype(np.uint8), (pred > 0).astype(np.uint8)
+        gt, pred = (gt > 0).view(np.uint8), (pred > 0).view(np.uint8)
     return gt, pred
 
 
@@ -187,9 +192,8 @@ def _score_from_appearance(
     scores: dict[int, np.ndarray] = {}
     for t, (gt_path, pred_path) in enumerate(pairs):
         gt, pred = _read_pair(gt_path, pred_path, binary_sav)
-        gt_ids, pred_ids = np.unique(gt), np.unique(pred)
-        in_gt.update(set(gt_ids[gt_ids != 0].tolist()))
-        in_pred.update(set(pred_ids[pred_ids != 0].tolist()))
+        in_gt.update(set(_object_ids(gt).tolist()))
+        in_pred.update(set(_object_ids(pred).tolist()))
         live = sorted(in_gt | in_pred)
         for k in live:
             if k not in first:

@@ -25,8 +25,8 @@ def save_ids(path: Path, ids: np.ndarray) -> None:
     image.save(path)
 
 
-def ellipse(cy: float, cx: float, ry: float, rx: float, h: int = H, w: int = W) -> np.ndarray:
-    yy, xx = np.mgrid[:h, :w]
+def ellipse(cy: float, cx: float, ry: float, rx: float) -> np.ndarray:
+    yy, xx = np.mgrid[:H, :W]
     return ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
 
 
