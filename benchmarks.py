@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 import metrics
-from utils import VOSInputError, atomic_write, read_mask
+from utils import VOSInputError, atomic_write, read_mask, writable_dir
 
 ROOT = Path(__file__).resolve().parent
 # lvos-evaluation's own unseen_videos.txt (51 ids), copied with a header naming its source.
@@ -333,7 +333,7 @@ def score_lvos(
         raise VOSInputError(f"LVOS meta {meta} does not exist; pass --meta FILE or --split valid|test")
     unseen_ids = read_video_list(unseen or LVOS_UNSEEN)
     _need_dir(results, "--results", "the folder with one sub-folder of PNGs per video")
-    out = Path(out or results)
+    out = writable_dir(Path(out or results), "--out" if out else "--results")
     paths = lvos_files(out, split)
     remove_stale(paths)
     try:
@@ -345,9 +345,21 @@ def score_lvos(
 
     tasks, keys = [], []
     for video in sorted(videos):
-        for k, (label, obj) in enumerate(videos[video]["objects"].items(), start=1):
-            r = obj["frame_range"]
-            start, end, n = int(r["start"]), int(r["end"]), int(r["frame_nums"])
+        try:
+            ranges = [
+                (
+                    label,
+                    int(o["frame_range"]["start"]),
+                    int(o["frame_range"]["end"]),
+                    int(o["frame_range"]["frame_nums"]),
+                )
+                for label, o in videos[video]["objects"].items()
+            ]
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise VOSInputError(
+                f"{meta}: video {video} has no objects/<id>/frame_range/start,end,frame_nums ({err!r}); fix the meta"
+            ) from err
+        for k, (label, start, end, n) in enumerate(ranges, start=1):
             if n < 3 or (end - start) % LVOS_STEP or n != (end - start) // LVOS_STEP + 1:
                 raise VOSInputError(
                     f"{meta}: video {video} object {label} has frame_nums {n} but start {start}..end {end} at step "
@@ -476,7 +488,7 @@ def score_mosev2(
     if meta is None or not Path(meta).is_file():
         raise VOSInputError(f"MOSE v2 needs its meta json: --meta {meta} is not a file; pass --meta meta.json")
     results = _need_dir(results, "--results", "the folder with one sub-folder of PNGs per video")
-    out = Path(out or results)
+    out = writable_dir(Path(out or results), "--out" if out else "--results")
     paths = mose_files(out)
     remove_stale(paths)
     start_time = time.perf_counter()
@@ -494,7 +506,12 @@ def score_mosev2(
     for video in videos:
         if video not in videos_meta:
             raise VOSInputError(f"video {video} of {gt} is not in {meta}; pass the meta json of these annotations")
-        length = int(videos_meta[video]["length"])
+        try:
+            length = int(videos_meta[video]["length"])
+            objs = list(videos_meta[video]["objects"])
+            ids = tuple(int(o) for o in objs)
+        except (KeyError, TypeError, ValueError) as err:
+            raise VOSInputError(f"{meta}: video {video} needs 'length' and integer 'objects' ids ({err!r})") from err
         n_gt = len([p for p in (gt / video).iterdir()])
         if n_gt != length or length < 3:
             raise VOSInputError(
@@ -524,8 +541,6 @@ def score_mosev2(
                 "score.py would pair them with the wrong GT frames: remove them"
             )
         frames = [x[: -len(".png")] for x in names[1 : length - 1]]
-        objs = list(videos_meta[video]["objects"])
-        ids = tuple(int(o) for o in objs)
         pairs = [(gt / video / f"{x}.png", results / video / f"{x}.png") for x in frames]
         for c in range(0, len(pairs), MOSE_CHUNK):
             tasks.append((pairs[c : c + MOSE_CHUNK], ids, True))
@@ -626,7 +641,7 @@ def score_vos_benchmark(gt: Path, results: Path, out: Path | None = None, worker
     appearance in GT or prediction, DAVIS J and F. Writes results.csv into `out` (default `results`)."""
     gt = _need_dir(gt, "--gt", "the folder of GT video folders (vos-benchmark -g)")
     results = _need_dir(results, "--results", "the folder with one sub-folder of PNGs per video")
-    out = Path(out or results)
+    out = writable_dir(Path(out or results), "--out" if out else "--results")
     remove_stale([out / "results.csv"])
     videos, notes = _common_videos(gt, results, "the predictions of these videos")
     tasks, frames_of = [], []
@@ -647,7 +662,7 @@ def score_sav(gt: Path, results: Path, out: Path | None = None, workers: int = 2
     vos-benchmark does. Writes results.csv into `out` (default `results`)."""
     gt = _need_dir(gt, "--gt", "SA-V's Annotations_6fps folder (sav_evaluator.py --gt_root)")
     results = _need_dir(results, "--results", "the folder with one sub-folder per video")
-    out = Path(out or results)
+    out = writable_dir(Path(out or results), "--out" if out else "--results")
     remove_stale([out / "results.csv"])
     videos, notes = _common_videos(gt, results, "the predictions of these videos")
     tasks, keys = [], []

@@ -30,7 +30,7 @@ import numpy as np
 import benchmarks
 import metrics
 from metrics import BOUND_TH, boundary_f, boundary_map, boundary_radius, disk, jaccard  # noqa: F401 (re-exported)
-from utils import VOSInputError, atomic_write, read_mask
+from utils import VOSInputError, atomic_write, read_mask, writable_dir
 
 VOID_LABEL = 255  # DAVIS 2017 marks uncertain pixels with 255; the semi-supervised protocol scores them as background
 GLOBAL_COLUMNS = ("J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay")
@@ -398,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
             from dataset import DAVIS
 
             split = args.split or "val"
+            if args.out is not None:
+                writable_dir(args.out, "--out")
             ds = DAVIS(args.davis or args.gt, year=args.year, split=split)
             result, global_path, seq_path = evaluate_and_write(
                 ds.ground_truth(), args.results, split, ds.binary, args.workers, args.out

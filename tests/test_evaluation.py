@@ -444,6 +444,6 @@ def test_cli_recomputes_csvs_on_real_sample(davis2016_root: Path, tmp_path: Path
     rows = (results / "global_results-train.csv").read_text().splitlines()
     assert rows[1] == "1.000,1.000,1.000,0.000,1.000,1.000,0.000"
     assert "hockey_1" in capsys.readouterr().out
-    # A missing results folder is a one-line error and exit code 1, not a traceback.
-    assert ev.main([*args, "/nope"]) == 1
+    # A missing results folder is a one-line error and exit code 2, not a traceback.
+    assert ev.main([*args, "/nope"]) == 2  # bad input: exit code 2, as run.py
     assert "results folder /nope does not exist" in capsys.readouterr().err
