@@ -299,7 +299,8 @@ def reduce_lvos(objects: list[ObjectScores], unseen: set[str]) -> tuple[list[tup
             (f"{m}-seen-Mean", means[m, "seen"]),
             (f"{m}-unseen-Mean", means[m, "unseen"]),
         ]
-    table = [(c, float(v)) for c, v in table]
+    order = dict(table)  # in the toolkit's column order
+    table = [(c, float(order[c])) for c in LVOS_GLOBAL_COLUMNS]
     notes = [
         f"LVOS: no evaluated object is {g}; J&F-Mean, J-Mean, F-Mean, V-Mean and the {g} columns are left empty, "
         "as the official toolkit leaves them"
@@ -382,7 +383,7 @@ def score_lvos(
     table, notes = reduce_lvos(objects, unseen_ids)
     seq_rows = [f"{o.name},{_fmt3(o.values['J'])},{_fmt3(o.values['F'])},{_fmt3(o.values['V'])}" for o in objects]
     _write_text(paths[1], "\n".join([",".join(LVOS_SEQUENCE_COLUMNS), *seq_rows]) + "\n")
-    global_text = ",".join(c for c, _ in table) + "\n" + ",".join(_fmt3(v) for _, v in table) + "\n"
+    global_text = ",".join(LVOS_GLOBAL_COLUMNS) + "\n" + ",".join(_fmt3(v) for _, v in table) + "\n"
     _write_text(paths[0], global_text)  # last, so that its presence means both are complete
     return BenchmarkResult("lvos", split, table, objects, list(paths), notes)
 
@@ -485,8 +486,10 @@ def score_mosev2(
     metrics.json into `out` (default `results`).
     """
     gt = _need_dir(gt, "--gt", "the MOSE v2 Annotations folder (score.py --ann)")
-    if meta is None or not Path(meta).is_file():
-        raise VOSInputError(f"MOSE v2 needs its meta json: --meta {meta} is not a file; pass --meta meta.json")
+    if meta is None:
+        raise VOSInputError("MOSE v2 needs its meta json (score.py --meta): pass --meta meta.json")
+    if not Path(meta).is_file():
+        raise VOSInputError(f"--meta {meta} is not a file; pass --meta meta.json, the meta of these annotations")
     results = _need_dir(results, "--results", "the folder with one sub-folder of PNGs per video")
     out = writable_dir(Path(out or results), "--out" if out else "--results")
     paths = mose_files(out)
