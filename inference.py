@@ -429,11 +429,11 @@ def segment_benchmarks(args: argparse.Namespace, roots: Roots) -> list:
     # resident at 854x480, for about 3 % of speed when they are built anew each frame (README, "Memory"). Read at the
     # first convolution; ONEDNN_PRIMITIVE_CACHE_CAPACITY set in the environment wins.
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "0")
-    out_root = writable_dir(Path(args.output), "--output")  # before the model loads and any frame runs
-    # every layout is opened (its root checked) before the model loads
-    layouts = {key: open_layout(key, roots) for key in (args.data or [])}
     job = init_distributed(settings.device)  # torchrun: gloo on CPU, nccl on CUDA; else one process
     try:
+        out_root = writable_dir(Path(args.output), "--output")  # before the model loads and any frame runs
+        # every layout is opened (its root checked) before the model loads
+        layouts = {key: open_layout(key, roots) for key in (args.data or [])}
         settings.device = process_device(job, settings.device)  # each process its own GPU (LOCAL_RANK)
         model, _ = load_model(args, settings, roots.trained_model)
 
@@ -460,6 +460,10 @@ def segment_benchmarks(args: argparse.Namespace, roots: Roots) -> list:
             if result is not None:
                 results.append(result)
         return results
+    except VOSInputError:
+        if job.enabled and not job.main:  # every process finds the same bad input: process 0 tells it
+            raise OtherRankFailedError("bad input") from None
+        raise
     finally:
         close_distributed(job)
 

@@ -10,9 +10,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from test_extend import Propagate, PropagateConfig  # noqa: E402
+
 import dataset  # noqa: E402
 import methods  # noqa: E402
-from test_extend import Propagate, PropagateConfig  # noqa: E402
 from videomatch import bce_loss  # noqa: E402
 
 SHORT_SIDE = 36  # the test frames' short side: run as they are, not upscaled to 480
