@@ -17,7 +17,7 @@ import pytest
 import torch
 from conftest import DAVIS2016_SAMPLE, save_mask, write_jpeg
 from PIL import Image
-from propagate_run import SHORT_SIDE, propagate_method
+from propagate_run import KILL_RANK, SHORT_SIDE, propagate_method
 
 import dataset
 import inference
@@ -226,8 +226,8 @@ def test_balance_is_greedy_longest_first() -> None:
     assert [[len(v) for v in p] for p in parts] == [[7, 2], [4, 3, 1]]
 
 
-def _torchrun(out: Path, *args: str, timeout: int = 90) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def _torchrun(out: Path, *args: str, timeout: int = 90, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(ROOT / "tests/propagate_run.py"), "--test", "--device", "cpu", "--output", str(out), *args]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
@@ -265,4 +265,15 @@ def test_torchrun_a_failing_video_stops_the_job_with_one_line_naming_it(weights:
     lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1, done.stderr[-3000:]
     assert "MOSE_val: video bad failed in process 1 of 2" in lines[0] and "00002.jpg" in lines[0]
+    assert not (tmp_path / "out/MOSE_val.zip").exists()
+
+
+def test_torchrun_a_killed_process_ends_the_job(weights: Path, tmp_path: Path) -> None:
+    """Bug: process 0 waiting forever in the gather for a process that was SIGKILLed (the subprocess timeout
+    fires), or scoring and zipping the videos it has as if the job were complete."""
+    mose = make_mose(tmp_path / "MOSE", {"m1": 3, "m2": 3})
+    done = _torchrun(tmp_path / "out", "--weights", str(weights), "--data", "MOSE_val", "--mose", str(mose),
+                     env={KILL_RANK: "1"})
+    assert done.returncode != 0
+    assert "Signals.SIGKILL" in done.stderr or "SIGKILL" in done.stderr, done.stderr[-3000:]
     assert not (tmp_path / "out/MOSE_val.zip").exists()
