@@ -143,19 +143,25 @@ def test_lvos_test_zips_for_its_server(weights: Path, tmp_path: Path) -> None:
     assert not list((tmp_path / "out/LVOS_test").glob("*.csv"))
 
 
+def make_sav(root: Path, videos: tuple[str, ...] = ("s1",)) -> Path:
+    """SA-V val: 9 frames at 24 fps, masks every 4th (6 fps): object 000 the bear, 001 the box."""
+    base = root / "sav_val"
+    for name in videos:
+        for t in range(9):
+            write_jpeg(base / "JPEGImages_24fps" / name / f"{t:05d}.jpg", frame(t))
+            if t % 4 == 0:
+                save_mask(base / "Annotations_6fps" / name / "000" / f"{t:05d}.png", bear(t).astype(np.uint8))
+                box = np.zeros((H, W), np.uint8)
+                box[BOX] = 1
+                save_mask(base / "Annotations_6fps" / name / "001" / f"{t:05d}.png", box)
+    (base / "sav_val.txt").write_text("".join(f"{v}\n" for v in videos))
+    return root
+
+
 def test_sav_writes_per_object_pngs_and_scores_by_sav_rules(weights: Path, tmp_path: Path) -> None:
     """Bugs: object folders not `<obj:03d>` as SAM2's --per_obj_png_file writes them, the 0/1 PNG of one object
     holding another, the 24 fps frames without masks, or results.csv not sav_evaluator's (object rows per folder)."""
-    root = tmp_path / "SAV"
-    base = root / "sav_val"
-    for t in range(9):  # 24 fps frames, masks every 4th (6 fps)
-        write_jpeg(base / "JPEGImages_24fps/s1" / f"{t:05d}.jpg", frame(t))
-        if t % 4 == 0:
-            save_mask(base / "Annotations_6fps/s1/000" / f"{t:05d}.png", bear(t).astype(np.uint8))
-            box = np.zeros((H, W), np.uint8)
-            box[BOX] = 1
-            save_mask(base / "Annotations_6fps/s1/001" / f"{t:05d}.png", box)
-    (base / "sav_val.txt").write_text("s1\n")
+    root = make_sav(tmp_path / "SAV")
     assert test_run(weights, tmp_path / "out", "--data", "SAV_val", "--sav", str(root)) == 0
     out = tmp_path / "out/SAV_val/s1"
     assert sorted(p.name for p in out.iterdir()) == ["000", "001"]
@@ -191,6 +197,24 @@ def test_generic_uses_every_mask_orders_frames_by_number_and_writes_every_frame(
     assert not read(out / "1.png").any()
     for t in range(2, 11):
         np.testing.assert_array_equal(read(out / f"{t}.png"), ids(1, box=t >= 5), err_msg=str(t))
+
+
+def test_sequences_score_only_the_videos_run(weights: Path, tmp_path: Path) -> None:
+    """Bug: `--sequences` scoring the folders an earlier run left in the output (SA-V's evaluator scores every video
+    folder it finds) or failing on the videos not run (LVOS's toolkit scores every video of its meta)."""
+    sav = make_sav(tmp_path / "SAV", ("s1", "s2"))
+    assert test_run(weights, tmp_path / "out", "--data", "SAV_val", "--sav", str(sav)) == 0
+    assert test_run(weights, tmp_path / "out", "--data", "SAV_val", "--sav", str(sav), "--sequences", "s2") == 0
+    rows = list(csv.reader((tmp_path / "out/SAV_val/results.csv").read_text().splitlines()))[2:]
+    assert sorted((r[0].strip(), r[1].strip()) for r in rows) == [("s2", "000"), ("s2", "001")]
+    lvos = make_lvos(tmp_path / "LVOS")
+    meta = json.loads((lvos / "valid/valid_meta.json").read_text())
+    meta["videos"]["lv2"] = meta["videos"]["lv1"]  # listed, never run
+    (lvos / "valid/valid_meta.json").write_text(json.dumps(meta))
+    (lvos / "valid/JPEGImages/lv2").symlink_to(lvos / "valid/JPEGImages/lv1")
+    assert test_run(weights, tmp_path / "out", "--data", "LVOS_val", "--lvos", str(lvos), "--sequences", "lv1") == 0
+    rows = list(csv.reader((tmp_path / "out/LVOS_val/per-sequence_results-valid.csv").read_text().splitlines()))
+    assert [r[0] for r in rows[1:]] == ["lv1_1", "lv1_2"]
 
 
 @pytest.mark.parametrize("layout", ["mose", "lvos", "sav", "generic"])
