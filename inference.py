@@ -4,7 +4,9 @@
 current frame and the model's state; `segment_video` feeds it a `dataset.VideoReader` (which decides the sizes and
 the files) and writes what it predicts. run.py's --test and the trainer's validation both run videos through here,
 so their numbers are the same. `segment_benchmarks` is --test itself: the benchmarks of `TEST_KEYS` opened from
-`Roots`, the checkpoint (`load_model`), each benchmark segmented, scored and zipped (`run_dataset`, `write_zip`).
+`Roots`, the checkpoint (`load_model`), each benchmark segmented, scored and zipped (`run_dataset`, `write_zip`;
+LVOS val and SA-V by their own toolkits' rules, `benchmark_scoring`). Under torchrun the videos are spread over the
+processes (`balance`) and process 0 alone scores and zips.
 """
 
 import argparse
