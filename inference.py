@@ -248,7 +248,7 @@ def open_layout(key: str, roots: Roots) -> Layout:
         return YouTubeVOS(roots.ytvos18 if year == "2018" else roots.ytvos19, year, split)
     root = getattr(roots, bench)
     if root is None:
-        raise VOSInputError(f"--data {key} needs --{bench} ROOT (the folder of the {bench} download)")
+        raise VOSInputError(f"--data {key} needs --{bench} ROOT (the folder that holds JPEGImages/ and Annotations/)")
     if bench == "mose":
         return MOSE(root, split)
     if bench == "lvos":
