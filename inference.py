@@ -4,11 +4,15 @@
 current frame and the model's state; `segment_video` feeds it a `dataset.VideoReader` (which decides the sizes and
 the files) and writes what it predicts. run.py's --test and the trainer's validation both run videos through here,
 so their numbers are the same. `segment_benchmarks` is --test itself: the benchmarks of `TEST_KEYS` opened from
-`Roots`, the checkpoint (`load_model`), each benchmark segmented, scored and zipped (`run_dataset`, `write_zip`).
+`Roots`, the checkpoint (`load_model`), each benchmark segmented, scored and zipped (`run_dataset`, `write_zip`;
+LVOS val and SA-V by their own toolkits' rules, `benchmark_scoring`). Under torchrun the videos are spread over the
+processes (`balance`) and process 0 alone scores and zips.
 """
 
 import argparse
+import json
 import os
+import tempfile
 import time
 import zipfile
 from collections import deque
@@ -22,11 +26,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+import benchmarks
 import evaluation
 import methods
 import weights
 from dataset import DAVIS, Layout, SingleVideo, VideoReader, YouTubeVOS
+from distributed import Dist, close_distributed, gather, init_distributed, process_device
 from framework import Runtime, VOSModel, aggregate_objects, get_padding, one_hot, pad, pad_mask, unpad
+from readers import LVOS, MOSE, SAV, Generic
 from utils import VOSInputError, atomic_write, writable_dir
 from visualize import Visualizer
 
@@ -205,6 +212,12 @@ TEST_KEYS = {
     "DAVIS17_test-dev": ("davis", "2017", "test-dev"),
     "YTVOS18_val": ("ytvos", "2018", "valid"),
     "YTVOS19_val": ("ytvos", "2019", "valid"),
+    "MOSE_val": ("mose", "", "valid"),
+    "LVOS_val": ("lvos", "", "valid"),
+    "LVOS_test": ("lvos", "", "test"),
+    "SAV_val": ("sav", "", "val"),
+    "SAV_test": ("sav", "", "test"),
+    "generic": ("generic", "", ""),
     "sample": ("sample", "2016", "train"),  # the bundled piece of DAVIS 2016 train
 }
 
@@ -218,6 +231,10 @@ class Roots:
     ytvos19: str | Path
     sample: Path  # the bundled DAVIS 2016 sample
     trained_model: Path  # the authors' files are fetched here; the default checkpoint is read from here
+    mose: str | Path | None = None  # holds valid/
+    lvos: str | Path | None = None  # holds valid/ and test/
+    sav: str | Path | None = None  # holds sav_val/ and sav_test/
+    generic: str | Path | None = None  # holds JPEGImages/ and Annotations/
 
 
 def open_layout(key: str, roots: Roots) -> Layout:
@@ -227,7 +244,18 @@ def open_layout(key: str, roots: Roots) -> Layout:
         return DAVIS(roots.sample, year, split)
     if bench == "davis":
         return DAVIS(roots.davis, year, split)
-    return YouTubeVOS(roots.ytvos18 if year == "2018" else roots.ytvos19, year, split)
+    if bench == "ytvos":
+        return YouTubeVOS(roots.ytvos18 if year == "2018" else roots.ytvos19, year, split)
+    root = getattr(roots, bench)
+    if root is None:
+        raise VOSInputError(f"--data {key} needs --{bench} ROOT (the folder that holds JPEGImages/ and Annotations/)")
+    if bench == "mose":
+        return MOSE(root, split)
+    if bench == "lvos":
+        return LVOS(root, split)
+    if bench == "sav":
+        return SAV(root, split)
+    return Generic(root)
 
 
 def write_zip(files: Iterable[Path], zip_path: Path, prefix: str) -> Path:
@@ -242,38 +270,125 @@ def write_zip(files: Iterable[Path], zip_path: Path, prefix: str) -> Path:
     return atomic_write(zip_path, write)
 
 
+@dataclass
+class BenchmarkScoring:
+    """How a split with its own toolkit is scored after segmentation: the result files an earlier run left (removed
+    before any frame runs) and the call of its scorer in benchmarks.py."""
+
+    stale: list[Path]
+    score: Callable[[], benchmarks.BenchmarkResult]
+
+
+def benchmark_scoring(data: Layout, out_dir: Path, videos: list[str]) -> BenchmarkScoring | None:
+    """The scoring of LVOS val (lvos-evaluation's rules) and SA-V (sav_evaluator.py's rules) on exactly `videos`, into
+    out_dir; None for the splits that are scored as DAVIS or not at all here."""
+    if isinstance(data, LVOS) and data.has_annotations:
+        def score_lvos() -> benchmarks.BenchmarkResult:
+            # the toolkit scores every video of its meta file: give it the meta of the videos run
+            meta = json.loads(data.meta_path.read_text())
+            meta["videos"] = {v: meta["videos"][v] for v in videos}
+            with tempfile.TemporaryDirectory(prefix=".lvos_meta_") as tmp:
+                path = Path(tmp) / data.meta_path.name
+                path.write_text(json.dumps(meta))
+                return benchmarks.score_lvos(data.split_dir, out_dir, data.split, meta=path, out=out_dir)
+
+        return BenchmarkScoring(list(benchmarks.lvos_files(out_dir, data.split)), score_lvos)
+    if isinstance(data, SAV):
+        def score_sav() -> benchmarks.BenchmarkResult:
+            # the evaluator scores every video folder of both trees: give it the ground truth of the videos run, so
+            # that folders an earlier run left in out_dir are not scored as this run's
+            with tempfile.TemporaryDirectory(prefix=".sav_gt_") as tmp:
+                for v in videos:
+                    (Path(tmp) / v).symlink_to((data.annotations / v).resolve(), target_is_directory=True)
+                return benchmarks.score_sav(Path(tmp), out_dir, out_dir)
+
+        return BenchmarkScoring([out_dir / "results.csv"], score_sav)
+    return None
+
+
+class VideoFailedError(Exception):
+    """A video failed in one process of a torchrun job; rank 0 raises this, naming the video and the rank."""
+
+
+class OtherRankFailedError(Exception):
+    """Raised on the ranks other than 0 when a video failed, so that the failure is told once (by rank 0)."""
+
+
+def balance(videos: list[VideoReader], world: int) -> list[list[VideoReader]]:
+    """The videos of each of `world` processes, balanced by frame count: longest first, each to the process with the
+    fewest frames so far (ties: the lowest rank), so that one long video does not leave the others idle at the end."""
+    loads, parts = [0] * world, [[] for _ in range(world)]
+    for video in sorted(videos, key=len, reverse=True):  # sorted is stable: equal lengths keep their order
+        rank = loads.index(min(loads))
+        parts[rank].append(video)
+        loads[rank] += len(video)
+    return parts
+
+
 def run_dataset(model: VOSModel, key: str, videos: Iterable[VideoReader], out_dir: Path, settings: RunSettings,
                 gt: dict[str, list[Path]] | None, binary: bool, zip_prefix: str | None,
-                make_hook: Callable[[VideoReader], Any] | None = None) -> evaluation.EvaluationResult | None:
-    """Segment every video of one dataset into out_dir/<video>/, then score against gt (the ground truth of those
-    videos, if the split has it) and zip (if zip_prefix).
+                make_hook: Callable[[VideoReader], Any] | None = None, scoring: BenchmarkScoring | None = None,
+                job: Dist | None = None) -> evaluation.EvaluationResult | benchmarks.BenchmarkResult | None:
+    """Segment every video of one dataset into out_dir/<video>/, then score against gt (the DAVIS-style ground truth
+    of those videos, if the split has it) or by `scoring` (a benchmark's own toolkit), and zip (if zip_prefix).
+
+    Every reader is built (and so checked) before any frame runs. In a torchrun job (`job`) each process segments
+    its share of the videos (`balance`) and writes their masks; all meet in one gather, and rank 0 alone scores and
+    zips. A video that fails in any process stops the job: rank 0 raises VideoFailedError naming it, the others
+    OtherRankFailedError.
 
     make_hook(video) gives a per-frame hook for segment_video (called as on_frame, then `.close()`d), e.g.
     visualize.Visualizer.
     """
+    job = job or Dist()
     split = "val" if "val" in key else key
-    if gt is not None:  # a run that fails half way must not leave the last run's scores beside its new masks
-        evaluation.remove_csvs(out_dir, split)
-    total_frames, total_seconds, videos_run = 0, 0.0, 0
-    written: list[Path] = []
-    for video in videos:
+    if job.main:  # a run that fails half way must not leave the last run's scores beside its new masks
+        if gt is not None:
+            evaluation.remove_csvs(out_dir, split)
+        if scoring is not None:
+            benchmarks.remove_stale(scoring.stale)
+    videos = list(videos)
+    runs: dict[str, VideoRun] = {}
+    failure = None
+    for video in balance(videos, job.world)[job.rank]:
         hook = make_hook(video) if make_hook else None
         try:
             done = segment_video(model, video, out_dir / video.name, settings, hook, keep_probabilities=bool(hook))
+        except Exception as err:
+            if not job.enabled:
+                raise
+            failure = (video.name, f"{type(err).__name__}: {err}")  # told by rank 0 after the gather, never a hang
+            break
         finally:
             if hook is not None:
                 hook.close()
-        total_frames, total_seconds = total_frames + done.frames, total_seconds + done.seconds
-        written += done.written
-        videos_run += 1
+        runs[video.name] = done
         print(f"{key} {video.name}: {done.frames} frames, {done.frames / max(done.seconds, 1e-9):.2f} fps", flush=True)
+    shares = gather(job, (runs, failure))
+    failed = [(rank, f) for rank, (_, f) in enumerate(shares) if f is not None]
+    if failed:
+        rank, (name, message) = failed[0]
+        if not job.main:
+            raise OtherRankFailedError(name)
+        raise VideoFailedError(f"{key}: video {name} failed in process {rank} of {job.world}: {message}")
+    if not job.main:
+        return None
+    runs = {name: run for share, _ in shares for name, run in share.items()}
+    done_runs = [runs[v.name] for v in videos]  # in the dataset's order, as one process writes them
+    total_frames, total_seconds = sum(r.frames for r in done_runs), sum(r.seconds for r in done_runs)
+    written = [p for r in done_runs for p in r.written]
     fps = total_frames / max(total_seconds, 1e-9)
-    print(f"{key}: {videos_run} videos, {total_frames} frames, {fps:.2f} fps (model time)")
-    result = None
+    print(f"{key}: {len(done_runs)} videos, {total_frames} frames, {fps:.2f} fps (model time"
+          f"{f', summed over {job.world} processes' if job.enabled else ''})")
+    result: evaluation.EvaluationResult | benchmarks.BenchmarkResult | None = None
     if gt is not None:
         result, _, _ = evaluation.evaluate_and_write(gt, out_dir, split, binary)
         print(evaluation.format_table(result, key))
         print(f"{key}: J&F {result.jf_mean:.3f}  J {result.j_mean:.3f}  F {result.f_mean:.3f}  {fps:.2f} fps")
+    if scoring is not None:
+        result = scoring.score()
+        print(benchmarks.format_result(result))
+        print(f"{key}: wrote {' and '.join(str(p) for p in result.files)}")
     if zip_prefix is not None:
         path = write_zip(written, out_dir.parent / f"{key}.zip", zip_prefix)
         print(f"{key}: submission archive {path} ({len(written)} masks)")
@@ -307,38 +422,52 @@ def load_model(args: argparse.Namespace, settings: RunSettings, trained_model: P
     return net, method.name
 
 
-def segment_benchmarks(args: argparse.Namespace, roots: Roots) -> list[evaluation.EvaluationResult]:
+def segment_benchmarks(args: argparse.Namespace, roots: Roots) -> list:
     """run.py --test: segment --video, or every --data benchmark (its --sequences), scoring and zipping each as its
-    layout says; the scores of the benchmarks that have ground truth on disk."""
+    layout says; the scores of the benchmarks scored here (evaluation.EvaluationResult for DAVIS, else
+    benchmarks.BenchmarkResult; rank 0 only in a torchrun job, whose processes share the videos)."""
     settings = run_settings(args.device, args.precision, Runtime(memory_budget=args.max_memory))
     # oneDNN's primitive cache keeps every convolution it has built together with memory of its own: 60-90 MiB
     # resident at 854x480, for about 3 % of speed when they are built anew each frame (README, "Memory"). Read at the
     # first convolution; ONEDNN_PRIMITIVE_CACHE_CAPACITY set in the environment wins.
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "0")
-    out_root = writable_dir(Path(args.output), "--output")  # before the model loads and any frame runs
-    model, _ = load_model(args, settings, roots.trained_model)
+    job = init_distributed(settings.device)  # torchrun: gloo on CPU, nccl on CUDA; else one process
+    try:
+        out_root = writable_dir(Path(args.output), "--output")  # before the model loads and any frame runs
+        # every layout is opened (its root checked) before the model loads
+        layouts = {key: open_layout(key, roots) for key in (args.data or [])}
+        settings.device = process_device(job, settings.device)  # each process its own GPU (LOCAL_RANK)
+        model, _ = load_model(args, settings, roots.trained_model)
 
-    def visualizer(key: str) -> Callable[[VideoReader], Visualizer] | None:
-        if not args.visualize:
-            return None
-        return lambda video: Visualizer(video.name, out_root / "visualize" / key, args.vis_frame)
+        def visualizer(key: str) -> Callable[[VideoReader], Visualizer] | None:
+            if not args.visualize:
+                return None
+            return lambda video: Visualizer(video.name, out_root / "visualize" / key, args.vis_frame)
 
-    if args.video is not None:
-        single = SingleVideo(args.video, args.mask)
-        try:
-            run_dataset(model, "video", single.videos(), out_root, settings, None, False, None, visualizer("video"))
-        finally:
-            single.close()
-        return []
-    results = []
-    for key in args.data:
-        data = open_layout(key, roots)
-        gt = data.ground_truth(args.sequences) if data.has_annotations else None
-        result = run_dataset(model, key, data.videos(args.sequences), out_root / key, settings, gt, data.binary,
-                             data.submission_prefix, visualizer(key))
-        if result is not None:
-            results.append(result)
-    return results
+        if args.video is not None:
+            single = SingleVideo(args.video, args.mask)
+            try:
+                run_dataset(model, "video", single.videos(), out_root, settings, None, False, None,
+                            visualizer("video"), job=job)
+            finally:
+                single.close()
+            return []
+        results = []
+        for key, data in layouts.items():
+            names = data.sequences if args.sequences is None else args.sequences
+            scoring = benchmark_scoring(data, out_root / key, names)
+            gt = data.ground_truth(args.sequences) if data.has_annotations and scoring is None else None
+            result = run_dataset(model, key, data.videos(args.sequences), out_root / key, settings, gt, data.binary,
+                                 data.submission_prefix, visualizer(key), scoring, job)
+            if result is not None:
+                results.append(result)
+        return results
+    except VOSInputError:
+        if job.enabled and not job.main:  # every process finds the same bad input: process 0 tells it
+            raise OtherRankFailedError("bad input") from None
+        raise
+    finally:
+        close_distributed(job)
 
 
 def sync(device: torch.device) -> None:

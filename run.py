@@ -15,6 +15,7 @@ import evaluation
 import flags
 import inference
 import methods
+import readers
 import trainer
 import visualize
 import weights
@@ -28,6 +29,9 @@ DAVIS_ROOT = dataset.DAVIS_ROOT
 YTVOS18_ROOT = dataset.YTVOS18_ROOT
 YTVOS19_ROOT = dataset.YTVOS19_ROOT
 COCO_ROOT = dataset.COCO_ROOT
+MOSE_ROOT = readers.MOSE_ROOT  # holds valid/
+LVOS_ROOT = readers.LVOS_ROOT  # holds valid/ and test/
+SAV_ROOT = readers.SAV_ROOT  # holds sav_val/ and sav_test/
 SAMPLE_ROOT = Path(__file__).resolve().parent / "sample" / "DAVIS2016"  # CC BY 4.0, see sample/README.md
 TRAINED_MODEL = methods.TRAINED_MODEL  # the authors' files are fetched here; --train writes here by default
 
@@ -35,7 +39,8 @@ TRAINED_MODEL = methods.TRAINED_MODEL  # the authors' files are fetched here; --
 def roots(args: argparse.Namespace) -> inference.Roots:
     """The roots of this run: the flags, else the constants above (read at the call: an edit or a patch holds)."""
     return inference.Roots(davis=args.davis, ytvos18=args.ytvos or YTVOS18_ROOT, ytvos19=args.ytvos or YTVOS19_ROOT,
-                           sample=SAMPLE_ROOT, trained_model=TRAINED_MODEL)
+                           sample=SAMPLE_ROOT, trained_model=TRAINED_MODEL, mose=args.mose or MOSE_ROOT,
+                           lvos=args.lvos or LVOS_ROOT, sav=args.sav or SAV_ROOT, generic=args.generic)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -115,6 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
     t = p.add_argument_group("test")
     t.add_argument("--data", nargs="+", choices=list(TEST_KEYS), default=None,
                    help="datasets to test on (default: DAVIS16_val DAVIS17_val, or the bundled sample)")
+    t.add_argument("--mose", default=None, help=f"MOSE root, holding valid/ (default {MOSE_ROOT}), for --data MOSE_val")
+    t.add_argument("--lvos", default=None,
+                   help=f"LVOS root, holding valid/ and test/ (default {LVOS_ROOT}), for --data LVOS_val / LVOS_test")
+    t.add_argument("--sav", default=None,
+                   help=f"SA-V root, holding sav_val/ and sav_test/ (default {SAV_ROOT}), for --data SAV_val / "
+                        "SAV_test")
+    t.add_argument("--generic", default=None,
+                   help="a folder of videos, JPEGImages/<video>/ and Annotations/<video>/ (every mask given), for "
+                        "--data generic")
     t.add_argument("--weights", default=None,
                    help="checkpoint path, or official-davis / official-ytvos for the authors' files (fetched into "
                         "trained_model/ on first use); default: the method's own, "
@@ -168,8 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-TEST_ONLY = ("data", "weights", "sequences", "video", "mask", "visualize", "vis_frame", "compile", "max_memory",
-             "channels_last")
+TEST_ONLY = ("data", "mose", "lvos", "sav", "generic", "weights", "sequences", "video", "mask", "visualize",
+             "vis_frame", "compile", "max_memory", "channels_last")
 TRAIN_ONLY = ("stages", "val_sequences", "davis_year", "save_dir", "no_pretrained", "init", "resume", "chain", "amp",
               "workers", "train_encoder", "seed", "loss", *trainer.OVERRIDES)
 
@@ -254,6 +268,11 @@ def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return 3
     except trainer.TrainingInterrupted as e:  # the trainer has said what it saved and how to resume
         return int(e.code)
+    except inference.VideoFailedError as e:  # a torchrun process failed on a video: told once, by rank 0
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except inference.OtherRankFailedError:
+        return 1
     except KeyboardInterrupt:
         print(f"\ninterrupted: the masks written so far are complete files in {args.output}; run the same command "
               f"again to redo the rest", file=sys.stderr)
