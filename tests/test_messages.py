@@ -18,10 +18,13 @@ import run
 ROOT = Path(__file__).resolve().parents[1]
 ERRORS = {"VOSInputError", "EvaluationError", "TrainingError"}
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9_]*(?:-[a-z0-9_]+)*")
-OTHER_TOOLS = {"--nproc_per_node"}  # torchrun's, in the README's multi-GPU command
+# torchrun's, in the README's multi-GPU command; SAM2's vos_inference.py option that writes SA-V's per-object PNGs
+OTHER_TOOLS = {"--nproc_per_node", "--per_obj_png_file"}
+# library modules whose messages speak to one script's user: the scorers are evaluation.py --benchmark's
+LIBRARY_OF = {"benchmarks.py": "evaluation.py", "metrics.py": "evaluation.py"}
 
 
-SCRIPTS = ("run.py", "evaluation.py", "bench.py")
+SCRIPTS = ("run.py", "evaluation.py", "bench.py", "tools/cuda_check.py")
 
 
 def defined_flags() -> dict[str, set[str]]:
@@ -48,6 +51,7 @@ def named_flags(text: str, where: str, default: str, row: bool = False) -> list[
         if match.group() in OTHER_TOOLS:
             continue
         before, after = text[: match.start()], text[match.end():]
+        before = before.replace("tools/gpu_check.sh", "tools/cuda_check.py")  # the wrapper passes its flags on
         script = max(SCRIPTS, key=before.rfind)
         if before.rfind(script) < 0:
             named = [s for s in SCRIPTS if s in after] if row else []
@@ -67,7 +71,7 @@ def message_flags() -> list[tuple[str, str, str]]:
     other module (run.py is what reaches them)."""
     found = []
     for path in sorted(ROOT.glob("*.py")):
-        default = path.name if path.name in SCRIPTS else "run.py"
+        default = path.name if path.name in SCRIPTS else LIBRARY_OF.get(path.name, "run.py")
         for node in ast.walk(ast.parse(path.read_text())):
             if not (isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call)):
                 continue
