@@ -25,9 +25,9 @@ from torch import Tensor
 import evaluation
 import methods
 import weights
-from dataset import DAVIS, Layout, SingleVideo, VideoReader, YouTubeVOS
+from dataset import DAVIS, MIN_OBJECT_PIXELS, TEST_SHORT_SIDE, Layout, SingleVideo, VideoReader, YouTubeVOS
 from framework import Runtime, VOSModel, aggregate_objects, get_padding, one_hot, pad, pad_mask, unpad
-from utils import VOSInputError, atomic_write, writable_dir
+from utils import RunLock, VOSInputError, atomic_write, available_memory, check_output_outside
 from visualize import Visualizer
 
 PRECISIONS = {"fp32": (torch.float32, None), "fp64": (torch.float64, None),
@@ -156,6 +156,33 @@ def prefetch(items: list, load: Callable, depth: int = 2) -> Iterator:
             yield result
 
 
+def check_frame_memory(model: VOSModel, video: VideoReader, settings: RunSettings) -> None:
+    """Before a video's first frame: refuse a run size whose untiled temporaries (the model's `frame_bytes`, if it
+    says) exceed the memory budget, or the free memory when the budget is automatic; no bound (None) never refuses.
+
+    The official size rule keeps the full resolution when a given object would fall below 1000 pixels at 480p, so a
+    4000x3000 photo sequence with a small object asks for gigabytes per similarity matrix: a clear refusal up front
+    beats an out-of-memory kill half way."""
+    estimate = getattr(model, "frame_bytes", None)
+    budget = settings.runtime.memory_budget
+    if estimate is None or budget is None:
+        return
+    h, w = video.run_size
+    element = torch.finfo(settings.autocast or settings.dtype).bits // 8
+    need = estimate(h, w, element)
+    limit = available_memory(settings.device) if budget == "auto" else int(budget)
+    if need <= limit:
+        return
+    height, width = video.original_size
+    kept = (" (kept at full size: the official rule does not downscale when a given object would fall below "
+            f"{MIN_OBJECT_PIXELS} pixels at {TEST_SHORT_SIDE}p)") if (h, w) == (height, width) else ""
+    what = (f"the free memory ({limit / 2**30:.1f} GiB)" if budget == "auto"
+            else f"--max-memory ({limit / 2**30:.2f} GiB)")
+    raise VOSInputError(
+        f"video {video.name} runs at {w}x{h}{kept}, where one frame's matching needs about {need / 2**30:.1f} GiB, "
+        f"more than {what}; downscale the video, pass a larger --max-memory, or --max-memory none to try anyway")
+
+
 def segment_video(model: VOSModel, video: VideoReader, out_dir: Path, settings: RunSettings,
                   on_frame: Callable[[int, np.ndarray, np.ndarray, VideoSegmenter], None] | None = None,
                   keep_probabilities: bool = False) -> VideoRun:
@@ -167,6 +194,7 @@ def segment_video(model: VOSModel, video: VideoReader, out_dir: Path, settings: 
     frame's per-object probabilities for it.
     """
     video.check()
+    check_frame_memory(model, video, settings)
     seg = VideoSegmenter(model, settings.dtype, settings.autocast, settings.runtime, keep_probabilities)
     seconds, frames, written = 0.0, 0, []
 
@@ -268,7 +296,7 @@ def run_dataset(model: VOSModel, key: str, videos: Iterable[VideoReader], out_di
         videos_run += 1
         print(f"{key} {video.name}: {done.frames} frames, {done.frames / max(done.seconds, 1e-9):.2f} fps", flush=True)
     fps = total_frames / max(total_seconds, 1e-9)
-    print(f"{key}: {videos_run} videos, {total_frames} frames, {fps:.2f} fps (model time)")
+    print(f"{key}: {videos_run} video{'s' * (videos_run != 1)}, {total_frames} frames, {fps:.2f} fps (model time)")
     result = None
     if gt is not None:
         result, _, _ = evaluation.evaluate_and_write(gt, out_dir, split, binary)
@@ -315,7 +343,28 @@ def segment_benchmarks(args: argparse.Namespace, roots: Roots) -> list[evaluatio
     # resident at 854x480, for about 3 % of speed when they are built anew each frame (README, "Memory"). Read at the
     # first convolution; ONEDNN_PRIMITIVE_CACHE_CAPACITY set in the environment wins.
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "0")
-    out_root = writable_dir(Path(args.output), "--output")  # before the model loads and any frame runs
+    out_root = Path(args.output)
+    # Every input is opened and checked before the model loads and any frame runs; the output folder must not hold
+    # or lie inside any of them (frames, given masks, the ground truth being scored).
+    if args.video is not None:
+        layouts: dict[str, Layout] = {"video": SingleVideo(args.video, args.mask)}
+        selection = None
+    else:
+        layouts, selection = {key: open_layout(key, roots) for key in args.data}, args.sequences
+    try:
+        check_output_outside(out_root, [p for data in layouts.values() for p in data.inputs(selection)], "--output")
+        # one run per output folder: two would overwrite and score each other's masks
+        with RunLock(out_root, "--output"):
+            return _segment_layouts(args, layouts, selection, out_root, settings, roots)
+    finally:
+        for data in layouts.values():
+            if isinstance(data, SingleVideo):
+                data.close()
+
+
+def _segment_layouts(args: argparse.Namespace, layouts: dict[str, Layout], selection: list[str] | None,
+                     out_root: Path, settings: RunSettings, roots: Roots) -> list[evaluation.EvaluationResult]:
+    """segment_benchmarks once the inputs are checked and the output folder is locked."""
     model, _ = load_model(args, settings, roots.trained_model)
 
     def visualizer(key: str) -> Callable[[VideoReader], Visualizer] | None:
@@ -323,19 +372,14 @@ def segment_benchmarks(args: argparse.Namespace, roots: Roots) -> list[evaluatio
             return None
         return lambda video: Visualizer(video.name, out_root / "visualize" / key, args.vis_frame)
 
-    if args.video is not None:
-        single = SingleVideo(args.video, args.mask)
-        try:
-            run_dataset(model, "video", single.videos(), out_root, settings, None, False, None, visualizer("video"))
-        finally:
-            single.close()
-        return []
     results = []
-    for key in args.data:
-        data = open_layout(key, roots)
-        gt = data.ground_truth(args.sequences) if data.has_annotations else None
-        result = run_dataset(model, key, data.videos(args.sequences), out_root / key, settings, gt, data.binary,
-                             data.submission_prefix, visualizer(key))
+    for key, data in layouts.items():
+        single = key == "video"  # --video writes OUTPUT/<video name>/, a benchmark OUTPUT/<KEY>/<sequence>/
+        gt = data.ground_truth(selection) if data.has_annotations else None
+        result = run_dataset(model, key, data.videos(selection), out_root if single else out_root / key, settings,
+                             gt, data.binary, data.submission_prefix, visualizer(key))
+        if args.visualize:
+            print(f"{key}: overlays and probability maps in {out_root / 'visualize' / key}")
         if result is not None:
             results.append(result)
     return results

@@ -6,7 +6,9 @@ with the authors' checkpoint (fetched into trained_model/ on first use).
 
 import argparse
 import errno
+import signal
 import sys
+import threading
 from dataclasses import fields
 from pathlib import Path
 
@@ -228,9 +230,30 @@ def main(argv: list[str] | None = None) -> int:
         return dispatch(args, parser)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, a cluster scheduler's stop) outside --train: unwinds as Ctrl+C does, so that the same clean-up
+    runs (the output folder's lock, temporary files) and the same line is printed; exit status 143 (128 + 15)."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Run the chosen mode; every expected failure is one line on stderr and an exit status (2: bad input or a
-    full disk, 3: training diverged, 130: Ctrl+C)."""
+    full disk, 3: training diverged, 130: Ctrl+C, 143: SIGTERM outside --train, which stops as its Ctrl+C does)."""
+    # --train handles SIGTERM itself (trainer.StopRequest: save a resumable checkpoint, then stop)
+    previous = None
+    if not args.train and threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _dispatch(args, parser)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     try:
         check_flags(args, parser)
         if args.train:
@@ -250,10 +273,10 @@ def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return 3
     except trainer.TrainingInterrupted as e:  # the trainer has said what it saved and how to resume
         return int(e.code)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print(f"\ninterrupted: the masks written so far are complete files in {args.output}; run the same command "
               f"again to redo the rest", file=sys.stderr)
-        return 130
+        return 143 if isinstance(e, Terminated) else 130
     except (VOSInputError, evaluation.EvaluationError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
