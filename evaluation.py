@@ -425,9 +425,9 @@ def main(argv: list[str] | None = None) -> int:
         result, global_path, seq_path = evaluate_and_write(
             ds.ground_truth(), args.results, args.split, ds.binary, args.workers
         )
-    except (EvaluationError, VOSInputError) as err:
+    except (EvaluationError, VOSInputError) as err:  # bad input: one line and exit 2, as run.py
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return 2
     print(format_table(result, args.split))
     print(f"\nwrote {global_path} and {seq_path} ({time.perf_counter() - start:.1f} s)")
     return 0

@@ -119,7 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint path, or official-davis / official-ytvos for the authors' files (fetched into "
                         "trained_model/ on first use); default: the method's own, "
                         f"trained_model/{methods.get('emvos').weights} for EMVOS")
-    t.add_argument("--output", default="outputs", help="PNGs go to OUTPUT/<KEY>/<sequence>/<frame>.png")
+    t.add_argument("--output", default="outputs",
+                   help="PNGs go to OUTPUT/<KEY>/<sequence>/<frame>.png (--video: OUTPUT/<video>/<frame>.png); a "
+                        "folder outside every input of the run, locked while the run writes there")
     t.add_argument("--sequences", nargs="+", default=None, help="run only these sequences (not with --video)")
     t.add_argument("--video", default=None, help="one video: a folder of frames or a video file (needs --mask)")
     t.add_argument("--mask", default=None, help="first-frame mask PNG for --video (pixel values = object ids)")
@@ -131,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--compile", action="store_true", help="torch.compile the encoder and decoder (fixed sizes pay)")
     t.add_argument("--visualize", action="store_true",
                    help="also write OUTPUT/visualize/<KEY>/<sequence>/overlay.mp4 and the probability maps of "
-                        "--vis-frame (kept apart from the masks and the zips)")
+                        "--vis-frame (kept apart from the masks and the zips; KEY is 'video' for --video)")
     t.add_argument("--vis-frame", type=int, default=None, help="frame whose fg/bg probabilities --visualize saves (1)")
     g = p.add_argument_group("train")
     g.add_argument("--stages", nargs="+", default=None, metavar="STAGE",
