@@ -464,8 +464,9 @@ class DAVIS(Layout):
                 raise VOSInputError(
                     f"DAVIS root '{self.root}' holds black/white masks (grayscale 0/255, the DAVIS 2016 download's "
                     f"format), e.g. '{path}' of {seq}; DAVIS {self.year} reads pixel values as object ids and 255 as "
-                    "void, so it would score no object: run DAVIS 2016 on it (--data DAVIS16_val, --year 2016), or "
-                    "rewrite the masks as palette PNGs with ids 1, 2, ... (utils.save_mask)"
+                    "void, so it would score no object: run DAVIS 2016 on it (run.py --data DAVIS16_val, "
+                    "evaluation.py --year 2016), or rewrite the masks as palette PNGs with ids 1, 2, ... "
+                    "(utils.save_mask)"
                 )
         self._convention_checked = True
 
