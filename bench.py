@@ -25,7 +25,7 @@ through every path and precision in lockstep, frame by frame, so that noise from
 hits all paths alike; a frame's time is the median over the timed frames. Masks and logits are compared with the
 fp32 per-object path on the same frame. Examples:
 
-    python bench.py --quick                                   # seconds: tiny frames, 1 and 3 objects (CI)
+    python bench.py --quick                                   # tiny frames, 1 and 3 objects (CI: fp32 only)
     python bench.py --resolutions 480p --objects 1 3 --frames 5
     python bench.py --resolutions 1080p --objects 40 --paths ours --precisions fp32 --frames 3 --max-memory 4G
     python bench.py --configs 480p:1 480p:3 480p:10 --precisions fp32 --frames 3   # the speed rows

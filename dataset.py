@@ -12,6 +12,7 @@ Every unusable input raises `utils.VOSInputError` naming the file or flag and th
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import sys
@@ -26,6 +27,7 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from utils import VOSInputError, read_frame, read_mask, save_mask, why_no_object
 
@@ -178,6 +180,7 @@ class Layout:
     they differ) and implements `videos`; `ground_truth` where the split has masks of every frame.
     """
 
+    root: Path  # the dataset's folder
     sequences: list[str]
     binary: bool = False  # one merged object per video (masks != 0), scored so too
     has_annotations: bool = False  # ground truth of every frame is on disk (J&F can be computed here)
@@ -193,6 +196,11 @@ class Layout:
     def ground_truth(self, sequences: list[str] | None = None) -> dict[str, list[Path]]:
         """{video: ground-truth mask of every frame}: the `gt` argument of evaluation.evaluate_and_write."""
         raise VOSInputError(f"{type(self).__name__} has no ground truth on disk")
+
+    def inputs(self, sequences: list[str] | None = None) -> list[Path]:
+        """The files and folders a run on these videos reads (frames, given masks, ground truth), which no output may
+        overwrite: the dataset root (`self.root`, which every benchmark reader sets) unless a reader says more."""
+        return [self.root]
 
 
 _IMAGE_EXTS = {".jpg", ".jpeg", ".png"}
@@ -219,8 +227,20 @@ def _list_files(folder: Path, exts: set[str]) -> list[Path]:
 
 
 def _list_folders(folder: Path) -> list[str]:
-    """Names of the visible sub-folders of `folder`, sorted (one per video)."""
-    return sorted(p.name for p in folder.iterdir() if not _hidden(p) and p.is_dir())
+    """Names of the visible sub-folders of `folder`, sorted (one per video), each a plain name."""
+    return sorted(plain_name(p.name, folder) for p in folder.iterdir() if not _hidden(p) and p.is_dir())
+
+
+def plain_name(name: str, source: str | Path) -> str:
+    """`name` (a sequence or video name read from `source`: a split list, a meta.json, a folder), checked to be one
+    plain file name: outputs are written to `<output>/<name>/`, so a name with a separator, '..' or an absolute path
+    would write (or overwrite) files outside the output folder. Every reader calls this on the names it reads."""
+    if not name or name in (".", "..") or any(c in name for c in ("/", "\\", "\0")) or Path(name).is_absolute():
+        raise VOSInputError(
+            f"'{source}' names the video {name!r}, which is not a plain folder name (no '/', '\\', '..', not empty "
+            "and not absolute); fix or re-download that file"
+        )
+    return name
 
 
 def _select(requested: list[str] | None, available: list[str], what: str) -> list[str]:
@@ -264,7 +284,7 @@ class _ListedLayout:
             if len(parts) != 2:
                 raise VOSInputError(f"line {n} of '{self.list_path}' is not 'frame annotation': {line!r}")
             frame, anno = (root / p.lstrip("/") for p in parts)
-            frames, annos = self._pairs.setdefault(frame.parent.name, ([], []))
+            frames, annos = self._pairs.setdefault(plain_name(frame.parent.name, self.list_path), ([], []))
             frames.append(frame)
             annos.append(anno)
         self.sequences = sorted(self._pairs)
@@ -303,7 +323,8 @@ class _FolderLayout:
                     else "DAVIS-2017-trainval-480p.zip"
                 )
                 raise VOSInputError(f"DAVIS split list '{path}' does not exist; it ships with {download}")
-            seqs += [s.strip() for s in path.read_text().splitlines() if s.strip() and s.strip() not in seqs]
+            listed = [plain_name(s.strip(), path) for s in path.read_text().splitlines() if s.strip()]
+            seqs += [s for s in listed if s not in seqs]
         self.sequences = sorted(seqs)  # the official TestDAVIS sorts the list
 
     def files(self, seq: str, with_annotations: bool) -> tuple[list[Path], list[Path]]:
@@ -391,6 +412,7 @@ class DAVIS(Layout):
                 "lists ship with the DAVIS download (DAVIS-2017-trainval-480p.zip, or DAVIS-data.zip for 2016)"
             )
         self.sequences = self._layout.sequences
+        self._convention_checked = False
 
     def _select(self, sequences: list[str] | None) -> list[str]:
         return _select(sequences, self.sequences, f"DAVIS {self.year} {self.split} at '{self.root}'")
@@ -415,11 +437,51 @@ class DAVIS(Layout):
             raise VOSInputError(
                 "DAVIS test-dev has no ground truth beyond the first frame; evaluate it on the DAVIS challenge server"
             )
-        return {seq: self._files(seq)[1] for seq in self._select(sequences)}
+        gt = {seq: self._files(seq)[1] for seq in self._select(sequences)}
+        self._check_mask_convention({seq: masks[0] for seq, masks in gt.items()})
+        return gt
+
+    def _check_mask_convention(self, first_masks: dict[str, Path]) -> None:
+        """Refuse black/white masks where DAVIS 2017 reads object ids: decided once for the root, on the first-frame
+        masks of the sequences to run, before any frame.
+
+        A grayscale (L) mask holding only 0 and 255 is how the DAVIS 2016 download stores its one object. In the
+        2017 protocol pixel values are object ids and 255 is void: the runner would still see object 1 (read_mask's
+        black/white rule) while the official scorer finds no object, after the whole run. Year 2016 merges every
+        object into one (masks != 0) and reads such masks correctly."""
+        if self.binary or self._convention_checked:
+            return
+        for seq, path in first_masks.items():
+            if not path.is_file():
+                continue  # videos() names the missing first mask
+            with Image.open(path) as img:
+                if img.mode != "L":
+                    continue
+                values = np.unique(np.asarray(img))
+            if 255 in values and set(values.tolist()) <= {0, 255}:
+                raise VOSInputError(
+                    f"DAVIS root '{self.root}' holds black/white masks (grayscale 0/255, the DAVIS 2016 download's "
+                    f"format), e.g. '{path}' of {seq}; DAVIS {self.year} reads pixel values as object ids and 255 as "
+                    "void, so it would score no object: run DAVIS 2016 on it (run.py --data DAVIS16_val, "
+                    "evaluation.py --year 2016), or rewrite the masks as palette PNGs with ids 1, 2, ... "
+                    "(utils.save_mask)"
+                )
+        self._convention_checked = True
+
+    def inputs(self, sequences: list[str] | None = None) -> list[Path]:
+        """The root, and the folders the frames and annotations of these sequences really are in (symlinks
+        resolved: a sequence folder may link to another disk)."""
+        folders = {self.root}
+        for seq in self._select(sequences):
+            for paths in self._files(seq):
+                folders |= {Path(os.path.realpath(p)).parent for p in paths}
+        return sorted(folders)
 
     def videos(self, sequences: list[str] | None = None) -> Iterator[VideoReader]:
         """The test videos (all, or the named subset in that order); the first frame's mask is the given one."""
-        for seq in self._select(sequences):
+        selected = self._select(sequences)
+        self._check_mask_convention({seq: self._files(seq)[1][0] for seq in selected})  # before the first frame
+        for seq in selected:
             frames, annotations = self._files(seq)
             if not annotations[0].is_file():
                 raise VOSInputError(
@@ -473,6 +535,10 @@ class YouTubeVOS(Layout):
             self.all_frames_dir = self.image_dir
         # The official reader lists valid/Annotations; meta.json is not needed to run.
         self.sequences = _list_folders(self.mask_dir)
+
+    def inputs(self, sequences: list[str] | None = None) -> list[Path]:
+        """The root and the three folders read (each may be a link to another disk)."""
+        return [self.root] + [Path(os.path.realpath(p)) for p in (self.image_dir, self.mask_dir, self.all_frames_dir)]
 
     def videos(self, sequences: list[str] | None = None) -> Iterator[VideoReader]:
         """The test videos (all, or the named subset in that order)."""
@@ -588,6 +654,12 @@ class SingleVideo(Layout):
                 file=sys.stderr,
             )
         return frames
+
+    def inputs(self, sequences: list[str] | None = None) -> list[Path]:
+        """The video (a folder of frames or a file), every frame in a folder (a frame may link elsewhere) and the
+        mask."""
+        frames = self._frames if self.video.is_dir() and self._frames is not None else []
+        return [self.video, self.mask, *frames]
 
     def close(self) -> None:
         """Remove the temporary frame folder of a video file now (it is also removed at garbage collection)."""

@@ -10,6 +10,7 @@ processes (`balance`) and process 0 alone scores and zips.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import tempfile
@@ -30,11 +31,11 @@ import benchmarks
 import evaluation
 import methods
 import weights
-from dataset import DAVIS, Layout, SingleVideo, VideoReader, YouTubeVOS
-from distributed import Dist, close_distributed, gather, init_distributed, process_device
+from dataset import DAVIS, MIN_OBJECT_PIXELS, TEST_SHORT_SIDE, Layout, SingleVideo, VideoReader, YouTubeVOS
+from distributed import Dist, broadcast, close_distributed, gather, init_distributed, process_device
 from framework import Runtime, VOSModel, aggregate_objects, get_padding, one_hot, pad, pad_mask, unpad
 from readers import LVOS, MOSE, SAV, Generic
-from utils import VOSInputError, atomic_write, writable_dir
+from utils import RunLock, VOSInputError, atomic_write, available_memory, check_output_outside
 from visualize import Visualizer
 
 PRECISIONS = {"fp32": (torch.float32, None), "fp64": (torch.float64, None),
@@ -163,6 +164,33 @@ def prefetch(items: list, load: Callable, depth: int = 2) -> Iterator:
             yield result
 
 
+def check_frame_memory(model: VOSModel, video: VideoReader, settings: RunSettings) -> None:
+    """Before a video's first frame: refuse a run size whose untiled temporaries (the model's `frame_bytes`, if it
+    says) exceed the memory budget, or the free memory when the budget is automatic; no bound (None) never refuses.
+
+    The official size rule keeps the full resolution when a given object would fall below 1000 pixels at 480p, so a
+    4000x3000 photo sequence with a small object asks for gigabytes per similarity matrix: a clear refusal up front
+    beats an out-of-memory kill half way."""
+    estimate = getattr(model, "frame_bytes", None)
+    budget = settings.runtime.memory_budget
+    if estimate is None or budget is None:
+        return
+    h, w = video.run_size
+    element = torch.finfo(settings.autocast or settings.dtype).bits // 8
+    need = estimate(h, w, element)
+    limit = available_memory(settings.device) if budget == "auto" else int(budget)
+    if need <= limit:
+        return
+    height, width = video.original_size
+    kept = (" (kept at full size: the official rule does not downscale when a given object would fall below "
+            f"{MIN_OBJECT_PIXELS} pixels at {TEST_SHORT_SIDE}p)") if (h, w) == (height, width) else ""
+    what = (f"the free memory ({limit / 2**30:.1f} GiB)" if budget == "auto"
+            else f"--max-memory ({limit / 2**30:.2f} GiB)")
+    raise VOSInputError(
+        f"video {video.name} runs at {w}x{h}{kept}, where one frame's matching needs about {need / 2**30:.1f} GiB, "
+        f"more than {what}; downscale the video, pass a larger --max-memory, or --max-memory none to try anyway")
+
+
 def segment_video(model: VOSModel, video: VideoReader, out_dir: Path, settings: RunSettings,
                   on_frame: Callable[[int, np.ndarray, np.ndarray, VideoSegmenter], None] | None = None,
                   keep_probabilities: bool = False) -> VideoRun:
@@ -174,6 +202,7 @@ def segment_video(model: VOSModel, video: VideoReader, out_dir: Path, settings: 
     frame's per-object probabilities for it.
     """
     video.check()
+    check_frame_memory(model, video, settings)
     seg = VideoSegmenter(model, settings.dtype, settings.autocast, settings.runtime, keep_probabilities)
     seconds, frames, written = 0.0, 0, []
 
@@ -378,8 +407,8 @@ def run_dataset(model: VOSModel, key: str, videos: Iterable[VideoReader], out_di
     total_frames, total_seconds = sum(r.frames for r in done_runs), sum(r.seconds for r in done_runs)
     written = [p for r in done_runs for p in r.written]
     fps = total_frames / max(total_seconds, 1e-9)
-    print(f"{key}: {len(done_runs)} videos, {total_frames} frames, {fps:.2f} fps (model time"
-          f"{f', summed over {job.world} processes' if job.enabled else ''})")
+    print(f"{key}: {len(done_runs)} video{'s' * (len(done_runs) != 1)}, {total_frames} frames, {fps:.2f} fps "
+          f"(model time{f', summed over {job.world} processes' if job.enabled else ''})")
     result: evaluation.EvaluationResult | benchmarks.BenchmarkResult | None = None
     if gt is not None:
         result, _, _ = evaluation.evaluate_and_write(gt, out_dir, split, binary)
@@ -432,42 +461,75 @@ def segment_benchmarks(args: argparse.Namespace, roots: Roots) -> list:
     # first convolution; ONEDNN_PRIMITIVE_CACHE_CAPACITY set in the environment wins.
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "0")
     job = init_distributed(settings.device)  # torchrun: gloo on CPU, nccl on CUDA; else one process
+    layouts: dict[str, Layout] = {}
     try:
-        out_root = writable_dir(Path(args.output), "--output")  # before the model loads and any frame runs
-        # every layout is opened (its root checked) before the model loads
-        layouts = {key: open_layout(key, roots) for key in (args.data or [])}
-        settings.device = process_device(job, settings.device)  # each process its own GPU (LOCAL_RANK)
-        model, _ = load_model(args, settings, roots.trained_model)
-
-        def visualizer(key: str) -> Callable[[VideoReader], Visualizer] | None:
-            if not args.visualize:
-                return None
-            return lambda video: Visualizer(video.name, out_root / "visualize" / key, args.vis_frame)
-
+        out_root = Path(args.output)
+        # Every input is opened and checked before the model loads and any frame runs; the output folder must not
+        # hold or lie inside any of them (frames, given masks, the ground truth being scored).
         if args.video is not None:
-            single = SingleVideo(args.video, args.mask)
-            try:
-                run_dataset(model, "video", single.videos(), out_root, settings, None, False, None,
-                            visualizer("video"), job=job)
-            finally:
-                single.close()
-            return []
-        results = []
-        for key, data in layouts.items():
-            names = data.sequences if args.sequences is None else args.sequences
-            scoring = benchmark_scoring(data, out_root / key, names)
-            gt = data.ground_truth(args.sequences) if data.has_annotations and scoring is None else None
-            result = run_dataset(model, key, data.videos(args.sequences), out_root / key, settings, gt, data.binary,
-                                 data.submission_prefix, visualizer(key), scoring, job)
-            if result is not None:
-                results.append(result)
-        return results
+            layouts, selection = {"video": SingleVideo(args.video, args.mask)}, None
+        else:
+            layouts, selection = {key: open_layout(key, roots) for key in args.data}, args.sequences
+        check_output_outside(out_root, [p for data in layouts.values() for p in data.inputs(selection)], "--output")
+        settings.device = process_device(job, settings.device)  # each process its own GPU (LOCAL_RANK)
+        with output_lock(job, out_root):  # one run per output folder: two would score each other's masks
+            return _segment_layouts(args, layouts, selection, out_root, settings, roots, job)
     except VOSInputError:
         if job.enabled and not job.main:  # every process finds the same bad input: process 0 tells it
             raise OtherRankFailedError("bad input") from None
         raise
     finally:
+        for data in layouts.values():
+            if isinstance(data, SingleVideo):
+                data.close()
         close_distributed(job)
+
+
+@contextlib.contextmanager
+def output_lock(job: Dist, out_root: Path) -> Iterator[None]:
+    """The --output lock, taken by process 0 for a whole torchrun job: the other processes learn whether it was
+    taken, so that none of them goes on alone (and none finds process 0's lock and refuses)."""
+    lock, error = None, None
+    if job.main:
+        try:
+            lock = RunLock(out_root, "--output").acquire()
+        except VOSInputError as e:
+            error = str(e)
+    if job.enabled:
+        error = broadcast(job, error)
+    if error is not None:
+        raise VOSInputError(error)
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _segment_layouts(args: argparse.Namespace, layouts: dict[str, Layout], selection: list[str] | None,
+                     out_root: Path, settings: RunSettings, roots: Roots, job: Dist) -> list:
+    """segment_benchmarks once the inputs are checked and the output folder is locked."""
+    model, _ = load_model(args, settings, roots.trained_model)
+
+    def visualizer(key: str) -> Callable[[VideoReader], Visualizer] | None:
+        if not args.visualize:
+            return None
+        return lambda video: Visualizer(video.name, out_root / "visualize" / key, args.vis_frame,
+                                        frames=len(video.frames))
+
+    results = []
+    for key, data in layouts.items():
+        single = key == "video"  # --video writes OUTPUT/<video name>/, a benchmark OUTPUT/<KEY>/<sequence>/
+        names = data.sequences if selection is None else selection
+        scoring = None if single else benchmark_scoring(data, out_root / key, names)
+        gt = data.ground_truth(selection) if data.has_annotations and scoring is None else None
+        result = run_dataset(model, key, data.videos(selection), out_root if single else out_root / key, settings,
+                             gt, data.binary, data.submission_prefix, visualizer(key), scoring, job)
+        if args.visualize and job.main:
+            print(f"{key}: overlays and probability maps in {out_root / 'visualize' / key}")
+        if result is not None:
+            results.append(result)
+    return results
 
 
 def sync(device: torch.device) -> None:

@@ -408,6 +408,13 @@ class EMVOS(nn.Module):
         return out  # (B, N, 2, H, W)
 
     # --- run-time ------------------------------------------------------------------------------------------------
+    def frame_bytes(self, height: int, width: int, element_size: int = 4) -> int:
+        """Bytes of one frame's largest temporaries that the memory budget cannot tile: a (HW_r, HW_q) similarity
+        matrix of f16 positions (matching.similarity), held twice by the equalized branch (the products and their
+        softmax). The driver refuses a frame whose matrices cannot fit (inference.check_frame_memory)."""
+        positions = -(-height // self.stride) * -(-width // self.stride)
+        return 2 * positions * positions * element_size
+
     def compile_modules(self, **options: object) -> "EMVOS":
         """torch.compile the encoder and the decoder in place (options go to torch.compile; keys stay unchanged)."""
         self.encoder.compile(**options)

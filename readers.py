@@ -23,23 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
-from dataset import _IMAGE_EXTS, Layout, VideoReader, _list_files, _list_folders, _select
+from dataset import _IMAGE_EXTS, Layout, VideoReader, _list_files, _list_folders, _select, plain_name
 from utils import VOSInputError, read_mask, save_mask
 
 # Where the benchmarks are by default (run.py re-exports these as editable constants; the flags override them).
 MOSE_ROOT = "../DB/MOSE"
 LVOS_ROOT = "../DB/LVOS"
 SAV_ROOT = "../DB/SAV"
-
-
-def plain_name(name: str, source: str | Path) -> str:
-    """`name` (a video or object name read from a list, a meta file or a folder listing) if it is one plain path
-    component; else the error naming `source`. A name such as '../x' or '/abs' would make the output path
-    `OUTPUT/<key>/<name>` point outside the output folder."""
-    if not name or name in (".", "..") or name.startswith(".") or any(c in name for c in "/\\\0"):
-        raise VOSInputError(f"{source} names video {name!r}, which is not a plain folder name (no '/', '\\', "
-                            "leading '.'); fix the entry")
-    return name
 
 
 def _need(path: Path, flag: str, root: Path, holds: str) -> Path:

@@ -6,7 +6,9 @@ with the authors' checkpoint (fetched into trained_model/ on first use).
 
 import argparse
 import errno
+import signal
 import sys
+import threading
 from dataclasses import fields
 from pathlib import Path
 
@@ -133,7 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint path, or official-davis / official-ytvos for the authors' files (fetched into "
                         "trained_model/ on first use); default: the method's own, "
                         f"trained_model/{methods.get('emvos').weights} for EMVOS")
-    t.add_argument("--output", default="outputs", help="PNGs go to OUTPUT/<KEY>/<sequence>/<frame>.png")
+    t.add_argument("--output", default="outputs",
+                   help="PNGs go to OUTPUT/<KEY>/<sequence>/<frame>.png (--video: OUTPUT/<video>/<frame>.png); a "
+                        "folder outside every input of the run, locked while the run writes there")
     t.add_argument("--sequences", nargs="+", default=None, help="run only these sequences (not with --video)")
     t.add_argument("--video", default=None, help="one video: a folder of frames or a video file (needs --mask)")
     t.add_argument("--mask", default=None, help="first-frame mask PNG for --video (pixel values = object ids)")
@@ -145,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--compile", action="store_true", help="torch.compile the encoder and decoder (fixed sizes pay)")
     t.add_argument("--visualize", action="store_true",
                    help="also write OUTPUT/visualize/<KEY>/<sequence>/overlay.mp4 and the probability maps of "
-                        "--vis-frame (kept apart from the masks and the zips)")
+                        "--vis-frame (kept apart from the masks and the zips; KEY is 'video' for --video)")
     t.add_argument("--vis-frame", type=flags.positive_int, default=None,
                    help="frame whose fg/bg probabilities --visualize saves (1; frame 0 is the given mask)")
     g = p.add_argument_group("train")
@@ -246,9 +250,30 @@ def main(argv: list[str] | None = None) -> int:
         return dispatch(args, parser)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, a cluster scheduler's stop) outside --train: unwinds as Ctrl+C does, so that the same clean-up
+    runs (the output folder's lock, temporary files) and the same line is printed; exit status 143 (128 + 15)."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Run the chosen mode; every expected failure is one line on stderr and an exit status (2: bad input or a
-    full disk, 3: training diverged, 130: Ctrl+C)."""
+    full disk, 3: training diverged, 130: Ctrl+C, 143: SIGTERM outside --train, which stops as its Ctrl+C does)."""
+    # --train handles SIGTERM itself (trainer.StopRequest: save a resumable checkpoint, then stop)
+    previous = None
+    if not args.train and threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _dispatch(args, parser)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     try:
         check_flags(args, parser)
         if args.train:
@@ -273,10 +298,10 @@ def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return 1
     except inference.OtherRankFailedError:
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print(f"\ninterrupted: the masks written so far are complete files in {args.output}; run the same command "
               f"again to redo the rest", file=sys.stderr)
-        return 130
+        return 143 if isinstance(e, Terminated) else 130
     except (VOSInputError, evaluation.EvaluationError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

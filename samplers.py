@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from dataset import DAVIS, _list_files
+from dataset import DAVIS, _list_files, plain_name
 from utils import VOSInputError, read_frame, read_mask
 
 
@@ -294,14 +294,14 @@ class TrainYTVOS(ClipSampler):
         meta = self.root / "train" / "meta.json"
         if meta.is_file():
             try:
-                self.videos = sorted(json.loads(meta.read_text())["videos"])
+                self.videos = sorted(plain_name(v, meta) for v in json.loads(meta.read_text())["videos"])
             except (ValueError, KeyError, TypeError) as e:
                 raise VOSInputError(
                     f"'{meta}' is not a YouTube-VOS meta.json ({e}); re-download it or delete it "
                     "to use the folder listing"
                 ) from e
         else:
-            self.videos = sorted(p.name for p in self.mask_dir.iterdir() if p.is_dir())
+            self.videos = sorted(plain_name(p.name, self.mask_dir) for p in self.mask_dir.iterdir() if p.is_dir())
         if not self.videos:
             raise VOSInputError(f"'{self.mask_dir}' holds no videos; re-extract the YouTube-VOS train download")
         super().__init__(output_size, clip_len, clips_per_epoch)

@@ -21,6 +21,7 @@ optimizer, epoch, random states, options) is in `X.train.pth` beside it.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
@@ -54,7 +55,7 @@ from distributed import Dist
 from inference import RunSettings, run_settings, segment_video
 from methods import Method, Selection, StageConfig, StageContext
 from samplers import Roots, TrainSet
-from utils import VOSInputError, atomic_write
+from utils import RunLock, VOSInputError, atomic_write
 
 SEED = 19971007  # the official run.py seeds python, numpy and torch with it
 
@@ -641,7 +642,8 @@ def open_stages(stages: list[StageConfig], ctx: StageContext) -> list[tuple[Trai
     for data in dict.fromkeys(s.data for s in stages):
         root = roots[data.root]
         if root is None or not Path(root).is_dir():
-            given = "is not set" if root is None else f"'{root}' does not exist"
+            given = ("is not set" if root is None else f"'{root}' is a file, not a folder" if Path(root).exists()
+                     else f"'{root}' does not exist")
             needed_by = ", ".join(s.name for s in stages if s.data == data)
             problems.append(f"stage(s) {needed_by} train on {data.name}, but --{data.root} {given}; pass "
                             f"--{data.root} PATH (the folder with {data.holds}) or leave the stage out of --stages")
@@ -798,7 +800,12 @@ def train(method: str | None, options: TrainOptions, roots: Roots) -> nn.Module:
     first, finished = checkpoint.resume_point(resumed, stages, opts.resume)
     settings = run_settings(opts.device, opts.precision)
     d = distributed.init_distributed(settings.device)
+    # one run per save folder (the main process holds it): a second would overwrite the first's checkpoints, and
+    # its start-up clean-up (checkpoint.prepare_save_dir) would delete the first's temporaries
+    held = contextlib.ExitStack()
     try:
+        if d.main:
+            held.enter_context(RunLock(Path(opts.save_dir), "--save-dir"))
         settings = replace(settings, device=distributed.process_device(d, settings.device))
         stop = StopRequest(verbose=d.main)
         davis_val = DavisVal(roots.davis, opts, settings, stop, d.main)
@@ -823,4 +830,5 @@ def train(method: str | None, options: TrainOptions, roots: Roots) -> nn.Module:
             print(f"finished training: {', '.join(s.name for s in stages[first:])}; checkpoints in {t.save_dir}")
         return net
     finally:
+        held.close()
         distributed.close_distributed(d)

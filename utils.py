@@ -2,13 +2,16 @@
 
 Image I/O comes first: reading frames and object-id masks, and writing masks as DAVIS palette PNGs. Every bad
 input raises `VOSInputError` with a message that names the file and the fix, so that a user sees one readable line
-instead of a PIL traceback. Then writing files atomically, parsing memory sizes and probing free memory.
+instead of a PIL traceback. Then writing files atomically, the lock a run holds on its output folder (`RunLock`),
+parsing memory sizes and probing free memory.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import socket
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -57,6 +60,12 @@ def _open_image(path: Path, what: str, fix: str, error: type[Exception] = VOSInp
     try:
         img = Image.open(path)
         img.load()  # decode now: a truncated file only fails here, and we want that error to name the file
+    except Image.DecompressionBombError as e:
+        # PIL refuses images above twice Image.MAX_IMAGE_PIXELS before decoding them (a guard against files built
+        # to exhaust memory); such a frame would not fit the model either
+        limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        raise error(f"{what} '{path}' is larger than the {limit} pixels PIL opens ({e}); downscale it "
+                    f"(e.g. to 480 pixels on the short side, the test protocol's size)") from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise error(f"{what} '{path}' cannot be read ({e}); it is corrupt or truncated: {fix}") from e
     return img
@@ -158,6 +167,23 @@ def writable_dir(path: Path, flag: str) -> Path:
     return path
 
 
+def check_output_outside(out: str | os.PathLike, inputs: list[Path], flag: str) -> None:
+    """Refuse an output folder that holds, is, or lies inside any of the run's inputs (files or folders), symlinks
+    resolved: writing there would overwrite frames, masks or the ground truth being scored."""
+    target = Path(os.path.realpath(out))
+    for given in inputs:
+        real = Path(os.path.realpath(given))
+        if real == target or target in real.parents:
+            how = "is" if real == target else "holds"
+        elif real.is_dir() and real in target.parents:
+            how = "lies inside"
+        else:
+            continue
+        shown = f"'{given}'" + (f" (= '{real}')" if Path(given).absolute() != real else "")
+        raise VOSInputError(f"{flag} {out} {how} the input {shown} of this run, which writing there could overwrite; "
+                            f"pass an {flag} folder outside the dataset, the frames and the masks")
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object], mode: int = 0o644) -> Path:
     """Write a file all at once or not at all.
 
@@ -178,7 +204,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object], m
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # The writer's pid is in the name, so that start-up cleanup (weights.clean_stale_temporaries) can leave alone
+    # the temporaries of a save that is still running in another process.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{TEMP_PID_TAG}{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -187,11 +215,113 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object], m
             os.fsync(f.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
+        if isinstance(e, OSError) and e.filename is None:
+            e.filename = str(path)  # a full disk seen through a file object names no file; the message must
         raise
     return path
+
+
+# Temporary files carry `.pid<N>.` before tempfile's random part: the process that writes them.
+TEMP_PID_TAG = "pid"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (signal 0 checks without sending anything)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by another user
+        return True
+    return True
+
+
+class RunLock:
+    """A lock file in a run's output folder, held for the run's duration: two runs writing into one folder would
+    overwrite and score each other's files.
+
+    `with RunLock(folder, "--output"):` creates the folder (checked writable, as `writable_dir`), then the lock file
+    `.emvos.lock` with O_EXCL, holding the pid, the host and the command. Another live process's lock is an error
+    naming that process; a lock whose process is gone (a killed run) is taken over with a note. The lock is removed
+    at exit, also on Ctrl+C or any error; when this lock created the folder, the run's folders in it that stayed
+    empty are removed, and so is the folder (and the parents it created) if nothing is left, so a run that fails
+    early leaves nothing behind.
+    """
+
+    NAME = ".emvos.lock"
+
+    def __init__(self, folder: str | os.PathLike, flag: str) -> None:
+        self.folder = Path(folder)
+        self.flag = flag
+        self.path = self.folder / self.NAME
+        self._held = False
+        self._created: list[Path] = []
+
+    def _holder(self) -> tuple[int, str, str]:
+        """(pid, host, command) of the lock file's writer; pid 0 when the file cannot be read (being written)."""
+        try:
+            lines = self.path.read_text().splitlines()
+            return int(lines[0]), lines[1], lines[2] if len(lines) > 2 else ""
+        except (OSError, ValueError, IndexError):
+            return 0, "", ""
+
+    def acquire(self) -> RunLock:
+        missing = [p for p in (self.folder, *self.folder.parents) if not p.exists()]
+        writable_dir(self.folder, self.flag)
+        self._created = missing  # deepest first: the order to remove them in
+        text = f"{os.getpid()}\n{socket.gethostname()}\n{' '.join(sys.argv)}\n"
+        for _ in range(3):  # a stale lock is removed and the create tried again
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                pid, host, command = self._holder()
+                if pid and (host != socket.gethostname() or pid_alive(pid)):
+                    self._remove_created()
+                    raise VOSInputError(
+                        f"{self.flag} {self.folder} is in use by process {pid} on {host or 'this machine'} "
+                        f"(`{command}`); wait for it to finish or pass another {self.flag} (if that process is gone, "
+                        f"delete {self.path})") from None
+                if not pid:  # being written by a process that has just created it
+                    self._remove_created()
+                    raise VOSInputError(f"{self.flag} {self.folder} is being locked by another run ({self.path}); "
+                                        f"pass another {self.flag}") from None
+                print(f"note: taking over {self.path}, left by process {pid} which is gone (`{command}`)")
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            self._held = True
+            return self
+        raise VOSInputError(f"{self.flag} {self.folder}: could not take the lock {self.path}; pass another {self.flag}")
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            if self._holder()[0] == os.getpid():  # never remove a lock another run took over
+                self.path.unlink(missing_ok=True)
+        self._remove_created()
+
+    def _remove_created(self) -> None:
+        if self._created and self._created[0] == self.folder:  # all below it is this run's: drop its empty folders
+            for below, _, _ in sorted(os.walk(self.folder), key=lambda entry: -len(entry[0])):
+                if below != str(self.folder):
+                    with contextlib.suppress(OSError):
+                        os.rmdir(below)
+        for folder in self._created:
+            with contextlib.suppress(OSError):  # not empty (the run wrote there) or already gone
+                folder.rmdir()
+        self._created = []
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 def save_mask(path: str | os.PathLike, mask: np.ndarray) -> None:

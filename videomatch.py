@@ -193,6 +193,14 @@ class VideoMatch(nn.Module):
         up = F.interpolate(scores.flatten(1, 2), size=size, mode="bilinear", align_corners=False)
         return up.unflatten(1, scores.shape[1:3])
 
+    def frame_bytes(self, height: int, width: int, element_size: int = 4) -> int:
+        """Bytes of one frame's largest temporaries that the memory budget cannot tile: the (HW_r, HW_q) cosine
+        similarity of stride-8 positions (the given frame as reference; the online update adds the last frame) and
+        the top-K's masked copy of it (inference.check_frame_memory refuses a frame they cannot fit)."""
+        positions = -(-height // self.stride) * -(-width // self.stride)
+        refs = 2 if self.config.online_update else 1
+        return 2 * refs * positions * positions * element_size
+
     # --- memory ----------------------------------------------------------------------------------------------------
     def init_state(self, feats: Tensor, masks: Tensor) -> MatchState:
         """Start a video from the objects given at this frame. masks: (B, n, 2, H, W) [bg, fg] in {0, 1}."""

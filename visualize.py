@@ -441,7 +441,11 @@ class Visualizer:
     frame (--vis-frame) as a PNG, both under OUTPUT/visualize/<KEY>/<video>/, never among the masks (nor in a
     submission zip). Written as the frames go; nothing waits on a window."""
 
-    def __init__(self, name: str, vis_dir: Path, vis_frame: int = 1, fps: float = 24.0) -> None:
+    def __init__(self, name: str, vis_dir: Path, vis_frame: int = 1, fps: float = 24.0,
+                 frames: int | None = None) -> None:
+        if frames is not None and vis_frame >= frames:  # checked before the video runs: else no figure, silently
+            raise VOSInputError(f"--vis-frame {vis_frame} is past the last frame of {name} (frames 0..{frames - 1}); "
+                                f"pass --vis-frame 1..{frames - 1}")
         self.name = name
         self.out_dir = vis_dir / name
         self.overlay = OverlayWriter(self.out_dir / "overlay.mp4", fps)

@@ -39,7 +39,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from utils import VOSInputError
+from utils import TEMP_PID_TAG, VOSInputError, pid_alive
 
 # ----------------------------------------------------------------------------------------------------------------------
 # 1. The official EMVOS checkpoints
@@ -195,7 +195,8 @@ def fetch_official(
     folder.mkdir(parents=True, exist_ok=True)
     url = f"{base_url.rstrip('/')}/{name}"
     dest = folder / name
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=folder)
+    # the pid in the name: start-up cleanup leaves a download that another process is running alone
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.{TEMP_PID_TAG}{os.getpid()}.", suffix=".part", dir=folder)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -284,20 +285,22 @@ def resolve_weights(
     return fetch_official(path.name, path.parent, base_url, progress)
 
 
-# Temporary files that an interrupted write leaves: checkpoint.save_atomic's `.{name}.XXXXXXXX.tmp`, fetch_official's
-# `.{name}.XXXXXXXX.part`, and the `.{name}.XXXXXXXX.part.<uuid hex>.partial` that torch.hub writes inside the latter.
-# XXXXXXXX is tempfile's random part ([a-z0-9_]).
+# Temporary files that an interrupted write leaves: checkpoint.save_atomic's `.{name}.pid<N>.XXXXXXXX.tmp`,
+# fetch_official's `.{name}.pid<N>.XXXXXXXX.part`, and the `<that>.part.<uuid hex>.partial` that torch.hub writes
+# inside the latter. XXXXXXXX is tempfile's random part ([a-z0-9_]); N the writer's pid (older files have none).
 _STALE_PATTERNS = (
     re.compile(r"\..+\.[a-z0-9_]+\.(?:tmp|part)"),
     re.compile(r"\..+\.[a-z0-9_]+\.part\.[0-9a-f]{32}\.partial"),
 )
+_WRITER_PID = re.compile(rf"\..+\.{TEMP_PID_TAG}(\d+)\.[a-z0-9_]+\.(?:tmp|part)(?:\.[0-9a-f]{{32}}\.partial)?")
 
 
 def clean_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     """Remove the hidden temporary files of interrupted downloads and checkpoint saves in `folder` (not below it).
 
-    Only plain files whose names match the patterns above are touched; returns what was removed. Call it at start-up:
-    a save or download running at the same moment in another process would lose its temporary file.
+    Only plain files whose names match the patterns above are touched, and never one whose writer (the pid in its
+    name) still runs: it belongs to a save or download in progress in another process. Returns what was removed.
+    Call it at start-up, holding the folder's utils.RunLock (checkpoint.prepare_save_dir runs under the trainer's).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -305,6 +308,9 @@ def clean_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     removed = []
     for p in sorted(folder.iterdir()):
         if p.is_file() and not p.is_symlink() and any(r.fullmatch(p.name) for r in _STALE_PATTERNS):
+            writer = _WRITER_PID.fullmatch(p.name)
+            if writer and pid_alive(int(writer.group(1))):
+                continue
             p.unlink(missing_ok=True)
             removed.append(p)
     return removed
