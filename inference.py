@@ -428,10 +428,9 @@ def load_model(args: argparse.Namespace, settings: RunSettings, trained_model: P
     """The checkpoint named by --weights (a path or an alias such as official-ytvos; default: the method's own file
     in trained_model/), fetched on first use when it is one of the authors' files, checked, on the run's device and
     precision."""
-    spec = methods.get(args.method)
+    given = args.weights or str(methods.default_weights(args.method, trained_model))
     # the base URL is looked up now, not bound at import, so that tests can stand a local server in for GitHub
-    path = weights.resolve_weights(args.weights or str(trained_model / spec.weights), trained_model,
-                                   base_url=weights.OFFICIAL_BASE_URL)
+    path = weights.resolve_weights(given, trained_model, base_url=weights.OFFICIAL_BASE_URL)
     net, meta = methods.load_weights(path, "--weights")
     if args.method_given and meta["method"] != args.method:
         raise VOSInputError(f"--weights {path} holds a {meta['method']} model but --method {args.method} was asked "

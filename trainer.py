@@ -129,15 +129,15 @@ class TrainOptions:
 # the options a checkpoint records and --resume restores, and the defaults of those that have one
 RECORDED = ("stages", "overrides", "val_sequences", "davis_year", "save_dir", "pretrained", "chain", "amp", "workers",
             "train_encoder", "seed", "loss")
-# workers: official 4, but no more than the CPUs (torch warns on every run when the workers outnumber them)
-DEFAULTS = {"pretrained": True, "chain": "last", "amp": False, "workers": min(4, os.cpu_count() or 1),
-            "train_encoder": False, "seed": SEED}
+DEFAULTS = {"pretrained": True, "chain": "last", "amp": False, "train_encoder": False, "seed": SEED}
 
 
 def resolve_options(options: TrainOptions, method: Method, saved: dict | None = None) -> TrainOptions:
     """Every option settled: the flag given > the resumed run's recorded value (`saved`) > the default."""
     recorded = {k: v for k, v in (saved or {}).items() if k in RECORDED}
-    values = {**DEFAULTS, "stages": list(method.default_stages), "save_dir": str(methods.TRAINED_MODEL), **recorded}
+    # workers: official 4, but no more than the CPUs (torch warns on every run when the workers outnumber them)
+    values = {**DEFAULTS, "workers": min(4, os.cpu_count() or 1), "stages": list(method.default_stages),
+              "save_dir": str(methods.TRAINED_MODEL), **recorded}
     if options.resume:
         values["save_dir"] = str(Path(options.resume).parent)  # a resumed run writes next to the file it resumed
     values.update({k: v for k, v in asdict(options).items() if v is not None})

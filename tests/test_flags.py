@@ -83,7 +83,7 @@ def test_every_float_override_is_range_checked() -> None:
 def test_workers_default_is_at_most_the_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
     """Catches the fixed default of 4 workers, which on a 2-core machine makes torch warn on every run."""
     monkeypatch.setattr(trainer.os, "cpu_count", lambda: 2)
-    args = run.build_parser().parse_args(["--train"])
-    assert trainer.resolve_options(args, methods.get("emvos")).workers == 2
+    options = run.train_options(run.build_parser().parse_args(["--train"]))
+    assert trainer.resolve_options(options, methods.get("emvos")).workers == 2
     monkeypatch.setattr(trainer.os, "cpu_count", lambda: 64)
-    assert trainer.resolve_options(args, methods.get("emvos")).workers == 4  # the official count on big machines
+    assert trainer.resolve_options(options, methods.get("emvos")).workers == 4  # the official count on big machines

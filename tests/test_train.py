@@ -175,7 +175,7 @@ def test_nan_stops_without_writing_a_checkpoint(davis2016_root: Path, tmp_path: 
                                                                   "--epochs", "2", "--save-every", "1")])
     args.lr = float("inf")
     with pytest.raises(trainer.TrainingError) as err:
-        trainer.train(args)
+        trainer.train("emvos", run.train_options(args), run.training_roots(args))
     text = str(err.value)
     assert message in text and "--lr" in text and "--amp" in text
     if clips == "4":
