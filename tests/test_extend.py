@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import ast
+import csv
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -11,15 +12,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import third_method
 import torch
 import torch.nn as nn
-from conftest import DAVIS2016_SAMPLE
+from conftest import DAVIS2016_SAMPLE, save_mask, square_frame
 from PIL import Image
 from torch import Tensor
 
+import dataset
 import methods
 import run
-from framework import Runtime, clip_forward
+from framework import Runtime, clip_forward, get_padding
 from videomatch import bce_loss
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,6 +99,93 @@ def test_a_registered_method_trains_and_tests_through_run_py(propagate: methods.
     for png in pngs:
         np.testing.assert_array_equal(np.array(Image.open(png)), first.astype(np.uint8))
 
+
+# --- a third method (tests/third_method.py): stride 8, its own sampler, selection, log column and loss ------------
+
+FRAME = (40, 45)  # padded to 40 x 48 at stride 8 (the odd column to the left), 48 x 48 at 16
+
+
+@pytest.fixture
+def third(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict:
+    """tests/third_method.py registered as `third`, a folder of 4 frames at FRAME with a square moving right, and a
+    record of the (training mode, size) of every frame its encode receives."""
+    monkeypatch.setitem(methods.METHODS, "third", third_method.method())
+    monkeypatch.setattr(third_method, "SELECTIONS", [])
+    seen: list[tuple[bool, tuple[int, int]]] = []
+    encode = third_method.ColourCue.encode
+
+    def recording(self: third_method.ColourCue, img: Tensor) -> Tensor:
+        seen.append((self.training, tuple(img.shape[-2:])))
+        return encode(self, img)
+
+    monkeypatch.setattr(third_method.ColourCue, "encode", recording)
+    data = tmp_path / "clips"
+    (data / "frames").mkdir(parents=True)
+    for t in range(4):
+        rgb, ids = square_frame(*FRAME, t, [(1, (200, 40, 40))])
+        Image.fromarray(rgb).save(data / "frames" / f"{t:05d}.png")
+        save_mask(data / "masks" / f"{t:05d}.png", ids)
+    return {"data": data, "seen": seen}
+
+
+def test_a_third_method_with_its_own_stride_sampler_and_selection_runs_through_run_py(
+        third: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """Bugs: the driver or the training forward padding to EMVOS's 16 (or not at all) instead of the model's own
+    stride; the trainer reading only the built-in samplers, or calling the DAVIS val selection, or logging `val_jf`
+    and the J&F title, instead of the stage's own selection, score column and title; a checkpoint of a method outside
+    the built-in two that run.py --test cannot load."""
+    assert isinstance(third_method.ColourCue(), methods.VOSModel)
+    assert get_padding(*FRAME, 16) != get_padding(*FRAME, 8)  # the frame tells the two strides apart
+    ckpt = tmp_path / "ckpt"
+    code = run.main(["--train", "--method", "third", "--device", "cpu", "--davis", str(third["data"]),
+                     "--workers", "0", "--save-dir", str(ckpt)])
+    assert code == 0
+    out = capsys.readouterr().out
+    state = torch.load(ckpt / "third_clips_0001.train.pth", weights_only=True)
+    assert state["iteration"] == 1 and state["method"] == "third"  # one optimizer step of this method
+    assert state["weights"]["model"]["scale"] != 4.0  # the step moved its weights (its own loss has gradients)
+    assert state["weights"]["model"]["colour"].abs().min() > 0
+    # every training frame reached encode padded to 8: 40 x 45 -> 40 x 48, not 48 x 48 (16) or 40 x 45 (none)
+    assert {size for training, size in third["seen"] if training} == {(40, 48)}
+
+    # its own selection ran once (val_every 1), its title in the message, its score in its own column
+    [selection] = third_method.SELECTIONS
+    [score] = selection.scores
+    assert 0 < score <= 1
+    assert f"{selection.title} {score:.5f} (new best)" in out
+    with open(ckpt / "train_log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 1 and "val_jf" not in rows[0]
+    assert float(rows[0]["val_clip_iou"]) == pytest.approx(score, abs=1e-6)
+    assert (ckpt / "third_clips_best.pth").is_file()  # kept as the new best by that score
+
+    # --test with its checkpoint: masks at the frames' own size (the test rule's short side set to theirs)
+    monkeypatch.setattr(dataset, "TEST_SHORT_SIDE", FRAME[0])
+    third["seen"].clear()
+    code = run.main(["--test", "--device", "cpu", "--weights", str(ckpt / "third_clips_best.pth"),
+                     "--video", str(third["data"] / "frames"), "--mask", str(third["data"] / "masks" / "00000.png"),
+                     "--output", str(tmp_path / "out")])
+    assert code == 0
+    assert {size for _, size in third["seen"]} == {(40, 48)} and len(third["seen"]) == 4  # padded to 8 at test
+    first = np.array(Image.open(third["data"] / "masks" / "00000.png"))
+    pngs = sorted((tmp_path / "out" / "frames").glob("*.png"))
+    assert [p.name for p in pngs] == [f"{t:05d}.png" for t in range(4)]
+    for png in pngs:  # the first mask propagated, uncropped where it was padded (the odd column on the left)
+        np.testing.assert_array_equal(np.array(Image.open(png)), first)
+
+
+def test_a_third_methods_own_sampler_check_refuses_its_data_before_training(third: dict, tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture) -> None:
+    """Bug: the trainer skipping a new sampler's check() (or only checking the built-in ones), so that unusable data
+    fails after the model is built, or never, instead of one line naming the folder and exit 2."""
+    for frame in sorted((third["data"] / "masks").glob("*.png"))[1:]:
+        frame.unlink()
+    code = run.main(["--train", "--method", "third", "--device", "cpu", "--davis", str(third["data"]),
+                     "--workers", "0", "--save-dir", str(tmp_path / "ckpt")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"{third['data']} has 1 of the 2 frames with masks a clip needs" in err and "--clip-len" in err
+    assert not list((tmp_path / "ckpt").glob("*.pth")) and third["seen"] == []
 
 def test_top_level_modules_import_as_a_tree() -> None:
     modules = {p.stem: p for p in ROOT.glob("*.py")}
