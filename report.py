@@ -129,6 +129,11 @@ class RunScores:
         if self.mask_layout not in MASK_LAYOUTS:
             raise ValueError(f"mask_layout {self.mask_layout!r}; use one of {', '.join(MASK_LAYOUTS)}")
         self.global_table = [(str(c), float(v)) for c, v in self.global_table]
+        if self.mask_layout == "ids":  # the label is the pixel value the thumbnails look for
+            for obj in self.objects:
+                if not obj.object_label.isdigit():
+                    raise ValueError(f"object {obj.name}: label {obj.object_label!r} is not an id, but mask_layout "
+                                     "'ids' needs the pixel value; use 'per-object' for one folder per object")
 
     def global_value(self, column: str) -> float:
         return dict(self.global_table)[column]

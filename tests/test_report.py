@@ -124,7 +124,8 @@ def sample_gt(tmp_path: Path) -> tuple[dict[str, list[Path]], Path]:
         for seq in ("bear", "boat"):
             (root / sub / seq).symlink_to(SAMPLE / sub / seq)
         (root / sub / HOSTILE).symlink_to(SAMPLE / sub / "boat")
-    gt = {seq: sorted((root / "Annotations" / "480p" / seq).glob("*.png")) for seq in ("bear", "boat", HOSTILE)}
+    # The hostile copy of boat first: the objects' own order is then not their J&F order (boat beats bear).
+    gt = {seq: sorted((root / "Annotations" / "480p" / seq).glob("*.png")) for seq in (HOSTILE, "bear", "boat")}
     return gt, root / "JPEGImages" / "480p"
 
 
@@ -196,6 +197,7 @@ def test_report_in_chromium(sample_gt: tuple, tmp_path: Path) -> None:
     assert sorted(r.attrs["data-object"] for r in rows) == sorted(r[0] for r in csv_rows)
     jfs = [float(r.attrs["data-jf"]) for r in rows]
     assert jfs == sorted(jfs)  # worst first, as the bars
+    assert [o.jf for o in scores.objects] != sorted(o.jf for o in scores.objects)  # so that the sort is tested
     by_name = {r[0]: (float(r[1]) + float(r[2])) / 2 for r in csv_rows}
     for r in rows:
         assert abs(float(r.attrs["data-jf"]) - by_name[r.attrs["data-object"]]) <= 1e-3
