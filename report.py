@@ -10,7 +10,9 @@ font fetched from anywhere, and every name that comes from the data (sequences, 
 HTML-escaped, so a page opens from disk, offline, and a hostile folder name shows as text. Numbers come before
 pictures (the global table first), and every picture has a title, axis labels and a legend.
 
-Usage (comparison; the report itself is written by the scoring run):
+Usage:
+    report.write_report(scores, results_dir)  # results_dir/report.html
+    report.save_scores(scores, results_dir / report.SCORES_NAME)
     python evaluation.py --compare outputs/DAVIS17_val outputs/DAVIS17_val_ablation [--out DIR]
 """
 
@@ -664,8 +666,8 @@ def compare_main(argv: list[str] | None = None) -> int:
         prog="evaluation.py --compare",
         description="Compare scored runs of one benchmark and split: per-object J&F side by side, sorted by the "
                     "change from the first run to the last, printed and written to compare.html.")
-    parser.add_argument("runs", nargs="+", help=f"results folders holding {SCORES_NAME}, or {SCORES_NAME} files; "
-                                                "the first is the baseline")
+    parser.add_argument("runs", nargs="+", metavar="RESULTS",
+                        help=f"results folders holding {SCORES_NAME}, or {SCORES_NAME} files; the first is the base")
     parser.add_argument("--out", type=Path, default=None,
                         help=f"folder for {COMPARE_NAME} (default: the first run's results folder)")
     args = parser.parse_args(argv)
