@@ -408,6 +408,11 @@ def format_table(result: EvaluationResult, split: str = "") -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--compare"]:  # compare scored runs (report.py); nothing is scored
+        from report import compare_main
+
+        return compare_main(argv[1:])
     parser = argparse.ArgumentParser(description="DAVIS semi-supervised evaluation (J, F, J&F).")
     parser.add_argument("--davis", required=True, help="DAVIS root (DAVIS 2016 or 2017 layout)")
     parser.add_argument("--year", choices=["2016", "2017"], default="2017", help="2016: single object, binary masks")
