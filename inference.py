@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import cv2
 import numpy as np
 import torch
 from torch import Tensor
@@ -25,9 +26,9 @@ from torch import Tensor
 import evaluation
 import methods
 import weights
-from dataset import DAVIS, Layout, SingleVideo, VideoReader, YouTubeVOS
+from dataset import DAVIS, Layout, SingleVideo, VideoReader, YouTubeVOS, frame_files
 from framework import Runtime, VOSModel, aggregate_objects, get_padding, one_hot, pad, pad_mask, unpad
-from utils import VOSInputError, atomic_write, writable_dir
+from utils import VOSInputError, atomic_write, read_frame, writable_dir
 from visualize import Visualizer
 
 PRECISIONS = {"fp32": (torch.float32, None), "fp64": (torch.float64, None),
@@ -47,7 +48,8 @@ class VideoSegmenter:
 
     The first call needs a mask with at least one object. A later mask adds the objects it holds that are not
     tracked yet (their first appearance, as in YouTube-VOS); its pixels overwrite the prediction in the output.
-    An object given again later is taken as a correction of that frame.
+    An object given again later is taken as a correction of that frame. `remove_object` stops tracking one;
+    `propagate` runs a whole video (a generator, as SAM 2's propagate_in_video); `reset` starts a new video.
     """
 
     model: VOSModel
@@ -58,10 +60,53 @@ class VideoSegmenter:
     object_ids: list[int] = field(default_factory=list)
     state: Any = None  # the model's per-video state (model.VideoState, videomatch.MatchState, ...)
     last_probs: Tensor | None = None  # (N, 2, H, W) the model's own probabilities before aggregation, if kept
+    frames_seen: int = 0  # frames stepped since the video started
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    def reset(self) -> None:
+        """Forget the video: the next step starts a new one (and needs a mask)."""
+        self.object_ids, self.state, self.last_probs, self.frames_seen = [], None, None, 0
+
+    def remove_object(self, obj_id: int) -> None:
+        """Stop tracking `obj_id`: its slot leaves the model's state, so from the next frame on its pixels go to the
+        background or to the other objects, and it is never predicted again. A later mask holding `obj_id` starts it
+        anew, as a new object."""
+        if obj_id not in self.object_ids:
+            raise ValueError(f"object {obj_id} is not tracked; the tracked objects are {self.object_ids}")
+        remove = getattr(self.model, "remove_object", None)
+        if remove is None:
+            raise NotImplementedError(f"{type(self.model).__name__} has no remove_object(state, slot)")
+        slot = self.object_ids.index(obj_id)
+        if len(self.object_ids) == 1:  # nothing left to track: the frames are background until a mask adds one
+            self.state = None
+        else:
+            remove(self.state, slot)
+        self.object_ids = [i for i in self.object_ids if i != obj_id]
+        if self.last_probs is not None:
+            self.last_probs = self.last_probs[[i for i in range(self.last_probs.shape[0]) if i != slot]]
+
+    def propagate(self, frames: "Iterable[np.ndarray | Tensor] | str | Path | cv2.VideoCapture",
+                  masks: dict[int, "np.ndarray | Tensor"]) -> Iterator[tuple[int, Tensor, dict[int, Tensor]]]:
+        """Segment a video from its start: yields (index, id mask (H, W) long, {object id: foreground probability
+        (H, W)}) per frame, one frame at a time, so memory does not grow with the video.
+
+        frames: (H, W, 3) uint8 RGB arrays or (3, H, W) float tensors in [0, 1], or a folder of frames or a
+        cv2.VideoCapture (read with `read_frames`), run at the size given. masks: {frame index: (H, W) object ids},
+        at least one object at frame 0; the later ones add or correct objects as `step` says. Between two frames the
+        caller may `remove_object`.
+        """
+        if isinstance(frames, (str, Path, cv2.VideoCapture)):
+            frames = read_frames(frames)
+        if 0 not in masks:
+            raise ValueError(f"propagate needs a mask at frame 0 (masks were given at frames {sorted(masks)})")
+        self.reset()
+        for index, frame in enumerate(frames):
+            mask = masks.get(index)
+            labels, probs = self.step(as_frame(frame), None if mask is None else torch.as_tensor(np.asarray(mask)))
+            yield index, labels, dict(zip(self.object_ids, probs, strict=True))
 
     @torch.inference_mode()
     def step(self, frame: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -69,6 +114,11 @@ class VideoSegmenter:
 
         Returns (labels (H, W) long object ids, probs (N, H, W) each object's aggregated foreground probability).
         """
+        self.frames_seen += 1
+        if self.state is None and self.frames_seen > 1 and (mask is None or not bool(mask.any())):
+            # every object was removed (remove_object) and none is given: background
+            return torch.zeros(frame.shape[-2:], dtype=torch.long, device=self.device), \
+                torch.zeros((0, *frame.shape[-2:]), device=self.device)
         padding = get_padding(*frame.shape[-2:], self.model.stride)
         img = pad(frame[None].to(self.device, self.dtype), padding)
         given = pad_mask(mask[None].to(self.device).long(), padding) if mask is not None else None
@@ -110,6 +160,40 @@ class VideoSegmenter:
             labels = torch.where(given != 0, given, labels)
         self.model.update(self.state, feats, probs)
         return labels, probs
+
+
+def as_frame(frame: "np.ndarray | Tensor") -> Tensor:
+    """An (H, W, 3) uint8 RGB array -> the (3, H, W) float tensor in [0, 1] that `VideoSegmenter.step` takes; a
+    tensor passes unchanged."""
+    if isinstance(frame, Tensor):
+        return frame
+    frame = np.asarray(frame)
+    if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+        raise ValueError(f"a frame must be an (H, W, 3) uint8 RGB array, not {frame.dtype} of shape {frame.shape}")
+    return torch.tensor(frame).permute(2, 0, 1).float().div_(255)  # a copy: PIL and cv2 arrays may be read-only
+
+
+def read_frames(source: "str | Path | cv2.VideoCapture") -> Iterator[np.ndarray]:
+    """(H, W, 3) uint8 RGB frames, one at a time, from a folder of .jpg/.jpeg/.png frames (natural order), a video
+    file, or an open cv2.VideoCapture (read to its end, not released: the caller owns it)."""
+    if isinstance(source, cv2.VideoCapture):
+        while True:
+            ok, bgr = source.read()
+            if not ok:
+                return
+            yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    source = Path(source)
+    if source.is_dir():
+        for path in frame_files(source):
+            yield read_frame(path)
+        return
+    if not source.is_file():
+        raise VOSInputError(f"video '{source}' does not exist; pass a folder of frames or a video file")
+    cap = cv2.VideoCapture(str(source))
+    try:
+        yield from read_frames(cap)
+    finally:
+        cap.release()
 
 
 @dataclass
@@ -294,9 +378,7 @@ def load_model(args: argparse.Namespace, settings: RunSettings, trained_model: P
                             f"for; drop --method or pass a {args.method} checkpoint")
     method = methods.get(meta["method"])
     print(f"{method.name}: {path}")
-    net = net.to(settings.device)
-    if settings.dtype == torch.float64:
-        net = net.to(torch.float64)
+    net = place(net, settings)
     if args.channels_last:  # NHWC convolutions: faster with oneDNN and cuDNN (bench.py); fp32 logits move ~1e-5
         net = net.to(memory_format=torch.channels_last)
     if args.compile:
@@ -305,6 +387,31 @@ def load_model(args: argparse.Namespace, settings: RunSettings, trained_model: P
             raise VOSInputError(f"--compile is implemented for {able}, not for {method.name}; drop --compile")
         net.compile_modules()
     return net, method.name
+
+
+def load(checkpoint: str | Path = "emvos", device: str | None = None, precision: str = "fp32",
+         runtime: Runtime | None = None, trained_model: str | Path = "trained_model",
+         download: bool = True) -> VideoSegmenter:
+    """A ready `VideoSegmenter` in one call: the checkpoint loaded (strict), on the device, in eval mode.
+
+    checkpoint: a method name (`emvos`, `videomatch`: that method's own file in `trained_model`), an official alias
+    (`official-davis`, `official-ytvos`) or a path; the authors' files are fetched into `trained_model` on first use
+    unless download is False. The method is the one the checkpoint holds. device: "cpu" or "cuda" (default: cuda
+    when available); precision: as run.py's --precision (fp32, fp64, bf16, fp16).
+    """
+    settings = run_settings(device, precision, runtime)
+    folder = Path(trained_model)
+    spec = str(folder / methods.get(str(checkpoint)).weights) if str(checkpoint) in methods.METHODS else str(checkpoint)
+    path = weights.resolve_weights(spec, folder, download, base_url=weights.OFFICIAL_BASE_URL)
+    net, _ = methods.load_weights(path, "checkpoint")
+    net = place(net, settings)
+    return VideoSegmenter(net, settings.dtype, settings.autocast, settings.runtime)
+
+
+def place(net: torch.nn.Module, settings: RunSettings) -> torch.nn.Module:
+    """The network on the run's device, in float64 when the frames are (fp64 compares with a reference)."""
+    net = net.to(settings.device)
+    return net.to(torch.float64) if settings.dtype == torch.float64 else net
 
 
 def segment_benchmarks(args: argparse.Namespace, roots: Roots) -> list[evaluation.EvaluationResult]:
