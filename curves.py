@@ -15,6 +15,7 @@ Steps are the stage's own iteration count (the official `i`), so a stage's curve
 from __future__ import annotations
 
 import csv
+import io
 import math
 from pathlib import Path
 
@@ -23,19 +24,41 @@ from utils import atomic_write
 LOG_NAME = "train_log.csv"
 CURVES_NAME = "train_curves.png"
 RUNS_DIR = "runs"
-LOG_COLUMNS = ("stage", "epoch", "iteration", "loss", "iou", "lr", "val_jf", "sec_per_iter", "val_pairs_iou")
-VALIDATION_COLUMNS = {"val_jf": "validation J&F", "val_pairs_iou": "held-out pairs IoU"}
+# train_log.csv: these step statistics of the epoch, then one score column per stage's model selection (the trainer
+# names them: trainer.log_columns)
+STEP_COLUMNS = ("stage", "epoch", "iteration", "loss", "iou", "lr", "sec_per_iter")
+SCORE_TITLES = {"val_jf": "validation J&F", "val_pairs_iou": "held-out pairs IoU"}  # else the column's name
 
 
-def append_log(path: Path, row: dict) -> None:
-    """One row per epoch in train_log.csv (header on a new file), flushed at once so a crash loses nothing."""
-    new = not path.is_file() or path.stat().st_size == 0
+def score_columns(columns: list[str] | tuple[str, ...]) -> list[str]:
+    """The columns of a log that hold a model-selection score."""
+    return [c for c in columns if c not in STEP_COLUMNS]
+
+
+def append_log(path: Path, row: dict, columns: list[str]) -> None:
+    """One row per epoch in train_log.csv, flushed at once so a crash loses nothing. A new file gets `columns`; an
+    existing one (a resumed run's, or an earlier run's in the same folder) keeps its own, and is rewritten whole with
+    the missing ones added when a column of this run is not among them."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    header: list[str] = []
+    if path.is_file() and path.stat().st_size:
+        with open(path, newline="") as f:
+            header = next(csv.reader(f))
+    if header and not set(columns) <= set(header):
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        header = [*header, *(c for c in columns if c not in header)]
+        text = io.StringIO()
+        w = csv.DictWriter(text, header, restval="", lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+        atomic_write(path, lambda f: f.write(text.getvalue().encode()))
     with open(path, "a", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
-        if new:
-            w.writerow(LOG_COLUMNS)
-        w.writerow([row.get(c, "") for c in LOG_COLUMNS])
+        if not header:
+            header = columns
+            w.writerow(header)
+        w.writerow([row.get(c, "") for c in header])
         f.flush()
 
 
@@ -73,6 +96,7 @@ def plot_curves(log_path: Path, out_path: Path) -> Path:
     rows = read_log(log_path)
     fig, (loss_ax, val_ax) = plt.subplots(2, 1, figsize=(8, 5.5), dpi=100, sharex=True, layout="constrained")
     stages = list(dict.fromkeys(r["stage"] for r in rows))
+    scores = score_columns(list(rows[0])) if rows else []
     offset = 0
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for k, stage in enumerate(stages):
@@ -80,7 +104,8 @@ def plot_curves(log_path: Path, out_path: Path) -> Path:
         x = [offset + int(r["epoch"]) for r in mine]
         colour = colours[k % len(colours)]
         loss_ax.plot(x, [_number(r["loss"]) for r in mine], marker=".", color=colour, label=stage)
-        for column, title in VALIDATION_COLUMNS.items():
+        for column in scores:
+            title = SCORE_TITLES.get(column, column)
             points = [(xi, _number(r.get(column))) for xi, r in zip(x, mine, strict=True)]
             points = [(xi, v) for xi, v in points if not math.isnan(v)]
             if points:
@@ -112,8 +137,10 @@ def plot_curves(log_path: Path, out_path: Path) -> Path:
 class CurveLogger:
     """TensorBoard scalars + train_log.csv + train_curves.png in `save_dir` (see the module docstring)."""
 
-    def __init__(self, save_dir: str | Path) -> None:
+    def __init__(self, save_dir: str | Path, columns: list[str] | tuple[str, ...]) -> None:
+        """columns: train_log.csv's columns for a new file (`STEP_COLUMNS`, then the selections' score columns)."""
         self.save_dir = Path(save_dir)
+        self.columns = list(columns)
         self.log_path = self.save_dir / LOG_NAME
         self.curves_path = self.save_dir / CURVES_NAME
         self.writer = None
@@ -145,19 +172,20 @@ class CurveLogger:
         w.add_scalar("train/sec_per_iter", seconds, iteration)
 
     def epoch(self, row: dict) -> None:
-        """An epoch's end: `row` has the LOG_COLUMNS the trainer fills (numbers as the text to write, '' when
-        unknown); it is appended to train_log.csv, logged to TensorBoard at its iteration, and when it carries a
-        validation score train_curves.png is redrawn."""
-        append_log(self.log_path, row)
+        """An epoch's end: `row` maps the log's columns to the text to write ('' or absent when unknown); it is
+        appended to train_log.csv, logged to TensorBoard at its iteration (a score column `val_x` as `val/x`), and
+        when it carries a score train_curves.png is redrawn."""
+        append_log(self.log_path, row, self.columns)
         w, step = self._writer(), int(row["iteration"])
-        for column, tag in (("loss", "epoch/loss"), ("iou", "epoch/iou"), ("sec_per_iter", "epoch/sec_per_iter"),
-                            ("val_jf", "val/jf"), ("val_pairs_iou", "val/pairs_iou")):
+        tags = [("loss", "epoch/loss"), ("iou", "epoch/iou"), ("sec_per_iter", "epoch/sec_per_iter")]
+        scores = score_columns(list(row))
+        for column, tag in tags + [(c, f"val/{c.removeprefix('val_')}") for c in scores]:
             value = _number(row.get(column))
             if not math.isnan(value):
                 w.add_scalar(tag, value, step)
         w.add_scalar("epoch/epoch", int(row["epoch"]), step)
         w.flush()
-        if any(row.get(c) not in (None, "") for c in VALIDATION_COLUMNS):
+        if any(row.get(c) not in (None, "") for c in scores):
             plot_curves(self.log_path, self.curves_path)
 
     def close(self) -> None:
