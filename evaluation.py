@@ -5,8 +5,12 @@ reimplemented so that they match it to the printed decimals while being faster (
 over each PNG, frames spread over worker processes) and safer (errors name the file and the fix; result CSVs are
 always recomputed, never reused).
 
+The command line also scores LVOS, MOSE v2, vos-benchmark folders and SA-V with their toolkits' rules
+(benchmarks.py).
+
 Usage:
     python evaluation.py --davis data/DAVIS2017 --year 2017 --split val --results output/val
+    python evaluation.py --benchmark lvos --gt data/LVOS/valid --results output/lvos_val
 """
 
 from __future__ import annotations
@@ -15,120 +19,28 @@ import argparse
 import csv
 import io
 import math
+import shlex
 import sys
 import time
 import warnings
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from utils import VOSInputError, atomic_write, read_mask
+import benchmarks
+import metrics
+from metrics import BOUND_TH, boundary_f, boundary_map, boundary_radius, disk, jaccard  # noqa: F401 (re-exported)
+from utils import VOSInputError, atomic_write, read_mask, writable_dir
 
-BOUND_TH = 0.008  # boundary tolerance as a fraction of the image diagonal (8 px at 854x480)
 VOID_LABEL = 255  # DAVIS 2017 marks uncertain pixels with 255; the semi-supervised protocol scores them as background
 GLOBAL_COLUMNS = ("J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay")
 SEQUENCE_COLUMNS = ("Sequence", "J-Mean", "F-Mean")
 FRAMES_PER_TASK = 8  # frames per worker task: small enough to balance 2 cores even on a 3-sequence sample
 
 
-class EvaluationError(Exception):
+class EvaluationError(VOSInputError):
     """Bad evaluation input (missing folder or PNG, wrong size, too many objects); the message names the fix."""
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Per-frame measures (pure numpy)
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def jaccard(gt: np.ndarray, pred: np.ndarray) -> float:
-    """Region similarity J = |gt & pred| / |gt | pred| of two binary (H, W) masks; 1 when both are empty."""
-    if gt.shape != pred.shape:
-        raise ValueError(f"jaccard: shapes differ, gt {gt.shape} vs pred {pred.shape}")
-    gt, pred = gt.astype(bool, copy=False), pred.astype(bool, copy=False)
-    union = np.count_nonzero(gt | pred)
-    if union == 0:
-        return 1.0
-    return np.count_nonzero(gt & pred) / union
-
-
-def boundary_map(mask: np.ndarray) -> np.ndarray:
-    """One-pixel boundary of a binary (H, W) mask, as the official `_seg2bmap`.
-
-    A pixel is on the boundary when it differs from its right, lower or lower-right neighbour; neighbours outside
-    the image are not compared (so the last row only looks right, the last column only down, the corner never).
-    That is what `_seg2bmap`'s zero padding plus its overrides of the last row and column amount to.
-    """
-    seg = mask.astype(bool, copy=False)
-    bmap = np.zeros(seg.shape, dtype=bool)
-    bmap[:, :-1] |= seg[:, :-1] ^ seg[:, 1:]
-    bmap[:-1, :] |= seg[:-1, :] ^ seg[1:, :]
-    bmap[:-1, :-1] |= seg[:-1, :-1] ^ seg[1:, 1:]
-    return bmap
-
-
-def disk(radius: float) -> np.ndarray:
-    """Structuring element x^2 + y^2 <= r^2 on the integer grid, as skimage.morphology.disk (uint8)."""
-    grid = np.arange(-radius, radius + 1)
-    x, y = np.meshgrid(grid, grid)
-    return (x**2 + y**2 <= radius**2).astype(np.uint8)
-
-
-def boundary_radius(shape: tuple[int, int], bound_th: float = BOUND_TH) -> float:
-    """Dilation radius in pixels: `bound_th` itself when >= 1, else ceil(bound_th * image diagonal)."""
-    # np.linalg.norm (not math.hypot) so that the rounding is the official one to the last bit.
-    return bound_th if bound_th >= 1 else float(np.ceil(bound_th * np.linalg.norm(shape)))
-
-
-def _crop_box(gt: np.ndarray, pred: np.ndarray) -> tuple[slice, slice] | None:
-    """Rows/columns that hold every boundary pixel of both masks, or None when both masks are empty.
-
-    Boundary pixels of a mask lie in its bounding box grown by one pixel up and left (a pixel left of the mask
-    differs from its right neighbour); one more row and column at the bottom and right keep the crop's own last
-    row and column all-background, so `boundary_map` on the crop equals the full-frame map cut to the crop.
-    """
-    rows = np.flatnonzero(np.any(gt, axis=1) | np.any(pred, axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(np.any(gt, axis=0) | np.any(pred, axis=0))
-    return slice(max(rows[0] - 1, 0), rows[-1] + 2), slice(max(cols[0] - 1, 0), cols[-1] + 2)
-
-
-def _boundary_f_radius(gt: np.ndarray, pred: np.ndarray, radius: float) -> float:
-    """Boundary F of two boolean masks with a given dilation radius (see `boundary_f`)."""
-    box = _crop_box(gt, pred)
-    if box is None:
-        return 1.0  # both empty: precision = recall = 1
-    gt_b, pred_b = boundary_map(gt[box]), boundary_map(pred[box])
-    n_gt, n_pred = np.count_nonzero(gt_b), np.count_nonzero(pred_b)
-    # The official edge cases: an empty boundary gives P=1, R=0 (or P=0, R=1), hence F=0; both empty gives F=1.
-    if n_gt == 0 or n_pred == 0:
-        return 1.0 if n_gt == n_pred else 0.0
-    # Cropping cannot change the counts: dilation only spreads boundary pixels, which all lie inside the crop, and
-    # cv2.dilate's default border adds nothing. cv2.dilate with the same disk is what the official code runs.
-    kernel = disk(radius)
-    pred_dil = cv2.dilate(pred_b.view(np.uint8), kernel).view(bool)
-    gt_dil = cv2.dilate(gt_b.view(np.uint8), kernel).view(bool)
-    precision = np.count_nonzero(pred_b & gt_dil) / n_pred
-    recall = np.count_nonzero(gt_b & pred_dil) / n_gt
-    if precision + recall == 0:
-        return 0.0
-    return 2 * precision * recall / (precision + recall)
-
-
-def boundary_f(gt: np.ndarray, pred: np.ndarray, bound_th: float = BOUND_TH) -> float:
-    """Boundary accuracy F of two binary (H, W) masks.
-
-    Precision is the share of predicted boundary pixels within `boundary_radius` of a GT boundary pixel (disk
-    neighbourhood), recall the converse, F their harmonic mean. Empty prediction with non-empty GT: P=1, R=0, F=0;
-    both empty: F=1.
-    """
-    if gt.shape != pred.shape:
-        raise ValueError(f"boundary_f: shapes differ, gt {gt.shape} vs pred {pred.shape}")
-    gt, pred = gt.astype(bool, copy=False), pred.astype(bool, copy=False)
-    return _boundary_f_radius(gt, pred, boundary_radius(gt.shape, bound_th))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -193,6 +105,14 @@ def _score_frames(gt_paths: list[Path], pred_dir: Path, binary: bool, n_objects:
     for t, gt_path in enumerate(gt_paths):
         pred_path = pred_dir / gt_path.name
         gt = _read_gt(gt_path, binary)
+        if not binary and gt.max(initial=0) > n_objects:
+            # DAVIS counts the objects of the first GT frame only; the official script then stops (exit code 0, no
+            # CSV) as soon as a prediction tracks the late object. vos-benchmark scores it from its first appearance.
+            raise EvaluationError(
+                f"GT {gt_path} has object id {int(gt.max())}, absent from the first GT frame of "
+                f"{gt_path.parent.name} ({n_objects} object(s)); the DAVIS rules cannot score an object that "
+                "appears late: score this data with --benchmark vos-benchmark"
+            )
         if not pred_path.is_file():
             raise EvaluationError(
                 f"missing prediction {pred_path} (for GT {gt_path}); write one PNG per frame into {pred_dir}, "
@@ -213,11 +133,7 @@ def _score_frames(gt_paths: list[Path], pred_dir: Path, binary: bool, n_objects:
                 f"prediction {pred_path} has object id {int(pred.max())} but the sequence has {n_objects} "
                 f"object(s) in its first GT frame {gt_paths[0].parent}; ids must be 1..{n_objects}"
             )
-        radius = boundary_radius(gt.shape)
-        for k in range(1, n_objects + 1):
-            gt_k, pred_k = gt == k, pred == k
-            scores[0, k - 1, t] = jaccard(gt_k, pred_k)
-            scores[1, k - 1, t] = _boundary_f_radius(gt_k, pred_k, radius)
+        scores[:, :, t] = metrics.object_scores(gt, pred, range(1, n_objects + 1))[:, : metrics.F + 1].T
     return scores
 
 
@@ -247,10 +163,26 @@ class ObjectResult:
     f_mean: float
     f_recall: float
     f_decay: float
+    frames: tuple[str, ...] = ()  # the scored frames (all but the first and the last) and J, F on each
+    j: tuple[float, ...] = ()
+    f: tuple[float, ...] = ()
 
     @property
     def name(self) -> str:
         return f"{self.sequence}_{self.object_id}"
+
+    def report_fields(self) -> dict:
+        """The fields of report.ObjectFrames (DAVIS counts every scored frame)."""
+        return {
+            "name": self.name,
+            "sequence": self.sequence,
+            "object_label": str(self.object_id),
+            "frames": list(self.frames),
+            "j": list(self.j),
+            "f": list(self.f),
+            "counted": [True] * len(self.frames),
+            "jf": (self.j_mean + self.f_mean) / 2,
+        }
 
 
 @dataclass(frozen=True)
@@ -289,6 +221,16 @@ class EvaluationResult:
         """Values in the order of GLOBAL_COLUMNS."""
         return (self.jf_mean, self.j_mean, self.j_recall, self.j_decay, self.f_mean, self.f_recall, self.f_decay)
 
+    def report_fields(self, split: str = "") -> dict:
+        """The fields of report.RunScores (objects as report.ObjectFrames fields)."""
+        return {
+            "benchmark": "davis",
+            "split": split,
+            "decimals": 3,  # as the toolkit prints the global table (%.3f)
+            "global_table": list(zip(GLOBAL_COLUMNS, self.global_row(), strict=True)),
+            "objects": [o.report_fields() for o in self.objects],
+        }
+
 
 def evaluate_sequences(
     gt: dict[str, list[Path]], results_dir: Path, binary: bool, workers: int = 2
@@ -311,18 +253,7 @@ def evaluate_sequences(
             tasks.append((seq, scored[start : start + FRAMES_PER_TASK]))
 
     args = [(paths, results_dir / seq, binary, n_objects[seq]) for seq, paths in tasks]
-    if workers <= 1:
-        chunks = [_score_frames(*a) for a in args]
-    else:
-        # No cv2.setNumThreads in the workers: in a process forked after OpenCV's thread pool started (any cv2 call in
-        # the caller, e.g. run.py) it waits forever for threads that were not forked.
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(_score_frames, *a) for a in args]
-            try:
-                chunks = [f.result() for f in futures]
-            except BaseException:
-                pool.shutdown(cancel_futures=True)  # stop at the first bad file instead of scoring everything
-                raise
+    chunks = benchmarks.parallel_map(_score_frames, args, workers)
 
     per_seq: dict[str, list[np.ndarray]] = {seq: [] for seq in gt}
     for (seq, _), chunk in zip(tasks, chunks, strict=True):
@@ -330,8 +261,11 @@ def evaluate_sequences(
     objects = []
     for seq, parts in per_seq.items():
         scores = np.concatenate(parts, axis=2)  # (2, n_objects, frames)
+        frames = tuple(Path(p).stem for p in gt[seq][1:-1])
         for k in range(n_objects[seq]):
-            objects.append(ObjectResult(seq, k + 1, *object_statistics(scores[0, k]), *object_statistics(scores[1, k])))
+            stats = (*object_statistics(scores[0, k]), *object_statistics(scores[1, k]))
+            per_frame = (tuple(scores[0, k].tolist()), tuple(scores[1, k].tolist()))
+            objects.append(ObjectResult(seq, k + 1, *stats, frames, *per_frame))
     return EvaluationResult.from_objects(objects)
 
 
@@ -382,15 +316,22 @@ def write_csvs(result: EvaluationResult, out_dir: str | Path, split: str) -> tup
 
 
 def evaluate_and_write(
-    gt: dict[str, list[Path]], results_dir: str | Path, split: str, binary: bool, workers: int = 2
+    gt: dict[str, list[Path]],
+    results_dir: str | Path,
+    split: str,
+    binary: bool,
+    workers: int = 2,
+    out_dir: str | Path | None = None,
 ) -> tuple[EvaluationResult, Path, Path]:
-    """Score `results_dir` (see `evaluate_sequences`) and write its CSVs there: (result, global CSV, sequence CSV).
+    """Score `results_dir` (see `evaluate_sequences`) and write its CSVs into out_dir (default results_dir):
+    (result, global CSV, sequence CSV).
 
-    The CSVs of `split` already in results_dir are deleted first (`remove_csvs`), so a failed evaluation leaves none.
+    The CSVs of `split` already in out_dir are deleted first (`remove_csvs`), so a failed evaluation leaves none.
     """
-    remove_csvs(results_dir, split)
+    out_dir = results_dir if out_dir is None else out_dir
+    remove_csvs(out_dir, split)
     result = evaluate_sequences(gt, Path(results_dir), binary, workers)
-    return (result, *write_csvs(result, results_dir, split))
+    return (result, *write_csvs(result, out_dir, split))
 
 
 def format_table(result: EvaluationResult, split: str = "") -> str:
@@ -408,34 +349,124 @@ def format_table(result: EvaluationResult, split: str = "") -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--compare"]:  # compare scored runs (report.py); nothing is scored
-        from report import compare_main
-
-        return compare_main(argv[1:])
-    parser = argparse.ArgumentParser(description="DAVIS semi-supervised evaluation (J, F, J&F).")
-    parser.add_argument("--davis", required=True, help="DAVIS root (DAVIS 2016 or 2017 layout)")
+    parser = argparse.ArgumentParser(
+        description="Semi-supervised VOS scoring as the official toolkits do it (J, F, J&F and each benchmark's own "
+        "measures); bad input exits with code 2."
+    )
+    parser.add_argument(
+        "--benchmark",
+        choices=benchmarks.BENCHMARKS,
+        default="davis",
+        help="whose rules and files: davis (davis2017-evaluation), lvos (lvos-evaluation), mosev2 "
+        "(MOSE-api score.py), vos-benchmark (hkchengrex/vos-benchmark), sav (sam2 sav_evaluator.py)",
+    )
+    parser.add_argument(
+        "--gt",
+        type=Path,
+        help="what the official evaluator takes: the LVOS split folder "
+        "(--lvos_path), the MOSE v2 Annotations folder (--ann), the vos-benchmark GT folder (-g), "
+        "SA-V's Annotations_6fps (--gt_root); for davis, the DAVIS root (as --davis)",
+    )
+    parser.add_argument("--davis", type=Path, help="DAVIS root (DAVIS 2016 or 2017 layout), for --benchmark davis")
     parser.add_argument("--year", choices=["2016", "2017"], default="2017", help="2016: single object, binary masks")
-    parser.add_argument("--split", default="val", help="image set, e.g. val")
-    parser.add_argument("--results", required=True, type=Path, help="folder with one sub-folder of PNGs per sequence")
+    parser.add_argument(
+        "--split",
+        help="davis: image set (default val); lvos: valid or test (default valid), "
+        "which names <split>_meta.json and the CSVs",
+    )
+    parser.add_argument("--results", type=Path, help="folder with one sub-folder of PNGs per video")
+    parser.add_argument(
+        "--meta",
+        type=Path,
+        help="mosev2: its meta.json (score.py --meta, required); lvos: overrides <gt>/<split>_meta.json",
+    )
+    parser.add_argument(
+        "--unseen",
+        type=Path,
+        help=f"lvos: file of unseen video ids, one per line (default "
+        f"{benchmarks.LVOS_UNSEEN.name}, the toolkit's list)",
+    )
+    parser.add_argument("--out", type=Path, help="folder for the result files (default: the --results folder)")
     parser.add_argument("--workers", type=int, default=2, help="processes; 1 evaluates in this process")
+    parser.add_argument("--no-report", action="store_true",
+                        help="write only the toolkit's files, not report.html and scores.json beside them")
+    parser.add_argument("--compare", nargs="+", metavar="RESULTS", default=None,
+                        help="compare scored runs instead of scoring: results folders holding scores.json (the first "
+                        "is the base); writes compare.html into --out (default: the first folder)")
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
+    command = shlex.join(["evaluation.py", *argv])  # what report.html records
+    if args.compare is not None:
+        given = [f for f, v in (("--results", args.results), ("--gt", args.gt), ("--davis", args.davis)) if v]
+        if given:
+            print(f"error: --compare reads scored runs and scores nothing; drop {', '.join(given)}", file=sys.stderr)
+            return 2
+        from report import compare_main  # matplotlib and the page code only when comparing
 
-    # Imported here, not at the top, so that the metric functions (and the worker processes) need no dataset code.
-    from dataset import DAVIS
+        return compare_main([*args.compare, *(["--out", str(args.out)] if args.out is not None else [])])
 
     start = time.perf_counter()
     try:
-        ds = DAVIS(args.davis, year=args.year, split=args.split)
-        result, global_path, seq_path = evaluate_and_write(
-            ds.ground_truth(), args.results, args.split, ds.binary, args.workers
-        )
-    except (EvaluationError, VOSInputError) as err:
+        if args.results is None:
+            raise VOSInputError("pass --results DIR, the folder with one sub-folder of PNGs per video (or --compare)")
+        if (args.out or args.results).is_dir():
+            import report
+
+            report.remove_outputs(args.out or args.results)  # no page of an earlier scoring beside the new files
+        if args.benchmark == "davis":
+            if (args.davis or args.gt) is None:
+                raise VOSInputError("--benchmark davis needs the DAVIS root: pass --davis PATH (or --gt PATH)")
+            # Imported here, not at the top, so that the metric functions (and the worker processes) need no
+            # dataset code.
+            from dataset import DAVIS
+
+            split = args.split or "val"
+            if args.out is not None:
+                writable_dir(args.out, "--out")
+            ds = DAVIS(args.davis or args.gt, year=args.year, split=split)
+            gt = ds.ground_truth()
+            result, global_path, seq_path = evaluate_and_write(gt, args.results, split, ds.binary, args.workers,
+                                                               args.out)
+            print(format_table(result, split))
+            print(f"\nwrote {global_path} and {seq_path} ({time.perf_counter() - start:.1f} s)")
+            if not args.no_report and gt:
+                first = next(iter(gt))
+                write_report(result.report_fields(split), global_path.parent, ds.frames(first)[0].parent.parent,
+                             gt[first][0].parent.parent, args.results, "binary" if ds.binary else "ids", command)
+            return 0
+        if args.gt is None:
+            raise VOSInputError(f"--benchmark {args.benchmark} needs --gt PATH (what its official evaluator takes)")
+        if args.benchmark == "lvos":
+            scored = benchmarks.score_lvos(
+                args.gt, args.results, args.split or "valid", args.meta, args.unseen, args.out, args.workers
+            )
+        elif args.benchmark == "mosev2":
+            scored = benchmarks.score_mosev2(args.gt, args.results, args.meta, args.out, args.workers)
+        elif args.benchmark == "vos-benchmark":
+            scored = benchmarks.score_vos_benchmark(args.gt, args.results, args.out, args.workers)
+        else:
+            scored = benchmarks.score_sav(args.gt, args.results, args.out, args.workers)
+        print(benchmarks.format_result(scored))
+        print(f"\nwrote {' and '.join(str(p) for p in scored.files)} ({time.perf_counter() - start:.1f} s)")
+        if not args.no_report:
+            frames, masks, layout = benchmarks.report_folders(args.benchmark, args.gt)
+            write_report(scored.report_fields(), scored.files[0].parent, frames, masks, args.results, layout, command)
+    except VOSInputError as err:  # EvaluationError included
         print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(format_table(result, args.split))
-    print(f"\nwrote {global_path} and {seq_path} ({time.perf_counter() - start:.1f} s)")
+        return 2
     return 0
+
+
+def write_report(fields: dict, out_dir: Path, frames_dir: Path, gt_dir: Path, pred_dir: Path, layout: str,
+                 command: str) -> None:
+    """scores.json and report.html beside the result files, recording the command line and the date."""
+    import report  # matplotlib and the page code only when a report is written
+
+    start = time.perf_counter()
+    scores = report.run_scores(fields, frames_dir=frames_dir, gt_dir=gt_dir, pred_dir=pred_dir, mask_layout=layout,
+                               command=command)
+    paths = report.publish(scores, out_dir)
+    print(f"wrote {' and '.join(str(p) for p in paths)} ({time.perf_counter() - start:.1f} s)")
 
 
 if __name__ == "__main__":

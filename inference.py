@@ -25,6 +25,7 @@ from torch import Tensor
 
 import evaluation
 import methods
+import report
 import weights
 from dataset import DAVIS, Layout, SingleVideo, VideoReader, YouTubeVOS, frame_files
 from framework import Runtime, VOSModel, aggregate_objects, get_padding, one_hot, pad, pad_mask, unpad
@@ -326,18 +327,26 @@ def write_zip(files: Iterable[Path], zip_path: Path, prefix: str) -> Path:
     return atomic_write(zip_path, write)
 
 
+def csv_split(key: str) -> str:
+    """The split a --data key's CSVs are named after (global_results-<split>.csv)."""
+    return "val" if "val" in key else key
+
+
 def run_dataset(model: VOSModel, key: str, videos: Iterable[VideoReader], out_dir: Path, settings: RunSettings,
                 gt: dict[str, list[Path]] | None, binary: bool, zip_prefix: str | None,
-                make_hook: Callable[[VideoReader], Any] | None = None) -> evaluation.EvaluationResult | None:
+                make_hook: Callable[[VideoReader], Any] | None = None,
+                on_scored: Callable[[evaluation.EvaluationResult, Path], None] | None = None,
+                ) -> evaluation.EvaluationResult | None:
     """Segment every video of one dataset into out_dir/<video>/, then score against gt (the ground truth of those
     videos, if the split has it) and zip (if zip_prefix).
 
     make_hook(video) gives a per-frame hook for segment_video (called as on_frame, then `.close()`d), e.g.
-    visualize.Visualizer.
+    visualize.Visualizer. on_scored(result, frames folder) is called after scoring (the report).
     """
-    split = "val" if "val" in key else key
+    split = csv_split(key)
     if gt is not None:  # a run that fails half way must not leave the last run's scores beside its new masks
         evaluation.remove_csvs(out_dir, split)
+        report.remove_outputs(out_dir)
     total_frames, total_seconds, videos_run = 0, 0.0, 0
     written: list[Path] = []
     for video in videos:
@@ -347,6 +356,7 @@ def run_dataset(model: VOSModel, key: str, videos: Iterable[VideoReader], out_di
         finally:
             if hook is not None:
                 hook.close()
+        frames_dir = video.frames[0].parent.parent  # <frames>/<video>/<frame>.jpg
         total_frames, total_seconds = total_frames + done.frames, total_seconds + done.seconds
         written += done.written
         videos_run += 1
@@ -358,20 +368,28 @@ def run_dataset(model: VOSModel, key: str, videos: Iterable[VideoReader], out_di
         result, _, _ = evaluation.evaluate_and_write(gt, out_dir, split, binary)
         print(evaluation.format_table(result, key))
         print(f"{key}: J&F {result.jf_mean:.3f}  J {result.j_mean:.3f}  F {result.f_mean:.3f}  {fps:.2f} fps")
+        if on_scored is not None and videos_run:
+            on_scored(result, frames_dir)
     if zip_prefix is not None:
         path = write_zip(written, out_dir.parent / f"{key}.zip", zip_prefix)
         print(f"{key}: submission archive {path} ({len(written)} masks)")
     return result
 
 
+def weights_path(args: argparse.Namespace, trained_model: Path) -> Path:
+    """The checkpoint file --weights names (default: the method's own file in trained_model/), fetched on first use
+    when it is one of the authors' files."""
+    spec = methods.get(args.method)
+    # the base URL is looked up now, not bound at import, so that tests can stand a local server in for GitHub
+    return weights.resolve_weights(args.weights or str(trained_model / spec.weights), trained_model,
+                                   base_url=weights.OFFICIAL_BASE_URL)
+
+
 def load_model(args: argparse.Namespace, settings: RunSettings, trained_model: Path) -> tuple[VOSModel, str]:
     """The checkpoint named by --weights (a path or an alias such as official-ytvos; default: the method's own file
     in trained_model/), fetched on first use when it is one of the authors' files, checked, on the run's device and
     precision."""
-    spec = methods.get(args.method)
-    # the base URL is looked up now, not bound at import, so that tests can stand a local server in for GitHub
-    path = weights.resolve_weights(args.weights or str(trained_model / spec.weights), trained_model,
-                                   base_url=weights.OFFICIAL_BASE_URL)
+    path = weights_path(args, trained_model)
     net, meta = methods.load_weights(path, "--weights")
     if args.method_given and meta["method"] != args.method:
         raise VOSInputError(f"--weights {path} holds a {meta['method']} model but --method {args.method} was asked "
@@ -437,12 +455,29 @@ def segment_benchmarks(args: argparse.Namespace, roots: Roots) -> list[evaluatio
         finally:
             single.close()
         return []
+    checkpoint = weights_path(args, roots.trained_model)  # the file load_model read, for the reports
+
+    def reporter(key: str, gt: dict[str, list[Path]], binary: bool) -> Callable | None:
+        if args.no_report:
+            return None
+        split = csv_split(key)
+
+        def write(result: evaluation.EvaluationResult, frames_dir: Path) -> None:
+            first = next(iter(gt.values()))[0]
+            scores = report.run_scores(result.report_fields(split), frames_dir=frames_dir,
+                                       gt_dir=first.parent.parent, pred_dir=out_root / key,
+                                       mask_layout="binary" if binary else "ids", weights=checkpoint,
+                                       command=getattr(args, "command", None))
+            print(f"{key}: report {' and '.join(str(p) for p in report.publish(scores, out_root / key))}")
+        return write
+
     results = []
     for key in args.data:
         data = open_layout(key, roots)
         gt = data.ground_truth(args.sequences) if data.has_annotations else None
         result = run_dataset(model, key, data.videos(args.sequences), out_root / key, settings, gt, data.binary,
-                             data.submission_prefix, visualizer(key))
+                             data.submission_prefix, visualizer(key),
+                             reporter(key, gt, data.binary) if gt else None)
         if result is not None:
             results.append(result)
     return results

@@ -11,8 +11,8 @@ HTML-escaped, so a page opens from disk, offline, and a hostile folder name show
 pictures (the global table first), and every picture has a title, axis labels and a legend.
 
 Usage:
-    report.write_report(scores, results_dir)  # results_dir/report.html
-    report.save_scores(scores, results_dir / report.SCORES_NAME)
+    scores = report.run_scores(result.report_fields(), frames_dir=..., gt_dir=..., pred_dir=results_dir)
+    report.publish(scores, results_dir)  # results_dir/scores.json and results_dir/report.html
     python evaluation.py --compare outputs/DAVIS17_val outputs/DAVIS17_val_ablation [--out DIR]
 """
 
@@ -24,9 +24,11 @@ import html
 import io
 import json
 import math
+import shlex
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import cv2
@@ -198,6 +200,39 @@ def load_scores(path: str | Path) -> RunScores:
             f"or the {SCORES_NAME} file itself"
         )
     return scores_from_json(path.read_text(encoding="utf-8"), str(path))
+
+
+def run_scores(fields: dict, *, frames_dir: str | Path, gt_dir: str | Path, pred_dir: str | Path,
+               mask_layout: str = "ids", weights: str | Path | None = None, command: str | None = None,
+               date: str | None = None) -> RunScores:
+    """The `RunScores` of a scored run: `fields` as a scorer's `report_fields()` gives them (benchmark, split,
+    decimals, global_table, objects as `ObjectFrames` fields, per-frame arrays included), the folders the thumbnails
+    read, and the run: `weights` (the file; its name and git blob id are recorded), the command line (default: this
+    process's) and the date (default: now, UTC, ISO 8601)."""
+    weights_name = weights_id = ""
+    if weights is not None:
+        from weights import git_blob_id  # here: the weights module loads torch, which a report needs nowhere else
+
+        weights_name, weights_id = Path(weights).name, git_blob_id(weights)
+    fields = dict(fields)
+    objects = [ObjectFrames(**o) for o in fields.pop("objects")]
+    return RunScores(objects=objects, frames_dir=str(frames_dir), gt_dir=str(gt_dir), pred_dir=str(pred_dir),
+                     mask_layout=mask_layout, weights_name=weights_name, weights_id=weights_id,
+                     command=shlex.join(sys.argv) if command is None else command,
+                     date=date or datetime.now(timezone.utc).isoformat(timespec="seconds"), **fields)
+
+
+def remove_outputs(out_dir: str | Path) -> None:
+    """Delete an earlier run's scores.json and report.html in out_dir, before scoring it again: a run that fails, or
+    runs without a report, must not leave pages that describe other masks."""
+    for name in (SCORES_NAME, REPORT_NAME):
+        (Path(out_dir) / name).unlink(missing_ok=True)
+
+
+def publish(scores: RunScores, out_dir: str | Path) -> tuple[Path, Path]:
+    """`scores.json` (for `--compare`) and `report.html` in out_dir, beside the toolkit's files."""
+    out_dir = Path(out_dir)
+    return save_scores(scores, out_dir / SCORES_NAME), write_report(scores, out_dir / REPORT_NAME)
 
 
 # ----------------------------------------------------------------------------------------------------------------

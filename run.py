@@ -6,6 +6,7 @@ with the authors' checkpoint (fetched into trained_model/ on first use).
 
 import argparse
 import errno
+import shlex
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -130,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--visualize", action="store_true",
                    help="also write OUTPUT/visualize/<KEY>/<sequence>/overlay.mp4 and the probability maps of "
                         "--vis-frame (kept apart from the masks and the zips)")
+    t.add_argument("--no-report", action="store_true",
+                   help="with ground truth, write only the CSVs, not report.html and scores.json beside them")
     t.add_argument("--vis-frame", type=int, default=None, help="frame whose fg/bg probabilities --visualize saves (1)")
     g = p.add_argument_group("train")
     g.add_argument("--stages", nargs="+", default=None, metavar="STAGE",
@@ -165,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 TEST_ONLY = ("data", "weights", "sequences", "video", "mask", "visualize", "vis_frame", "compile", "max_memory",
-             "channels_last")
+             "channels_last", "no_report")
 TRAIN_ONLY = ("stages", "val_sequences", "davis_year", "save_dir", "no_pretrained", "init", "resume", "chain", "amp",
               "workers", "train_encoder", "seed", "loss", *trainer.OVERRIDES)
 
@@ -220,7 +223,9 @@ def check_flags(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
+    args.command = shlex.join(["run.py", *argv])  # what report.html records
     args.method_given = args.method is not None
     args.method = args.method or "emvos"
     # --no-download: one switch for every download of this run (checkpoints and ImageNet weights)

@@ -372,7 +372,7 @@ def test_failed_evaluation_leaves_no_old_csv(tmp_path: Path, capsys: pytest.Capt
     ev.remove_csvs(results, "val")  # what a runner calls before it overwrites the predictions
     assert not global_path.exists() and not seq_path.exists()
     assert all(p.is_file() for p in ev.csv_paths(results, "test-dev"))  # another split's CSVs stay
-    # The command line too: exit code 1 and no CSV of the last run beside the changed results.
+    # The command line too: exit code 2 (bad input) and no CSV of the last run beside the changed results.
     davis = tmp_path / "DAVIS"
     for t, path in enumerate(gt_paths):
         (davis / "JPEGImages" / "480p" / "seq").mkdir(parents=True, exist_ok=True)
@@ -381,7 +381,7 @@ def test_failed_evaluation_leaves_no_old_csv(tmp_path: Path, capsys: pytest.Capt
     (davis / "ImageSets" / "2017").mkdir(parents=True)
     (davis / "ImageSets" / "2017" / "val.txt").write_text("seq\n")
     global_path.write_text("J&F-Mean\n0.999\n")
-    assert ev.main(["--davis", str(davis), "--results", str(results), "--workers", "1"]) == 1
+    assert ev.main(["--davis", str(davis), "--results", str(results), "--workers", "1"]) == 2
     assert "missing prediction" in capsys.readouterr().err
     assert not global_path.exists()
 
@@ -444,6 +444,6 @@ def test_cli_recomputes_csvs_on_real_sample(davis2016_root: Path, tmp_path: Path
     rows = (results / "global_results-train.csv").read_text().splitlines()
     assert rows[1] == "1.000,1.000,1.000,0.000,1.000,1.000,0.000"
     assert "hockey_1" in capsys.readouterr().out
-    # A missing results folder is a one-line error and exit code 1, not a traceback.
-    assert ev.main([*args, "/nope"]) == 1
+    # A missing results folder is a one-line error and exit code 2, not a traceback.
+    assert ev.main([*args, "/nope"]) == 2  # bad input: exit code 2, as run.py
     assert "results folder /nope does not exist" in capsys.readouterr().err

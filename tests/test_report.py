@@ -27,7 +27,6 @@ sys.path.insert(0, str(ROOT))
 
 import evaluation  # noqa: E402
 import report  # noqa: E402
-import report_davis  # noqa: E402
 from utils import VOSInputError, read_mask, save_mask  # noqa: E402
 
 SAMPLE = ROOT / "sample" / "DAVIS2016"
@@ -133,8 +132,10 @@ def scored_run(gt: dict[str, list[Path]], frames_dir: Path, out: Path, shift: in
                split: str = "train") -> tuple[report.RunScores, Path, Path]:
     perturbed_run(gt, out, shift)
     result, global_csv, seq_csv = evaluation.evaluate_and_write(gt, out, split, binary=True, workers=1)
-    scores = report_davis.from_davis(result, gt, out, True, frames_dir, split, command=f"test --shift {shift}",
-                                     weights_name="w.pth", weights_id="0123abcd", date="2026-12-01T10:00:00")
+    gt_dir = next(iter(gt.values()))[0].parent.parent
+    scores = report.run_scores(result.report_fields(split), frames_dir=frames_dir, gt_dir=gt_dir, pred_dir=out,
+                               mask_layout="binary", command=f"test --shift {shift}", date="2026-12-01T10:00:00")
+    scores.weights_name, scores.weights_id = "w.pth", "0123abcd"
     return scores, global_csv, seq_csv
 
 
@@ -158,18 +159,19 @@ def no_remote_resources(tree: Tree, text: str) -> None:
 
 
 def test_adapter_per_frame_scores_reduce_to_the_csv(sample_gt: tuple, tmp_path: Path) -> None:
-    """The per-frame J/F of from_davis, averaged over the counted frames, give the CSV's J-Mean and F-Mean; the
-    first and last frames are not counted. Catches counting the first/last frame, shifting the per-frame arrays
-    by one frame, or pairing an object with another object's row."""
+    """The scorer's per-frame J/F (EvaluationResult.report_fields through report.run_scores), averaged over the
+    counted frames, give the CSV's J-Mean and F-Mean; the frames are those the protocol scores (the first and last
+    left out). Catches frames named off by one, per-frame arrays of another object, or the first/last frame
+    counted."""
     gt, frames = sample_gt
     scores, _, seq_csv = scored_run(gt, frames, tmp_path / "res", shift=4)
     rows = {r[0]: r for r in read_csv(seq_csv)[1:]}
     assert [o.name for o in scores.objects] == list(rows)
     for obj in scores.objects:
-        assert obj.counted == [False] + [True] * (len(obj.frames) - 2) + [False]
+        assert all(obj.counted)
         assert evaluation._fmt(obj.counted_mean("j")) == rows[obj.name][1]
         assert evaluation._fmt(obj.counted_mean("f")) == rows[obj.name][2]
-        assert obj.frames[0] == "00000" and len(obj.frames) == len(gt[obj.sequence])
+        assert obj.frames == [p.stem for p in gt[obj.sequence][1:-1]]
 
 
 def test_report_in_chromium(sample_gt: tuple, tmp_path: Path) -> None:
