@@ -698,13 +698,16 @@ def score_sav(gt: Path, results: Path, out: Path | None = None, workers: int = 2
 def report_folders(benchmark: str, gt: Path) -> tuple[Path, Path, str]:
     """(frames folder, ground-truth folder, report.MASK_LAYOUTS name) of a benchmark whose evaluator took `gt`: the
     frames lie where each data set ships them, beside its annotations (LVOS JPEGImages/ in the split folder; SA-V
-    JPEGImages_24fps/ beside Annotations_6fps/; otherwise the folder named JPEGImages in place of Annotations)."""
+    JPEGImages_24fps/ beside Annotations_6fps/; otherwise JPEGImages in place of Annotations in the path, or
+    JPEGImages/ beside `gt`)."""
     gt = Path(gt)
     if benchmark == "lvos":
         return gt / "JPEGImages", gt / "Annotations", "ids"
     if benchmark == "sav":
         return gt.parent / "JPEGImages_24fps", gt, "per-object"
-    return Path(*("JPEGImages" if p == "Annotations" else p for p in gt.parts)), gt, "ids"
+    if "Annotations" in gt.parts:
+        return Path(*("JPEGImages" if p == "Annotations" else p for p in gt.parts)), gt, "ids"
+    return gt.parent / "JPEGImages", gt, "ids"  # never gt itself, whose PNGs would pass for frames
 
 
 def format_result(result: BenchmarkResult) -> str:
