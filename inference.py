@@ -4,7 +4,12 @@
 current frame and the model's state; `segment_video` feeds it a `dataset.VideoReader` (which decides the sizes and
 the files) and writes what it predicts. run.py's --test and the trainer's validation both run videos through here,
 so their numbers are the same. `segment_benchmarks` is --test itself: the benchmarks of `TEST_KEYS` opened from
-`Roots`, the checkpoint (`load_model`), each benchmark segmented, scored and zipped (`run_dataset`, `write_zip`).
+`Roots`, the checkpoint (`load_model`), each benchmark segmented, scored, reported and zipped (`run_dataset`,
+`write_zip`, report.publish).
+
+From Python: `load(checkpoint)` gives a ready VideoSegmenter; `VideoSegmenter.propagate(frames, masks)` yields every
+frame's mask and probabilities, `remove_object` stops tracking an object; `read_frames` streams a folder or a
+cv2.VideoCapture.
 """
 
 import argparse
