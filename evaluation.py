@@ -6,11 +6,13 @@ over each PNG, frames spread over worker processes) and safer (errors name the f
 always recomputed, never reused).
 
 The command line also scores LVOS, MOSE v2, vos-benchmark folders and SA-V with their toolkits' rules
-(benchmarks.py).
+(benchmarks.py). Every scoring also writes scores.json and report.html beside the result files (report.py), unless
+--no-report.
 
 Usage:
     python evaluation.py --davis data/DAVIS2017 --year 2017 --split val --results output/val
     python evaluation.py --benchmark lvos --gt data/LVOS/valid --results output/lvos_val
+    python evaluation.py --compare output/val output/val_ablation  # two scored runs: compare.html
 """
 
 from __future__ import annotations
