@@ -38,6 +38,8 @@ LVOS_UNSEEN = ROOT / "lvos_unseen_videos.txt"
 LVOS_STEP = 5  # LVOS frames are every 5th index of the original video, named with 8 digits (00000001, 00000006, ...)
 MOSE_CHUNK = 15  # frames per worker task, as score.py's MAX_FRAMES_PER_CHUNK
 BENCHMARKS = ("davis", "lvos", "mosev2", "vos-benchmark", "sav")
+# decimals of the global table as each toolkit prints it (MOSE v2's values are already rounded to 2)
+DECIMALS = {"davis": 3, "lvos": 3, "mosev2": 2, "vos-benchmark": 1, "sav": 1}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -96,6 +98,7 @@ class BenchmarkResult:
         return {
             "benchmark": self.benchmark,
             "split": self.split,
+            "decimals": DECIMALS[self.benchmark],
             "global_table": [(c, float(v)) for c, v in self.global_table],
             "objects": [o.report_fields() for o in self.objects],
         }
@@ -690,6 +693,21 @@ def score_sav(gt: Path, results: Path, out: Path | None = None, workers: int = 2
             )
         objects += _appearance_objects(video, res, frames, obj)
     return _finish_vos("sav", objects, out, notes)
+
+
+def report_folders(benchmark: str, gt: Path) -> tuple[Path, Path, str]:
+    """(frames folder, ground-truth folder, report.MASK_LAYOUTS name) of a benchmark whose evaluator took `gt`: the
+    frames lie where each data set ships them, beside its annotations (LVOS JPEGImages/ in the split folder; SA-V
+    JPEGImages_24fps/ beside Annotations_6fps/; otherwise JPEGImages in place of Annotations in the path, or
+    JPEGImages/ beside `gt`)."""
+    gt = Path(gt)
+    if benchmark == "lvos":
+        return gt / "JPEGImages", gt / "Annotations", "ids"
+    if benchmark == "sav":
+        return gt.parent / "JPEGImages_24fps", gt, "per-object"
+    if "Annotations" in gt.parts:
+        return Path(*("JPEGImages" if p == "Annotations" else p for p in gt.parts)), gt, "ids"
+    return gt.parent / "JPEGImages", gt, "ids"  # never gt itself, whose PNGs would pass for frames
 
 
 def format_result(result: BenchmarkResult) -> str:

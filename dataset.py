@@ -226,6 +226,11 @@ def _list_files(folder: Path, exts: set[str]) -> list[Path]:
     return sorted(files, key=_natural_key)
 
 
+def frame_files(folder: Path) -> list[Path]:
+    """The frames (.jpg, .jpeg, .png) in a folder, hidden files skipped, in natural order ('2' before '10')."""
+    return _list_files(folder, _IMAGE_EXTS)
+
+
 def _list_folders(folder: Path) -> list[str]:
     """Names of the visible sub-folders of `folder`, sorted (one per video), each a plain name."""
     return sorted(plain_name(p.name, folder) for p in folder.iterdir() if not _hidden(p) and p.is_dir())

@@ -6,11 +6,13 @@ over each PNG, frames spread over worker processes) and safer (errors name the f
 always recomputed, never reused).
 
 The command line also scores LVOS, MOSE v2, vos-benchmark folders and SA-V with their toolkits' rules
-(benchmarks.py).
+(benchmarks.py). Every scoring also writes scores.json and report.html beside the result files (report.py), unless
+--no-report.
 
 Usage:
     python evaluation.py --davis data/DAVIS2017 --year 2017 --split val --results output/val
     python evaluation.py --benchmark lvos --gt data/LVOS/valid --results output/lvos_val
+    python evaluation.py --compare output/val output/val_ablation  # two scored runs: compare.html
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import argparse
 import csv
 import io
 import math
+import shlex
 import sys
 import time
 import warnings
@@ -225,6 +228,7 @@ class EvaluationResult:
         return {
             "benchmark": "davis",
             "split": split,
+            "decimals": 3,  # as the toolkit prints the global table (%.3f)
             "global_table": list(zip(GLOBAL_COLUMNS, self.global_row(), strict=True)),
             "objects": [o.report_fields() for o in self.objects],
         }
@@ -372,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         help="davis: image set (default val); lvos: valid or test (default valid), "
         "which names <split>_meta.json and the CSVs",
     )
-    parser.add_argument("--results", required=True, type=Path, help="folder with one sub-folder of PNGs per video")
+    parser.add_argument("--results", type=Path, help="folder with one sub-folder of PNGs per video")
     parser.add_argument(
         "--meta",
         type=Path,
@@ -386,10 +390,31 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, help="folder for the result files (default: the --results folder)")
     parser.add_argument("--workers", type=int, default=2, help="processes; 1 evaluates in this process")
+    parser.add_argument("--no-report", action="store_true",
+                        help="write only the toolkit's files, not report.html and scores.json beside them")
+    parser.add_argument("--compare", nargs="+", metavar="RESULTS", default=None,
+                        help="compare scored runs instead of scoring: results folders holding scores.json (the first "
+                        "is the base); writes compare.html into --out (default: the first folder)")
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
+    command = shlex.join(["evaluation.py", *argv])  # what report.html records
+    if args.compare is not None:
+        given = [f for f, v in (("--results", args.results), ("--gt", args.gt), ("--davis", args.davis)) if v]
+        if given:
+            print(f"error: --compare reads scored runs and scores nothing; drop {', '.join(given)}", file=sys.stderr)
+            return 2
+        from report import compare_main  # matplotlib and the page code only when comparing
+
+        return compare_main([*args.compare, *(["--out", str(args.out)] if args.out is not None else [])])
 
     start = time.perf_counter()
     try:
+        if args.results is None:
+            raise VOSInputError("pass --results DIR, the folder with one sub-folder of PNGs per video (or --compare)")
+        if (args.out or args.results).is_dir():
+            import report
+
+            report.remove_outputs(args.out or args.results)  # no page of an earlier scoring beside the new files
         if args.benchmark == "davis":
             if (args.davis or args.gt) is None:
                 raise VOSInputError("--benchmark davis needs the DAVIS root: pass --davis PATH (or --gt PATH)")
@@ -401,11 +426,15 @@ def main(argv: list[str] | None = None) -> int:
             if args.out is not None:
                 writable_dir(args.out, "--out")
             ds = DAVIS(args.davis or args.gt, year=args.year, split=split)
-            result, global_path, seq_path = evaluate_and_write(
-                ds.ground_truth(), args.results, split, ds.binary, args.workers, args.out
-            )
+            gt = ds.ground_truth()
+            result, global_path, seq_path = evaluate_and_write(gt, args.results, split, ds.binary, args.workers,
+                                                               args.out)
             print(format_table(result, split))
             print(f"\nwrote {global_path} and {seq_path} ({time.perf_counter() - start:.1f} s)")
+            if not args.no_report and gt:
+                first = next(iter(gt))
+                write_report(result.report_fields(split), global_path.parent, ds.frames(first)[0].parent.parent,
+                             gt[first][0].parent.parent, args.results, "binary" if ds.binary else "ids", command)
             return 0
         if args.gt is None:
             raise VOSInputError(f"--benchmark {args.benchmark} needs --gt PATH (what its official evaluator takes)")
@@ -419,12 +448,27 @@ def main(argv: list[str] | None = None) -> int:
             scored = benchmarks.score_vos_benchmark(args.gt, args.results, args.out, args.workers)
         else:
             scored = benchmarks.score_sav(args.gt, args.results, args.out, args.workers)
+        print(benchmarks.format_result(scored))
+        print(f"\nwrote {' and '.join(str(p) for p in scored.files)} ({time.perf_counter() - start:.1f} s)")
+        if not args.no_report:
+            frames, masks, layout = benchmarks.report_folders(args.benchmark, args.gt)
+            write_report(scored.report_fields(), scored.files[0].parent, frames, masks, args.results, layout, command)
     except VOSInputError as err:  # EvaluationError included
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(benchmarks.format_result(scored))
-    print(f"\nwrote {' and '.join(str(p) for p in scored.files)} ({time.perf_counter() - start:.1f} s)")
     return 0
+
+
+def write_report(fields: dict, out_dir: Path, frames_dir: Path, gt_dir: Path, pred_dir: Path, layout: str,
+                 command: str) -> None:
+    """scores.json and report.html beside the result files, recording the command line and the date."""
+    import report  # matplotlib and the page code only when a report is written
+
+    start = time.perf_counter()
+    scores = report.run_scores(fields, frames_dir=frames_dir, gt_dir=gt_dir, pred_dir=pred_dir, mask_layout=layout,
+                               command=command)
+    paths = report.publish(scores, out_dir)
+    print(f"wrote {' and '.join(str(p) for p in paths)} ({time.perf_counter() - start:.1f} s)")
 
 
 if __name__ == "__main__":

@@ -58,6 +58,9 @@ class VOSModel(Protocol):
 
     `feats` and `state` are the method's own types (a small dataclass each). Frames reach the model padded to a
     multiple of its `stride` (EMVOS 16, VideoMatch 8).
+
+    Optional: `remove_object(state, slot)` forgets the object in a slot (`VideoSegmenter.remove_object` needs it;
+    EMVOS and VideoMatch have it).
     """
 
     config: Any  # a dataclass; asdict(config) rebuilds the model with the method's config class

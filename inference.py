@@ -4,9 +4,13 @@
 current frame and the model's state; `segment_video` feeds it a `dataset.VideoReader` (which decides the sizes and
 the files) and writes what it predicts. run.py's --test and the trainer's validation both run videos through here,
 so their numbers are the same. `segment_benchmarks` is --test itself: the benchmarks of `TEST_KEYS` opened from
-`Roots`, the checkpoint (`load_model`), each benchmark segmented, scored and zipped (`run_dataset`, `write_zip`;
-LVOS val and SA-V by their own toolkits' rules, `benchmark_scoring`). Under torchrun the videos are spread over the
-processes (`balance`) and process 0 alone scores and zips.
+`Roots`, the checkpoint (`load_model`), each benchmark segmented, scored, reported and zipped (`run_dataset`,
+`write_zip`, report.publish; LVOS val and SA-V by their own toolkits' rules, `benchmark_scoring`). Under
+torchrun the videos are spread over the processes (`balance`) and process 0 alone scores, reports and zips.
+
+From Python: `load(checkpoint)` gives a ready VideoSegmenter; `VideoSegmenter.propagate(frames, masks)` yields every
+frame's mask and probabilities, `remove_object` stops tracking an object; `read_frames` streams a folder or a
+cv2.VideoCapture.
 """
 
 import argparse
@@ -23,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import cv2
 import numpy as np
 import torch
 from torch import Tensor
@@ -30,12 +35,13 @@ from torch import Tensor
 import benchmarks
 import evaluation
 import methods
+import report
 import weights
-from dataset import DAVIS, MIN_OBJECT_PIXELS, TEST_SHORT_SIDE, Layout, SingleVideo, VideoReader, YouTubeVOS
+from dataset import DAVIS, MIN_OBJECT_PIXELS, TEST_SHORT_SIDE, Layout, SingleVideo, VideoReader, YouTubeVOS, frame_files
 from distributed import Dist, broadcast, close_distributed, gather, init_distributed, process_device
 from framework import Runtime, VOSModel, aggregate_objects, get_padding, one_hot, pad, pad_mask, unpad
 from readers import LVOS, MOSE, SAV, Generic
-from utils import RunLock, VOSInputError, atomic_write, available_memory, check_output_outside
+from utils import RunLock, VOSInputError, atomic_write, available_memory, check_output_outside, read_frame
 from visualize import Visualizer
 
 PRECISIONS = {"fp32": (torch.float32, None), "fp64": (torch.float64, None),
@@ -55,7 +61,8 @@ class VideoSegmenter:
 
     The first call needs a mask with at least one object. A later mask adds the objects it holds that are not
     tracked yet (their first appearance, as in YouTube-VOS); its pixels overwrite the prediction in the output.
-    An object given again later is taken as a correction of that frame.
+    An object given again later is taken as a correction of that frame. `remove_object` stops tracking one;
+    `propagate` runs a whole video (a generator, as SAM 2's propagate_in_video); `reset` starts a new video.
     """
 
     model: VOSModel
@@ -66,10 +73,53 @@ class VideoSegmenter:
     object_ids: list[int] = field(default_factory=list)
     state: Any = None  # the model's per-video state (model.VideoState, videomatch.MatchState, ...)
     last_probs: Tensor | None = None  # (N, 2, H, W) the model's own probabilities before aggregation, if kept
+    frames_seen: int = 0  # frames stepped since the video started
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    def reset(self) -> None:
+        """Forget the video: the next step starts a new one (and needs a mask)."""
+        self.object_ids, self.state, self.last_probs, self.frames_seen = [], None, None, 0
+
+    def remove_object(self, obj_id: int) -> None:
+        """Stop tracking `obj_id`: its slot leaves the model's state, so from the next frame on its pixels go to the
+        background or to the other objects, and it is never predicted again. A later mask holding `obj_id` starts it
+        anew, as a new object."""
+        if obj_id not in self.object_ids:
+            raise ValueError(f"object {obj_id} is not tracked; the tracked objects are {self.object_ids}")
+        remove = getattr(self.model, "remove_object", None)
+        if remove is None:
+            raise NotImplementedError(f"{type(self.model).__name__} has no remove_object(state, slot)")
+        slot = self.object_ids.index(obj_id)
+        if len(self.object_ids) == 1:  # nothing left to track: the frames are background until a mask adds one
+            self.state = None
+        else:
+            remove(self.state, slot)
+        self.object_ids = [i for i in self.object_ids if i != obj_id]
+        if self.last_probs is not None:
+            self.last_probs = self.last_probs[[i for i in range(self.last_probs.shape[0]) if i != slot]]
+
+    def propagate(self, frames: "Iterable[np.ndarray | Tensor] | str | Path | cv2.VideoCapture",
+                  masks: dict[int, "np.ndarray | Tensor"]) -> Iterator[tuple[int, Tensor, dict[int, Tensor]]]:
+        """Segment a video from its start: yields (index, id mask (H, W) long, {object id: foreground probability
+        (H, W)}) per frame, one frame at a time, so memory does not grow with the video.
+
+        frames: (H, W, 3) uint8 RGB arrays or (3, H, W) float tensors in [0, 1], or a folder of frames or a
+        cv2.VideoCapture (read with `read_frames`), run at the size given. masks: {frame index: (H, W) object ids},
+        at least one object at frame 0; the later ones add or correct objects as `step` says. Between two frames the
+        caller may `remove_object`.
+        """
+        if isinstance(frames, (str, Path, cv2.VideoCapture)):
+            frames = read_frames(frames)
+        if 0 not in masks:
+            raise ValueError(f"propagate needs a mask at frame 0 (masks were given at frames {sorted(masks)})")
+        self.reset()
+        for index, frame in enumerate(frames):
+            mask = masks.get(index)
+            labels, probs = self.step(as_frame(frame), None if mask is None else torch.as_tensor(np.asarray(mask)))
+            yield index, labels, dict(zip(self.object_ids, probs, strict=True))
 
     @torch.inference_mode()
     def step(self, frame: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -77,6 +127,11 @@ class VideoSegmenter:
 
         Returns (labels (H, W) long object ids, probs (N, H, W) each object's aggregated foreground probability).
         """
+        self.frames_seen += 1
+        if self.state is None and self.frames_seen > 1 and (mask is None or not bool(mask.any())):
+            # every object was removed (remove_object) and none is given: background
+            return torch.zeros(frame.shape[-2:], dtype=torch.long, device=self.device), \
+                torch.zeros((0, *frame.shape[-2:]), device=self.device)
         padding = get_padding(*frame.shape[-2:], self.model.stride)
         img = pad(frame[None].to(self.device, self.dtype), padding)
         given = pad_mask(mask[None].to(self.device).long(), padding) if mask is not None else None
@@ -118,6 +173,40 @@ class VideoSegmenter:
             labels = torch.where(given != 0, given, labels)
         self.model.update(self.state, feats, probs)
         return labels, probs
+
+
+def as_frame(frame: "np.ndarray | Tensor") -> Tensor:
+    """An (H, W, 3) uint8 RGB array -> the (3, H, W) float tensor in [0, 1] that `VideoSegmenter.step` takes; a
+    tensor passes unchanged."""
+    if isinstance(frame, Tensor):
+        return frame
+    frame = np.asarray(frame)
+    if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+        raise ValueError(f"a frame must be an (H, W, 3) uint8 RGB array, not {frame.dtype} of shape {frame.shape}")
+    return torch.tensor(frame).permute(2, 0, 1).float().div_(255)  # a copy: PIL and cv2 arrays may be read-only
+
+
+def read_frames(source: "str | Path | cv2.VideoCapture") -> Iterator[np.ndarray]:
+    """(H, W, 3) uint8 RGB frames, one at a time, from a folder of .jpg/.jpeg/.png frames (natural order), a video
+    file, or an open cv2.VideoCapture (read to its end, not released: the caller owns it)."""
+    if isinstance(source, cv2.VideoCapture):
+        while True:
+            ok, bgr = source.read()
+            if not ok:
+                return
+            yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    source = Path(source)
+    if source.is_dir():
+        for path in frame_files(source):
+            yield read_frame(path)
+        return
+    if not source.is_file():
+        raise VOSInputError(f"video '{source}' does not exist; pass a folder of frames or a video file")
+    cap = cv2.VideoCapture(str(source))
+    try:
+        yield from read_frames(cap)
+    finally:
+        cap.release()
 
 
 @dataclass
@@ -354,10 +443,16 @@ def balance(videos: list[VideoReader], world: int) -> list[list[VideoReader]]:
     return parts
 
 
+def csv_split(key: str) -> str:
+    """The split a --data key's CSVs are named after (global_results-<split>.csv)."""
+    return "val" if "val" in key else key
+
+
 def run_dataset(model: VOSModel, key: str, videos: Iterable[VideoReader], out_dir: Path, settings: RunSettings,
                 gt: dict[str, list[Path]] | None, binary: bool, zip_prefix: str | None,
                 make_hook: Callable[[VideoReader], Any] | None = None, scoring: BenchmarkScoring | None = None,
-                job: Dist | None = None) -> evaluation.EvaluationResult | benchmarks.BenchmarkResult | None:
+                job: Dist | None = None, on_scored: Callable[[Any, Path], None] | None = None,
+                ) -> evaluation.EvaluationResult | benchmarks.BenchmarkResult | None:
     """Segment every video of one dataset into out_dir/<video>/, then score against gt (the DAVIS-style ground truth
     of those videos, if the split has it) or by `scoring` (a benchmark's own toolkit), and zip (if zip_prefix).
 
@@ -367,15 +462,17 @@ def run_dataset(model: VOSModel, key: str, videos: Iterable[VideoReader], out_di
     OtherRankFailedError.
 
     make_hook(video) gives a per-frame hook for segment_video (called as on_frame, then `.close()`d), e.g.
-    visualize.Visualizer.
+    visualize.Visualizer. on_scored(result, frames folder) is called after scoring (the report).
     """
     job = job or Dist()
-    split = "val" if "val" in key else key
+    split = csv_split(key)
     if job.main:  # a run that fails half way must not leave the last run's scores beside its new masks
         if gt is not None:
             evaluation.remove_csvs(out_dir, split)
         if scoring is not None:
             benchmarks.remove_stale(scoring.stale)
+        if gt is not None or scoring is not None:
+            report.remove_outputs(out_dir)
     videos = list(videos)
     runs: dict[str, VideoRun] = {}
     failure = None
@@ -418,28 +515,34 @@ def run_dataset(model: VOSModel, key: str, videos: Iterable[VideoReader], out_di
         result = scoring.score()
         print(benchmarks.format_result(result))
         print(f"{key}: wrote {' and '.join(str(p) for p in result.files)}")
+    if result is not None and on_scored is not None and videos:
+        on_scored(result, videos[0].frames[0].parent.parent)  # <frames>/<video>/<frame>.jpg
     if zip_prefix is not None:
         path = write_zip(written, out_dir.parent / f"{key}.zip", zip_prefix)
         print(f"{key}: submission archive {path} ({len(written)} masks)")
     return result
 
 
+def weights_path(args: argparse.Namespace, trained_model: Path) -> Path:
+    """The checkpoint file --weights names (default: the method's own file in trained_model/), fetched on first use
+    when it is one of the authors' files."""
+    given = args.weights or str(methods.default_weights(args.method, trained_model))
+    # the base URL is looked up now, not bound at import, so that tests can stand a local server in for GitHub
+    return weights.resolve_weights(given, trained_model, base_url=weights.OFFICIAL_BASE_URL)
+
+
 def load_model(args: argparse.Namespace, settings: RunSettings, trained_model: Path) -> tuple[VOSModel, str]:
     """The checkpoint named by --weights (a path or an alias such as official-ytvos; default: the method's own file
     in trained_model/), fetched on first use when it is one of the authors' files, checked, on the run's device and
     precision."""
-    given = args.weights or str(methods.default_weights(args.method, trained_model))
-    # the base URL is looked up now, not bound at import, so that tests can stand a local server in for GitHub
-    path = weights.resolve_weights(given, trained_model, base_url=weights.OFFICIAL_BASE_URL)
+    path = weights_path(args, trained_model)
     net, meta = methods.load_weights(path, "--weights")
     if args.method_given and meta["method"] != args.method:
         raise VOSInputError(f"--weights {path} holds a {meta['method']} model but --method {args.method} was asked "
                             f"for; drop --method or pass a {args.method} checkpoint")
     method = methods.get(meta["method"])
     print(f"{method.name}: {path}")
-    net = net.to(settings.device)
-    if settings.dtype == torch.float64:
-        net = net.to(torch.float64)
+    net = place(net, settings)
     if args.channels_last:  # NHWC convolutions: faster with oneDNN and cuDNN (bench.py); fp32 logits move ~1e-5
         net = net.to(memory_format=torch.channels_last)
     if args.compile:
@@ -448,6 +551,32 @@ def load_model(args: argparse.Namespace, settings: RunSettings, trained_model: P
             raise VOSInputError(f"--compile is implemented for {able}, not for {method.name}; drop --compile")
         net.compile_modules()
     return net, method.name
+
+
+def load(checkpoint: str | Path = "emvos", device: str | None = None, precision: str = "fp32",
+         runtime: Runtime | None = None, trained_model: str | Path = "trained_model",
+         download: bool = True) -> VideoSegmenter:
+    """A ready `VideoSegmenter` in one call: the checkpoint loaded (strict), on the device, in eval mode.
+
+    checkpoint: a method name (`emvos`, `videomatch`: that method's own file in `trained_model`), an official alias
+    (`official-davis`, `official-ytvos`) or a path; the authors' files are fetched into `trained_model` on first use
+    unless download is False. The method is the one the checkpoint holds. device: "cpu" or "cuda" (default: cuda
+    when available); precision: as run.py's --precision (fp32, fp64, bf16, fp16).
+    """
+    settings = run_settings(device, precision, runtime)
+    folder = Path(trained_model)
+    name = str(checkpoint)
+    spec = str(methods.default_weights(name, folder)) if name in methods.METHODS else name
+    path = weights.resolve_weights(spec, folder, download, base_url=weights.OFFICIAL_BASE_URL)
+    net, _ = methods.load_weights(path, "checkpoint")
+    net = place(net, settings)
+    return VideoSegmenter(net, settings.dtype, settings.autocast, settings.runtime)
+
+
+def place(net: torch.nn.Module, settings: RunSettings) -> torch.nn.Module:
+    """The network on the run's device, in float64 when the frames are (fp64 compares with a reference)."""
+    net = net.to(settings.device)
+    return net.to(torch.float64) if settings.dtype == torch.float64 else net
 
 
 def segment_benchmarks(args: argparse.Namespace, roots: Roots) -> list:
@@ -516,6 +645,24 @@ def _segment_layouts(args: argparse.Namespace, layouts: dict[str, Layout], selec
         return lambda video: Visualizer(video.name, out_root / "visualize" / key, args.vis_frame,
                                         frames=len(video.frames))
 
+    checkpoint = weights_path(args, roots.trained_model)  # the file load_model read, for the reports
+
+    def reporter(key: str, data: Layout, gt: dict[str, list[Path]] | None) -> Callable[[Any, Path], None] | None:
+        if args.no_report:
+            return None
+
+        def write(result: evaluation.EvaluationResult | benchmarks.BenchmarkResult, frames_dir: Path) -> None:
+            if isinstance(result, benchmarks.BenchmarkResult):  # LVOS val, SA-V: their scorers' own fields
+                fields = result.report_fields()
+                gt_dir, layout = (data.annotations, "per-object") if isinstance(data, SAV) else (data.mask_dir, "ids")
+            else:
+                fields = result.report_fields(csv_split(key))
+                gt_dir, layout = next(iter(gt.values()))[0].parent.parent, "binary" if data.binary else "ids"
+            scores = report.run_scores(fields, frames_dir=frames_dir, gt_dir=gt_dir, pred_dir=out_root / key,
+                                       mask_layout=layout, weights=checkpoint, command=getattr(args, "command", None))
+            print(f"{key}: report {' and '.join(str(p) for p in report.publish(scores, out_root / key))}")
+        return write
+
     results = []
     for key, data in layouts.items():
         single = key == "video"  # --video writes OUTPUT/<video name>/, a benchmark OUTPUT/<KEY>/<sequence>/
@@ -523,7 +670,8 @@ def _segment_layouts(args: argparse.Namespace, layouts: dict[str, Layout], selec
         scoring = None if single else benchmark_scoring(data, out_root / key, names)
         gt = data.ground_truth(selection) if data.has_annotations and scoring is None else None
         result = run_dataset(model, key, data.videos(selection), out_root if single else out_root / key, settings,
-                             gt, data.binary, data.submission_prefix, visualizer(key), scoring, job)
+                             gt, data.binary, data.submission_prefix, visualizer(key), scoring, job,
+                             None if single else reporter(key, data, gt))
         if args.visualize and job.main:
             print(f"{key}: overlays and probability maps in {out_root / 'visualize' / key}")
         if result is not None:

@@ -433,6 +433,23 @@ class EMVOS(nn.Module):
         state.references.append(Reference(feats.keys, mask16))
         state.prev_mask16 = torch.cat([state.prev_mask16, mask16], dim=1)
 
+    def remove_object(self, state: VideoState, slot: int) -> None:
+        """Forget the object in `slot`: its columns leave its global reference (the reference goes when it has no
+        object left) and the local one, so the later frames match and decode only the others."""
+        start = 0
+        for k, ref in enumerate(state.references):
+            n = ref.mask16.shape[1]
+            if start <= slot < start + n:
+                if n == 1:
+                    del state.references[k]
+                else:
+                    keep = [i for i in range(n) if i != slot - start]
+                    state.references[k] = Reference(ref.keys, ref.mask16[:, keep])
+                break
+            start += n
+        keep = [i for i in range(state.prev_mask16.shape[1]) if i != slot]
+        state.prev_mask16 = state.prev_mask16[:, keep]
+
     def update(self, state: VideoState, feats: FrameFeatures, probs: Tensor) -> None:
         """After a frame: it becomes the local reference, with the (aggregated) soft masks probs (B, N, 2, H, W)."""
         state.prev_keys = feats.keys

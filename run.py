@@ -6,6 +6,7 @@ with the authors' checkpoint (fetched into trained_model/ on first use).
 
 import argparse
 import errno
+import shlex
 import signal
 import sys
 import threading
@@ -152,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "--vis-frame (kept apart from the masks and the zips; KEY is 'video' for --video)")
     t.add_argument("--vis-frame", type=flags.positive_int, default=None,
                    help="frame whose fg/bg probabilities --visualize saves (1; frame 0 is the given mask)")
+    t.add_argument("--no-report", action="store_true",
+                   help="with ground truth, write only the CSVs, not report.html and scores.json beside them")
     g = p.add_argument_group("train")
     g.add_argument("--stages", nargs="+", default=None, metavar="STAGE",
                    help="stages in order, each starting from the previous one's weights (EMVOS default: coco davis, "
@@ -187,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 TEST_ONLY = ("data", "mose", "lvos", "sav", "generic", "weights", "sequences", "video", "mask", "visualize",
-             "vis_frame", "compile", "max_memory", "channels_last")
+             "vis_frame", "compile", "max_memory", "channels_last",
+             "no_report")
 TRAIN_ONLY = ("stages", "val_sequences", "davis_year", "save_dir", "no_pretrained", "init", "resume", "chain", "amp",
               "workers", "train_encoder", "seed", "loss", *trainer.OVERRIDES)
 
@@ -242,7 +246,9 @@ def check_flags(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
+    args.command = shlex.join(["run.py", *argv])  # what report.html records
     args.method_given = args.method is not None
     args.method = args.method or "emvos"
     # --no-download: one switch for every download of this run (checkpoints and ImageNet weights)

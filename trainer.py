@@ -22,8 +22,6 @@ optimizer, epoch, random states, options) is in `X.train.pth` beside it.
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import math
 import os
 import random
@@ -43,6 +41,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from tqdm import tqdm
 
 import checkpoint
+import curves
 import dataset
 import distributed
 import evaluation
@@ -55,7 +54,7 @@ from distributed import Dist
 from inference import RunSettings, run_settings, segment_video
 from methods import Method, Selection, StageConfig, StageContext
 from samplers import Roots, TrainSet
-from utils import RunLock, VOSInputError, atomic_write
+from utils import RunLock, VOSInputError
 
 SEED = 19971007  # the official run.py seeds python, numpy and torch with it
 
@@ -366,39 +365,9 @@ class DavisVal:
 # the log
 # ---------------------------------------------------------------------------------------------------------------
 
-STEP_COLUMNS = ("stage", "epoch", "iteration", "loss", "iou", "lr", "sec_per_iter")
-
-
 def log_columns(stages: list[StageConfig]) -> list[str]:
     """train_log.csv's columns: the epoch's step statistics, then the score column of each stage's selection."""
-    return [*STEP_COLUMNS, *dict.fromkeys(s.data.column for s in stages)]
-
-
-def append_log(path: Path, row: dict, columns: list[str]) -> None:
-    """One row per epoch in train_log.csv, flushed at once so a crash loses nothing. A new file gets `columns`; an
-    existing one (a resumed run's, or an earlier run's in the same folder) keeps its own, and is rewritten whole with
-    the missing ones added when a column of this run is not among them."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    header: list[str] = []
-    if path.is_file() and path.stat().st_size:
-        with open(path, newline="") as f:
-            header = next(csv.reader(f))
-    if header and not set(columns) <= set(header):
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
-        header = [*header, *(c for c in columns if c not in header)]
-        text = io.StringIO()
-        w = csv.DictWriter(text, header, restval="", lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
-        atomic_write(path, lambda f: f.write(text.getvalue().encode()))
-    with open(path, "a", newline="") as f:
-        w = csv.writer(f, lineterminator="\n")
-        if not header:
-            header = columns
-            w.writerow(header)
-        w.writerow([row.get(c, "") for c in header])
-        f.flush()
+    return [*curves.STEP_COLUMNS, *dict.fromkeys(s.data.column for s in stages)]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -461,8 +430,8 @@ class Trainer:
 
     def __post_init__(self) -> None:
         self.save_dir = Path(self.opts.save_dir)
-        self.log_path = self.save_dir / "train_log.csv"
-        self.log_columns = log_columns(self.stages)
+        # rank 0 alone logs: train_log.csv, TensorBoard under runs/, train_curves.png
+        self.curves = curves.CurveLogger(self.save_dir, log_columns(self.stages)) if self.dist_info.main else None
         self.amp = amp_dtype(self.opts.amp, self.device)
         self.loss = self.method.losses[self.opts.loss or self.method.default_loss]
         self.verbose = self.dist_info.main
@@ -516,7 +485,10 @@ def train_stage(t: Trainer, run: StageRun) -> None:
                 loss.backward()
                 run.optimizer.step()
             state.iteration += 1
-            stats.add(loss_value, iou, imgs.shape[0] * t.dist_info.world, time.perf_counter() - t0)
+            seconds = time.perf_counter() - t0
+            stats.add(loss_value, iou, imgs.shape[0] * t.dist_info.world, seconds)
+            if t.curves is not None:
+                t.curves.step(state.iteration, loss_value, iou, run.optimizer.param_groups[0]["lr"], seconds)
         state.epoch = epoch
         end_epoch(t, run, stats)
     if not state.validated:
@@ -604,13 +576,13 @@ def end_epoch(t: Trainer, run: StageRun, stats: EpochStats) -> None:
     score = select(t, run, stats) if due else None
     if epoch % stage.save_every == 0 or epoch == stage.epochs:
         save(t, run, f"{stage.save_name}_{epoch:04d}.pth", "checkpoint", resumable=True)
-    if t.dist_info.main:
+    if t.curves is not None:
         done = bool(stats.steps)
-        append_log(t.log_path, {
+        t.curves.epoch({
             "stage": stage.name, "epoch": epoch, "iteration": state.iteration,
             "loss": f"{loss:.6f}" if done else "", "iou": f"{iou:.6f}" if done else "",
             "lr": f"{run.optimizer.param_groups[0]['lr']:g}", "sec_per_iter": f"{sec:.4f}" if done else "",
-            stage.data.column: "" if score is None else f"{score:.6f}"}, t.log_columns)
+            stage.data.column: "" if score is None else f"{score:.6f}"})
 
 
 def select(t: Trainer, run: StageRun, stats: EpochStats) -> float:
@@ -686,6 +658,8 @@ def start_stage(t: Trainer, stage: StageConfig, data: TrainSet, selection: Selec
                         sampler=epoch_sampler(data, stage.clips_per_epoch // d.world), num_workers=t.opts.workers,
                         worker_init_fn=_init_worker, pin_memory=t.device.type == "cuda")
     run = StageRun(stage, data, selection, state, model, optimizer, scaler, loader)
+    if t.curves is not None:  # a resumed stage's curves go on from the checkpoint's step
+        t.curves.start_stage(stage.name, state.iteration)
     describe(t, run)
     return run
 
@@ -826,6 +800,9 @@ def train(method: str | None, options: TrainOptions, roots: Roots) -> nn.Module:
                     print(f"\naborted without saving; the checkpoints in {t.save_dir} are those written before",
                           file=sys.stderr)
                 raise TrainingInterrupted(None) from None
+            finally:
+                if t.curves is not None:
+                    t.curves.close()
         if d.main:
             print(f"finished training: {', '.join(s.name for s in stages[first:])}; checkpoints in {t.save_dir}")
         return net

@@ -222,6 +222,19 @@ class VideoMatch(nn.Module):
                                                                                           state.online_sets.shape[3])],
                                           dim=1)
 
+    def remove_object(self, state: MatchState, slot: int) -> None:
+        """Forget the object in `slot`: its [bg, fg] sets and previous mask go, and the reference positions no object
+        selects any more (those of a frame whose every object is gone) leave the similarity matrix."""
+        keep = [i for i in range(state.ref_sets.shape[1]) if i != slot]
+        state.ref_sets = state.ref_sets[:, keep]
+        state.prev_mask = state.prev_mask[:, keep]
+        if state.online_sets is not None:
+            state.online_sets = state.online_sets[:, keep]
+        used = state.ref_sets.flatten(0, 2).any(dim=0)  # (HW_r,)
+        if not bool(used.all()):
+            state.ref_feats = state.ref_feats[:, :, used]
+            state.ref_sets = state.ref_sets[..., used]
+
     def update(self, state: MatchState, feats: Tensor, probs: Tensor) -> None:
         """After a frame, with the aggregated soft masks probs (B, N, 2, H, W), as the driver (inference.py) and
         `forward` pass them: framework.aggregate_objects of the softmax of `predict`'s logits.

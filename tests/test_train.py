@@ -19,6 +19,7 @@ import torch
 from conftest import GOLDEN_WEIGHTS, save_mask, square_frame, write_jpeg
 
 import checkpoint
+import curves
 import dataset
 import evaluation
 import methods
@@ -97,7 +98,7 @@ def test_checkpoint_loads_like_run_test_with_the_official_keys(sample_run: Path)
     # official names, each resumable one with its training state beside it; the last epoch is always written; no
     # temporary files left behind
     assert names == ["coco_davis_0008.pth", "coco_davis_0008.train.pth", "coco_davis_0016.pth",
-                     "coco_davis_0016.train.pth", "coco_davis_best.pth", "train_log.csv"]
+                     "coco_davis_0016.train.pth", "coco_davis_best.pth", "runs", "train_log.csv"]
     net, meta = methods.load_weights(sample_run / "coco_davis_0016.pth")  # what run.py --test --weights does
     assert meta["method"] == "emvos"
     state = _state(sample_run / "coco_davis_0016.pth")
@@ -418,9 +419,9 @@ def test_log_keeps_an_earlier_header_and_widens_it_for_a_new_column(tmp_path: Pa
     existing header is dropped, or the earlier rows are lost when the header grows."""
     path = tmp_path / "train_log.csv"
     old = ["stage", "epoch", "iteration", "loss", "iou", "lr", "val_jf", "sec_per_iter"]
-    trainer.append_log(path, {"stage": "coco", "epoch": 1, "val_jf": "0.5"}, old)
+    curves.append_log(path, {"stage": "coco", "epoch": 1, "val_jf": "0.5"}, old)
     new = trainer.log_columns([methods.VIDEOMATCH_STAGES["davis"]])
-    trainer.append_log(path, {"stage": "davis", "epoch": 1, "sec_per_iter": "0.1", "val_pairs_iou": "0.7"}, new)
+    curves.append_log(path, {"stage": "davis", "epoch": 1, "sec_per_iter": "0.1", "val_pairs_iou": "0.7"}, new)
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == [*old, "val_pairs_iou"]

@@ -1,0 +1,722 @@
+"""Results a researcher can look at: `report.html` for one scored run, `compare.html` for several.
+
+The data contract is `RunScores`: a benchmark's global table exactly as its toolkit prints it, and for every scored
+object its per-frame J and F with the frames the benchmark's rules count (`ObjectFrames`). Every scorer (DAVIS, LVOS,
+MOSE v2, vos-benchmark, SA-V) fills one; `save_scores` writes it as `scores.json` beside the CSVs, so that
+`compare` reads finished runs without scoring them again.
+
+Both pages are single self-contained files: images are embedded as data: URIs, there is no script, no style sheet or
+font fetched from anywhere, and every name that comes from the data (sequences, objects, paths, the command line) is
+HTML-escaped, so a page opens from disk, offline, and a hostile folder name shows as text. Numbers come before
+pictures (the global table first), and every picture has a title, axis labels and a legend.
+
+Usage:
+    scores = report.run_scores(result.report_fields(), frames_dir=..., gt_dir=..., pred_dir=results_dir)
+    report.publish(scores, results_dir)  # results_dir/scores.json and results_dir/report.html
+    python evaluation.py --compare outputs/DAVIS17_val outputs/DAVIS17_val_ablation [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import io
+import json
+import math
+import shlex
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from utils import VOSInputError, atomic_write, read_frame, read_mask
+
+SCORES_NAME = "scores.json"
+REPORT_NAME = "report.html"
+COMPARE_NAME = "compare.html"
+FORMAT_VERSION = 1  # of scores.json; bump when a field changes meaning
+
+# How a run's mask PNGs map to one object (`RunScores.mask_layout`):
+#   "ids"        <dir>/<sequence>/<frame>.png, pixel value = object id (DAVIS 2017, LVOS, MOSE, vos-benchmark)
+#   "binary"     <dir>/<sequence>/<frame>.png, every non-zero pixel is the one object (DAVIS 2016's 0/255 masks)
+#   "per-object" <dir>/<sequence>/<object_label>/<frame>.png, non-zero = the object (SA-V: objects may overlap)
+MASK_LAYOUTS = ("ids", "binary", "per-object")
+FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+WORST_OBJECTS = 10  # objects shown with thumbnails in report.html
+WORST_FRAMES = 3  # thumbnails per such object
+CHANGED_OBJECTS = 5  # objects shown with thumbnails in compare.html
+THUMB_WIDTH = 384  # pixels; 854x480 frames become 384x216, enough to judge a contour
+# Colours of the thumbnails' contours (RGB). Blue and orange stay distinct under the common colour-vision
+# deficiencies; the ground truth is drawn wider and underneath, so a perfect prediction shows as an orange line
+# inside a blue band instead of hiding the ground truth.
+GT_RGB = (0, 114, 178)
+PRED_RGB = (230, 159, 0)
+GT_THICKNESS, PRED_THICKNESS = 4, 2
+NOT_SCORED_GREY = "0.85"  # shading of the frames a benchmark does not score
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The data contract
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ObjectFrames:
+    """One scored object: its per-frame J and F and which frames the benchmark's rules count.
+
+    All four lists have one entry per frame of `frames`, in video order. J and F are in [0, 1] whatever scale the
+    toolkit prints (NaN where a frame has no score, e.g. outside an LVOS object's range). `jf` is the object's
+    headline J&F as the toolkit defines it, also in [0, 1].
+    """
+
+    name: str  # as the toolkit names the object's row, e.g. "bear_1"
+    sequence: str  # the video folder
+    object_label: str  # id as written in the masks ("1"), or the SA-V object folder ("000")
+    frames: list[str]  # frame names without extension, e.g. "00042"
+    j: list[float]
+    f: list[float]
+    counted: list[bool]  # frames the benchmark scores; the others are shaded in the plots
+    jf: float
+
+    def __post_init__(self) -> None:
+        n = len(self.frames)
+        if not (len(self.j) == len(self.f) == len(self.counted) == n):
+            raise ValueError(
+                f"object {self.name}: {n} frames but {len(self.j)} J, {len(self.f)} F and {len(self.counted)} "
+                "counted entries; give one of each per frame"
+            )
+
+    def frame_scores(self) -> np.ndarray:
+        """(J + F) / 2 per frame, NaN on frames not counted: what the worst frames are chosen by."""
+        jf = (np.asarray(self.j, dtype=np.float64) + np.asarray(self.f, dtype=np.float64)) / 2
+        return np.where(np.asarray(self.counted, dtype=bool), jf, np.nan)
+
+    def worst_frames(self, k: int) -> list[int]:
+        """Indices of the k counted frames with the lowest (J + F) / 2, worst first (NaN frames never)."""
+        scores = self.frame_scores()
+        valid = np.flatnonzero(~np.isnan(scores))
+        return [int(i) for i in valid[np.argsort(scores[valid], kind="stable")][:k]]
+
+    def counted_mean(self, which: str) -> float:
+        """Mean of J or F ("j" / "f") over the counted frames, NaN frames skipped (NaN if none)."""
+        values = np.asarray(getattr(self, which), dtype=np.float64)[np.asarray(self.counted, dtype=bool)]
+        values = values[~np.isnan(values)]
+        return float(values.mean()) if values.size else math.nan
+
+
+@dataclass
+class RunScores:
+    """Everything a report shows about one scored run."""
+
+    benchmark: str  # "davis", "lvos", "mosev2", "vos-benchmark", "sav"
+    split: str
+    global_table: list[tuple[str, float]]  # (column, value) in the toolkit's order and scale (e.g. x100 for MOSE)
+    objects: list[ObjectFrames]
+    frames_dir: str  # <frames_dir>/<sequence>/<frame>.jpg
+    gt_dir: str  # ground-truth PNGs, laid out as `mask_layout` says
+    pred_dir: str  # predicted PNGs, same layout
+    mask_layout: str = "ids"
+    decimals: int = 3  # how the toolkit prints the global table (DAVIS %.3f, MOSE v2 2, vos-benchmark 1)
+    command: str = ""  # the command line of the run
+    weights_name: str = ""
+    weights_id: str = ""  # git blob id or SHA-256 of the weights file
+    date: str = ""  # ISO 8601, when the run was scored
+    extra: dict = field(default_factory=dict)  # anything else worth a line in the report (key: value)
+
+    def __post_init__(self) -> None:
+        if self.mask_layout not in MASK_LAYOUTS:
+            raise ValueError(f"mask_layout {self.mask_layout!r}; use one of {', '.join(MASK_LAYOUTS)}")
+        self.global_table = [(str(c), float(v)) for c, v in self.global_table]
+        if self.mask_layout == "ids":  # the label is the pixel value the thumbnails look for
+            for obj in self.objects:
+                if not obj.object_label.isdigit():
+                    raise ValueError(f"object {obj.name}: label {obj.object_label!r} is not an id, but mask_layout "
+                                     "'ids' needs the pixel value; use 'per-object' for one folder per object")
+
+    def global_value(self, column: str) -> float:
+        return dict(self.global_table)[column]
+
+
+def _nan_to_none(values: Sequence[float]) -> list[float | None]:
+    return [None if v is None or math.isnan(v) else float(v) for v in values]
+
+
+def _none_to_nan(values: Sequence[float | None]) -> list[float]:
+    return [math.nan if v is None else float(v) for v in values]
+
+
+def scores_to_json(scores: RunScores) -> str:
+    """`scores` as JSON text (NaN written as null, which strict JSON readers accept)."""
+    data = asdict(scores)
+    data["format"] = FORMAT_VERSION
+    data["global_table"] = [[c, None if math.isnan(v) else v] for c, v in scores.global_table]
+    for obj in data["objects"]:
+        obj["j"], obj["f"] = _nan_to_none(obj["j"]), _nan_to_none(obj["f"])
+        obj["jf"] = None if math.isnan(obj["jf"]) else obj["jf"]
+    return json.dumps(data, indent=1, allow_nan=False)
+
+
+def scores_from_json(text: str, source: str = "scores") -> RunScores:
+    """Inverse of `scores_to_json`; `source` names the file in the error message."""
+    try:
+        data = json.loads(text)
+        version = data.pop("format", None)
+        if version != FORMAT_VERSION:
+            raise VOSInputError(
+                f"{source} is scores format {version}, this code reads format {FORMAT_VERSION}; score the run again"
+            )
+        objects = []
+        for obj in data.pop("objects"):
+            obj["j"], obj["f"] = _none_to_nan(obj["j"]), _none_to_nan(obj["f"])
+            obj["jf"] = math.nan if obj["jf"] is None else obj["jf"]
+            objects.append(ObjectFrames(**obj))
+        table = [(c, math.nan if v is None else v) for c, v in data.pop("global_table")]
+        return RunScores(global_table=table, objects=objects, **data)
+    except VOSInputError:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise VOSInputError(f"{source} is not a scores file written by this code ({e}); score the run again") from e
+
+
+def save_scores(scores: RunScores, path: str | Path) -> Path:
+    """Write `scores` as JSON at `path` (atomically: a kill leaves the old file or the new one)."""
+    return atomic_write(path, lambda f: f.write(scores_to_json(scores).encode()))
+
+
+def load_scores(path: str | Path) -> RunScores:
+    """Read a run: a scores.json file, or a results folder holding one."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / SCORES_NAME
+    if not path.is_file():
+        raise VOSInputError(
+            f"{path} does not exist; pass a results folder that was scored (it holds {SCORES_NAME} beside the CSVs) "
+            f"or the {SCORES_NAME} file itself"
+        )
+    return scores_from_json(path.read_text(encoding="utf-8"), str(path))
+
+
+def run_scores(fields: dict, *, frames_dir: str | Path, gt_dir: str | Path, pred_dir: str | Path,
+               mask_layout: str = "ids", weights: str | Path | None = None, command: str | None = None,
+               date: str | None = None) -> RunScores:
+    """The `RunScores` of a scored run: `fields` as a scorer's `report_fields()` gives them (benchmark, split,
+    decimals, global_table, objects as `ObjectFrames` fields, per-frame arrays included), the folders the thumbnails
+    read, and the run: `weights` (the file; its name and git blob id are recorded), the command line (default: this
+    process's) and the date (default: now, UTC, ISO 8601)."""
+    weights_name = weights_id = ""
+    if weights is not None:
+        from weights import git_blob_id  # here: the weights module loads torch, which a report needs nowhere else
+
+        weights_name, weights_id = Path(weights).name, git_blob_id(weights)
+    fields = dict(fields)
+    objects = [ObjectFrames(**o) for o in fields.pop("objects")]
+    return RunScores(objects=objects, frames_dir=str(frames_dir), gt_dir=str(gt_dir), pred_dir=str(pred_dir),
+                     mask_layout=mask_layout, weights_name=weights_name, weights_id=weights_id,
+                     command=shlex.join(sys.argv) if command is None else command,
+                     date=date or datetime.now(timezone.utc).isoformat(timespec="seconds"), **fields)
+
+
+def remove_outputs(out_dir: str | Path) -> None:
+    """Delete an earlier run's scores.json and report.html in out_dir, before scoring it again: a run that fails, or
+    runs without a report, must not leave pages that describe other masks."""
+    for name in (SCORES_NAME, REPORT_NAME):
+        (Path(out_dir) / name).unlink(missing_ok=True)
+
+
+def publish(scores: RunScores, out_dir: str | Path) -> tuple[Path, Path]:
+    """`scores.json` (for `--compare`) and `report.html` in out_dir, beside the toolkit's files."""
+    out_dir = Path(out_dir)
+    return save_scores(scores, out_dir / SCORES_NAME), write_report(scores, out_dir / REPORT_NAME)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Thumbnails: the frame with the ground truth's and the prediction's contours
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _frame_path(scores: RunScores, sequence: str, frame: str) -> Path:
+    base = Path(scores.frames_dir) / sequence / frame
+    for suffix in FRAME_SUFFIXES:
+        if base.with_suffix(suffix).is_file():
+            return base.with_suffix(suffix)
+    return base.with_suffix(FRAME_SUFFIXES[0])
+
+
+def mask_path(scores: RunScores, root: str, obj: ObjectFrames, frame: str) -> Path:
+    """Where the mask of `frame` holding `obj` lies under `root` (the run's gt_dir or pred_dir)."""
+    if scores.mask_layout == "per-object":
+        return Path(root) / obj.sequence / obj.object_label / f"{frame}.png"
+    return Path(root) / obj.sequence / f"{frame}.png"
+
+
+def _object_mask(scores: RunScores, path: Path, obj: ObjectFrames) -> np.ndarray | None:
+    """The object's binary mask in the PNG at `path` (raw values, as the toolkits read them); None when absent."""
+    if not path.is_file():
+        return None
+    ids = read_mask(path, raw=True)
+    if scores.mask_layout == "ids":
+        return ids == int(obj.object_label)
+    return ids != 0
+
+
+def _contours(mask: np.ndarray, scale: float) -> list[np.ndarray]:
+    """Outlines of a full-resolution mask, scaled to the thumbnail (finding them before shrinking keeps thin
+    parts that a nearest-neighbour resize would drop)."""
+    found, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
+    return [np.round(c * scale).astype(np.int32) for c in found]
+
+
+@dataclass
+class Thumbnail:
+    """One frame drawn for a page: a JPEG data: URI (or None with the reason) and its caption."""
+
+    uri: str | None
+    caption: str
+    missing: str = ""
+
+
+def thumbnail(scores: RunScores, obj: ObjectFrames, index: int, width: int = THUMB_WIDTH) -> Thumbnail:
+    """Frame `index` of `obj` with its ground-truth contour (blue, wide) and predicted contour (orange, thin)."""
+    frame = obj.frames[index]
+    caption = f"frame {frame}: J {obj.j[index]:.3f}, F {obj.f[index]:.3f}"
+    frame_path = _frame_path(scores, obj.sequence, frame)
+    try:
+        rgb = read_frame(frame_path)
+        gt = _object_mask(scores, mask_path(scores, scores.gt_dir, obj, frame), obj)
+        pred = _object_mask(scores, mask_path(scores, scores.pred_dir, obj, frame), obj)
+    except VOSInputError as e:  # a report never stops on a picture: say what is missing instead
+        return Thumbnail(None, caption, str(e))
+    h, w = rgb.shape[:2]
+    scale = width / w
+    small = cv2.resize(rgb, (width, max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    notes = []
+    for mask, colour, thickness, what in ((gt, GT_RGB, GT_THICKNESS, "ground truth"),
+                                          (pred, PRED_RGB, PRED_THICKNESS, "prediction")):
+        if mask is None:
+            notes.append(f"no {what} PNG")
+        elif mask.shape != (h, w):
+            notes.append(f"{what} is {mask.shape[1]}x{mask.shape[0]}, frame {w}x{h}")
+        else:
+            cv2.drawContours(small, _contours(mask, scale), -1, colour, thickness, lineType=cv2.LINE_AA)
+    ok, jpeg = cv2.imencode(".jpg", small[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 85])
+    if not ok:
+        return Thumbnail(None, caption, "JPEG encoding failed")
+    uri = "data:image/jpeg;base64," + base64.b64encode(jpeg.tobytes()).decode("ascii")
+    return Thumbnail(uri, caption, "; ".join(notes))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Charts (matplotlib, Agg: files only, no display)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _plt():  # noqa: ANN202 - the pyplot module
+    """pyplot on the Agg backend, imported on first use so that scoring without a report never loads matplotlib."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _mpl_text(text: str) -> str:
+    """A name as matplotlib draws it literally: '$' would start mathtext (and a lone '$' fails to parse)."""
+    return text.replace("$", r"\$")
+
+
+def _png_uri(fig: object) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def bar_chart(labels: list[str], values: list[float], title: str, xlabel: str, mean: float | None = None,
+              diverging: bool = False) -> str:
+    """Horizontal bars, one per label, top to bottom in the given order; a PNG data: URI."""
+    plt = _plt()
+    n = len(labels)
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.22 * max(n, 1)), dpi=100, layout="constrained")
+    y = np.arange(n)
+    vals = np.nan_to_num(np.asarray(values, dtype=np.float64), nan=0.0)
+    colours = np.where(vals < 0, "#d55e00", "#009e73") if diverging else "#0072b2"  # drops orange, gains green
+    ax.barh(y, vals, color=colours, height=0.7)
+    ax.set_yticks(y, [_mpl_text(s) for s in labels], fontsize=8)
+    ax.invert_yaxis()  # first label on top
+    ax.set_ylim(n - 0.5, -0.5)
+    if diverging:
+        ax.axvline(0, color="black", linewidth=0.8)
+    else:
+        ax.set_xlim(0, 1)
+    if mean is not None and not math.isnan(mean):
+        ax.axvline(mean, color="#cc79a7", linestyle="--", linewidth=1.2, label=f"mean {mean:.3f}")
+        ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
+    ax.set_xlabel(xlabel)
+    ax.set_title(_mpl_text(title), fontsize=10, loc="left")
+    ax.grid(axis="x", alpha=0.3)
+    uri = _png_uri(fig)
+    plt.close(fig)
+    return uri
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """[start, end) index ranges where mask is True."""
+    edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
+    return list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True))
+
+
+class FramePlot:
+    """J and F over one object's frames, the frames not counted shaded. One figure serves every object: its
+    static parts (frame, y axis, legend) are drawn once and each object only redraws its lines, shading, x axis and
+    title over them (matplotlib blitting), several times cheaper than a new figure per object."""
+
+    def __init__(self) -> None:
+        plt = self._plt = _plt()
+        from matplotlib.patches import Patch
+
+        self.fig, self.ax = plt.subplots(figsize=(7.2, 1.9), dpi=90)
+        self.fig.subplots_adjust(left=0.075, right=0.99, bottom=0.24, top=0.84)
+        ax = self.ax
+        (self.j_line,) = ax.plot([], [], color="#0072b2", linewidth=1.3, label="J (region)", animated=True)
+        (self.f_line,) = ax.plot([], [], color="#d55e00", linewidth=1.3, label="F (boundary)", animated=True)
+        handles = [self.j_line, self.f_line, Patch(facecolor=NOT_SCORED_GREY, label="not scored")]
+        # Above the axes, so that no line ever covers it.
+        ax.legend(handles=handles, loc="lower right", bbox_to_anchor=(1.0, 1.0), fontsize=8, ncol=3,
+                  frameon=False, borderaxespad=0.1)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_ylabel("score", fontsize=8)
+        ax.set_xlabel("frame index", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_animated(True)  # its ticks follow each object's frame count
+        self.title = ax.set_title("", loc="left", fontsize=9, animated=True)
+        self.fig.canvas.draw()
+        self.background = self.fig.canvas.copy_from_bbox(self.fig.bbox)
+
+    def render(self, obj: ObjectFrames) -> str:
+        """A PNG data: URI of obj's J and F per frame."""
+        canvas, ax = self.fig.canvas, self.ax
+        canvas.restore_region(self.background)
+        n = len(obj.frames)
+        x = np.arange(n)
+        ax.set_xlim(-0.5, max(n - 0.5, 0.5))
+        self.j_line.set_data(x, np.asarray(obj.j, dtype=np.float64))
+        self.f_line.set_data(x, np.asarray(obj.f, dtype=np.float64))
+        self.title.set_text(_mpl_text(f"{obj.name}: J&F {obj.jf:.3f}"))
+        spans = [ax.axvspan(a - 0.5, b - 0.5, color=NOT_SCORED_GREY, zorder=0, linewidth=0, animated=True)
+                 for a, b in _runs(~np.asarray(obj.counted, dtype=bool))]
+        for artist in (*spans, ax.xaxis, self.j_line, self.f_line, self.title):
+            ax.draw_artist(artist)
+        for span in spans:
+            span.remove()
+        rgb = np.asarray(canvas.buffer_rgba())[:, :, :3]
+        ok, png = cv2.imencode(".png", np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_PNG_COMPRESSION, 3])
+        if not ok:
+            raise RuntimeError(f"OpenCV could not encode the frame plot of {obj.name} as PNG")
+        return "data:image/png;base64," + base64.b64encode(png.tobytes()).decode("ascii")
+
+    def close(self) -> None:
+        self._plt.close(self.fig)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# HTML
+# ----------------------------------------------------------------------------------------------------------------
+
+_CSS = """
+body { font-family: sans-serif; margin: 1.5em; color: #222; max-width: 1300px; }
+table { border-collapse: collapse; margin: 0.5em 0 1em; }
+th, td { border: 1px solid #bbb; padding: 3px 8px; text-align: right; }
+th { background: #eee; }
+td.name, th.name { text-align: left; font-family: monospace; }
+.meta td { text-align: left; font-family: monospace; white-space: pre-wrap; word-break: break-all; }
+.thumbs { display: flex; flex-wrap: wrap; gap: 8px; margin-bottom: 1em; }
+figure { margin: 0; } figcaption { font-size: 0.85em; }
+.legend span { display: inline-block; width: 2em; height: 0.35em; vertical-align: middle; margin: 0 0.3em 0 1em; }
+.missing { color: #a00; font-size: 0.85em; max-width: 384px; word-break: break-all; }
+details { margin: 0.2em 0; } summary { cursor: pointer; font-family: monospace; }
+.neg { color: #b34700; } .pos { color: #007a5a; }
+"""
+
+
+def esc(text: object) -> str:
+    """Text from the data as HTML text or attribute value: every &, <, >, " and ' escaped."""
+    return html.escape(str(text), quote=True)
+
+
+def fmt(value: float, decimals: int = 3) -> str:
+    """A number as the toolkits' CSVs write it; NaN as an empty string (pandas' empty field)."""
+    return "" if value is None or math.isnan(value) else f"{value:.{decimals}f}"
+
+
+def _cell(value: float, decimals: int, cls: str = "") -> str:
+    text = fmt(value, decimals)
+    klass = f' class="{cls}"' if cls else ""
+    return f'<td{klass} data-value="{esc(text)}">{esc(text) if text else "n/a"}</td>'
+
+
+def _page(title: str, body: list[str]) -> str:
+    return "\n".join([
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        # No resource may come from anywhere: the page must read the same offline and from disk.
+        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; "
+        "style-src 'unsafe-inline'\">",
+        f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>", *body, "</body></html>",
+    ])
+
+
+def _legend() -> str:
+    gt, pred = ("rgb({},{},{})".format(*c) for c in (GT_RGB, PRED_RGB))
+    return (f'<p class="legend">Contours:<span style="background:{gt}"></span>ground truth (wide, blue)'
+            f'<span style="background:{pred}"></span>prediction (thin, orange)</p>')
+
+
+def _figure(thumb: Thumbnail, label: str = "") -> str:
+    caption = esc(f"{label}{thumb.caption}")
+    if thumb.uri is None:
+        return f'<figure><div class="missing">{esc(thumb.missing)}</div><figcaption>{caption}</figcaption></figure>'
+    note = f'<div class="missing">{esc(thumb.missing)}</div>' if thumb.missing else ""
+    alt = esc(f"{label}{thumb.caption} with ground-truth and predicted contours")
+    return f'<figure><img src="{thumb.uri}" alt="{alt}">{note}<figcaption>{caption}</figcaption></figure>'
+
+
+def _meta_table(scores: RunScores) -> str:
+    rows = [("benchmark", scores.benchmark), ("split", scores.split), ("date", scores.date),
+            ("weights", f"{scores.weights_name} ({scores.weights_id})" if scores.weights_id else scores.weights_name),
+            ("command", scores.command), ("predictions", scores.pred_dir), ("ground truth", scores.gt_dir),
+            ("frames", scores.frames_dir), *((str(k), str(v)) for k, v in scores.extra.items())]
+    cells = "".join(f'<tr><th class="name">{esc(k)}</th><td data-field="{esc(k)}">{esc(v)}</td></tr>'
+                    for k, v in rows)
+    return f'<table class="meta">{cells}</table>'
+
+
+def _global_table(scores: RunScores) -> str:
+    head = "".join(f"<th>{esc(c)}</th>" for c, _ in scores.global_table)
+    row = "".join(_cell(v, scores.decimals) for _, v in scores.global_table)
+    return f'<table id="global"><tr>{head}</tr><tr>{row}</tr></table>'
+
+
+def _sorted_objects(objects: list[ObjectFrames]) -> list[ObjectFrames]:
+    """Worst J&F first; NaN last; ties in the toolkit's order."""
+    return sorted(objects, key=lambda o: (math.isnan(o.jf), o.jf))
+
+
+def render_report(scores: RunScores) -> str:
+    """The HTML text of report.html (see `write_report`)."""
+    title = f"{scores.benchmark} {scores.split}: evaluation report"
+    ranked = _sorted_objects(scores.objects)
+    jf_mean = float(np.nanmean([o.jf for o in ranked])) if any(not math.isnan(o.jf) for o in ranked) else math.nan
+    body = [f"<h1>{esc(title)}</h1>", _meta_table(scores), "<h2>Global results</h2>", _global_table(scores)]
+
+    body += [f"<h2>Per-object J&amp;F ({len(ranked)} objects, worst first)</h2>"]
+    if ranked:
+        chart = bar_chart([o.name for o in ranked], [o.jf for o in ranked], "J&F per object", "J&F",
+                          mean=jf_mean)
+        body.append(f'<img src="{chart}" alt="bar chart of J&amp;F per object, worst first">')
+    rows = ["<tr><th>rank</th><th class=\"name\">object</th><th>J&amp;F</th><th>J (scored frames)</th>"
+            "<th>F (scored frames)</th><th>scored frames</th></tr>"]
+    for rank, o in enumerate(ranked, 1):
+        rows.append(f'<tr class="object" data-object="{esc(o.name)}" data-jf="{esc(fmt(o.jf))}"><td>{rank}</td>'
+                    f'<td class="name">{esc(o.name)}</td>{_cell(o.jf, 3)}{_cell(o.counted_mean("j"), 3)}'
+                    f'{_cell(o.counted_mean("f"), 3)}<td>{sum(o.counted)} of {len(o.frames)}</td></tr>')
+    body.append(f'<table id="objects">{"".join(rows)}</table>')
+
+    worst = [o for o in ranked if not math.isnan(o.jf)][:WORST_OBJECTS]
+    body += [f"<h2>The {len(worst)} worst objects: their {WORST_FRAMES} worst scored frames</h2>", _legend()]
+    for o in worst:
+        figures = [_figure(thumbnail(scores, o, i)) for i in o.worst_frames(WORST_FRAMES)]
+        body.append(f'<h3 data-object="{esc(o.name)}">{esc(o.name)}: J&amp;F {esc(fmt(o.jf))}</h3>'
+                    f'<div class="thumbs">{"".join(figures)}</div>')
+
+    body.append("<h2>J and F over the frames of each object (shaded: frames the benchmark does not score)</h2>")
+    plot = FramePlot()
+    try:
+        for rank, o in enumerate(ranked):
+            opened = " open" if rank < WORST_OBJECTS else ""  # the worst objects' curves show without a click
+            body.append(f'<details{opened} data-object="{esc(o.name)}"><summary>{esc(o.name)}: J&amp;F {esc(fmt(o.jf))}'
+                        f'</summary><img src="{plot.render(o)}" alt="{esc(o.name)}: J and F per frame"></details>')
+    finally:
+        plot.close()
+    return _page(title, body)
+
+
+def write_report(scores: RunScores, path: str | Path) -> Path:
+    """Write report.html for one run at `path` (a file path, or a folder to hold report.html).
+
+    One self-contained page: the run (command, weights, date), the global table, per-object J&F as a bar chart and a
+    table, thumbnails of the worst frames of the worst objects, and J/F curves over the frames of every object.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / REPORT_NAME
+    text = render_report(scores)
+    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Comparing runs
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def run_letters(n: int) -> list[str]:
+    return [chr(ord("A") + k) if k < 26 else f"R{k + 1}" for k in range(n)]
+
+
+def check_comparable(runs: list[RunScores], sources: list[str]) -> None:
+    """Refuse runs of different benchmarks or splits: their numbers do not measure the same thing."""
+    if len(runs) < 2:
+        raise VOSInputError("--compare needs at least two results folders (or scores.json files)")
+    for what in ("benchmark", "split"):
+        values = [getattr(r, what) for r in runs]
+        if len(set(values)) > 1:
+            listed = ", ".join(f"{s} is {v}" for s, v in zip(sources, values, strict=True))
+            raise VOSInputError(f"the runs differ in {what} ({listed}); compare runs of one benchmark and split")
+
+
+@dataclass
+class ObjectComparison:
+    """One object across the runs: its J&F in each (NaN where a run lacks it) and the change from the first run."""
+
+    name: str
+    jf: list[float]
+    objects: list[ObjectFrames | None]
+
+    @property
+    def delta(self) -> float:
+        """J&F of the last run minus the first's (NaN when either lacks the object)."""
+        return self.jf[-1] - self.jf[0]
+
+
+def compare_objects(runs: list[RunScores]) -> list[ObjectComparison]:
+    """Every object of any run, sorted by the change from the first run to the last, biggest drop first (objects
+    missing from a run last, in the first run's order)."""
+    names = list(dict.fromkeys(o.name for r in runs for o in r.objects))
+    by_run = [{o.name: o for o in r.objects} for r in runs]
+    rows = []
+    for name in names:
+        objs = [m.get(name) for m in by_run]
+        rows.append(ObjectComparison(name, [math.nan if o is None else o.jf for o in objs], objs))
+    return sorted(rows, key=lambda c: (math.isnan(c.delta), c.delta if not math.isnan(c.delta) else 0.0))
+
+
+def format_comparison(runs: list[RunScores], sources: list[str], rows: list[ObjectComparison]) -> str:
+    """The printed comparison: the runs, their global tables, then per-object J&F sorted by the change."""
+    letters = run_letters(len(runs))
+    lines = [f"{k} = {s}" + (f" ({r.weights_name}, {r.date})" if r.weights_name or r.date else "")
+             for k, s, r in zip(letters, sources, runs, strict=True)]
+    columns = list(dict.fromkeys(c for r in runs for c, _ in r.global_table))
+    width = max([len(c) for c in columns] + [4])
+    lines += ["", f" Global results {runs[0].benchmark} {runs[0].split} ".center(78, "-")]
+    lines.append("run".ljust(4) + " ".join(c.rjust(width) for c in columns))
+    for k, r in zip(letters, runs, strict=True):
+        table = dict(r.global_table)
+        lines.append(k.ljust(4) + " ".join(fmt(table.get(c, math.nan), r.decimals).rjust(width) for c in columns))
+    name_w = max([len("Object")] + [len(c.name) for c in rows])
+    lines += ["", f" Per-object J&F, sorted by {letters[-1]} - {letters[0]} ".center(78, "-")]
+    lines.append("Object".ljust(name_w) + "".join(f" {k:>7}" for k in letters) + f" {'delta':>7}")
+    for c in rows:
+        lines.append(c.name.ljust(name_w) + "".join(f" {fmt(v):>7}" for v in c.jf) + f" {fmt(c.delta):>7}")
+    return "\n".join(lines)
+
+
+def render_compare(runs: list[RunScores], sources: list[str], rows: list[ObjectComparison]) -> str:
+    """The HTML text of compare.html (see `compare`)."""
+    letters = run_letters(len(runs))
+    first, last = letters[0], letters[-1]
+    title = f"{runs[0].benchmark} {runs[0].split}: comparison of {len(runs)} runs"
+    body = [f"<h1>{esc(title)}</h1>", "<h2>Runs</h2>"]
+    run_rows = "".join(
+        f'<tr><th>{k}</th><td class="name">{esc(s)}</td><td class="name">{esc(r.weights_name)} {esc(r.weights_id)}'
+        f'</td><td class="name">{esc(r.date)}</td><td class="name">{esc(r.command)}</td></tr>'
+        for k, s, r in zip(letters, sources, runs, strict=True))
+    body.append('<table class="meta"><tr><th>run</th><th>results</th><th>weights</th><th>date</th><th>command</th>'
+                f"</tr>{run_rows}</table>")
+
+    columns = list(dict.fromkeys(c for r in runs for c, _ in r.global_table))
+    head = "".join(f"<th>{esc(c)}</th>" for c in columns)
+    grow = "".join(f'<tr data-run="{k}"><th>{k}</th>'
+                   + "".join(_cell(dict(r.global_table).get(c, math.nan), r.decimals) for c in columns) + "</tr>"
+                   for k, r in zip(letters, runs, strict=True))
+    body += ["<h2>Global results</h2>", f'<table id="global"><tr><th>run</th>{head}</tr>{grow}</table>']
+
+    both = [c for c in rows if not math.isnan(c.delta)]
+    body.append(f"<h2>Per-object J&amp;F, sorted by the change {esc(last)} &minus; {esc(first)} "
+                "(biggest drop first)</h2>")
+    if both:
+        chart = bar_chart([c.name for c in both], [c.delta for c in both], f"change in J&F per object, {last} - "
+                          f"{first}", f"J&F({last}) - J&F({first})", diverging=True)
+        body.append(f'<img src="{chart}" alt="bar chart of the change in J&amp;F per object">')
+    head = "".join(f"<th>J&amp;F {k}</th>" for k in letters)
+    trs = [f'<tr><th class="name">object</th>{head}<th>{esc(last)} &minus; {esc(first)}</th></tr>']
+    for c in rows:
+        sign = "neg" if c.delta < 0 else "pos" if c.delta > 0 else ""
+        trs.append(f'<tr class="object" data-object="{esc(c.name)}" data-delta="{esc(fmt(c.delta))}">'
+                   f'<td class="name">{esc(c.name)}</td>' + "".join(_cell(v, 3) for v in c.jf)
+                   + _cell(c.delta, 3, sign) + "</tr>")
+    body.append(f'<table id="objects">{"".join(trs)}</table>')
+
+    changed = sorted(both, key=lambda c: -abs(c.delta))[:CHANGED_OBJECTS]
+    body += [f"<h2>The {len(changed)} objects that changed most: each run's worst scored frame, in every run</h2>",
+             _legend()]
+    for c in changed:
+        # Each run's worst frame, shown for every run, so that the same frame can be read side by side.
+        frames = list(dict.fromkeys(o.frames[i] for o in c.objects if o is not None for i in o.worst_frames(1)))
+        body.append(f'<h3 data-object="{esc(c.name)}">{esc(c.name)}: ' + ", ".join(
+            f"{k} {esc(fmt(v))}" for k, v in zip(letters, c.jf, strict=True)) + "</h3>")
+        for frame in frames:
+            figures = []
+            for k, r, o in zip(letters, runs, c.objects, strict=True):
+                if o is None or frame not in o.frames:
+                    figures.append(f'<figure><div class="missing">run {k} did not score frame {esc(frame)} of '
+                                   f"{esc(c.name)}</div></figure>")
+                else:
+                    figures.append(_figure(thumbnail(r, o, o.frames.index(frame)), f"run {k}, "))
+            body.append(f'<div class="thumbs">{"".join(figures)}</div>')
+    return _page(title, body)
+
+
+def compare(runs: list[RunScores], out_dir: str | Path, sources: list[str] | None = None) -> tuple[Path, str]:
+    """Write `out_dir/compare.html` for runs of one benchmark and split; returns (its path, the printed table).
+
+    `sources` names the runs (their results folders) in the page and the table; the first run is the baseline and
+    objects are sorted by the last run's J&F minus the first's.
+    """
+    sources = sources or [f"run {k}" for k in run_letters(len(runs))]
+    check_comparable(runs, sources)
+    rows = compare_objects(runs)
+    text = render_compare(runs, sources, rows)
+    path = atomic_write(Path(out_dir) / COMPARE_NAME, lambda f: f.write(text.encode("utf-8")))
+    return path, format_comparison(runs, sources, rows)
+
+
+def compare_main(argv: list[str] | None = None) -> int:
+    """`python evaluation.py --compare RESULTS_A RESULTS_B [...] [--out DIR]`: exit status 0, or 2 on bad input."""
+    parser = argparse.ArgumentParser(
+        prog="evaluation.py --compare",
+        description="Compare scored runs of one benchmark and split: per-object J&F side by side, sorted by the "
+                    "change from the first run to the last, printed and written to compare.html.")
+    parser.add_argument("runs", nargs="+", metavar="RESULTS",
+                        help=f"results folders holding {SCORES_NAME}, or {SCORES_NAME} files; the first is the base")
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"folder for {COMPARE_NAME} (default: the first run's results folder)")
+    args = parser.parse_args(argv)
+    try:
+        runs = [load_scores(p) for p in args.runs]
+        check_comparable(runs, args.runs)
+        first = Path(args.runs[0])
+        out = args.out if args.out is not None else (first if first.is_dir() else first.parent)
+        if out.exists() and not out.is_dir():
+            raise VOSInputError(f"--out {out} is a file, not a folder; pass a folder path")
+        path, table = compare(runs, out, args.runs)
+    except VOSInputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(table)
+    print(f"\nwrote {path}")
+    return 0
