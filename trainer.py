@@ -21,6 +21,7 @@ optimizer, epoch, random states, options) is in `X.train.pth` beside it.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
@@ -61,7 +62,8 @@ class TrainingError(Exception):
 
 
 class TrainingInterrupted(SystemExit):
-    """Raised after Ctrl+C (SIGINT) or SIGTERM once the resumable checkpoint is written (or when the user aborted).
+    """Raised after Ctrl+C (SIGINT), SIGTERM or SIGUSR1 once the resumable checkpoint is written (or when the user
+    aborted).
 
     A SystemExit with code 130, so an uncaught one ends the program quietly, without a traceback; the message with
     the resume command has been printed already. `checkpoint` is the file written, or None.
@@ -243,10 +245,32 @@ def check_finite_weights(net: nn.Module, where: str) -> None:
                                 f"Try a lower --lr, or run without --amp (--no-amp), from the last checkpoint")
 
 
+# Ctrl+C; what SLURM (at the time limit, scancel) and Kubernetes (pod deletion) send before the kill; what SLURM's
+# `--signal=USR1@90` sends 90 s before it. Each stops a run as Ctrl+C does (StopRequest).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+
+
 def _init_worker(worker_id: int) -> None:
-    """DataLoader workers ignore Ctrl+C: the main process finishes its iteration, saves, then stops them."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """DataLoader workers ignore the stop signals, which SLURM and Kubernetes send to every process of the job: a
+    worker killed by one makes torch raise in the main process wherever it is (mid-step), and nothing is saved. The
+    main process finishes its iteration, saves, then stops the workers. They were forked with the signals blocked
+    (`held_stop_signals`), so one sent before this point is dropped here instead of killing the worker."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     samplers.seed_worker(worker_id)
+
+
+@contextlib.contextmanager
+def held_stop_signals() -> Iterator[None]:
+    """Block the stop signals in this thread while DataLoader workers are forked: a forked worker inherits the mask
+    and keeps the signals pending until it ignores them (`_init_worker`); this process gets its own when the block
+    ends, or another thread takes it meanwhile (Python then runs the handler in the main thread all the same)."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -255,9 +279,10 @@ def _init_worker(worker_id: int) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 
 class StopRequest:
-    """Ctrl+C (SIGINT) or SIGTERM: the first one lets the current iteration finish, then the run saves a resumable
-    checkpoint and stops; a second one aborts at once without saving. Signal handlers only exist in the main
-    thread; elsewhere a KeyboardInterrupt is the only way in."""
+    """Ctrl+C (SIGINT), SIGTERM or SIGUSR1 (STOP_SIGNALS): the first one lets the current iteration finish, then the
+    run saves a resumable checkpoint and stops. A second Ctrl+C aborts at once without saving; a later SIGTERM or
+    SIGUSR1 does not (SLURM sends SIGTERM at the time limit after `--signal=USR1@90`; the save goes on). Signal
+    handlers only exist in the main thread; elsewhere a KeyboardInterrupt is the only way in."""
 
     def __init__(self, verbose: bool):
         self.requested = False
@@ -266,17 +291,19 @@ class StopRequest:
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in STOP_SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum: int, frame: object) -> None:
         if self.requested:
-            raise KeyboardInterrupt
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
         self.requested = True
         if self.verbose:
-            print("\nstopping after this iteration to save a resumable checkpoint (press Ctrl+C again to abort "
-                  "without saving)", file=sys.stderr, flush=True)
+            print(f"\n{signal.Signals(signum).name}: stopping after this iteration to save a resumable checkpoint "
+                  f"(press Ctrl+C again to abort without saving)", file=sys.stderr, flush=True)
 
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():
@@ -533,7 +560,8 @@ def batches(t: Trainer, run: StageRun, epoch: int, stats: EpochStats,
     model, so the data and the random draws go on exactly as in the interrupted run. A stop request (Ctrl+C) ends the
     epoch here: the resumable checkpoint is written and TrainingInterrupted raised."""
     d, state = t.dist_info, run.state
-    loader = iter(run.loader)  # draws the workers' seeds (and the shuffle) from torch's generator
+    with held_stop_signals():  # the workers are forked here
+        loader = iter(run.loader)  # draws the workers' seeds (and the shuffle) from torch's generator
     bar = tqdm(total=len(run.loader), desc=f"{run.stage.name} ep{epoch:04d}", leave=False, dynamic_ncols=True,
                disable=not t.verbose, initial=stats.batches)
     try:
