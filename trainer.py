@@ -159,6 +159,17 @@ def check_recipe(opts: TrainOptions, method: Method) -> None:
                             "training runs in fp32 (default), bf16 or fp16")
 
 
+def check_resumed_workers(options: TrainOptions, resumed: dict) -> None:
+    """Refuse a --workers other than the resumed run's: each DataLoader worker draws its own stream of clips (seeded
+    as torch seeds workers, as in the official run), so another count would go on with other clips than the
+    interrupted run would have drawn, and end with other weights."""
+    saved = resumed["train_options"].get("workers")
+    if options.workers is not None and saved is not None and options.workers != saved:
+        raise VOSInputError(f"--workers {options.workers}: {options.resume} was trained with --workers {saved}, and "
+                            f"each worker draws its own clips, so the resumed run would not go on as the interrupted "
+                            f"one would have; pass --workers {saved} or leave --workers out")
+
+
 def stage_configs(opts: TrainOptions, method: Method) -> list[StageConfig]:
     """The presets of the chosen stages with the overrides applied, checked (the data checks its own needs when
     it opens)."""
@@ -811,6 +822,8 @@ def train(method: str, options: TrainOptions, roots: Roots) -> nn.Module:
     resumed = checkpoint.load_resume(options.resume, spec.name) if options.resume else None
     opts = resolve_options(options, spec, resumed["train_options"] if resumed else None)
     check_recipe(opts, spec)
+    if resumed:
+        check_resumed_workers(options, resumed)
     stages = stage_configs(opts, spec)
     first, finished = checkpoint.resume_point(resumed, stages, opts.resume)
     settings = run_settings(opts.device, opts.precision)
