@@ -207,7 +207,7 @@ def _video_clip(
 
 # The up-front data check decodes every file a sampler reads, on a few threads (PIL decodes without the GIL).
 CHECK_THREADS = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-CHECK_PROGRESS_FROM = 2000  # files; fewer are checked without a progress bar
+CHECK_PROGRESS_FROM = 2000  # frames (with their masks); fewer are checked without a progress bar
 
 
 def _check_all(check: Callable[[T], None], items: Sequence[T], desc: str) -> None:

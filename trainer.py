@@ -262,7 +262,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 
 
 def _init_worker(worker_id: int) -> None:
-    """DataLoader workers ignore the stop signals, which SLURM and Kubernetes send to every process of the job: a
+    """DataLoader workers ignore the stop signals, which SLURM sends to every process of a job step: a
     worker killed by one makes torch raise in the main process wherever it is (mid-step), and nothing is saved. The
     main process finishes its iteration, saves, then stops the workers. They were forked with the signals blocked
     (`held_stop_signals`), so one sent before this point is dropped here instead of killing the worker."""
@@ -815,8 +815,8 @@ def train(method: str, options: TrainOptions, roots: Roots) -> nn.Module:
     its device).
 
     Raises VOSInputError (bad options or data, missing ImageNet weights, an unwritable save folder) before any
-    training, TrainingError when the loss or the weights stop being finite, and TrainingInterrupted (a SystemExit,
-    code 130) after Ctrl+C.
+    training, or when a checkpoint cannot be written (a full disk); TrainingError when the loss or the weights stop
+    being finite; TrainingInterrupted (a SystemExit, code 130) after Ctrl+C, SIGTERM or SIGUSR1.
     """
     spec = methods.get(method)
     resumed = checkpoint.load_resume(options.resume, spec.name) if options.resume else None
