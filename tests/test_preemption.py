@@ -22,8 +22,8 @@ from utils import VOSInputError
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# 3 epochs of 2 batches of 2 clips, 2 DataLoader workers: each epoch forks its workers anew
-GROUP_RUN = ["--crop", "32", "32", "--clip-len", "2", "--clips-per-epoch", "4", "--epochs", "3", "--save-every", "3",
+# 2 epochs of 2 batches of 2 clips, 2 DataLoader workers: each epoch forks its workers anew
+GROUP_RUN = ["--crop", "32", "32", "--clip-len", "2", "--clips-per-epoch", "4", "--epochs", "2", "--save-every", "2",
              "--workers", "2"]
 
 # The run as `python run.py --train` runs it; inside the loss of step 3 (epoch 2, its first batch, while the workers
@@ -66,7 +66,7 @@ def uninterrupted(davis2016_root: Path, tmp_path_factory: pytest.TempPathFactory
     """The final weights of GROUP_RUN without a signal."""
     save_dir = tmp_path_factory.mktemp("uninterrupted")
     _train(_davis_args(davis2016_root, save_dir, *GROUP_RUN))
-    return _weights(save_dir / "coco_davis_0003.pth")
+    return _weights(save_dir / "coco_davis_0002.pth")
 
 
 @pytest.mark.parametrize("signals", [["SIGTERM"], ["SIGUSR1", "SIGTERM"]], ids=["sigterm", "usr1-then-sigterm"])
@@ -107,7 +107,7 @@ def test_signal_to_the_process_group_saves_and_resumes_exactly(davis2016_root: P
     assert state["epoch"] == 1 and state["partial"]["batches"] == 1  # the signalled step finished, then it stopped
 
     _train(["--device", "cpu", "--davis", str(davis2016_root), "--resume", str(ckpt)])
-    resumed = _weights(save_dir / "coco_davis_0003.pth")
+    resumed = _weights(save_dir / "coco_davis_0002.pth")
     assert resumed.keys() == uninterrupted.keys()
     assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)
 
