@@ -28,8 +28,20 @@ def training_state_path(weights_path: Path) -> Path:
 
 
 def save_atomic(payload: dict, path: Path) -> None:
-    """torch.save all at once or not at all (utils.atomic_write): a kill never leaves half a checkpoint."""
-    atomic_write(path, lambda f: torch.save(payload, f))
+    """torch.save all at once or not at all (utils.atomic_write): a kill never leaves half a checkpoint, and a write
+    that fails (a full disk, a quota, `ulimit -f`) leaves the file as it was and raises VOSInputError naming it."""
+    try:
+        atomic_write(path, lambda f: torch.save(payload, f))
+    except (OSError, RuntimeError) as e:
+        # torch's zip writer reports the failed write as `RuntimeError: [enforce fail at inline_container.cc:...]`,
+        # with the OSError of the file object as its context
+        cause = e if isinstance(e, OSError) else e.__context__
+        if not isinstance(cause, OSError):
+            raise
+        raise VOSInputError(f"could not write checkpoint '{path}' ({cause.strerror or cause}: a full disk, a quota or "
+                            f"`ulimit -f`); the files written before are intact (each is written whole or not at "
+                            f"all): free space, or go on with --resume from the last checkpoint and --save-dir PATH on "
+                            f"another disk") from e
 
 
 def prepare_save_dir(path: Path) -> None:

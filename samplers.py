@@ -14,20 +14,26 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
+from tqdm import tqdm
 
 from dataset import DAVIS, _list_files, plain_name
-from utils import VOSInputError, read_frame, read_mask
+from utils import VOSInputError, check_image, read_frame, read_mask
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -46,7 +52,8 @@ class TrainSet(Dataset, ABC):
 
     @abstractmethod
     def check(self) -> None:
-        """Raise VOSInputError (naming the root and the fix) when the data could only give skipped batches."""
+        """Raise VOSInputError (naming the root or the file, and the fix) when the data could only give skipped
+        batches, or holds a file that does not decode or a mask of another size than its frame."""
 
     @abstractmethod
     def __len__(self) -> int: ...
@@ -198,30 +205,62 @@ def _video_clip(
     return make_clip(pairs, output_size, h_flip, v_flip)
 
 
-def check_videos(videos: Iterator[tuple[str, list[Path]]], where: str, binary: bool = False) -> None:
+# The up-front data check decodes every file a sampler reads, on a few threads (PIL decodes without the GIL).
+CHECK_THREADS = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+CHECK_PROGRESS_FROM = 2000  # frames (with their masks); fewer are checked without a progress bar
+
+
+def _check_all(check: Callable[[T], None], items: Sequence[T], desc: str) -> None:
+    """`check(item)` for every item on CHECK_THREADS threads, with a progress bar when there are many; the first
+    item in order that fails raises its VOSInputError, and what was not started yet is cancelled."""
+    pool = ThreadPoolExecutor(CHECK_THREADS)
+    try:
+        for _ in tqdm(pool.map(check, items), total=len(items), desc=desc, unit="file", leave=False,
+                      disable=len(items) < CHECK_PROGRESS_FROM):
+            pass
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _check_pair(pair: tuple[Path, Path]) -> None:
+    frame, mask = pair
+    fw, fh = check_image(frame, "frame")
+    mw, mh = check_image(mask, "mask")
+    if (mw, mh) != (fw, fh):
+        raise VOSInputError(f"mask '{mask}' is {mw}x{mh} but its frame '{frame}' is {fw}x{fh}; masks must have the "
+                            f"size of their frame (resize it with nearest neighbour interpolation)")
+
+
+def check_files(pairs: Sequence[tuple[Path, Path]], where: str) -> None:
+    """Every (frame, mask) a sampler reads decodes, and every mask has its frame's size (utils.check_image).
+
+    Checked before the first step because later it is worse: a corrupt file stops the run hours in, inside a
+    DataLoader worker, with that worker's traceback; a mask of another size is silently stretched onto its frame.
+    """
+    _check_all(_check_pair, pairs, f"checking {where}")
+
+
+def check_videos(videos: Iterable[tuple[str, list[Path], list[Path]]], where: str, binary: bool = False) -> None:
     """Refuse, before the first training step, video data that could only give skipped batches or crash later.
 
-    videos: (name, mask files) for every video a sampler draws from; where: the root and split, for the message. A
-    video with no mask file, an empty list of videos, and data whose masks hold no object at all (every batch
-    would be skipped by the official rule) are errors. Masks are read until one with an object is found per video,
-    so a normal dataset costs one mask read per video.
+    videos: (name, frames, their masks) for every video a sampler draws from, only the frames it reads; where: the
+    root and split, for the message. An empty list of videos, a video without an annotated frame, a frame or mask
+    that does not decode or a mask of another size than its frame (check_files), and data whose masks hold no
+    object at all (every batch would be skipped by the official rule) are errors. Masks are read as ids until one
+    with an object is found, so a normal dataset costs one such read besides the decoding.
     """
-    names, without_masks, empty = [], [], []
-    for name, masks in videos:
-        names.append(name)
-        if not masks:
-            without_masks.append(name)
-        elif not any(read_mask(m, binary=binary).any() for m in masks):
-            empty.append(name)
-    if not names:
+    videos = list(videos)
+    without_masks = [name for name, _, masks in videos if not masks]
+    if not videos:
         raise VOSInputError(f"{where} lists no videos to train on; check the split list (ImageSets/) or the folder")
     if without_masks:
-        raise VOSInputError(f"{where}: {len(without_masks)} video(s) have no mask files ({', '.join(without_masks[:5])}"
-                            f"{', ...' if len(without_masks) > 5 else ''}); re-extract the annotations or take them "
-                            f"out of the split list")
-    if len(empty) == len(names):
-        raise VOSInputError(f"{where}: every mask of its {len(names)} video(s) is empty (no object, all pixels 0), so "
-                            f"no training clip has a target and every batch would be skipped; these are not the "
+        raise VOSInputError(f"{where}: {len(without_masks)} video(s) have no annotated frame (a frame with its mask) "
+                            f"({', '.join(without_masks[:5])}{', ...' if len(without_masks) > 5 else ''}); "
+                            f"re-extract the annotations or take them out of the split list")
+    check_files([pair for _, frames, masks in videos for pair in zip(frames, masks, strict=True)], where)
+    if not any(read_mask(m, binary=binary).any() for _, _, masks in videos for m in masks):
+        raise VOSInputError(f"{where}: every mask of its {len(videos)} video(s) is empty (no object, all pixels 0), "
+                            f"so no training clip has a target and every batch would be skipped; these are not the "
                             f"annotations (check that Annotations/ holds the object masks)")
 
 
@@ -257,7 +296,7 @@ class TrainDAVIS(ClipSampler):
 
     def check(self) -> None:
         """Refuse data that cannot train (check_videos), before the first step."""
-        check_videos(((s, self.data.annotations(s)) for s in self.data.sequences),
+        check_videos(((s, self.data.frames(s), self.data.annotations(s)) for s in self.data.sequences),
                      f"DAVIS {self.data.year} {self.data.split} at '{self.data.root}'", self.data.binary)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
@@ -306,21 +345,25 @@ class TrainYTVOS(ClipSampler):
             raise VOSInputError(f"'{self.mask_dir}' holds no videos; re-extract the YouTube-VOS train download")
         super().__init__(output_size, clip_len, clips_per_epoch)
 
-    def annotated_frames(self, video: str) -> tuple[list[Path], list[Path]]:
-        """(frames, masks) of the annotated frames of `video`, in order."""
+    def _annotated(self, video: str) -> tuple[list[Path], list[Path]]:
         masks = {p.stem: p for p in _list_files(self.mask_dir / video, {".png"})}
         frames = [f for f in _list_files(self.image_dir / video, {".jpg"}) if f.stem in masks]
+        return frames, [masks[f.stem] for f in frames]
+
+    def annotated_frames(self, video: str) -> tuple[list[Path], list[Path]]:
+        """(frames, masks) of the annotated frames of `video`, in order."""
+        frames, masks = self._annotated(video)
         if not frames:
             raise VOSInputError(
                 f"video '{video}' has no frame in '{self.image_dir / video}' with a mask in '{self.mask_dir / video}'; "
                 "re-extract the YouTube-VOS train download"
             )
-        return frames, [masks[f.stem] for f in frames]
+        return frames, masks
 
     def check(self) -> None:
-        """Refuse data that cannot train (check_videos), before the first step."""
-        masks = ((v, sorted(_list_files(self.mask_dir / v, {".png"}))) for v in self.videos)
-        check_videos(masks, f"YouTube-VOS train at '{self.root}'")
+        """Refuse data that cannot train (check_videos on the annotated frames, those clips are made of), before
+        the first step."""
+        check_videos(((v, *self._annotated(v)) for v in self.videos), f"YouTube-VOS train at '{self.root}'")
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         """A random clip; `index` only counts clips."""
@@ -410,16 +453,29 @@ class TrainCOCO(ClipSampler):
         return len(self.images) if self.layout == "converted" else len(self.image_ids)
 
     def check(self) -> None:
-        """Refuse data that cannot train, before the first step. The raw download keeps only images with an
-        instance (checked when it is read); the converted folder needs an Annotations/ PNG per image and at least
-        one mask with an object (read until one is found)."""
+        """Refuse data that cannot train, before the first step. The converted folder needs an Annotations/ PNG per
+        image, every image and mask decoding at one size, and at least one mask with an object (check_videos). The
+        raw download keeps only images with an instance (checked when it is read); every image must decode at the
+        size its annotations give."""
         if self.layout == "converted":
             masks = [self.root / "Annotations" / (image.stem + ".png") for image in self.images]
             missing = [m for m in masks if not m.is_file()]
             if missing:
                 raise VOSInputError(f"COCO root '{self.root}': {len(missing)} image(s) have no mask ({missing[0]}, "
                                     f"...); re-run the conversion")
-            check_videos(iter([("COCO", masks)]), f"COCO at '{self.root}'")
+            check_videos([("COCO", self.images, masks)], f"COCO at '{self.root}'")
+        else:
+            _check_all(self._check_image, self.image_ids, f"checking COCO {self.image_dir}")
+
+    def _check_image(self, image_id: int) -> None:
+        file_name, h, w = self._infos[image_id]
+        width, height = check_image(self.image_dir / file_name, "frame")
+        if (width, height) != (w, h):
+            raise self._size_error(self.image_dir / file_name, width, height, w, h)
+
+    def _size_error(self, path: Path, width: int, height: int, w: int, h: int) -> VOSInputError:
+        return VOSInputError(f"COCO image '{path}' is {width}x{height}, the annotations say {w}x{h}; re-download "
+                             f"{self.image_dir.name}")
 
     def load(self, k: int) -> tuple[Image.Image, Image.Image]:
         """Image k (RGB) and its instance-id mask (mode L)."""
@@ -442,10 +498,7 @@ class TrainCOCO(ClipSampler):
             ids[mask_utils.decode(rle) > 0] = obj
         img = read_frame(self.image_dir / file_name)
         if img.shape[:2] != (h, w):
-            raise VOSInputError(
-                f"COCO image '{self.image_dir / file_name}' is {img.shape[1]}x{img.shape[0]}, the "
-                f"annotations say {w}x{h}; re-download {self.image_dir.name}"
-            )
+            raise self._size_error(self.image_dir / file_name, img.shape[1], img.shape[0], w, h)
         return Image.fromarray(img), Image.fromarray(ids)
 
     def _pseudo_video(self, k: int) -> Iterator[tuple[Image.Image, Image.Image]]:
@@ -612,7 +665,7 @@ class TrainPairs(TrainSet):
 
     def check(self) -> None:
         """Refuse data that cannot train (check_videos), before the first step."""
-        check_videos(((s, masks) for s, (_, masks) in zip(self.data.sequences, self.videos, strict=True)),
+        check_videos(((s, frames, masks) for s, (frames, masks) in zip(self.data.sequences, self.videos, strict=True)),
                      f"DAVIS {self.data.year} {self.data.split} at '{self.data.root}'", self.data.binary)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:

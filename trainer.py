@@ -64,7 +64,8 @@ class TrainingError(Exception):
 
 
 class TrainingInterrupted(SystemExit):
-    """Raised after Ctrl+C (SIGINT) or SIGTERM once the resumable checkpoint is written (or when the user aborted).
+    """Raised after Ctrl+C (SIGINT), SIGTERM or SIGUSR1 once the resumable checkpoint is written (or when the user
+    aborted).
 
     A SystemExit with code 130, so an uncaught one ends the program quietly, without a traceback; the message with
     the resume command has been printed already. `checkpoint` is the file written, or None.
@@ -168,6 +169,17 @@ def check_recipe(opts: TrainOptions, method: Method) -> None:
                             "training runs in fp32 (default), bf16 or fp16")
 
 
+def check_resumed_workers(options: TrainOptions, resumed: dict) -> None:
+    """Refuse a --workers other than the resumed run's: each DataLoader worker draws its own stream of clips (seeded
+    as torch seeds workers, as in the official run), so another count would go on with other clips than the
+    interrupted run would have drawn, and end with other weights."""
+    saved = resumed["train_options"].get("workers")
+    if options.workers is not None and saved is not None and options.workers != saved:
+        raise VOSInputError(f"--workers {options.workers}: {options.resume} was trained with --workers {saved}, and "
+                            f"each worker draws its own clips, so the resumed run would not go on as the interrupted "
+                            f"one would have; pass --workers {saved} or leave --workers out")
+
+
 def stage_configs(opts: TrainOptions, method: Method) -> list[StageConfig]:
     """The presets of the chosen stages with the overrides applied, checked (the data checks its own needs when
     it opens)."""
@@ -254,10 +266,32 @@ def check_finite_weights(net: nn.Module, where: str) -> None:
                                 f"Try a lower --lr, or run without --amp (--no-amp), from the last checkpoint")
 
 
+# Ctrl+C; what SLURM (at the time limit, scancel) and Kubernetes (pod deletion) send before the kill; what SLURM's
+# `--signal=USR1@90` sends 90 s before it. Each stops a run as Ctrl+C does (StopRequest).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+
+
 def _init_worker(worker_id: int) -> None:
-    """DataLoader workers ignore Ctrl+C: the main process finishes its iteration, saves, then stops them."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """DataLoader workers ignore the stop signals, which SLURM sends to every process of a job step: a
+    worker killed by one makes torch raise in the main process wherever it is (mid-step), and nothing is saved. The
+    main process finishes its iteration, saves, then stops the workers. They were forked with the signals blocked
+    (`held_stop_signals`), so one sent before this point is dropped here instead of killing the worker."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     samplers.seed_worker(worker_id)
+
+
+@contextlib.contextmanager
+def held_stop_signals() -> Iterator[None]:
+    """Block the stop signals in this thread while DataLoader workers are forked: a forked worker inherits the mask
+    and keeps the signals pending until it ignores them (`_init_worker`); this process gets its own when the block
+    ends, or another thread takes it meanwhile (Python then runs the handler in the main thread all the same)."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -266,9 +300,10 @@ def _init_worker(worker_id: int) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 
 class StopRequest:
-    """Ctrl+C (SIGINT) or SIGTERM: the first one lets the current iteration finish, then the run saves a resumable
-    checkpoint and stops; a second one aborts at once without saving. Signal handlers only exist in the main
-    thread; elsewhere a KeyboardInterrupt is the only way in."""
+    """Ctrl+C (SIGINT), SIGTERM or SIGUSR1 (STOP_SIGNALS): the first one lets the current iteration finish, then the
+    run saves a resumable checkpoint and stops. A second Ctrl+C aborts at once without saving; a later SIGTERM or
+    SIGUSR1 does not (SLURM sends SIGTERM at the time limit after `--signal=USR1@90`; the save goes on). Signal
+    handlers only exist in the main thread; elsewhere a KeyboardInterrupt is the only way in."""
 
     def __init__(self, verbose: bool):
         self.requested = False
@@ -277,17 +312,19 @@ class StopRequest:
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in STOP_SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum: int, frame: object) -> None:
         if self.requested:
-            raise KeyboardInterrupt
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
         self.requested = True
         if self.verbose:
-            print("\nstopping after this iteration to save a resumable checkpoint (press Ctrl+C again to abort "
-                  "without saving)", file=sys.stderr, flush=True)
+            print(f"\n{signal.Signals(signum).name}: stopping after this iteration to save a resumable checkpoint "
+                  f"(press Ctrl+C again to abort without saving)", file=sys.stderr, flush=True)
 
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():
@@ -517,7 +554,8 @@ def batches(t: Trainer, run: StageRun, epoch: int, stats: EpochStats,
     model, so the data and the random draws go on exactly as in the interrupted run. A stop request (Ctrl+C) ends the
     epoch here: the resumable checkpoint is written and TrainingInterrupted raised."""
     d, state = t.dist_info, run.state
-    loader = iter(run.loader)  # draws the workers' seeds (and the shuffle) from torch's generator
+    with held_stop_signals():  # the workers are forked here
+        loader = iter(run.loader)  # draws the workers' seeds (and the shuffle) from torch's generator
     bar = tqdm(total=len(run.loader), desc=f"{run.stage.name} ep{epoch:04d}", leave=False, dynamic_ncols=True,
                disable=not t.verbose, initial=stats.batches)
     try:
@@ -763,13 +801,15 @@ def train(method: str | None, options: TrainOptions, roots: Roots) -> nn.Module:
     its device).
 
     Raises VOSInputError (bad options or data, missing ImageNet weights, an unwritable save folder) before any
-    training, TrainingError when the loss or the weights stop being finite, and TrainingInterrupted (a SystemExit,
-    code 130) after Ctrl+C.
+    training, or when a checkpoint cannot be written (a full disk); TrainingError when the loss or the weights stop
+    being finite; TrainingInterrupted (a SystemExit, code 130) after Ctrl+C, SIGTERM or SIGUSR1.
     """
     resumed = checkpoint.load_resume(options.resume, method) if options.resume else None
     spec = methods.get(resumed["method"] if resumed else (method or "emvos"))  # --resume: the method the file records
     opts = resolve_options(options, spec, resumed["train_options"] if resumed else None)
     check_recipe(opts, spec)
+    if resumed:
+        check_resumed_workers(options, resumed)
     stages = stage_configs(opts, spec)
     first, finished = checkpoint.resume_point(resumed, stages, opts.resume)
     settings = run_settings(opts.device, opts.precision)

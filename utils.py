@@ -13,7 +13,7 @@ import os
 import socket
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -52,14 +52,17 @@ DAVIS_PALETTE: list[int] = _davis_palette()
 _ID_MODES = {"P", "L", "1", "I", "I;16", "I;16B", "I;16L", "LA", "La", "PA"}
 
 
-def _open_image(path: Path, what: str, fix: str, error: type[Exception] = VOSInputError) -> Image.Image:
-    """Open and fully decode an image, turning every failure into `error` with a message that names the file."""
-    path = Path(path)
+FRAME_FIX = "re-extract the frame or re-download the sequence"
+MASK_FIX = "rewrite it, or re-download it if it is a dataset annotation"
+
+
+@contextlib.contextmanager
+def _reading(path: Path, what: str, fix: str, error: type[Exception] = VOSInputError) -> Iterator[None]:
+    """Turn a missing file and every decoding failure inside the block into `error`, naming the file."""
     if not path.is_file():
         raise error(f"{what} '{path}' does not exist; {fix}")
     try:
-        img = Image.open(path)
-        img.load()  # decode now: a truncated file only fails here, and we want that error to name the file
+        yield
     except Image.DecompressionBombError as e:
         # PIL refuses images above twice Image.MAX_IMAGE_PIXELS before decoding them (a guard against files built
         # to exhaust memory); such a frame would not fit the model either
@@ -68,7 +71,43 @@ def _open_image(path: Path, what: str, fix: str, error: type[Exception] = VOSInp
                     f"(e.g. to 480 pixels on the short side, the test protocol's size)") from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise error(f"{what} '{path}' cannot be read ({e}); it is corrupt or truncated: {fix}") from e
+
+
+def _open_image(path: Path, what: str, fix: str, error: type[Exception] = VOSInputError) -> Image.Image:
+    """Open and fully decode an image, turning every failure into `error` with a message that names the file."""
+    path = Path(path)
+    with _reading(path, what, fix, error):
+        img = Image.open(path)
+        img.load()  # decode now: a truncated file only fails here, and we want that error to name the file
     return img
+
+
+def _not_an_id_mode(path: Path, mode: str) -> str:
+    return (f"mask '{path}' is a {mode} image; save masks as palette (P) or grayscale (L) PNGs whose pixel values "
+            f"are object ids (0 = background, 1, 2, ... = objects); convert a black/white mask with "
+            f"`PIL.Image.open(path).convert('L').save(path)` or write ids with utils.save_mask")
+
+
+def check_image(path: str | os.PathLike, what: str) -> tuple[int, int]:
+    """Check that a frame (what='frame') or a mask ('mask') reads, without keeping it, and return its (width, height).
+
+    Fails where read_frame / read_mask would, with their message: a missing, corrupt or truncated file, a mask that
+    is no id image. Cheaper than reading: a PNG is verified (every chunk present, every CRC right, which also
+    catches flipped bits that a full decode lets through) instead of decoded; a JPEG, which has no checksums, is
+    decoded at 1/8 scale (PIL's draft mode), which still reads and entropy-decodes its whole stream, so a truncated
+    or broken file fails as in a full decode.
+    """
+    path = Path(path)
+    with _reading(path, what, FRAME_FIX if what == "frame" else MASK_FIX), Image.open(path) as img:
+        size = img.size
+        if what == "mask" and img.mode not in _ID_MODES:
+            raise VOSInputError(_not_an_id_mode(path, img.mode))
+        if img.format == "PNG":
+            img.verify()
+        else:
+            img.draft(None, (max(1, size[0] // 8), max(1, size[1] // 8)))  # JPEG only; other formats ignore it
+            img.load()
+    return size
 
 
 def read_frame(path: str | os.PathLike) -> np.ndarray:
@@ -81,7 +120,7 @@ def read_frame(path: str | os.PathLike) -> np.ndarray:
     Raises:
         VOSInputError: the file is missing, corrupt or truncated.
     """
-    img = _open_image(Path(path), "frame", "re-extract the frame or re-download the sequence")
+    img = _open_image(Path(path), "frame", FRAME_FIX)
     if img.mode != "RGB":
         img = img.convert("RGB")
     return np.asarray(img, dtype=np.uint8)
@@ -115,13 +154,9 @@ def read_mask(
         or (not raw) has values above 255.
     """
     path = Path(path)
-    img = _open_image(path, "mask", "rewrite it, or re-download it if it is a dataset annotation", error)
+    img = _open_image(path, "mask", MASK_FIX, error)
     if img.mode not in _ID_MODES:
-        raise error(
-            f"mask '{path}' is a {img.mode} image; save masks as palette (P) or grayscale (L) PNGs whose pixel values "
-            f"are object ids (0 = background, 1, 2, ... = objects); convert a black/white mask with "
-            f"`PIL.Image.open(path).convert('L').save(path)` or write ids with utils.save_mask"
-        )
+        raise error(_not_an_id_mode(path, img.mode))
     if img.mode in ("LA", "La", "PA"):
         img = img.getchannel(0)
     ids = np.asarray(img)

@@ -427,3 +427,39 @@ def test_log_keeps_an_earlier_header_and_widens_it_for_a_new_column(tmp_path: Pa
     assert list(rows[0]) == [*old, "val_pairs_iou"]
     assert rows[0]["val_jf"] == "0.5" and rows[0]["val_pairs_iou"] == ""
     assert rows[1]["sec_per_iter"] == "0.1" and rows[1]["val_pairs_iou"] == "0.7" and rows[1]["val_jf"] == ""
+
+
+@pytest.mark.parametrize("broken", ["mask 63x48", "mask 200x100", "truncated frame", "truncated mask"])
+def test_bad_training_files_are_one_line_before_the_first_step(tmp_path: Path, broken: str,
+                                                               capsys: pytest.CaptureFixture) -> None:
+    """A mask of another size than its frame (one pixel narrower, as a 853x480 mask for an 854x480 frame, or
+    another picture's), a truncated JPEG frame or a truncated PNG mask, in the last frame of the only training
+    video: one line naming the file, exit 2, before any step, even with --workers 2. Fails if the size is not
+    checked (the mask is stretched onto its frame and the run ends with exit 0), or if the file is first read in a
+    DataLoader worker (its traceback is then part of the message), or if only the first mask of a video is read up
+    front."""
+    root = tmp_path / "DAVIS"
+    for t in range(3):
+        rgb, ids = square_frame(48, 64, t, [(1, (255, 0, 0))])
+        write_jpeg(root / "JPEGImages" / "480p" / "a" / f"{t:05d}.jpg", rgb)
+        save_mask(root / "Annotations" / "480p" / "a" / f"{t:05d}.png", ids)
+    (root / "ImageSets" / "2017").mkdir(parents=True)
+    (root / "ImageSets" / "2017" / "train.txt").write_text("a\n")
+    frame, mask = root / "JPEGImages" / "480p" / "a" / "00002.jpg", root / "Annotations" / "480p" / "a" / "00002.png"
+    if broken.startswith("mask "):
+        w, h = map(int, broken.split()[1].split("x"))
+        save_mask(mask, np.ones((h, w), np.uint8))
+    else:
+        bad = frame if broken == "truncated frame" else mask
+        bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
+    argv = ["--train", "--device", "cpu", "--no-pretrained", "--davis", str(root), "--stages", "davis", "--crop", "32",
+            "32", "--clip-len", "3", "--batch-size", "2", "--clips-per-epoch", "2", "--epochs", "1", "--workers", "2",
+            "--val-every", "0", "--save-dir", str(tmp_path / "out")]
+    assert run.main(argv) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    named = frame if broken == "truncated frame" else mask
+    assert len(lines) == 1 and str(named) in lines[0] and "Traceback" not in err, err
+    if broken.startswith("mask "):
+        assert f"is {broken.split()[1]} but its frame" in lines[0] and "64x48" in lines[0]
+    assert not (tmp_path / "out").exists()
