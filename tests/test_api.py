@@ -64,6 +64,13 @@ def tiny_sample(root: Path, davis2016_root: Path, frames: int, size: tuple[int, 
     (root / "trained_model" / "coco_davis_best.pth").symlink_to(GOLDEN_WEIGHTS)
 
 
+def golden_as_official(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Take the golden weights for the authors' coco_davis_best.pth: "official-davis" checks the file's git blob id,
+    and the real file cannot be downloaded here."""
+    monkeypatch.setitem(inference.weights.OFFICIAL_BLOB_IDS, "coco_davis_best.pth",
+                        inference.weights.git_blob_id(GOLDEN_WEIGHTS))
+
+
 def test_readme_snippet_runs(tmp_path: Path, davis2016_root: Path, golden: Path, one_thread: None,
                              monkeypatch: pytest.MonkeyPatch) -> None:
     """The README block, run unchanged from a folder laid out as the repository (the sample shrunk to 48x32, the
@@ -72,6 +79,7 @@ def test_readme_snippet_runs(tmp_path: Path, davis2016_root: Path, golden: Path,
     function or argument), when propagate skips or repeats frames, when a later mask does not add its object, or when
     a removed object comes back."""
     tiny_sample(tmp_path, davis2016_root, frames=6, size=(48, 32))
+    golden_as_official(monkeypatch)
     monkeypatch.chdir(tmp_path)
     out = io.StringIO()
     namespace: dict = {}
@@ -196,6 +204,7 @@ def test_load_names_method_alias_or_path(tmp_path: Path, golden: Path, monkeypat
     """load takes a method name (its file in trained_model/), an alias or a path, and never downloads when told not to.
     Fails when a method name is taken for a path, or download=False still reaches for the network."""
     (tmp_path / "coco_davis_best.pth").symlink_to(golden)
+    golden_as_official(monkeypatch)
     for spec in ("emvos", "official-davis", golden):
         seg = inference.load(spec, device="cpu", trained_model=tmp_path, download=False)
         assert type(seg.model).__name__ == "EMVOS" and not seg.model.training

@@ -19,9 +19,9 @@ ROOT = Path(__file__).resolve().parents[1]
 ERRORS = {"VOSInputError", "EvaluationError", "TrainingError"}
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9_]*(?:-[a-z0-9_]+)*")
 # torchrun's, in the README's multi-GPU command; SAM2's vos_inference.py option that writes SA-V's per-object PNGs
-OTHER_TOOLS = {"--nproc_per_node", "--per_obj_png_file"}
+OTHER_TOOLS = {"--nproc_per_node", "--per_obj_png_file", "--logdir"}  # and tensorboard's, for the training curves
 # library modules whose messages speak to one script's user: the scorers are evaluation.py --benchmark's
-LIBRARY_OF = {"benchmarks.py": "evaluation.py", "metrics.py": "evaluation.py"}
+LIBRARY_OF = {"benchmarks.py": "evaluation.py", "metrics.py": "evaluation.py", "report.py": "evaluation.py"}
 
 
 SCRIPTS = ("run.py", "evaluation.py", "bench.py", "tools/cuda_check.py")
