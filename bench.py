@@ -524,6 +524,16 @@ def build_models(args: argparse.Namespace, device: torch.device) -> dict[str, to
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    if args.quick:
+        args.resolutions, args.objects, args.frames, args.configs = ["tiny"], [1, 3], 2, None
+    if args.configs is None:
+        args.configs = [(r, n) for r in args.resolutions for n in args.objects]
+    return args
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """bench.py's flags, the model flags (run.py's, from the config dataclasses) among them."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny frames, 1 and 3 objects, fp32 and bf16, few frames (CI)")
     p.add_argument("--device", nargs="+", default=None, help="cpu and/or cuda (default: cpu, and cuda when present)")
@@ -556,12 +566,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile", action="store_true",
                    help="instead of the table: where a frame's time goes (JPEG, encoder, matching, decoder, rest, "
                         "PNG) on the bundled sample's bear frames (854x480), split and unsplit decoder; --objects")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.resolutions, args.objects, args.frames, args.configs = ["tiny"], [1, 3], 2, None
-    if args.configs is None:
-        args.configs = [(r, n) for r in args.resolutions for n in args.objects]
-    return args
+    return p
 
 
 def parse_config(text: str) -> tuple[str, int]:

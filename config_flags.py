@@ -158,7 +158,7 @@ def given_model_flags(args: argparse.Namespace, method: str, configs: Mapping[st
         if name not in own:
             owners = [m for m, c in configs.items() if name in options(c)]
             raise VOSInputError(f"{flag_name(name)} is a flag of {' and '.join(owners)}, not of {method}{why}; "
-                                f"drop it")
+                                f"drop it, or pass --method {owners[0]}")
         spec = own[name]
         if spec["subset"] or spec["choices"] is not None:
             value = tuple(value) if spec["subset"] else value

@@ -187,8 +187,9 @@ def train_options(args: argparse.Namespace) -> trainer.TrainOptions:
         save_dir=args.save_dir, pretrained=False if args.no_pretrained else None, chain=args.chain, amp=args.amp,
         workers=args.workers, train_encoder=args.train_encoder, seed=args.seed, loss=args.loss, init=args.init,
         resume=args.resume, device=args.device, precision=args.precision,
-        model=config_flags.given_model_flags(args, args.method, methods.config_classes(),
-                                             "" if args.method_given else " (--method emvos, the default)"))
+        model=config_flags.given_model_flags(args, args.method or "emvos", methods.config_classes(),
+                                             "" if getattr(args, "method_given", args.method is not None)
+                                             else " (--method emvos, the default)"))
 
 
 def training_roots(args: argparse.Namespace) -> Roots:

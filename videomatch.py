@@ -63,7 +63,7 @@ class VideoMatchConfig:
         "K: the soft matching layer averages the K best similarities in each set (paper Sec. 3.1)", low=1))
     dilation: int = field(default=51, metadata=option(
         "d: outlier removal keeps foreground inside the previous mask dilated by d x d pixels (Sec. 3.3); odd, 0 "
-        "turns it off (the port's --leave_outliers)", low=0, odd_or_zero=True))
+        "turns it off (the port's -ro, leave_outliers)", low=0, odd_or_zero=True))
     online_update: bool = field(default=False, metadata=option(
         "the online update of Sec. 3.3: the previous frame's confident positions join the reference sets"))
     # Confident: aggregated fg probability >= this (foreground) or <= 1 - this (background). It must lie below
