@@ -162,7 +162,8 @@ def check_recipe(opts: TrainOptions, method: Method) -> None:
             config = method.config(**opts.model)
         except ValueError as e:
             raise VOSInputError(f"the model flags give no valid {method.name} config: {e}") from e
-        unused = config_flags.unused_flags(config, opts.model)
+        # with --init the flags apply on top of that file's config: checked once it is read (build_network)
+        unused = None if opts.init else config_flags.unused_flags(config, opts.model)
         if unused is not None:
             raise VOSInputError(f"{unused}; drop it")
     if opts.precision == "fp64":
@@ -778,6 +779,10 @@ def build_network(method: Method, opts: TrainOptions, resumed: dict | None, verb
         net, meta = methods.load_weights(opts.init, "--init", overrides)
         if meta["method"] != method.name:
             raise VOSInputError(f"--init {opts.init} is a {meta['method']} checkpoint, not {method.name}")
+        unused = config_flags.unused_flags(net.config, opts.model)
+        if unused is not None:
+            raise VOSInputError(f"{unused}, and --init {opts.init} holds {config_flags.describe(net.config)}; "
+                                f"drop it")
         return net
     if not opts.pretrained and verbose:
         print("note: --no-pretrained: the backbone starts from scratch, not from ImageNet (official: ImageNet)")

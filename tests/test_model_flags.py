@@ -17,10 +17,12 @@ import pytest
 import torch
 from conftest import save_mask, write_jpeg
 
+import bench
 import config_flags
 import methods
 import model
 import run
+import trainer
 import videomatch
 
 ONE_STEP = ["--device", "cpu", "--no-pretrained", "--crop", "64", "64", "--clip-len", "2", "--batch-size", "1",
@@ -249,3 +251,45 @@ def test_given_model_flags_returns_the_values_for_the_method() -> None:
     args.branches, args.topk = ["bijective", "equalized"], 6
     assert config_flags.given_model_flags(args, "emvos", methods.config_classes()) == {
         "branches": ("bijective", "equalized"), "topk": 6}
+
+
+def test_resume_refuses_model_flags() -> None:
+    """Fails if model flags pass with --resume, whose checkpoint holds the model that goes on training (the flags
+    would be silently dropped)."""
+    opts = trainer.TrainOptions(resume="x.pth", model={"topk": 3})
+    with pytest.raises(methods.VOSInputError, match="model its checkpoint holds; drop --topk"):
+        trainer.check_recipe(opts, methods.get("emvos"))
+
+
+@pytest.mark.parametrize(("argv", "paths", "field", "value"), [
+    (["--method", "videomatch", "--upsample", "1.8"], ["ours"], "upsample", 1.8),
+    (["--branches", "surjective"], ["unsplit", "ours"], "branches", ("surjective",)),
+])
+def test_bench_builds_the_flagged_model_with_the_paths_that_apply(argv: list[str], paths: list[str], field: str,
+                                                                 value: object) -> None:
+    """Fails if bench.py drops its model flags (it would time the default model and call it the flagged one), or
+    runs the per-object path, which is the official network only, on another config."""
+    args = bench.parse_args(["--quick", "--no-channels-last", *argv])
+    models = bench.build_models(args, torch.device("cpu"))
+    assert list(models) == paths and getattr(models["ours"].config, field) == value
+
+
+def test_init_takes_the_flags_on_top_of_its_config(davis2016_root: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    """Fails if --init's config is not the base of the model flags (--topk would be refused as doing nothing, judged
+    against the default branches instead of the file's bijective one, or the file's branches would be lost), or if a
+    flag that contradicts the --init weights (another encoder) passes."""
+    torch.manual_seed(0)
+    init = tmp_path / "init.pth"
+    torch.save(methods.weights_payload(methods.build_model("emvos", {"branches": ("surjective", "bijective")}),
+                                       "emvos"), init)
+    save = tmp_path / "ckpt"
+    assert run.main(["--train", *ONE_STEP, "--davis", str(davis2016_root), "--save-dir", str(save), "--init",
+                     str(init), "--topk", "3"]) == 0
+    config = torch.load(save / "coco_davis_best.pth", map_location="cpu", weights_only=True)["config"]
+    assert tuple(config["branches"]) == ("surjective", "bijective") and config["topk"] == 3
+    capsys.readouterr()
+    code = run.main(["--train", *ONE_STEP, "--davis", str(davis2016_root), "--save-dir", str(tmp_path / "b"),
+                     "--init", str(init), "--encoder", "resnet50"])
+    err = _one_line_error(capsys, code)
+    assert f"--init {init} holds a emvos model with encoder densenet121, which its weights fix" in err
