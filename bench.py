@@ -23,7 +23,7 @@ counts only pixels where the per-object path's winner leads the runner-up by mor
 Every configuration (device x resolution x objects) streams one synthetic video (random frames, random blob masks)
 through every path and precision in lockstep, frame by frame, so that noise from other processes on the machine
 hits all paths alike; a frame's time is the median over the timed frames. Masks and logits are compared with the
-fp32 per-object path on the same frame. Examples:
+fp32 per-object path on the same frame (the fp32 reference path where per-object does not apply, below). Examples:
 
     python bench.py --quick                                   # tiny frames, 1 and 3 objects (CI: fp32 only)
     python bench.py --resolutions 480p --objects 1 3 --frames 5
@@ -31,6 +31,12 @@ fp32 per-object path on the same frame. Examples:
     python bench.py --configs 480p:1 480p:3 480p:10 --precisions fp32 --frames 3   # the issue's speed rows
     python bench.py --configs 1080p:40 --precisions fp32 --frames 1               # minutes per frame
     python bench.py --memory-growth --resolutions 480p --objects 3 --frames 30
+    python bench.py --configs 480p:1 --paths ours --precisions fp32 --branches surjective   # an ablation's cost
+    python bench.py --method videomatch --upsample 1.8 --configs 480p:1 --precisions fp32   # the port's 65.2 setting
+
+The model flags are run.py's (config_flags, from each method's config): with a config the official code cannot
+build (another encoder, branch set or key width) the per-object path does not apply and `unsplit` is the reference;
+VideoMatch runs `ours` alone (its frame step has no other structure to compare with), so the table gives its cost.
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
+import config_flags
 import flags
 import framework
 import inference
@@ -63,6 +70,7 @@ import model as emvos
 import utils
 from inference import VideoSegmenter
 from reference import PerObjectSegmenter, blob_mask, capture_logits, random_frame
+from utils import VOSInputError
 
 RESOLUTIONS = {"480p": (480, 854), "720p": (720, 1280), "1080p": (1080, 1920), "tiny": (96, 160)}
 # precision -> autocast dtype, from the one table run.py uses (fp64 is for comparisons, not for speed)
@@ -246,13 +254,15 @@ def run_configuration(models: dict[str, emvos.EMVOS], device: torch.device, reso
     models: the model each path runs on (the same weights; `ours` may carry fast paths).
     """
     height, width = RESOLUTIONS[resolution]
-    combos = [("per-object", "fp32")] + [(p, q) for q in precisions for p in paths if (p, q) != ("per-object", "fp32")]
+    reference = "per-object" if "per-object" in models else next(iter(models))  # what the diffs are measured from
+    paths = [p for p in paths if p in models]
+    combos = [(reference, "fp32")] + [(p, q) for q in precisions for p in paths if (p, q) != (reference, "fp32")]
     rows = [Row(device.type, resolution, objects, p, q) for p, q in combos]
     segs = [make_segmenter(p, models[p], q, runtime) for p, q in combos]
     mask = blob_mask(height, width, objects, seed)
     for t in range(frames + warmup + 1):
         frame = random_frame(height, width, seed * 1000 + t)
-        reference: Tensor | None = None
+        ref_logits: Tensor | None = None
         ref_labels: Tensor | None = None
         clear: Tensor | None = None
         for row, seg in zip(rows, segs, strict=True):
@@ -280,9 +290,9 @@ def run_configuration(models: dict[str, emvos.EMVOS], device: torch.device, reso
             if t == 0:
                 continue
             out = torch.cat(logits, dim=1).float()  # (1, N, 2, H, W)
-            if reference is None:  # the first combination is the fp32 per-object reference
-                reference, ref_labels, clear = out, labels, label_margin(probs.float()) > TIE
-            row.logit_diff = max(row.logit_diff, (out - reference).abs().max().item())
+            if ref_logits is None:  # the first combination is the fp32 reference (per-object where it applies)
+                ref_logits, ref_labels, clear = out, labels, label_margin(probs.float()) > TIE
+            row.logit_diff = max(row.logit_diff, (out - ref_logits).abs().max().item())
             row.mask_diff = max(row.mask_diff, (labels != ref_labels).float().mean().item())
             row.clear_diff = max(row.clear_diff, ((labels != ref_labels) & clear).float().mean().item())
             del out, logits, probs
@@ -503,24 +513,48 @@ def format_table(rows: list[Row], peaks: dict[tuple[str, str], float]) -> str:
     return "\n".join(lines)
 
 
-def build_models(args: argparse.Namespace, device: torch.device) -> dict[str, emvos.EMVOS]:
-    """The per-object path runs the plain model; `ours` a second copy with the same weights and the fast paths."""
+def build_models(args: argparse.Namespace, device: torch.device) -> dict[str, torch.nn.Module]:
+    """path -> the model it runs, for the paths that apply to the model (see the module docstring). The per-object
+    path runs the plain model; `ours` a second copy with the same weights and the fast paths. The model: --weights
+    (its config, overridden by the model flags where the weights allow) or random weights of --method's config."""
+    configs = methods.config_classes()
     if args.weights:
-        plain = methods.load_weights(args.weights)[0].to(device)
+        plain, meta = methods.load_weights(args.weights, "--weights", inference.model_overrides(args) or None)
+        args.method = meta["method"]
     else:
         torch.manual_seed(args.seed)
-        plain = emvos.EMVOS().to(device).eval()
-    ours = emvos.EMVOS(plain.config).to(device).eval()
+        plain = methods.build_model(args.method, config_flags.given_model_flags(args, args.method, configs))
+    plain = plain.to(device).eval()
+    unused = config_flags.unused_flags(plain.config, inference.model_overrides(args))
+    if unused is not None:
+        raise VOSInputError(f"{unused}; drop it")
+    ours = type(plain)(plain.config).to(device).eval()
     ours.load_state_dict(plain.state_dict())
     if args.channels_last:  # both paths: the comparison is of structure, at bit-identical float32 numbers
         plain.to(memory_format=torch.channels_last)
         ours.to(memory_format=torch.channels_last)
     if args.compile:
+        if not methods.get(args.method).compilable:
+            raise VOSInputError(f"--compile is implemented for EMVOS only; drop it with --method {args.method}")
         ours.compile_modules()
+    if not isinstance(plain, emvos.EMVOS):
+        return {"ours": ours}
+    if not emvos.is_official_architecture(plain.config):  # the per-object path is the official code's network
+        return {"unsplit": ours, "ours": ours}
     return {"per-object": plain, "unsplit": ours, "ours": ours}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    if args.quick:
+        args.resolutions, args.objects, args.frames, args.configs = ["tiny"], [1, 3], 2, None
+    if args.configs is None:
+        args.configs = [(r, n) for r in args.resolutions for n in args.objects]
+    return args
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """bench.py's flags, the model flags (run.py's, from the config dataclasses) among them."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny frames, 1 and 3 objects, fp32 and bf16, few frames (CI)")
     p.add_argument("--device", nargs="+", default=None, help="cpu and/or cuda (default: cpu, and cuda when present)")
@@ -549,15 +583,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="also write the table's numbers to PATH as JSON (NaN where a ratio has no per-object row)")
     p.add_argument("--memory-growth", action="store_true",
                    help="instead of the table: peak memory per frame of `ours` over --frames frames")
+    p.add_argument("--method", default="emvos", choices=list(methods.METHODS),
+                   help="the method whose random model is timed (with --weights: the file's)")
+    config_flags.add_model_flags(p.add_argument_group("model", "run.py's model flags"), methods.config_classes())
     p.add_argument("--profile", action="store_true",
                    help="instead of the table: where a frame's time goes (JPEG, encoder, matching, decoder, rest, "
                         "PNG) on the bundled sample's bear frames (854x480), split and unsplit decoder; --objects")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.resolutions, args.objects, args.frames, args.configs = ["tiny"], [1, 3], 2, None
-    if args.configs is None:
-        args.configs = [(r, n) for r in args.resolutions for n in args.objects]
-    return args
+    return p
 
 
 def parse_config(text: str) -> tuple[str, int]:
@@ -583,7 +615,17 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         precisions = args.precisions or (["fp32", "bf16", "fp16"] if device.type == "cuda" else ["fp32", "bf16"])
         precisions = [q for q in precisions if supported(device, q)]
-        models = build_models(args, device)
+        try:
+            models = build_models(args, device)
+        except VOSInputError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        net = models["ours"]
+        print(f"{args.method}: {config_flags.describe(net.config)}; paths {', '.join(models)}", flush=True)
+        if (args.profile or args.memory_growth) and args.method != "emvos":
+            print(f"--profile and --memory-growth time EMVOS's parts; drop them with --method {args.method}",
+                  file=sys.stderr)
+            return 2
         runtime = framework.Runtime(memory_budget=args.max_memory, decoder_batch=args.decoder_batch or None)
         if args.profile:
             import tempfile
@@ -623,8 +665,8 @@ def main(argv: list[str] | None = None) -> int:
               f"decoder batch {args.decoder_batch or 'all'}, max memory {args.max_memory}. Times: medians of "
               f"{args.frames} frames; x per-obj: median per-frame ratio to the per-object path in the same "
               f"precision; % peak: of the measured matmul peak in that precision; diffs: vs the fp32 per-object "
-              f"path (mask: fraction of pixels; clear: of those not tied within {TIE} in the reference; logit: "
-              f"max abs); load: cores other processes took meanwhile.")
+              f"path, or the first path where it does not apply (mask: fraction of pixels; clear: of those not "
+              f"tied within {TIE} in the reference; logit: max abs); load: cores other processes took meanwhile.")
         print(format_table(rows, peaks))
         if args.json is not None:
             payload = json.dumps(json_report(rows, peaks, args), indent=1).encode()

@@ -23,7 +23,7 @@ import zipfile
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 import benchmarks
+import config_flags
 import evaluation
 import methods
 import report
@@ -531,17 +532,37 @@ def weights_path(args: argparse.Namespace, trained_model: Path) -> Path:
     return weights.resolve_weights(given, trained_model, base_url=weights.OFFICIAL_BASE_URL)
 
 
-def load_model(args: argparse.Namespace, settings: RunSettings, trained_model: Path) -> tuple[VOSModel, str]:
+def model_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The model flags given (config field -> value), every method's: the checkpoint says which method they meet."""
+    names = config_flags.model_flag_names(methods.config_classes())
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def load_model(args: argparse.Namespace, settings: RunSettings,
+               trained_model: Path) -> tuple[VOSModel, str, dict[str, Any]]:
     """The checkpoint named by --weights (a path or an alias such as official-ytvos; default: the method's own file
     in trained_model/), fetched on first use when it is one of the authors' files, checked, on the run's device and
-    precision."""
+    precision; the model flags given override the file's config where the weights allow it (methods.check_overrides).
+    Returns (model, method, record): the record says which file, config and overrides made the model (run.json)."""
+    if args.method_given:  # a flag of the other method is refused before the file is read (or fetched)
+        config_flags.given_model_flags(args, args.method, methods.config_classes(), " (--method)")
     path = weights_path(args, trained_model)
-    net, meta = methods.load_weights(path, "--weights")
+    overrides = model_overrides(args)
+    net, meta = methods.load_weights(path, "--weights", overrides)
     if args.method_given and meta["method"] != args.method:
         raise VOSInputError(f"--weights {path} holds a {meta['method']} model but --method {args.method} was asked "
                             f"for; drop --method or pass a {args.method} checkpoint")
     method = methods.get(meta["method"])
+    unused = config_flags.unused_flags(net.config, overrides)
+    if unused is not None:
+        raise VOSInputError(f"{unused}, and --weights {path} holds a {method.name} model with "
+                            f"{config_flags.describe(net.config)}; drop the flag")
     print(f"{method.name}: {path}")
+    held = asdict(method.config(**meta["file_config"]))  # the file's config, its defaults filled in
+    for name in (n for n in overrides if getattr(net.config, n) != held[n]):
+        print(f"config override: {name} {getattr(net.config, name)} (the file holds {held[name]})")
+    record = {"method": method.name, "weights": str(path), "config": asdict(net.config), "file_config": held,
+              "overrides": {n: getattr(net.config, n) for n in overrides}}
     net = place(net, settings)
     if args.channels_last:  # NHWC convolutions: faster with oneDNN and cuDNN (bench.py); fp32 logits move ~1e-5
         net = net.to(memory_format=torch.channels_last)
@@ -550,7 +571,7 @@ def load_model(args: argparse.Namespace, settings: RunSettings, trained_model: P
             able = ", ".join(m.name for m in methods.METHODS.values() if m.compilable)
             raise VOSInputError(f"--compile is implemented for {able}, not for {method.name}; drop --compile")
         net.compile_modules()
-    return net, method.name
+    return net, method.name, record
 
 
 def load(checkpoint: str | Path = "emvos", device: str | None = None, precision: str = "fp32",
@@ -637,7 +658,10 @@ def output_lock(job: Dist, out_root: Path) -> Iterator[None]:
 def _segment_layouts(args: argparse.Namespace, layouts: dict[str, Layout], selection: list[str] | None,
                      out_root: Path, settings: RunSettings, roots: Roots, job: Dist) -> list:
     """segment_benchmarks once the inputs are checked and the output folder is locked."""
-    model, _ = load_model(args, settings, roots.trained_model)
+    model, _, record = load_model(args, settings, roots.trained_model)
+    if job.main:  # what made these outputs (the checkpoint, its config and the overrides of this run), beside them
+        text = json.dumps(record, indent=2) + "\n"
+        atomic_write(out_root / "run.json", lambda f: f.write(text.encode()))
 
     def visualizer(key: str) -> Callable[[VideoReader], Visualizer] | None:
         if not args.visualize:

@@ -20,6 +20,7 @@ import torch.nn as nn
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
+import config_flags
 import model
 import samplers
 import videomatch
@@ -226,6 +227,11 @@ def register(method: Method) -> Method:
     return method
 
 
+def config_classes() -> dict[str, type]:
+    """method name -> its config dataclass, for the model flags (config_flags.add_model_flags)."""
+    return {m.name: m.config for m in METHODS.values()}
+
+
 def get(name: str) -> Method:
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
@@ -289,13 +295,43 @@ def load_weights(path: str | Path, what: str = "--weights", overrides: dict | No
 
     Reads a plain state dict (an official EMVOS checkpoint, or any layout a method's `infer_config` recognises), a
     {model, method, config} file, or the training state `X.train.pth` that `run.py --train` writes beside `X.pth`.
-    overrides: config fields to set on top of the file's (e.g. train_encoder for --init --train-encoder).
+    overrides: config fields to set on top of the file's (e.g. train_encoder for --init --train-encoder, the model
+    flags of --test); `check_overrides` refuses those the weights cannot take. The metadata holds the file's other
+    entries, the method, `config` (the one built) and `file_config` (the file's own, or the one inferred from it).
     Every failure is a VOSInputError that names the file (`what` names the flag it came from).
     """
     obj = load_file(path, what)
     if isinstance(obj, dict) and "optimizer" in obj and "weights" in obj:  # a training state: its weights
         obj = obj["weights"]
     return model_from_payload(obj, Path(path), what, overrides=overrides)
+
+
+def check_overrides(method: str, file_config: dict, overrides: Mapping[str, Any], path: Path, what: str) -> None:
+    """Refuse config overrides that the weights in `path` cannot take: a field of another method, or a field the
+    weights fix (config_flags.option(weights=True): encoder, branches, key width) set to another value than the
+    file's. Fields that leave the tensors as they are (VideoMatch's upsample, K, d, online update; EMVOS's K) pass."""
+    spec = get(method)
+    declared = config_flags.options(spec.config)
+    own = {f.name for f in fields(spec.config)}
+    try:
+        held = asdict(spec.config(**file_config))  # the file's config with the defaults it left out
+    except (TypeError, ValueError) as e:
+        raise VOSInputError(f"{what} {path}: its {method} config {file_config} is not valid here ({e})") from e
+    for name, value in overrides.items():
+        flag = config_flags.flag_name(name)
+        if name not in own:
+            owners = [m.name for m in METHODS.values() if name in {f.name for f in fields(m.config)}]
+            raise VOSInputError(f"{flag} is a flag of {' and '.join(owners) or 'no method'}, and {what} {path} holds "
+                                f"a {method} model; drop {flag}")
+        if name in declared and declared[name]["weights"] and _same(value) != _same(held[name]):
+            shown = " ".join(held[name]) if isinstance(held[name], tuple) else held[name]
+            raise VOSInputError(f"{flag} {' '.join(value) if isinstance(value, (list, tuple)) else value}: {what} "
+                                f"{path} holds a {method} model with {name} {shown}, which its weights fix; drop "
+                                f"{flag} (or pass weights trained with it)")
+
+
+def _same(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
 
 
 def model_from_payload(payload: object, path: Path, what: str, config: dict | None = None,
@@ -319,7 +355,10 @@ def model_from_payload(payload: object, path: Path, what: str, config: dict | No
                                 f"the weights of any method here ({', '.join(METHODS)}); pass an EMVOS or VideoMatch "
                                 f"checkpoint")
         method, file_config = found
-    config = {**(file_config if config is None else config), **(overrides or {})}
+    base = file_config if config is None else config
+    if overrides:
+        check_overrides(method, base, overrides, path, what)
+    config = {**base, **overrides} if overrides else dict(base)
     check_finite(state, path, what)
     state = get(method).from_file(state)
     check_config_fits(method, config, state, path, what)  # on the meta device: nothing allocated yet
@@ -332,7 +371,8 @@ def model_from_payload(payload: object, path: Path, what: str, config: dict | No
     except RuntimeError as e:
         raise VOSInputError(f"{what} {path} does not fit the {method} model with config {net.config}: "
                             f"{str(e).splitlines()[0][:300]}") from e
-    return net.eval(), {"method": method, "config": config, **meta}
+    # the config built (the overrides applied) wins over the file's own entry of that name
+    return net.eval(), {**meta, "method": method, "config": config, "file_config": base}
 
 
 class _SkipInPlace(TorchFunctionMode):

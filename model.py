@@ -15,7 +15,7 @@ so `coco_davis_best.pth` loads with strict=True and checkpoints written here loa
 
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -24,35 +24,11 @@ from torch import Tensor
 
 import matching
 from backbones import densenet121_features, resnet_trunk
+from config_flags import check_config, option
 from framework import DEFAULT_RUNTIME, Runtime, clip_forward
 
 OFFICIAL_PREFIX = "vos."
 
-
-@dataclass
-class ModelConfig:
-    """Hyper-parameters of the EMVOS network. The defaults are the official release."""
-
-    encoder: str = "densenet121"  # 'densenet121' (official) or 'resnet50' (same widths at strides 4/8/16)
-    branches: tuple[str, ...] = ("surjective", "equalized")  # matching branches, 4 channels each (paper Table 4)
-    topk: int = 4  # K of bijective matching (BMVOS), used only when 'bijective' is a branch
-    key_dim: int = 512  # channels of the matching keys (matcher.conv1 / conv2)
-    train_encoder: bool = False  # the official training keeps the encoder frozen (no gradient, BatchNorm frozen)
-
-    def __post_init__(self) -> None:
-        self.branches = tuple(self.branches)
-        if self.encoder not in ENCODER_LAYERS:
-            raise ValueError(f"unknown encoder {self.encoder!r}; choose from {sorted(ENCODER_LAYERS)}")
-        for b in self.branches:
-            if b not in matching.BRANCHES:
-                raise ValueError(f"unknown matching branch {b!r}; choose from {matching.BRANCHES}")
-        if not self.branches:
-            raise ValueError("at least one matching branch is needed")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# building blocks
-# ---------------------------------------------------------------------------------------------------------------
 
 # (layers in order, the three whose outputs are f4, f8, f16). Both backbones give 256, 512, 1024 channels.
 ENCODER_LAYERS = {
@@ -61,6 +37,33 @@ ENCODER_LAYERS = {
     "resnet50": (("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3"), ("layer1", "layer2", "layer3")),
 }
 
+
+@dataclass
+class ModelConfig:
+    """Hyper-parameters of the EMVOS network. The defaults are the official release."""
+
+    encoder: str = field(default="densenet121", metadata=option(
+        "backbone to stride 16: densenet121 (official) or resnet50 (the same widths at strides 4/8/16)",
+        choices=tuple(ENCODER_LAYERS), weights=True))
+    # matching branches, 4 channels each into the decoder (paper Table 4 ablates them)
+    branches: tuple[str, ...] = field(default=("surjective", "equalized"), metadata=option(
+        "matching branches, any non-empty set (paper Table 4's ablation; official: surjective equalized)",
+        choices=matching.BRANCHES, subset=True, weights=True))
+    topk: int = field(default=4, metadata=option(
+        "K of bijective matching (BMVOS): each reference position keeps its K best query matches", low=1,
+        used=lambda c: "bijective" in c.branches, used_when="bijective is one of --branches"))
+    key_dim: int = field(default=512, metadata=option(
+        "channels of the matching keys (matcher.conv1 / conv2)", low=1, weights=True))
+    train_encoder: bool = False  # the official training keeps the encoder frozen (no gradient, BatchNorm frozen)
+
+    def __post_init__(self) -> None:
+        self.branches = tuple(self.branches)
+        check_config(self)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# building blocks
+# ---------------------------------------------------------------------------------------------------------------
 
 class Encoder(nn.Module):
     """ImageNet backbone cut after stride 16. RGB in [0, 1] -> (f4, f8, f16) with 256, 512, 1024 channels."""

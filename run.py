@@ -13,6 +13,7 @@ import threading
 from dataclasses import fields
 from pathlib import Path
 
+import config_flags
 import dataset
 import evaluation
 import flags
@@ -58,7 +59,7 @@ def prob_maps(args: argparse.Namespace) -> None:
     settings = run_settings(args.device, args.precision)
     out_dir = writable_dir(Path(args.output) / "prob_maps", "--output")
     args.method = args.method if args.method_given else "videomatch"  # the only method with a matching layer to show
-    model, method = inference.load_model(args, settings, TRAINED_MODEL)
+    model, method, _ = inference.load_model(args, settings, TRAINED_MODEL)
     if method != "videomatch":
         raise VOSInputError(f"--prob-maps shows VideoMatch's soft matching layer, and --weights holds {method}; pass "
                             f"a VideoMatch checkpoint (ours or the public port's) with --weights")
@@ -120,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-download", action="store_true",
                    help=f"never download weights (also: {weights.DOWNLOAD_ENV}=1); missing files are an error that "
                         f"says where to put them")
+    m = p.add_argument_group(
+        "model", "the network's choices, from each method's config (--train: for the chosen --method; --test: the "
+        "checkpoint's config, overridden where the weights allow: VideoMatch's upsample, K, d, online update, EMVOS's "
+        "K; a choice the weights fix, encoder, branches, key width, is refused unless it equals the file's)")
+    config_flags.add_model_flags(m, methods.config_classes())
     t = p.add_argument_group("test")
     t.add_argument("--data", nargs="+", choices=list(TEST_KEYS), default=None,
                    help="datasets to test on (default: DAVIS16_val DAVIS17_val, or the bundled sample)")
@@ -206,7 +212,10 @@ def train_options(args: argparse.Namespace) -> trainer.TrainOptions:
         stages=args.stages, overrides=overrides, val_sequences=args.val_sequences, davis_year=args.davis_year,
         save_dir=args.save_dir, pretrained=False if args.no_pretrained else None, chain=args.chain, amp=args.amp,
         workers=args.workers, train_encoder=args.train_encoder, seed=args.seed, loss=args.loss, init=args.init,
-        resume=args.resume, device=args.device, precision=args.precision)
+        resume=args.resume, device=args.device, precision=args.precision,
+        model=config_flags.given_model_flags(args, args.method or "emvos", methods.config_classes(),
+                                             "" if getattr(args, "method_given", args.method is not None)
+                                             else " (--method emvos, the default)"))
 
 
 def training_roots(args: argparse.Namespace) -> Roots:
@@ -224,6 +233,8 @@ def check_flags(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
     else:  # the visual tools: --prob-maps reads --weights, --output; nothing else of either mode applies
         mode = "--prob-maps" if args.prob_maps is not None else "--preview-augmentation"
         wrong = tuple(d for d in TEST_ONLY + TRAIN_ONLY if not (d == "weights" and args.prob_maps is not None))
+        if args.prob_maps is None:  # --prob-maps builds the model of --weights, with the model flags' overrides
+            wrong += config_flags.model_flag_names(methods.config_classes())
     given = [d for d in wrong if getattr(args, d) != defaults.get(d)]
     if given:
         flags = ", ".join("--" + d.replace("_", "-") for d in given)

@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from tqdm import tqdm
 
 import checkpoint
+import config_flags
 import curves
 import dataset
 import distributed
@@ -119,6 +120,7 @@ class TrainOptions:
     train_encoder: bool | None = None  # False: EMVOS's encoder stays frozen (official)
     seed: int | None = None  # SEED
     loss: str | None = None  # one of the method's losses by name; None: its default
+    model: dict[str, object] = field(default_factory=dict)  # config field -> value (the model flags); the rest default
     # of this run only, not recorded in its checkpoints
     init: str | None = None  # start the first stage from these weights
     resume: str | None = None  # go on from this checkpoint (X.pth or X.train.pth)
@@ -164,6 +166,18 @@ def check_recipe(opts: TrainOptions, method: Method) -> None:
     if opts.loss is not None and opts.loss not in method.losses:
         raise VOSInputError(f"--loss {opts.loss} is not a loss of {method.name}; choose from "
                             f"{', '.join(method.losses)}")
+    if opts.model and opts.resume:
+        flags = ", ".join(config_flags.flag_name(n) for n in opts.model)
+        raise VOSInputError(f"--resume goes on with the model its checkpoint holds; drop {flags}")
+    if opts.model:
+        try:
+            config = method.config(**opts.model)
+        except ValueError as e:
+            raise VOSInputError(f"the model flags give no valid {method.name} config: {e}") from e
+        # with --init the flags apply on top of that file's config: checked once it is read (build_network)
+        unused = None if opts.init else config_flags.unused_flags(config, opts.model)
+        if unused is not None:
+            raise VOSInputError(f"{unused}; drop it")
     if opts.precision == "fp64":
         raise VOSInputError("--precision fp64 is for comparing with a reference at test time; validation during "
                             "training runs in fp32 (default), bf16 or fp16")
@@ -783,13 +797,17 @@ def interrupted(t: Trainer, run: StageRun, where: str) -> TrainingInterrupted:
 
 def build_network(method: Method, opts: TrainOptions, resumed: dict | None, verbose: bool = True) -> nn.Module:
     """The model to train: from the resumed checkpoint, from --init weights, or new (ImageNet backbone)."""
-    overrides = {"train_encoder": True} if opts.train_encoder else {}
+    overrides = {**opts.model, **({"train_encoder": True} if opts.train_encoder else {})}
     if resumed is not None:
         return methods.model_from_payload(resumed["weights"], Path(resumed["path"]), "--resume", resumed["config"])[0]
     if opts.init is not None:
         net, meta = methods.load_weights(opts.init, "--init", overrides)
         if meta["method"] != method.name:
             raise VOSInputError(f"--init {opts.init} is a {meta['method']} checkpoint, not {method.name}")
+        unused = config_flags.unused_flags(net.config, opts.model)
+        if unused is not None:
+            raise VOSInputError(f"{unused}, and --init {opts.init} holds {config_flags.describe(net.config)}; "
+                                f"drop it")
         return net
     if not opts.pretrained and verbose:
         print("note: --no-pretrained: the backbone starts from scratch, not from ImageNet (official: ImageNet)")

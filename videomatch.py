@@ -9,7 +9,7 @@ Shapes: B clips, N objects, HW the positions of the stride-8 feature map (times 
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 
 import torch
@@ -19,6 +19,7 @@ from torch import Tensor
 
 import matching
 from backbones import resnet_trunk, vgg19_features, vgg19_modules
+from config_flags import check_config, option
 from framework import DEFAULT_RUNTIME, Runtime, clip_forward
 
 # The largest aggregated foreground probability (the probabilities `update` receives) an object can reach while both of
@@ -31,44 +32,6 @@ MAX_FG_PROBABILITY = math.exp(2) / (1 + math.exp(2))
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-@dataclass
-class VideoMatchConfig:
-    """Hyper-parameters of VideoMatch. The defaults are the paper's (VGG-19, K = 20, d = 51, no online update), with
-    VGG-19 truncated as the public PyTorch port does it (stashvala/Pytorch-VideoMatch), whose checkpoints load here."""
-
-    # 'vgg19': the port's truncation, vgg19().features up to conv4_4 + ReLU (its first 27 modules, 3 max-pools,
-    # stride 8); 'vgg19_conv5': this repository's earlier reading of "without the last two max-pools" (all 16
-    # convolutions, max-pools 4 and 5 dropped, so conv5_1..5_4 run at stride 8; 4 more convolutions at stride 8,
-    # untested against the port); 'resnet101': up to layer2 (stride 8). All give 512 channels.
-    encoder: str = "vgg19"
-    upsample: float = 1.0  # bilinear upsampling of the feature map: finer matching, at HW^2 cost (the port's 65.2: 1.8)
-    topk: int = 20  # K: the soft matching layer averages the K best similarities in each set (paper Sec. 3.1)
-    dilation: int = 51  # d of outlier removal (Sec. 3.3), odd, in pixels of the frame; 0 turns it off
-    online_update: bool = False  # Sec. 3.3: extend the reference sets with the previous frame's confident features
-    # Confident: aggregated fg probability >= this (foreground) or <= 1 - this (background). It must lie below
-    # MAX_FG_PROBABILITY (0.881), or no foreground position could join: with 0.9 none did. 0.8 means, for one
-    # object, a softmax of 2/3, a fg - bg similarity gap of ln 2 = 0.69 (of at most 1).
-    online_threshold: float = 0.8
-
-    def __post_init__(self) -> None:
-        if self.encoder not in VIDEOMATCH_ENCODERS:
-            raise ValueError(f"unknown VideoMatch encoder {self.encoder!r}; choose from {sorted(VIDEOMATCH_ENCODERS)}")
-        if self.upsample <= 0:
-            raise ValueError(f"the upsample factor must be positive, got {self.upsample}")
-        if self.topk < 1:
-            raise ValueError(f"topk (K) must be at least 1, got {self.topk}")
-        if self.dilation < 0 or (self.dilation and self.dilation % 2 == 0):
-            raise ValueError(f"dilation (d) must be odd, or 0 to turn outlier removal off; got {self.dilation}")
-        if not 0.5 < self.online_threshold <= 1:
-            raise ValueError(f"online_threshold must be in (0.5, 1], got {self.online_threshold}")
-        if self.online_update and self.online_threshold > MAX_FG_PROBABILITY:
-            raise ValueError(
-                f"online_threshold {self.online_threshold} is out of reach: the encoder's features are non-negative, "
-                f"so an aggregated foreground probability stays at or below {MAX_FG_PROBABILITY:.3f} (unless one of "
-                f"an object's reference sets is empty) and the online update would add no foreground; use a "
-                f"threshold in (0.5, 0.88], e.g. the default 0.8")
-
-
 # The backbone's layers up to stride 8 (torchvision names; the module names are kept, so `features.25` is conv4_4).
 VIDEOMATCH_ENCODERS = {
     # The port (stashvala/Pytorch-VideoMatch, encoder.py) pops modules off the end of vgg19().features until two
@@ -78,6 +41,46 @@ VIDEOMATCH_ENCODERS = {
     "vgg19_conv5": "every module of vgg19().features except the last two MaxPool2d",
     "resnet101": ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2"),
 }
+
+
+@dataclass
+class VideoMatchConfig:
+    """Hyper-parameters of VideoMatch. The defaults are the paper's (VGG-19, K = 20, d = 51, no online update), with
+    VGG-19 truncated as the public PyTorch port does it (stashvala/Pytorch-VideoMatch), whose checkpoints load here."""
+
+    # 'vgg19': the port's truncation, vgg19().features up to conv4_4 + ReLU (its first 27 modules, 3 max-pools,
+    # stride 8); 'vgg19_conv5': this repository's earlier reading of "without the last two max-pools" (all 16
+    # convolutions, max-pools 4 and 5 dropped, so conv5_1..5_4 run at stride 8; 4 more convolutions at stride 8,
+    # untested against the port); 'resnet101': up to layer2 (stride 8). All give 512 channels.
+    encoder: str = field(default="vgg19", metadata=option(
+        "backbone up to stride 8: vgg19 (the port's, to conv4_4), vgg19_conv5 (all 16 convolutions), resnet101 (to "
+        "layer2)", choices=tuple(VIDEOMATCH_ENCODERS), weights=True))
+    # bilinear upsampling of the feature map: finer matching, at HW^2 cost (the port's 65.2: 1.8)
+    upsample: float = field(default=1.0, metadata=option(
+        "upsample factor of the stride-8 feature map before matching (the port's -uf; its 65.2 J&F used 1.8): "
+        "finer matching at the square of the positions' cost", above=0))
+    topk: int = field(default=20, metadata=option(
+        "K: the soft matching layer averages the K best similarities in each set (paper Sec. 3.1)", low=1))
+    dilation: int = field(default=51, metadata=option(
+        "d: outlier removal keeps foreground inside the previous mask dilated by d x d pixels (Sec. 3.3); odd, 0 "
+        "turns it off (the port's -ro, leave_outliers)", low=0, odd_or_zero=True))
+    online_update: bool = field(default=False, metadata=option(
+        "the online update of Sec. 3.3: the previous frame's confident positions join the reference sets"))
+    # Confident: aggregated fg probability >= this (foreground) or <= 1 - this (background). It must lie below
+    # MAX_FG_PROBABILITY (0.881), or no foreground position could join: with 0.9 none did. 0.8 means, for one
+    # object, a softmax of 2/3, a fg - bg similarity gap of ln 2 = 0.69 (of at most 1).
+    online_threshold: float = field(default=0.8, metadata=option(
+        "confidence of the online update: aggregated foreground probability >= this (background <= 1 - this); "
+        "in (0.5, 0.881]", above=0.5, high=1.0, used=lambda c: c.online_update, used_when="--online-update is on"))
+
+    def __post_init__(self) -> None:
+        check_config(self)
+        if self.online_update and self.online_threshold > MAX_FG_PROBABILITY:
+            raise ValueError(
+                f"online_threshold {self.online_threshold} is out of reach: the encoder's features are non-negative, "
+                f"so an aggregated foreground probability stays at or below {MAX_FG_PROBABILITY:.3f} (unless one of "
+                f"an object's reference sets is empty) and the online update would add no foreground; use a "
+                f"threshold in (0.5, 0.88], e.g. the default 0.8")
 
 
 def vgg19_layers(name: str) -> list[str]:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+import bench
 import run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,10 +29,11 @@ SCRIPTS = ("run.py", "evaluation.py", "bench.py", "tools/cuda_check.py")
 
 
 def defined_flags() -> dict[str, set[str]]:
-    """{script: its option strings}: run.py's parser built (so that generated flags count), every `add_argument` of
-    evaluation.py and bench.py read from the source, with the `--no-X` of BooleanOptionalAction flags."""
-    flags = {"run.py": set(run.build_parser()._option_string_actions)}
-    for name in SCRIPTS[1:]:
+    """{script: its option strings}: run.py's and bench.py's parsers built (so that generated flags count), every
+    `add_argument` of evaluation.py read from the source, with the `--no-X` of BooleanOptionalAction flags."""
+    flags = {"run.py": set(run.build_parser()._option_string_actions),
+             "bench.py": set(bench.build_parser()._option_string_actions)}
+    for name in SCRIPTS[1:2]:
         flags[name] = set()
         for node in ast.walk(ast.parse((ROOT / name).read_text())):
             if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "add_argument":
