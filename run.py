@@ -290,21 +290,28 @@ def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
+def _run_mode(args: argparse.Namespace) -> None:
+    """Run the one mode the flags choose: --train, --prob-maps, --preview-augmentation, else --test (segment --video
+    or the --data benchmarks; with neither, `default_data`'s)."""
+    if args.train:
+        trainer.train(args.method if args.method_given else None, train_options(args), training_roots(args))
+    elif args.prob_maps is not None:
+        prob_maps(args)
+    elif args.preview_augmentation is not None:
+        image, mask = args.preview_augmentation
+        out = writable_dir(Path(args.output), "--output") / f"augmentation_{Path(image).stem}.png"
+        print(f"wrote {visualize.preview_augmentation(image, mask, out)}")
+    else:
+        if args.data is None and args.video is None:
+            args.data = default_data(args)
+        inference.segment_benchmarks(args, roots(args))
+
+
 def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Check the flags and run the mode; each expected failure becomes its line on stderr and its exit status."""
     try:
         check_flags(args, parser)
-        if args.train:
-            trainer.train(args.method if args.method_given else None, train_options(args), training_roots(args))
-        elif args.prob_maps is not None:
-            prob_maps(args)
-        elif args.preview_augmentation is not None:
-            image, mask = args.preview_augmentation
-            out = writable_dir(Path(args.output), "--output") / f"augmentation_{Path(image).stem}.png"
-            print(f"wrote {visualize.preview_augmentation(image, mask, out)}")
-        else:
-            if args.data is None and args.video is None:
-                args.data = default_data(args)
-            inference.segment_benchmarks(args, roots(args))
+        _run_mode(args)
     except trainer.TrainingError as e:  # a NaN/inf stop: the message says where and what to change
         print(f"error: {e}", file=sys.stderr)
         return 3
