@@ -628,51 +628,77 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         runtime = framework.Runtime(memory_budget=args.max_memory, decoder_batch=args.decoder_batch or None)
         if args.profile:
-            import tempfile
-
-            for n in args.objects:
-                with tempfile.TemporaryDirectory() as tmp:
-                    columns = {f"{n} obj, {name}": profile_frames(models["ours"], device, n, split, Path(tmp))
-                               for name, split in (("unsplit", False), ("split", True))}
-                print(f"\n{device.type}, 854x480, medians of the bear frames 2..7, threads {torch.get_num_threads()}")
-                print(format_profile(columns))
-            continue
-        if args.memory_growth:
-            for res, n in args.configs:
-                print(f"memory growth: {device.type} {res} {n} objects, {args.frames} frames")
-                g = memory_growth(models["ours"], device, res, n, args.frames, precisions[0], runtime)
-                probe, last = min(5, len(g.peak) // 2), len(g.peak) - 1
-                for kind, values in (("peak", g.peak), ("resident", g.resident), ("state", g.state)):
-                    print(f"{kind:8s} frame {probe}: {values[probe] / 2**20:8.1f} MiB, frame {last}: "
-                          f"{values[last] / 2**20:8.1f} MiB ({(values[last] - values[probe]) / 2**20:+.1f}); "
-                          f"largest {max(values) / 2**20:.1f} MiB")
-                print(f"{statistics.median(g.times[1:] or g.times):.2f} s/frame (median)")
-            continue
-        for q in precisions:
-            measured = matmul_peak(device, q)
-            peaks[(device.type, q)] = max(measured.values())
-            both = ", ".join(f"{k} {v / 1e9:.0f}" for k, v in measured.items())
-            print(f"{device.type} {q} 2048^3 matmul peak: {both} GFLOP/s; % peak is of the larger", flush=True)
-        for res, n in args.configs:
-            start = time.perf_counter()
-            # torch.compile specialises on the first frames it sees (and recompiles once for dynamic shapes)
-            warmup = 3 if args.compile else 1
-            rows += run_configuration(models, device, res, n, precisions, args.paths, args.frames, args.seed,
-                                      warmup, runtime)
-            print(f"  {device.type} {res} {n} objects done in {time.perf_counter() - start:.0f} s", flush=True)
+            print_profiles(args, models, device)
+        elif args.memory_growth:
+            print_memory_growth(args, models, device, precisions[0], runtime)
+        else:
+            rows += time_device(args, models, device, precisions, runtime, peaks)
     if rows:
-        print(f"\nthreads {torch.get_num_threads()}, channels_last {args.channels_last}, compile {args.compile}, "
-              f"decoder batch {args.decoder_batch or 'all'}, max memory {args.max_memory}. Times: medians of "
-              f"{args.frames} frames; x per-obj: median per-frame ratio to the per-object path in the same "
-              f"precision; % peak: of the measured matmul peak in that precision; diffs: vs the fp32 per-object "
-              f"path, or the first path where it does not apply (mask: fraction of pixels; clear: of those not "
-              f"tied within {TIE} in the reference; logit: max abs); load: cores other processes took meanwhile.")
-        print(format_table(rows, peaks))
-        if args.json is not None:
-            payload = json.dumps(json_report(rows, peaks, args), indent=1).encode()
-            utils.atomic_write(args.json, lambda f: f.write(payload))
-            print(f"wrote {args.json}")
+        print_table(args, rows, peaks)
     return 0
+
+
+def print_profiles(args: argparse.Namespace, models: dict[str, torch.nn.Module], device: torch.device) -> None:
+    """--profile: the split of a frame's time (`profile_frames`) for each --objects count, unsplit and split
+    decoder, printed as one table per count."""
+    import tempfile
+
+    for n in args.objects:
+        with tempfile.TemporaryDirectory() as tmp:
+            columns = {f"{n} obj, {name}": profile_frames(models["ours"], device, n, split, Path(tmp))
+                       for name, split in (("unsplit", False), ("split", True))}
+        print(f"\n{device.type}, 854x480, medians of the bear frames 2..7, threads {torch.get_num_threads()}")
+        print(format_profile(columns))
+
+
+def print_memory_growth(args: argparse.Namespace, models: dict[str, torch.nn.Module], device: torch.device,
+                        precision: str, runtime: framework.Runtime) -> None:
+    """--memory-growth: for each --configs row, peak, resident and state memory of `ours` at an early and the last
+    frame (`memory_growth`), and the median time per frame."""
+    for res, n in args.configs:
+        print(f"memory growth: {device.type} {res} {n} objects, {args.frames} frames")
+        g = memory_growth(models["ours"], device, res, n, args.frames, precision, runtime)
+        probe, last = min(5, len(g.peak) // 2), len(g.peak) - 1
+        for kind, values in (("peak", g.peak), ("resident", g.resident), ("state", g.state)):
+            print(f"{kind:8s} frame {probe}: {values[probe] / 2**20:8.1f} MiB, frame {last}: "
+                  f"{values[last] / 2**20:8.1f} MiB ({(values[last] - values[probe]) / 2**20:+.1f}); "
+                  f"largest {max(values) / 2**20:.1f} MiB")
+        print(f"{statistics.median(g.times[1:] or g.times):.2f} s/frame (median)")
+
+
+def time_device(args: argparse.Namespace, models: dict[str, torch.nn.Module], device: torch.device,
+                precisions: list[str], runtime: framework.Runtime, peaks: dict[tuple[str, str], float]) -> list[Row]:
+    """The table's rows on one device: its matmul peak per precision (into `peaks`, keyed by device type and
+    precision), then every --configs row through `run_configuration`."""
+    for q in precisions:
+        measured = matmul_peak(device, q)
+        peaks[(device.type, q)] = max(measured.values())
+        both = ", ".join(f"{k} {v / 1e9:.0f}" for k, v in measured.items())
+        print(f"{device.type} {q} 2048^3 matmul peak: {both} GFLOP/s; % peak is of the larger", flush=True)
+    rows: list[Row] = []
+    for res, n in args.configs:
+        start = time.perf_counter()
+        # torch.compile specialises on the first frames it sees (and recompiles once for dynamic shapes)
+        warmup = 3 if args.compile else 1
+        rows += run_configuration(models, device, res, n, precisions, args.paths, args.frames, args.seed,
+                                  warmup, runtime)
+        print(f"  {device.type} {res} {n} objects done in {time.perf_counter() - start:.0f} s", flush=True)
+    return rows
+
+
+def print_table(args: argparse.Namespace, rows: list[Row], peaks: dict[tuple[str, str], float]) -> None:
+    """The table of all devices' rows with the legend of its columns, and its numbers as JSON into --json."""
+    print(f"\nthreads {torch.get_num_threads()}, channels_last {args.channels_last}, compile {args.compile}, "
+          f"decoder batch {args.decoder_batch or 'all'}, max memory {args.max_memory}. Times: medians of "
+          f"{args.frames} frames; x per-obj: median per-frame ratio to the per-object path in the same "
+          f"precision; % peak: of the measured matmul peak in that precision; diffs: vs the fp32 per-object "
+          f"path, or the first path where it does not apply (mask: fraction of pixels; clear: of those not "
+          f"tied within {TIE} in the reference; logit: max abs); load: cores other processes took meanwhile.")
+    print(format_table(rows, peaks))
+    if args.json is not None:
+        payload = json.dumps(json_report(rows, peaks, args), indent=1).encode()
+        utils.atomic_write(args.json, lambda f: f.write(payload))
+        print(f"wrote {args.json}")
 
 
 def supported(device: torch.device, precision: str) -> bool:
