@@ -480,6 +480,74 @@ def mose_scores_text(table: list[tuple[str, float]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _mose_video_frames(
+    gt: Path, results: Path, meta: Path, videos_meta: dict, video: str
+) -> tuple[list, tuple[int, ...], list[str]]:
+    """One MOSE v2 video checked against its meta entry and its GT folder: (its object ids as the meta lists them,
+    the same as ints, the frames score.py scores: positions 1..length-2 of the sorted prediction listing, without
+    '.png'). Raises VOSInputError when the meta, the GT or the predictions do not fit together."""
+    if video not in videos_meta:
+        raise VOSInputError(f"video {video} of {gt} is not in {meta}; pass the meta json of these annotations")
+    try:
+        length = int(videos_meta[video]["length"])
+        objs = list(videos_meta[video]["objects"])
+        ids = tuple(int(o) for o in objs)
+    except (KeyError, TypeError, ValueError) as err:
+        raise VOSInputError(f"{meta}: video {video} needs 'length' and integer 'objects' ids ({err!r})") from err
+    n_gt = len([p for p in (gt / video).iterdir()])
+    if n_gt != length or length < 3:
+        raise VOSInputError(
+            f"{gt / video} holds {n_gt} files but {meta} says length {length} (at least 3); score.py needs every "
+            "frame annotated and the meta of these annotations"
+        )
+    if not (results / video).is_dir():
+        # score.py would score the video 0 silently; a missing folder is almost always a mistake.
+        raise VOSInputError(f"no results folder {results / video} for MOSE video {video}; predict every video")
+    names = [p.name for p in (results / video).iterdir() if p.suffix == ".png" and not p.name.startswith(".")]
+    try:
+        names.sort(key=lambda x: int(x.split(".")[0]))
+    except ValueError as err:
+        raise VOSInputError(f"{results / video} has a PNG whose name is not a frame number ({err})") from err
+    # score.py takes the frame names from the prediction listing; a missing prediction would shift every later
+    # frame onto the wrong GT without an error, so the listing must start with the GT's own frames.
+    gt_names = sorted(_pngs(gt / video), key=lambda x: int(x.split(".")[0]))
+    missing = [x for x in gt_names if x not in set(names)]
+    if missing:
+        raise VOSInputError(
+            f"missing prediction {results / video / missing[0]} ({len(missing)} frame(s) of {gt / video} have "
+            "none); write one PNG per frame, named like the GT"
+        )
+    if names[:length] != gt_names:
+        raise VOSInputError(
+            f"{results / video} holds PNGs that are not frames of {gt / video} among its first {length}; "
+            "score.py would pair them with the wrong GT frames: remove them"
+        )
+    return objs, ids, [x[: -len(".png")] for x in names[1 : length - 1]]
+
+
+def _mose_objects(
+    chunk_scores: Iterable[tuple[np.ndarray, np.ndarray]], keys: list[tuple[str, list, list[str], int]]
+) -> list[ObjectScores]:
+    """The ObjectScores of every object of every video: `chunk_scores` are `_score_fixed`'s results in task order,
+    `keys` (video, object ids, frames, number of chunks) say which consecutive chunks make one video."""
+    chunks = iter(chunk_scores)
+    objects = []
+    for video, objs, frames, n_chunks in keys:
+        parts = [next(chunks) for _ in range(n_chunks)]
+        scores = np.concatenate([p[0] for p in parts], axis=1)  # (objects, T, 3)
+        in_gt = np.concatenate([p[1] for p in parts], axis=1)
+        for i, label in enumerate(objs):
+            # Contiguous copies: numpy's pairwise sums then run as on the official 1-D lists, to the last bit.
+            j, f, f_new = (scores[i, :, c].copy() for c in (metrics.J, metrics.F, metrics.F_NEW))
+            values = mose_object_values(j, f_new, f, in_gt[i])
+            counted = np.ones(len(frames), dtype=bool)
+            obj = ObjectScores(
+                video, str(label), f"{video}_{label}", frames, j, f_new, counted, values, values["J&F_new"]
+            )
+            objects.append(obj)
+    return objects
+
+
 def score_mosev2(
     gt: Path, results: Path, meta: Path | None, out: Path | None = None, workers: int = 2
 ) -> BenchmarkResult:
@@ -510,63 +578,12 @@ def score_mosev2(
 
     tasks, keys = [], []
     for video in videos:
-        if video not in videos_meta:
-            raise VOSInputError(f"video {video} of {gt} is not in {meta}; pass the meta json of these annotations")
-        try:
-            length = int(videos_meta[video]["length"])
-            objs = list(videos_meta[video]["objects"])
-            ids = tuple(int(o) for o in objs)
-        except (KeyError, TypeError, ValueError) as err:
-            raise VOSInputError(f"{meta}: video {video} needs 'length' and integer 'objects' ids ({err!r})") from err
-        n_gt = len([p for p in (gt / video).iterdir()])
-        if n_gt != length or length < 3:
-            raise VOSInputError(
-                f"{gt / video} holds {n_gt} files but {meta} says length {length} (at least 3); score.py needs every "
-                "frame annotated and the meta of these annotations"
-            )
-        if not (results / video).is_dir():
-            # score.py would score the video 0 silently; a missing folder is almost always a mistake.
-            raise VOSInputError(f"no results folder {results / video} for MOSE video {video}; predict every video")
-        names = [p.name for p in (results / video).iterdir() if p.suffix == ".png" and not p.name.startswith(".")]
-        try:
-            names.sort(key=lambda x: int(x.split(".")[0]))
-        except ValueError as err:
-            raise VOSInputError(f"{results / video} has a PNG whose name is not a frame number ({err})") from err
-        # score.py takes the frame names from the prediction listing; a missing prediction would shift every later
-        # frame onto the wrong GT without an error, so the listing must start with the GT's own frames.
-        gt_names = sorted(_pngs(gt / video), key=lambda x: int(x.split(".")[0]))
-        missing = [x for x in gt_names if x not in set(names)]
-        if missing:
-            raise VOSInputError(
-                f"missing prediction {results / video / missing[0]} ({len(missing)} frame(s) of {gt / video} have "
-                "none); write one PNG per frame, named like the GT"
-            )
-        if names[:length] != gt_names:
-            raise VOSInputError(
-                f"{results / video} holds PNGs that are not frames of {gt / video} among its first {length}; "
-                "score.py would pair them with the wrong GT frames: remove them"
-            )
-        frames = [x[: -len(".png")] for x in names[1 : length - 1]]
+        objs, ids, frames = _mose_video_frames(gt, results, meta, videos_meta, video)
         pairs = [(gt / video / f"{x}.png", results / video / f"{x}.png") for x in frames]
         for c in range(0, len(pairs), MOSE_CHUNK):
             tasks.append((pairs[c : c + MOSE_CHUNK], ids, True))
         keys.append((video, objs, frames, len(range(0, len(pairs), MOSE_CHUNK))))
-
-    chunks = iter(parallel_map(_score_fixed, tasks, workers))
-    objects = []
-    for video, objs, frames, n_chunks in keys:
-        parts = [next(chunks) for _ in range(n_chunks)]
-        scores = np.concatenate([p[0] for p in parts], axis=1)  # (objects, T, 3)
-        in_gt = np.concatenate([p[1] for p in parts], axis=1)
-        for i, label in enumerate(objs):
-            # Contiguous copies: numpy's pairwise sums then run as on the official 1-D lists, to the last bit.
-            j, f, f_new = (scores[i, :, c].copy() for c in (metrics.J, metrics.F, metrics.F_NEW))
-            values = mose_object_values(j, f_new, f, in_gt[i])
-            counted = np.ones(len(frames), dtype=bool)
-            obj = ObjectScores(
-                video, str(label), f"{video}_{label}", frames, j, f_new, counted, values, values["J&F_new"]
-            )
-            objects.append(obj)
+    objects = _mose_objects(parallel_map(_score_fixed, tasks, workers), keys)
 
     table, notes = reduce_mosev2(objects)
     per_object = {o.name: {m: o.values[m] for m in MOSE_MEASURES} for o in objects}
