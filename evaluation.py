@@ -25,6 +25,7 @@ import shlex
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -399,13 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     command = shlex.join(["evaluation.py", *argv])  # what report.html records
     if args.compare is not None:
-        given = [f for f, v in (("--results", args.results), ("--gt", args.gt), ("--davis", args.davis)) if v]
-        if given:
-            print(f"error: --compare reads scored runs and scores nothing; drop {', '.join(given)}", file=sys.stderr)
-            return 2
-        from report import compare_main  # matplotlib and the page code only when comparing
-
-        return compare_main([*args.compare, *(["--out", str(args.out)] if args.out is not None else [])])
+        return _compare(args)
 
     start = time.perf_counter()
     try:
@@ -416,47 +411,70 @@ def main(argv: list[str] | None = None) -> int:
 
             report.remove_outputs(args.out or args.results)  # no page of an earlier scoring beside the new files
         if args.benchmark == "davis":
-            if (args.davis or args.gt) is None:
-                raise VOSInputError("--benchmark davis needs the DAVIS root: pass --davis PATH (or --gt PATH)")
-            # Imported here, not at the top, so that the metric functions (and the worker processes) need no
-            # dataset code.
-            from dataset import DAVIS
-
-            split = args.split or "val"
-            if args.out is not None:
-                writable_dir(args.out, "--out")
-            ds = DAVIS(args.davis or args.gt, year=args.year, split=split)
-            gt = ds.ground_truth()
-            result, global_path, seq_path = evaluate_and_write(gt, args.results, split, ds.binary, args.workers,
-                                                               args.out)
-            print(format_table(result, split))
-            print(f"\nwrote {global_path} and {seq_path} ({time.perf_counter() - start:.1f} s)")
-            if not args.no_report and gt:
-                first = next(iter(gt))
-                write_report(result.report_fields(split), global_path.parent, ds.frames(first)[0].parent.parent,
-                             gt[first][0].parent.parent, args.results, "binary" if ds.binary else "ids", command)
-            return 0
-        if args.gt is None:
-            raise VOSInputError(f"--benchmark {args.benchmark} needs --gt PATH (what its official evaluator takes)")
-        if args.benchmark == "lvos":
-            scored = benchmarks.score_lvos(
-                args.gt, args.results, args.split or "valid", args.meta, args.unseen, args.out, args.workers
-            )
-        elif args.benchmark == "mosev2":
-            scored = benchmarks.score_mosev2(args.gt, args.results, args.meta, args.out, args.workers)
-        elif args.benchmark == "vos-benchmark":
-            scored = benchmarks.score_vos_benchmark(args.gt, args.results, args.out, args.workers)
+            _score_davis(args, command, start)
         else:
-            scored = benchmarks.score_sav(args.gt, args.results, args.out, args.workers)
-        print(benchmarks.format_result(scored))
-        print(f"\nwrote {' and '.join(str(p) for p in scored.files)} ({time.perf_counter() - start:.1f} s)")
-        if not args.no_report:
-            frames, masks, layout = benchmarks.report_folders(args.benchmark, args.gt)
-            write_report(scored.report_fields(), scored.files[0].parent, frames, masks, args.results, layout, command)
+            _score_benchmark(args, command, start)
     except VOSInputError as err:  # EvaluationError included
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    """--compare: report.py's comparison of scored runs (compare.html), refused with exit 2 when a flag that scores
+    (--results, --gt, --davis) is given too."""
+    given = [f for f, v in (("--results", args.results), ("--gt", args.gt), ("--davis", args.davis)) if v]
+    if given:
+        print(f"error: --compare reads scored runs and scores nothing; drop {', '.join(given)}", file=sys.stderr)
+        return 2
+    from report import compare_main  # matplotlib and the page code only when comparing
+
+    return compare_main([*args.compare, *(["--out", str(args.out)] if args.out is not None else [])])
+
+
+def _score_davis(args: argparse.Namespace, command: str, start: float) -> None:
+    """--benchmark davis: score --results on the DAVIS root's --split as davis2017-evaluation does, print the table,
+    write the CSVs and (unless --no-report) the report; `start` is when the scoring began (the time printed)."""
+    if (args.davis or args.gt) is None:
+        raise VOSInputError("--benchmark davis needs the DAVIS root: pass --davis PATH (or --gt PATH)")
+    # Imported here, not at the top, so that the metric functions (and the worker processes) need no
+    # dataset code.
+    from dataset import DAVIS
+
+    split = args.split or "val"
+    if args.out is not None:
+        writable_dir(args.out, "--out")
+    ds = DAVIS(args.davis or args.gt, year=args.year, split=split)
+    gt = ds.ground_truth()
+    result, global_path, seq_path = evaluate_and_write(gt, args.results, split, ds.binary, args.workers, args.out)
+    print(format_table(result, split))
+    print(f"\nwrote {global_path} and {seq_path} ({time.perf_counter() - start:.1f} s)")
+    if not args.no_report and gt:
+        first = next(iter(gt))
+        write_report(result.report_fields(split), global_path.parent, ds.frames(first)[0].parent.parent,
+                     gt[first][0].parent.parent, args.results, "binary" if ds.binary else "ids", command)
+
+
+def _score_benchmark(args: argparse.Namespace, command: str, start: float) -> None:
+    """--benchmark lvos, mosev2, vos-benchmark or sav: score --results on --gt with that benchmark's scorer in
+    benchmarks.py, print its table and the files written, and (unless --no-report) write the report; `start` is when
+    the scoring began (the time printed)."""
+    if args.gt is None:
+        raise VOSInputError(f"--benchmark {args.benchmark} needs --gt PATH (what its official evaluator takes)")
+    scorers: dict[str, Callable[[], benchmarks.BenchmarkResult]] = {
+        "lvos": lambda: benchmarks.score_lvos(
+            args.gt, args.results, args.split or "valid", args.meta, args.unseen, args.out, args.workers
+        ),
+        "mosev2": lambda: benchmarks.score_mosev2(args.gt, args.results, args.meta, args.out, args.workers),
+        "vos-benchmark": lambda: benchmarks.score_vos_benchmark(args.gt, args.results, args.out, args.workers),
+        "sav": lambda: benchmarks.score_sav(args.gt, args.results, args.out, args.workers),
+    }
+    scored = scorers[args.benchmark]()
+    print(benchmarks.format_result(scored))
+    print(f"\nwrote {' and '.join(str(p) for p in scored.files)} ({time.perf_counter() - start:.1f} s)")
+    if not args.no_report:
+        frames, masks, layout = benchmarks.report_folders(args.benchmark, args.gt)
+        write_report(scored.report_fields(), scored.files[0].parent, frames, masks, args.results, layout, command)
 
 
 def write_report(fields: dict, out_dir: Path, frames_dir: Path, gt_dir: Path, pred_dir: Path, layout: str,
