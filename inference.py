@@ -449,6 +449,42 @@ def csv_split(key: str) -> str:
     return "val" if "val" in key else key
 
 
+def _gather_runs(job: Dist, key: str, runs: dict[str, VideoRun],
+                 failure: tuple[str, str] | None) -> dict[str, VideoRun] | None:
+    """Every process's VideoRuns of dataset `key` (its `runs`, and its `failure`: (video, error) or None), met in one
+    gather: all of them by video name on rank 0, None on the other ranks. A video that failed in any process stops
+    the job: rank 0 raises VideoFailedError naming it and the process (the first failing rank), the others
+    OtherRankFailedError."""
+    shares = gather(job, (runs, failure))
+    failed = [(rank, f) for rank, (_, f) in enumerate(shares) if f is not None]
+    if failed:
+        rank, (name, message) = failed[0]
+        if not job.main:
+            raise OtherRankFailedError(name)
+        raise VideoFailedError(f"{key}: video {name} failed in process {rank} of {job.world}: {message}")
+    if not job.main:
+        return None
+    return {name: run for share, _ in shares for name, run in share.items()}
+
+
+def _score_segmented(key: str, out_dir: Path, split: str, gt: dict[str, list[Path]] | None, binary: bool,
+                     scoring: BenchmarkScoring | None,
+                     fps: float) -> evaluation.EvaluationResult | benchmarks.BenchmarkResult | None:
+    """The scores of the masks in out_dir, printed: against gt as the DAVIS toolkit does (its CSVs named after
+    `split`), and/or by `scoring` (a benchmark's own toolkit; its result is the one returned when both are given);
+    None when the split is scored by neither."""
+    result: evaluation.EvaluationResult | benchmarks.BenchmarkResult | None = None
+    if gt is not None:
+        result, _, _ = evaluation.evaluate_and_write(gt, out_dir, split, binary)
+        print(evaluation.format_table(result, key))
+        print(f"{key}: J&F {result.jf_mean:.3f}  J {result.j_mean:.3f}  F {result.f_mean:.3f}  {fps:.2f} fps")
+    if scoring is not None:
+        result = scoring.score()
+        print(benchmarks.format_result(result))
+        print(f"{key}: wrote {' and '.join(str(p) for p in result.files)}")
+    return result
+
+
 def run_dataset(model: VOSModel, key: str, videos: Iterable[VideoReader], out_dir: Path, settings: RunSettings,
                 gt: dict[str, list[Path]] | None, binary: bool, zip_prefix: str | None,
                 make_hook: Callable[[VideoReader], Any] | None = None, scoring: BenchmarkScoring | None = None,
@@ -491,31 +527,16 @@ def run_dataset(model: VOSModel, key: str, videos: Iterable[VideoReader], out_di
                 hook.close()
         runs[video.name] = done
         print(f"{key} {video.name}: {done.frames} frames, {done.frames / max(done.seconds, 1e-9):.2f} fps", flush=True)
-    shares = gather(job, (runs, failure))
-    failed = [(rank, f) for rank, (_, f) in enumerate(shares) if f is not None]
-    if failed:
-        rank, (name, message) = failed[0]
-        if not job.main:
-            raise OtherRankFailedError(name)
-        raise VideoFailedError(f"{key}: video {name} failed in process {rank} of {job.world}: {message}")
-    if not job.main:
+    gathered = _gather_runs(job, key, runs, failure)
+    if gathered is None:
         return None
-    runs = {name: run for share, _ in shares for name, run in share.items()}
-    done_runs = [runs[v.name] for v in videos]  # in the dataset's order, as one process writes them
+    done_runs = [gathered[v.name] for v in videos]  # in the dataset's order, as one process writes them
     total_frames, total_seconds = sum(r.frames for r in done_runs), sum(r.seconds for r in done_runs)
     written = [p for r in done_runs for p in r.written]
     fps = total_frames / max(total_seconds, 1e-9)
     print(f"{key}: {len(done_runs)} video{'s' * (len(done_runs) != 1)}, {total_frames} frames, {fps:.2f} fps "
           f"(model time{f', summed over {job.world} processes' if job.enabled else ''})")
-    result: evaluation.EvaluationResult | benchmarks.BenchmarkResult | None = None
-    if gt is not None:
-        result, _, _ = evaluation.evaluate_and_write(gt, out_dir, split, binary)
-        print(evaluation.format_table(result, key))
-        print(f"{key}: J&F {result.jf_mean:.3f}  J {result.j_mean:.3f}  F {result.f_mean:.3f}  {fps:.2f} fps")
-    if scoring is not None:
-        result = scoring.score()
-        print(benchmarks.format_result(result))
-        print(f"{key}: wrote {' and '.join(str(p) for p in result.files)}")
+    result = _score_segmented(key, out_dir, split, gt, binary, scoring, fps)
     if result is not None and on_scored is not None and videos:
         on_scored(result, videos[0].frames[0].parent.parent)  # <frames>/<video>/<frame>.jpg
     if zip_prefix is not None:
