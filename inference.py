@@ -449,6 +449,29 @@ def csv_split(key: str) -> str:
     return "val" if "val" in key else key
 
 
+def _segment_share(model: VOSModel, key: str, share: list[VideoReader], out_dir: Path, settings: RunSettings,
+                   make_hook: Callable[[VideoReader], Any] | None,
+                   job: Dist) -> tuple[dict[str, VideoRun], tuple[str, str] | None]:
+    """Segment this process's `share` of dataset `key` into out_dir/<video>/, printing each video's speed: (the
+    VideoRuns by video name, None) on success. In a torchrun job the first video that fails ends the share and is
+    returned as (video, error) with the runs before it, to be told after the gather; alone, its error propagates."""
+    runs: dict[str, VideoRun] = {}
+    for video in share:
+        hook = make_hook(video) if make_hook else None
+        try:
+            done = segment_video(model, video, out_dir / video.name, settings, hook, keep_probabilities=bool(hook))
+        except Exception as err:
+            if not job.enabled:
+                raise
+            return runs, (video.name, f"{type(err).__name__}: {err}")  # told by rank 0 after the gather, never a hang
+        finally:
+            if hook is not None:
+                hook.close()
+        runs[video.name] = done
+        print(f"{key} {video.name}: {done.frames} frames, {done.frames / max(done.seconds, 1e-9):.2f} fps", flush=True)
+    return runs, None
+
+
 def _gather_runs(job: Dist, key: str, runs: dict[str, VideoRun],
                  failure: tuple[str, str] | None) -> dict[str, VideoRun] | None:
     """Every process's VideoRuns of dataset `key` (its `runs`, and its `failure`: (video, error) or None), met in one
@@ -511,22 +534,8 @@ def run_dataset(model: VOSModel, key: str, videos: Iterable[VideoReader], out_di
         if gt is not None or scoring is not None:
             report.remove_outputs(out_dir)
     videos = list(videos)
-    runs: dict[str, VideoRun] = {}
-    failure = None
-    for video in balance(videos, job.world)[job.rank]:
-        hook = make_hook(video) if make_hook else None
-        try:
-            done = segment_video(model, video, out_dir / video.name, settings, hook, keep_probabilities=bool(hook))
-        except Exception as err:
-            if not job.enabled:
-                raise
-            failure = (video.name, f"{type(err).__name__}: {err}")  # told by rank 0 after the gather, never a hang
-            break
-        finally:
-            if hook is not None:
-                hook.close()
-        runs[video.name] = done
-        print(f"{key} {video.name}: {done.frames} frames, {done.frames / max(done.seconds, 1e-9):.2f} fps", flush=True)
+    runs, failure = _segment_share(model, key, balance(videos, job.world)[job.rank], out_dir, settings, make_hook,
+                                   job)
     gathered = _gather_runs(job, key, runs, failure)
     if gathered is None:
         return None
