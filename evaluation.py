@@ -169,21 +169,25 @@ class ObjectResult:
     frames: tuple[str, ...] = ()  # the scored frames (all but the first and the last) and J, F on each
     j: tuple[float, ...] = ()
     f: tuple[float, ...] = ()
+    ends: tuple[str, ...] = ()  # the sequence's first and last frame, which the toolkit never scores
 
     @property
     def name(self) -> str:
         return f"{self.sequence}_{self.object_id}"
 
     def report_fields(self) -> dict:
-        """The fields of report.ObjectFrames (DAVIS counts every scored frame)."""
+        """The fields of report.ObjectFrames: the sequence's first and last frame are listed as not counted (the
+        toolkit drops them, so they have no J or F), every frame between them is counted."""
+        first, last = ([self.ends[0]], [self.ends[1]]) if len(self.ends) == 2 else ([], [])
+        nan = [math.nan] * len(first)
         return {
             "name": self.name,
             "sequence": self.sequence,
             "object_label": str(self.object_id),
-            "frames": list(self.frames),
-            "j": list(self.j),
-            "f": list(self.f),
-            "counted": [True] * len(self.frames),
+            "frames": [*first, *self.frames, *last],
+            "j": [*nan, *self.j, *nan],
+            "f": [*nan, *self.f, *nan],
+            "counted": [False] * len(first) + [True] * len(self.frames) + [False] * len(last),
             "jf": (self.j_mean + self.f_mean) / 2,
         }
 
@@ -265,10 +269,11 @@ def evaluate_sequences(
     for seq, parts in per_seq.items():
         scores = np.concatenate(parts, axis=2)  # (2, n_objects, frames)
         frames = tuple(Path(p).stem for p in gt[seq][1:-1])
+        ends = (Path(gt[seq][0]).stem, Path(gt[seq][-1]).stem) if len(gt[seq]) > 1 else ()
         for k in range(n_objects[seq]):
             stats = (*object_statistics(scores[0, k]), *object_statistics(scores[1, k]))
             per_frame = (tuple(scores[0, k].tolist()), tuple(scores[1, k].tolist()))
-            objects.append(ObjectResult(seq, k + 1, *stats, frames, *per_frame))
+            objects.append(ObjectResult(seq, k + 1, *stats, frames, *per_frame, ends))
     return EvaluationResult.from_objects(objects)
 
 

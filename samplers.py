@@ -371,6 +371,43 @@ class TrainYTVOS(ClipSampler):
         return _video_clip(*self.annotated_frames(video), self.clip_len, self.output_size)
 
 
+def _coco_instances(ann_file: Path) -> tuple[dict[int, tuple[str, int, int]], dict[int, list[tuple[float, object]]]]:
+    """From a COCO instances json: {image id: (file name, height, width)} and {image id: [(area, segmentation)]} of
+    its non-crowd instances, polygons as arrays of at least 3 points."""
+    try:
+        data = json.loads(ann_file.read_text())
+        infos = {im["id"]: (im["file_name"], im["height"], im["width"]) for im in data["images"]}
+        per_image: dict[int, list[tuple[float, object]]] = {}
+        for ann in data["annotations"]:
+            if ann.get("iscrowd", 0):
+                continue
+            seg = ann["segmentation"]
+            if isinstance(seg, list):
+                seg = [np.asarray(poly, dtype=np.float64) for poly in seg if len(poly) >= 6]  # >= 3 points
+                if not seg:
+                    continue
+            per_image.setdefault(ann["image_id"], []).append((float(ann.get("area", 0.0)), seg))
+    except (ValueError, KeyError, TypeError) as e:
+        raise VOSInputError(f"'{ann_file}' is not a COCO instances file ({e}); re-download it") from e
+    return infos, per_image
+
+
+def _paint_instances(segs: list, h: int, w: int) -> np.ndarray:
+    """(h, w) uint8 instance ids 1.. of COCO segmentations (polygons, RLE or uncompressed RLE), painted in order."""
+    from pycocotools import mask as mask_utils  # only the raw download needs pycocotools
+
+    ids = np.zeros((h, w), np.uint8)
+    for obj, seg in enumerate(segs[:255], 1):  # ids must fit in a uint8 mask
+        if isinstance(seg, list):
+            rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
+        elif isinstance(seg["counts"], list):  # uncompressed RLE
+            rle = mask_utils.frPyObjects(seg, h, w)
+        else:
+            rle = seg
+        ids[mask_utils.decode(rle) > 0] = obj
+    return ids
+
+
 class TrainCOCO(ClipSampler):
     """COCO images as pseudo-videos: each further frame is a cumulative random affine warp of the first.
 
@@ -424,22 +461,7 @@ class TrainCOCO(ClipSampler):
                 f"COCO image folder '{self.image_dir}' does not exist; download {image_set}.zip from "
                 "cocodataset.org and unzip it into the COCO root (--coco PATH)"
             )
-        try:
-            data = json.loads(ann_file.read_text())
-            infos = {im["id"]: (im["file_name"], im["height"], im["width"]) for im in data["images"]}
-            per_image: dict[int, list[tuple[float, object]]] = {}
-            for ann in data["annotations"]:
-                if ann.get("iscrowd", 0):
-                    continue
-                seg = ann["segmentation"]
-                if isinstance(seg, list):
-                    seg = [np.asarray(poly, dtype=np.float64) for poly in seg if len(poly) >= 6]  # >= 3 points
-                    if not seg:
-                        continue
-                per_image.setdefault(ann["image_id"], []).append((float(ann.get("area", 0.0)), seg))
-        except (ValueError, KeyError, TypeError) as e:
-            raise VOSInputError(f"'{ann_file}' is not a COCO instances file ({e}); re-download it") from e
-        del data
+        infos, per_image = _coco_instances(ann_file)
         self.image_ids = sorted(i for i in per_image if i in infos)
         if not self.image_ids:
             raise VOSInputError(f"'{ann_file}' has no non-crowd instance annotations")
@@ -483,19 +505,9 @@ class TrainCOCO(ClipSampler):
             image = self.images[k]
             mask = self.root / "Annotations" / (image.stem + ".png")
             return _load_pair(image, mask)
-        from pycocotools import mask as mask_utils  # only the raw download needs pycocotools
-
         image_id = self.image_ids[k]
         file_name, h, w = self._infos[image_id]
-        ids = np.zeros((h, w), np.uint8)
-        for obj, seg in enumerate(self._segs[image_id][:255], 1):  # ids must fit in a uint8 mask
-            if isinstance(seg, list):
-                rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
-            elif isinstance(seg["counts"], list):  # uncompressed RLE
-                rle = mask_utils.frPyObjects(seg, h, w)
-            else:
-                rle = seg
-            ids[mask_utils.decode(rle) > 0] = obj
+        ids = _paint_instances(self._segs[image_id], h, w)
         img = read_frame(self.image_dir / file_name)
         if img.shape[:2] != (h, w):
             raise self._size_error(self.image_dir / file_name, img.shape[1], img.shape[0], w, h)

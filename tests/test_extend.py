@@ -240,3 +240,14 @@ def test_generic_modules_import_nothing_from_model() -> None:
         if "model" in imported:
             offenders[name] = sorted(imported & {"model"})
     assert offenders == {}
+
+
+def test_no_class_is_longer_than_150_lines() -> None:
+    """Fails when a class grows into a second module (the trainer's 270-line class mixed the loop, resume replay,
+    validation and saving): a class of the top-level modules above 150 lines is to be split."""
+    long = []
+    for path in sorted(ROOT.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno + 1 > 150:
+                long.append(f"{path.name}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    assert not long, "classes above 150 lines: " + ", ".join(long)

@@ -160,18 +160,18 @@ def no_remote_resources(tree: Tree, text: str) -> None:
 
 def test_adapter_per_frame_scores_reduce_to_the_csv(sample_gt: tuple, tmp_path: Path) -> None:
     """The scorer's per-frame J/F (EvaluationResult.report_fields through report.run_scores), averaged over the
-    counted frames, give the CSV's J-Mean and F-Mean; the frames are those the protocol scores (the first and last
-    left out). Catches frames named off by one, per-frame arrays of another object, or the first/last frame
-    counted."""
+    counted frames, give the CSV's J-Mean and F-Mean; every frame is listed, the first and last as not counted (the
+    protocol drops them; the report shades them). Catches frames named off by one, per-frame arrays of another
+    object, or the first/last frame counted."""
     gt, frames = sample_gt
     scores, _, seq_csv = scored_run(gt, frames, tmp_path / "res", shift=4)
     rows = {r[0]: r for r in read_csv(seq_csv)[1:]}
     assert [o.name for o in scores.objects] == list(rows)
     for obj in scores.objects:
-        assert all(obj.counted)
+        assert obj.counted == [False] + [True] * (len(obj.frames) - 2) + [False]
         assert evaluation._fmt(obj.counted_mean("j")) == rows[obj.name][1]
         assert evaluation._fmt(obj.counted_mean("f")) == rows[obj.name][2]
-        assert obj.frames == [p.stem for p in gt[obj.sequence][1:-1]]
+        assert obj.frames == [p.stem for p in gt[obj.sequence]]
 
 
 def test_report_in_chromium(sample_gt: tuple, tmp_path: Path) -> None:

@@ -67,7 +67,8 @@ def test_run_test_writes_the_report_and_compare_reads_two_runs(tmp_path: Path, m
     rows = {r[0]: r for r in list(csv.reader((out / "per-sequence_results-sample.csv").read_text().splitlines()))[1:]}
     assert sorted(o.name for o in scores.objects) == sorted(rows) == ["bear_1", "boat_1"]
     for obj in scores.objects:
-        assert obj.frames == ["00001", "00002", "00003"]
+        assert obj.frames == ["00000", "00001", "00002", "00003", "00004"]  # first and last listed, not counted
+        assert obj.counted == [False, True, True, True, False]
         assert evaluation._fmt(obj.counted_mean("j")) == rows[obj.name][1]
         assert evaluation._fmt(obj.counted_mean("f")) == rows[obj.name][2]
     glob = list(csv.reader((out / "global_results-sample.csv").read_text().splitlines()))
