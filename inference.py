@@ -689,9 +689,6 @@ def _segment_layouts(args: argparse.Namespace, layouts: dict[str, Layout], selec
                      out_root: Path, settings: RunSettings, roots: Roots, job: Dist) -> list:
     """segment_benchmarks once the inputs are checked and the output folder is locked."""
     model, _, record = load_model(args, settings, roots.trained_model)
-    if job.main:  # what made these outputs (the checkpoint, its config and the overrides of this run), beside them
-        text = json.dumps(record, indent=2) + "\n"
-        atomic_write(out_root / "run.json", lambda f: f.write(text.encode()))
 
     def visualizer(key: str) -> Callable[[VideoReader], Visualizer] | None:
         if not args.visualize:
@@ -699,7 +696,7 @@ def _segment_layouts(args: argparse.Namespace, layouts: dict[str, Layout], selec
         return lambda video: Visualizer(video.name, out_root / "visualize" / key, args.vis_frame,
                                         frames=len(video.frames))
 
-    checkpoint = weights_path(args, roots.trained_model)  # the file load_model read, for the reports
+    checkpoint = Path(record["weights"])  # the file load_model read, for the reports
 
     def reporter(key: str, data: Layout, gt: dict[str, list[Path]] | None) -> Callable[[Any, Path], None] | None:
         if args.no_report:
@@ -730,6 +727,9 @@ def _segment_layouts(args: argparse.Namespace, layouts: dict[str, Layout], selec
             print(f"{key}: overlays and probability maps in {out_root / 'visualize' / key}")
         if result is not None:
             results.append(result)
+    if job.main:  # what made these outputs (the checkpoint, its config, this run's overrides), once they are whole
+        text = json.dumps(record, indent=2) + "\n"
+        atomic_write(out_root / "run.json", lambda f: f.write(text.encode()))
     return results
 
 

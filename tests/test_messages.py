@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 ERRORS = {"VOSInputError", "EvaluationError", "TrainingError"}
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9_]*(?:-[a-z0-9_]+)*")
 # torchrun's, in the README's multi-GPU command; SAM2's vos_inference.py option that writes SA-V's per-object PNGs
-OTHER_TOOLS = {"--nproc_per_node", "--per_obj_png_file", "--logdir"}  # and tensorboard's, for the training curves
+# tensorboard's --logdir (the training curves), SLURM's --signal (sbatch's, for preemption)
+OTHER_TOOLS = {"--nproc_per_node", "--per_obj_png_file", "--logdir", "--signal"}
 # library modules whose messages speak to one script's user: the scorers are evaluation.py --benchmark's
 LIBRARY_OF = {"benchmarks.py": "evaluation.py", "metrics.py": "evaluation.py", "report.py": "evaluation.py"}
 
@@ -30,10 +31,11 @@ SCRIPTS = ("run.py", "evaluation.py", "bench.py", "tools/cuda_check.py")
 
 def defined_flags() -> dict[str, set[str]]:
     """{script: its option strings}: run.py's and bench.py's parsers built (so that generated flags count), every
-    `add_argument` of evaluation.py read from the source, with the `--no-X` of BooleanOptionalAction flags."""
+    `add_argument` of evaluation.py and tools/cuda_check.py read from the source, with the `--no-X` of
+    BooleanOptionalAction flags."""
     flags = {"run.py": set(run.build_parser()._option_string_actions),
              "bench.py": set(bench.build_parser()._option_string_actions)}
-    for name in SCRIPTS[1:2]:
+    for name in ("evaluation.py", "tools/cuda_check.py"):
         flags[name] = set()
         for node in ast.walk(ast.parse((ROOT / name).read_text())):
             if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "add_argument":
