@@ -658,15 +658,25 @@ def _finish_vos(benchmark: str, objects: list[ObjectScores], out: Path, notes: l
     return BenchmarkResult(benchmark, "", table, objects, [path], notes)
 
 
+def _open_results_csv(gt: Path, results: Path, out: Path | None, gt_holds: str,
+                      results_hold: str) -> tuple[Path, Path, Path, list[str], list[str]]:
+    """The checked folders of a scoring that writes vos-benchmark's results.csv (vos-benchmark, SA-V), the stale
+    results.csv removed, and the videos in both trees with the notes about the others."""
+    gt = _need_dir(gt, "--gt", gt_holds)
+    results = _need_dir(results, "--results", results_hold)
+    out = writable_dir(Path(out or results), "--out" if out else "--results")
+    remove_stale([out / "results.csv"])
+    videos, notes = _common_videos(gt, results, "the predictions of these videos")
+    return gt, results, out, videos, notes
+
+
 def score_vos_benchmark(gt: Path, results: Path, out: Path | None = None, workers: int = 2) -> BenchmarkResult:
     """Score `results/<video>/<frame>.png` on a GT folder of `<video>/<frame>.png` id maps (vos-benchmark -g), as
     vos-benchmark: frames = sorted GT files without the first and the last, each object counted from its first
     appearance in GT or prediction, DAVIS J and F. Writes results.csv into `out` (default `results`)."""
-    gt = _need_dir(gt, "--gt", "the folder of GT video folders (vos-benchmark -g)")
-    results = _need_dir(results, "--results", "the folder with one sub-folder of PNGs per video")
-    out = writable_dir(Path(out or results), "--out" if out else "--results")
-    remove_stale([out / "results.csv"])
-    videos, notes = _common_videos(gt, results, "the predictions of these videos")
+    gt, results, out, videos, notes = _open_results_csv(
+        gt, results, out, "the folder of GT video folders (vos-benchmark -g)",
+        "the folder with one sub-folder of PNGs per video")
     tasks, frames_of = [], []
     for video in videos:
         names = _pngs(gt / video)[1:-1]
@@ -683,11 +693,9 @@ def score_sav(gt: Path, results: Path, out: Path | None = None, workers: int = 2
     (sav_evaluator.py --gt_root), as sav_evaluator.py: per object folder, its sorted GT frames without the first and
     the last, the object counted from its first appearance. A video whose GT folder holds only PNGs is scored as
     vos-benchmark does. Writes results.csv into `out` (default `results`)."""
-    gt = _need_dir(gt, "--gt", "SA-V's Annotations_6fps folder (sav_evaluator.py --gt_root)")
-    results = _need_dir(results, "--results", "the folder with one sub-folder per video")
-    out = writable_dir(Path(out or results), "--out" if out else "--results")
-    remove_stale([out / "results.csv"])
-    videos, notes = _common_videos(gt, results, "the predictions of these videos")
+    gt, results, out, videos, notes = _open_results_csv(
+        gt, results, out, "SA-V's Annotations_6fps folder (sav_evaluator.py --gt_root)",
+        "the folder with one sub-folder per video")
     tasks, keys = [], []
     for video in videos:
         entries = sorted(p.name for p in (gt / video).iterdir() if not p.name.startswith("."))

@@ -25,6 +25,18 @@ GOLDEN_CASES = SHARED / "golden" / "cases.npz"
 DAVIS2016_SAMPLE = SHARED / "data" / "DAVIS2016"
 
 
+def random_checkpoint(method: str, path: Path) -> Path:
+    """A checkpoint of `method` with its default config and random weights (seed 0), written to path: building the
+    network is most of a test's time, so module fixtures make one and share it."""
+    import torch
+
+    import methods  # here: conftest is imported before any test needs torch
+
+    torch.manual_seed(0)
+    torch.save(methods.weights_payload(methods.build_model(method), method), path)
+    return path
+
+
 def save_mask(path: Path, ids: np.ndarray) -> None:
     """utils.save_mask, imported late because the repository root joins sys.path only above."""
     import utils

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import save_mask, write_jpeg
+from conftest import random_checkpoint, save_mask, write_jpeg
 
 import bench
 import config_flags
@@ -204,10 +204,7 @@ def test_port_checkpoint_runs_at_upsample_1_8_with_a_finer_feature_map(port_chec
 @pytest.fixture(scope="module")
 def densenet_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An EMVOS checkpoint of the official config (so a plain state dict with the official keys), random weights."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("emvos") / "coco_davis_best.pth"
-    torch.save(methods.weights_payload(methods.build_model("emvos"), "emvos"), path)
-    return path
+    return random_checkpoint("emvos", tmp_path_factory.mktemp("emvos") / "coco_davis_best.pth")
 
 
 @pytest.mark.parametrize(("flags", "says"), [

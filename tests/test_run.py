@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import GOLDEN_WEIGHTS
+from conftest import GOLDEN_WEIGHTS, random_checkpoint
 from PIL import Image
 
 import dataset
-import methods
 import run
 import visualize
 
@@ -27,10 +26,7 @@ pytestmark = pytest.mark.skipif(not WEIGHTS.exists(), reason=f"golden weights no
 @pytest.fixture(scope="module")
 def videomatch_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random VideoMatch checkpoint, built once for the module (building the network is most of a test's time)."""
-    torch.manual_seed(0)
-    ckpt = tmp_path_factory.mktemp("videomatch") / "videomatch.pth"
-    torch.save(methods.weights_payload(methods.build_model("videomatch"), "videomatch"), ckpt)
-    return ckpt
+    return random_checkpoint("videomatch", tmp_path_factory.mktemp("videomatch") / "videomatch.pth")
 
 
 def _test(tmp_path: Path, *extra: str) -> int:
