@@ -518,28 +518,30 @@ def train_stage(t: Trainer, run: StageRun) -> None:
         end_epoch(t, run, stats)
     for epoch in range(state.epoch + 1, run.stage.epochs + 1):
         stats, epoch_rng = begin_epoch(t, run)
-        for imgs, masks, t0 in batches(t, run, epoch, stats, epoch_rng):
-            imgs, masks = imgs.to(t.device, non_blocking=True), masks.to(t.device, non_blocking=True)
-            gt = masks[:, 1:]  # the loss covers frames 1..L-1; frame 0's mask is given
-            with torch.autocast(t.device.type, dtype=t.amp, enabled=t.amp is not None):
-                logits = run.model(imgs, masks[:, 0])  # (B, L-1, 2, H, W)
-            loss = t.loss(logits, gt)
-            iou = foreground_iou(logits.detach(), gt)
-            loss_value, iou = distributed.all_reduce(t.dist_info, [loss.item(), iou.item()], t.device, "mean")
-            check_finite(t, loss_value, run, epoch, stats)
-            run.optimizer.zero_grad(set_to_none=True)
-            if run.scaler is not None:  # fp16 autocast
-                run.scaler.scale(loss).backward()
-                run.scaler.step(run.optimizer)
-                run.scaler.update()
-            else:
-                loss.backward()
-                run.optimizer.step()
-            state.iteration += 1
-            seconds = time.perf_counter() - t0
-            stats.add(loss_value, iou, imgs.shape[0] * t.dist_info.world, seconds)
-            if t.curves is not None:
-                t.curves.step(state.iteration, loss_value, iou, run.optimizer.param_groups[0]["lr"], seconds)
+        # closed on any exit (a NaN loss included), so that the epoch's DataLoader workers never outlive it
+        with contextlib.closing(batches(t, run, epoch, stats, epoch_rng)) as epoch_batches:
+            for imgs, masks, t0 in epoch_batches:
+                imgs, masks = imgs.to(t.device, non_blocking=True), masks.to(t.device, non_blocking=True)
+                gt = masks[:, 1:]  # the loss covers frames 1..L-1; frame 0's mask is given
+                with torch.autocast(t.device.type, dtype=t.amp, enabled=t.amp is not None):
+                    logits = run.model(imgs, masks[:, 0])  # (B, L-1, 2, H, W)
+                loss = t.loss(logits, gt)
+                iou = foreground_iou(logits.detach(), gt)
+                loss_value, iou = distributed.all_reduce(t.dist_info, [loss.item(), iou.item()], t.device, "mean")
+                check_finite(t, loss_value, run, epoch, stats)
+                run.optimizer.zero_grad(set_to_none=True)
+                if run.scaler is not None:  # fp16 autocast
+                    run.scaler.scale(loss).backward()
+                    run.scaler.step(run.optimizer)
+                    run.scaler.update()
+                else:
+                    loss.backward()
+                    run.optimizer.step()
+                state.iteration += 1
+                seconds = time.perf_counter() - t0
+                stats.add(loss_value, iou, imgs.shape[0] * t.dist_info.world, seconds)
+                if t.curves is not None:
+                    t.curves.step(state.iteration, loss_value, iou, run.optimizer.param_groups[0]["lr"], seconds)
         state.epoch = epoch
         end_epoch(t, run, stats)
     if not state.validated:
@@ -595,6 +597,11 @@ def batches(t: Trainer, run: StageRun, epoch: int, stats: EpochStats,
                 bar.set_postfix(loss=f"{stats.last_loss:.4f}")
     finally:
         bar.close()
+        # The workers ignore the stop signals (_init_worker), so torch's SIGTERM cannot end them: shut them down
+        # here, or multiprocessing would wait on them forever when the interpreter exits.
+        shutdown = getattr(loader, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
 
 
 def next_batch(t: Trainer, loader: Iterator) -> dict | None:

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -274,3 +275,15 @@ def coco_converted_root(tmp_path: Path) -> Path:
     write_jpeg(root / "JPEGImages" / "000000000001.jpg", rgb)
     save_mask(root / "Annotations" / "000000000001.png", ids)
     return root
+
+
+@pytest.fixture(autouse=True)
+def no_process_outlives_its_test() -> Iterator[None]:
+    """Fails the test that leaves a child process alive. DataLoader workers ignore SIGTERM (they must survive the
+    signal SLURM sends to a whole job step), so one left behind would make the interpreter wait on it forever at
+    exit: the suite would hang after its last test instead of failing (an interrupted training leaked two)."""
+    import multiprocessing
+
+    yield
+    alive = [p.name for p in multiprocessing.active_children()]
+    assert not alive, f"child processes left alive: {alive}"
