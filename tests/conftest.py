@@ -69,6 +69,20 @@ def square_frame(
     return rgb, ids
 
 
+def square_davis(root: Path, train: dict[str, tuple], val: dict[str, tuple], frames: int) -> Path:
+    """A DAVIS 2017 tree under root of 48x64 frames, each sequence a square of its colour moving right by 2 px a
+    frame ({name: colour} for the train and val lists)."""
+    for seq, colour in {**train, **val}.items():
+        for t in range(frames):
+            rgb, ids = square_frame(48, 64, 2 * t, [(1, colour)])
+            write_jpeg(root / "JPEGImages" / "480p" / seq / f"{t:05d}.jpg", rgb)
+            save_mask(root / "Annotations" / "480p" / seq / f"{t:05d}.png", ids)
+    (root / "ImageSets" / "2017").mkdir(parents=True)
+    (root / "ImageSets" / "2017" / "train.txt").write_text("".join(f"{n}\n" for n in train))
+    (root / "ImageSets" / "2017" / "val.txt").write_text("".join(f"{n}\n" for n in val))
+    return root
+
+
 @pytest.fixture(scope="session")
 def davis2016_root() -> Path:
     """The real DAVIS 2016 sample, original layout (ImageSets/480p/train.txt only)."""

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import save_mask, square_frame, write_jpeg
+from conftest import square_davis
 from PIL import Image
 from tensorboard.backend.event_processing import event_accumulator
 
@@ -118,16 +118,7 @@ def test_stages_are_separate_runs(tmp_path: Path) -> None:
 def tiny_davis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A DAVIS 2017 tree of 48x64 frames with a moving square (train: a, b; val: c), validated at that size."""
     monkeypatch.setattr(dataset, "TEST_SHORT_SIDE", 48)
-    root = tmp_path / "DAVIS"
-    for seq, colour in (("a", (255, 0, 0)), ("b", (0, 255, 0)), ("c", (0, 0, 255))):
-        for t in range(4):
-            rgb, ids = square_frame(48, 64, 2 * t, [(1, colour)])
-            write_jpeg(root / "JPEGImages" / "480p" / seq / f"{t:05d}.jpg", rgb)
-            save_mask(root / "Annotations" / "480p" / seq / f"{t:05d}.png", ids)
-    (root / "ImageSets" / "2017").mkdir(parents=True)
-    (root / "ImageSets" / "2017" / "train.txt").write_text("a\nb\n")
-    (root / "ImageSets" / "2017" / "val.txt").write_text("c\n")
-    return root
+    return square_davis(tmp_path / "DAVIS", {"a": (255, 0, 0), "b": (0, 255, 0)}, {"c": (0, 0, 255)}, frames=4)
 
 
 def test_run_train_logs_curves_and_a_resume_continues_them(tiny_davis: Path, tmp_path: Path) -> None:

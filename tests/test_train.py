@@ -16,7 +16,7 @@ from urllib.error import URLError
 import numpy as np
 import pytest
 import torch
-from conftest import GOLDEN_WEIGHTS, save_mask, square_frame, write_jpeg
+from conftest import GOLDEN_WEIGHTS, save_mask, square_davis, square_frame, write_jpeg
 
 import checkpoint
 import curves
@@ -268,16 +268,8 @@ def tiny_davis2017(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A DAVIS 2017 tree of 48x64 frames with a moving square (train: a, b; val: c, d), and run.py's test size set
     to 48 so that validation runs at that size, as `run.py --test` then does."""
     monkeypatch.setattr(dataset, "TEST_SHORT_SIDE", 48)
-    root = tmp_path / "DAVIS"
-    for seq, colour in (("a", (255, 0, 0)), ("b", (0, 255, 0)), ("c", (0, 0, 255)), ("d", (255, 255, 0))):
-        for t in range(5):
-            rgb, ids = square_frame(48, 64, 2 * t, [(1, colour)])
-            write_jpeg(root / "JPEGImages" / "480p" / seq / f"{t:05d}.jpg", rgb)
-            save_mask(root / "Annotations" / "480p" / seq / f"{t:05d}.png", ids)
-    (root / "ImageSets" / "2017").mkdir(parents=True)
-    (root / "ImageSets" / "2017" / "train.txt").write_text("a\nb\n")
-    (root / "ImageSets" / "2017" / "val.txt").write_text("c\nd\n")
-    return root
+    return square_davis(tmp_path / "DAVIS", {"a": (255, 0, 0), "b": (0, 255, 0)},
+                        {"c": (0, 0, 255), "d": (255, 255, 0)}, frames=5)
 
 
 def test_validation_matches_run_test_and_keeps_the_best(tiny_davis2017: Path, tmp_path: Path,
