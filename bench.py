@@ -5,9 +5,9 @@ Three ways to segment the same video with the same modules and weights:
 - `per-object`: the structure of the official code (suhwan-cho/EMVOS, `VOS.forward`), reimplemented here: every
   object computes its own four HW x HW similarity matrices, its own decoder projections and runs the decoder alone
   (batch 1).
-- `unsplit`: `inference.VideoSegmenter` with the official decoder computation (framework.Runtime(split_decoder=False)):
+- `unsplit`: `inference.VideoSegmenter` with the official decoder computation (model.EMVOSRuntime(split_decoder=False)):
   similarities (key products as 1x1 convolutions, matching.key_products) and projections once per frame for all
-  objects, the readout in cache-sized tiles, the decoder one object per call (framework.Runtime.decoder_batch:
+  objects, the readout in cache-sized tiles, the decoder one object per call (model.EMVOSRuntime.decoder_batch:
   bit-identical to the official per-object decoder), plus torch.compile if asked for.
 - `ours`: the same with the split decoder (model.Decoder.project): the blend convolutions' shared half also runs
   once per frame, each object convolves only its own channels, and the transposed convolutions run as a 1x1
@@ -234,7 +234,7 @@ def make_segmenter(path: str, model: emvos.EMVOS, precision: str, runtime: frame
     autocast = PRECISIONS[precision]
     if path == "per-object":
         return PerObjectSegmenter(model, autocast=autocast)
-    runtime = dataclasses.replace(runtime or framework.Runtime(), split_decoder=path == "ours")
+    runtime = dataclasses.replace(emvos.EMVOSRuntime.of(runtime), split_decoder=path == "ours")
     return VideoSegmenter(model, autocast=autocast, runtime=runtime)
 
 
@@ -405,7 +405,7 @@ def profile_frames(model: emvos.EMVOS, device: torch.device, objects: int, split
     """
 
     paths, mask = sample_video(objects)
-    seg = VideoSegmenter(model, runtime=framework.Runtime(split_decoder=split))
+    seg = VideoSegmenter(model, runtime=emvos.EMVOSRuntime(split_decoder=split))
     times: dict[str, list[float]] = {part: [] for part in PARTS}
     current: dict[str, float] = {}
 
@@ -573,7 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                    help="channels_last convolutions (both paths, so that their float32 numbers stay identical)")
     p.add_argument("--decoder-batch", type=int, default=1,
-                   help="objects per decoder call for `ours` (framework.Runtime.decoder_batch); 0: all the budget "
+                   help="objects per decoder call for `ours` (model.EMVOSRuntime.decoder_batch); 0: all the budget "
                         "allows")
     p.add_argument("--compile", action="store_true", help="torch.compile the encoder and decoder of `ours`")
     p.add_argument("--weights", default=None, help="checkpoint to load (default: random init, --seed)")
@@ -626,7 +626,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"--profile and --memory-growth time EMVOS's parts; drop them with --method {args.method}",
                   file=sys.stderr)
             return 2
-        runtime = framework.Runtime(memory_budget=args.max_memory, decoder_batch=args.decoder_batch or None)
+        runtime = emvos.EMVOSRuntime(memory_budget=args.max_memory, decoder_batch=args.decoder_batch or None)
         if args.profile:
             print_profiles(args, models, device)
         elif args.memory_growth:

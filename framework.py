@@ -22,21 +22,12 @@ from utils import auto_memory_budget
 @dataclass
 class Runtime:
     """How to run a model on this machine. Not part of the weights, so it is passed to `predict` (by the driver,
-    `inference.VideoSegmenter`) rather than stored on the network. Methods read the fields they have a use for."""
+    `inference.VideoSegmenter`) rather than stored on the network. Its fields hold for every method; a method may
+    extend it with settings of its own (EMVOS: model.EMVOSRuntime) and reads the fields it has a use for."""
 
     # bound in bytes on one frame's matching readout and decoder temporaries; "auto": a share of the memory free on
     # the frame's device, looked up every frame (utils.auto_memory_budget); None: no bound. run.py's --max-memory.
     memory_budget: int | str | None = "auto"
-    # Objects per decoder call. 1: each object alone, which keeps its float32 logits bit-identical to the official
-    # per-object decoder (oneDNN and cuDNN choose kernels, hence summation orders, by batch size; random-weight
-    # models have ties that such 1e-6 differences flip) and is also the fastest on CPU (bench.py). None: as many
-    # as the memory budget allows, which may pay on a GPU at small frames.
-    decoder_batch: int | None = 1
-    readout_bytes: int | None = None  # fixed readout tile size in bytes (tests); None: from memory_budget
-    # EMVOS: the blend convolutions' shared half once per frame (Decoder.project); False runs the official, unsplit
-    # decoder computation, for comparisons (float32 logits then equal the official code's; split moves them by
-    # summation order only)
-    split_decoder: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.memory_budget, str) and self.memory_budget != "auto":

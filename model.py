@@ -1,9 +1,10 @@
 """EMVOS (Cho et al., arXiv 2209.03139) in one module with named steps: encode -> match -> decode.
 
-Read top to bottom: the configuration, the building blocks (encoder, matcher, CBAM, decoder), the per-video state,
-the model and its loss, and the official checkpoint layout. What every method shares (padding, soft aggregation of
-the objects, the training forward) is in framework.py, the ImageNet backbones in backbones.py, the matching
-functions in matching.py, and `inference.VideoSegmenter` streams a video through any model frame by frame.
+Read top to bottom: the configuration, the building blocks (encoder, matcher, CBAM, decoder), the run-time
+settings (`EMVOSRuntime`), the per-video state, the model and its loss, and the official checkpoint layout. What
+every method shares (padding, soft aggregation of the objects, the training forward) is in framework.py, the
+ImageNet backbones in backbones.py, the matching functions in matching.py, and `inference.VideoSegmenter` streams a
+video through any model frame by frame.
 
 Naming: the trailing number is the stride, as in STCN: f4, f8, f16 are encoder features at strides 4, 8, 16.
 Shapes: B batch (clips), N objects, C channels, HW stride-16 positions, H x W the (padded) frame.
@@ -15,7 +16,7 @@ so `coco_davis_best.pth` loads with strict=True and checkpoints written here loa
 
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 import torch.nn as nn
@@ -25,7 +26,7 @@ from torch import Tensor
 import matching
 from backbones import densenet121_features, resnet_trunk
 from config_flags import check_config, option
-from framework import DEFAULT_RUNTIME, Runtime, clip_forward
+from framework import Runtime, clip_forward
 
 OFFICIAL_PREFIX = "vos."
 
@@ -267,6 +268,40 @@ def decoder_chunk_size(max_bytes: int | None, objects: int, bytes_per_object: in
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# run-time settings
+# ---------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class EMVOSRuntime(Runtime):
+    """framework.Runtime with EMVOS's own settings: objects per decoder call, the readout's tile size and the split
+    decoder. EMVOS's methods take any Runtime; a plain one runs with the defaults below (`EMVOSRuntime.of`)."""
+
+    # Objects per decoder call. 1: each object alone, which keeps its float32 logits bit-identical to the official
+    # per-object decoder (oneDNN and cuDNN choose kernels, hence summation orders, by batch size; random-weight
+    # models have ties that such 1e-6 differences flip) and is also the fastest on CPU (bench.py). None: as many
+    # as the memory budget allows, which may pay on a GPU at small frames.
+    decoder_batch: int | None = 1
+    readout_bytes: int | None = None  # fixed readout tile size in bytes (tests); None: from memory_budget
+    # the blend convolutions' shared half once per frame (Decoder.project); False runs the official, unsplit
+    # decoder computation, for comparisons (float32 logits then equal the official code's; split moves them by
+    # summation order only)
+    split_decoder: bool = True
+
+    @staticmethod
+    def of(runtime: Runtime | None) -> "EMVOSRuntime":
+        """runtime itself when it is an EMVOSRuntime; else its generic fields (memory_budget) with EMVOS's defaults
+        for the rest; None: all defaults."""
+        if isinstance(runtime, EMVOSRuntime):
+            return runtime
+        if runtime is None:
+            return DEFAULT_RUNTIME
+        return EMVOSRuntime(**{f.name: getattr(runtime, f.name) for f in fields(Runtime)})
+
+
+DEFAULT_RUNTIME = EMVOSRuntime()
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # per-video state
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -353,13 +388,14 @@ class EMVOS(nn.Module):
             f4, f8, f16 = self.encoder(img)
         return FrameFeatures(f4, f8, f16, self.matcher(f16), (f16.shape[-2], f16.shape[-1]))
 
-    def match(self, feats: FrameFeatures, state: VideoState, runtime: Runtime = DEFAULT_RUNTIME) -> Tensor:
+    def match(self, feats: FrameFeatures, state: VideoState, runtime: Runtime | None = None) -> Tensor:
         """Matching scores of every object: (B, N, 4 * branches, h, w).
 
         Per branch, in the official channel order: global bg, fg (against each object's first frame), then local bg,
         fg (against the previous frame). A similarity matrix depends only on the two frames, so each is computed
         once per frame and read out for all objects together.
         """
+        runtime = EMVOSRuntime.of(runtime)
         q = (feats.keys.nk, feats.keys.k)
         b, n = state.prev_mask16.shape[:2]
         h, w = feats.size16
@@ -383,15 +419,17 @@ class EMVOS(nn.Module):
             channels += [glob, local]
         return torch.cat(channels, dim=2).unflatten(3, (h, w))  # (B, N, 4 * branches, h, w)
 
-    def decode(self, feats: FrameFeatures, scores: Tensor, state: VideoState, runtime: Runtime = DEFAULT_RUNTIME
+    def decode(self, feats: FrameFeatures, scores: Tensor, state: VideoState, runtime: Runtime | None = None
                ) -> Tensor:
         """-> logits (B, N, 2, H, W) for [bg, fg] of every object.
 
         The decoder's shared part runs once (Decoder.project, which then replaces feats' skip features; with
         runtime.split_decoder the blend convolutions' shared half too). Objects then go through the decoder
         runtime.decoder_batch at a time, fewer if the memory budget says so; an object's logits do not depend on the
-        others in its batch (up to float rounding, see Runtime.decoder_batch).
+        others in its batch (up to float rounding, see EMVOSRuntime.decoder_batch). A plain Runtime runs with
+        EMVOSRuntime's defaults.
         """
+        runtime = EMVOSRuntime.of(runtime)
         proj = feats.project(self.decoder, runtime.split_decoder)
         prev = state.prev_mask16.unflatten(3, feats.size16)  # (B, N, 2, h, w)
         n = scores.shape[1]
@@ -460,7 +498,7 @@ class EMVOS(nn.Module):
 
     def predict(self, feats: FrameFeatures, state: VideoState, runtime: Runtime | None = None) -> Tensor:
         """Logits (B, N, 2, H, W) of every tracked object in a new frame."""
-        runtime = runtime or DEFAULT_RUNTIME
+        runtime = EMVOSRuntime.of(runtime)  # once per frame, not in both steps
         return self.decode(feats, self.match(feats, state, runtime), state, runtime)
 
     # --- training forward ------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import utils
 from framework import Runtime
 from inference import VideoSegmenter
 from methods import load_weights
-from model import EMVOS
+from model import EMVOS, EMVOSRuntime
 from reference import PerObjectSegmenter, blob_mask, capture_logits, random_frame
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,7 +97,7 @@ def test_model_chunked_readout_identical(tiny_model: EMVOS) -> None:
     # float64, 15 reference positions, 6 masks (3 objects): tiles of 1 mask x 1 query position; 1 mask x 4 queries
     # (4 does not divide 15); 2 masks x all 15 queries (readout_tiles)
     for max_bytes in (8, 8 * 15 * 4, 8 * 15 * 15 * 2):
-        runtime = Runtime(memory_budget=None, readout_bytes=max_bytes)
+        runtime = EMVOSRuntime(memory_budget=None, readout_bytes=max_bytes)
         labels, logits = _stream(VideoSegmenter(model, torch.float64, runtime=runtime))
         assert all(torch.equal(a, b) for a, b in zip(labels, ref_labels, strict=True))
         assert all(torch.equal(a, b) for a, b in zip(logits, ref_logits, strict=True))
@@ -112,7 +112,7 @@ def test_decoder_object_batches_identical(tiny_model: EMVOS) -> None:
     model = tiny_model.double()
 
     def stream(memory_budget: int | None, decoder_batch: int | None) -> tuple[list, list]:
-        runtime = Runtime(memory_budget=memory_budget, decoder_batch=decoder_batch)
+        runtime = EMVOSRuntime(memory_budget=memory_budget, decoder_batch=decoder_batch)
         return _stream(VideoSegmenter(model, torch.float64, runtime=runtime), objects=5)
 
     ref_labels, ref_logits = stream(None, 1)
@@ -139,7 +139,7 @@ def test_unsplit_equals_per_object_bitwise_fp32(tiny_model: EMVOS, channels_last
     monkeypatch.setattr(matching, "key_products", lambda ref, query: torch.bmm(ref.transpose(1, 2), query))
     model = tiny_model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     ref_labels, ref_logits = _stream(PerObjectSegmenter(model))
-    labels, logits = _stream(VideoSegmenter(model, runtime=Runtime(split_decoder=False)))
+    labels, logits = _stream(VideoSegmenter(model, runtime=EMVOSRuntime(split_decoder=False)))
     assert torch.equal(torch.cat(logits, 1), torch.cat(ref_logits, 1))
     assert all(torch.equal(a, b) for a, b in zip(labels, ref_labels, strict=True))
 
@@ -172,6 +172,18 @@ def test_memory_budget_api(monkeypatch: pytest.MonkeyPatch) -> None:
     assert Runtime(memory_budget=None).budget_bytes(cpu) is None
     with pytest.raises(ValueError, match="memory budget"):
         Runtime(memory_budget="lots")
+
+
+def test_emvos_runs_a_plain_runtime_with_its_own_defaults() -> None:
+    """Bugs: EMVOS dropping the memory budget of a plain framework.Runtime (the driver's default type), or running
+    it with other decoder settings than EMVOSRuntime's defaults (one object per call, the split decoder), or
+    replacing the settings of an EMVOSRuntime it is given."""
+    assert EMVOSRuntime.of(Runtime(memory_budget=123)) == EMVOSRuntime(memory_budget=123)
+    assert EMVOSRuntime.of(Runtime(memory_budget=None)) == EMVOSRuntime(memory_budget=None)
+    assert EMVOSRuntime.of(None) == EMVOSRuntime()
+    assert (EMVOSRuntime().decoder_batch, EMVOSRuntime().readout_bytes, EMVOSRuntime().split_decoder) == (1, None, True)
+    own = EMVOSRuntime(memory_budget=7, decoder_batch=None, readout_bytes=64, split_decoder=False)
+    assert EMVOSRuntime.of(own) is own
 
 
 def test_bench_quick_prints_the_table() -> None:

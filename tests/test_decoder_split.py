@@ -11,11 +11,10 @@ import torch
 from conftest import SHARED
 from PIL import Image
 
-from framework import DEFAULT_RUNTIME as DEFAULT
-from framework import Runtime
 from inference import VideoSegmenter
 from methods import load_weights
-from model import EMVOS, Decoder, FrameFeatures
+from model import DEFAULT_RUNTIME as DEFAULT
+from model import EMVOS, Decoder, EMVOSRuntime, FrameFeatures
 
 GOLDEN = SHARED / "golden"
 DAVIS = SHARED / "data" / "DAVIS2016"
@@ -109,7 +108,8 @@ def compare_decoders(model: EMVOS, diffs: list[float]) -> Iterator[None]:
     goes on, so the video follows the split path."""
     original = model.decode
 
-    def both(feats: FrameFeatures, scores: torch.Tensor, state: object, runtime: Runtime = DEFAULT) -> torch.Tensor:
+    def both(feats: FrameFeatures, scores: torch.Tensor, state: object, runtime: EMVOSRuntime = DEFAULT
+             ) -> torch.Tensor:
         # a copy: decode releases the skip features
         ref = original(replace(feats), scores, state, replace(runtime, split_decoder=False))
         out = original(feats, scores, state, replace(runtime, split_decoder=True))
@@ -180,7 +180,7 @@ def _bear_mask(objects: int) -> torch.Tensor:
 
 def _stream(model: EMVOS, objects: int, split: bool) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
     """Labels, aggregated foreground probabilities (N, H, W) and logits of the first FRAMES bear frames."""
-    seg = VideoSegmenter(model, runtime=Runtime(split_decoder=split))
+    seg = VideoSegmenter(model, runtime=EMVOSRuntime(split_decoder=split))
     sink: list[torch.Tensor] = []
     original = model.predict
 

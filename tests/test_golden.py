@@ -9,7 +9,7 @@ from conftest import SHARED
 from framework import Runtime
 from inference import VideoSegmenter
 from methods import load_weights
-from model import EMVOS, from_official, to_official
+from model import EMVOS, EMVOSRuntime, from_official, to_official
 
 GOLDEN = SHARED / "golden"
 CASES = GOLDEN / "cases.npz"
@@ -73,6 +73,6 @@ def test_case_c_training_forward_scores(model64: EMVOS, cases: dict) -> None:
 
 def test_chunked_readout_gives_identical_masks(model64: EMVOS, cases: dict) -> None:
     # the memory-bounded readout must not change a single number
-    runtime = Runtime(readout_bytes=3 * 2 * 8 * 1000)  # a few query positions per chunk, not a divisor of HW
+    runtime = EMVOSRuntime(readout_bytes=3 * 2 * 8 * 1000)  # a few query positions per chunk, not a divisor of HW
     out = _run(model64, cases["b_imgs"], {0: cases["b_first_mask"], 2: cases["b_frame2_mask"]}, runtime)
     np.testing.assert_array_equal(out, cases["b_masks_out"])
