@@ -1,4 +1,5 @@
-"""Datasets on disk (DAVIS 2016 / 2017, YouTube-VOS 2018 / 2019, a user's video): the test-time video readers.
+"""Datasets on disk (DAVIS 2016 / 2017, YouTube-VOS 2018 / 2019, a user's video): where they are (`Roots`, read by
+training and testing alike) and the test-time video readers.
 
 Test side: a `Layout` per benchmark (`DAVIS`, `YouTubeVOS`, `SingleVideo`) yields one `VideoReader` per video. The
 reader holds file paths only and knows the frame order, the masks given at each frame, the official test-time size
@@ -41,6 +42,28 @@ DAVIS_ROOT = "../DB/DAVIS"
 YTVOS18_ROOT = "../DB/YTVOS18"
 YTVOS19_ROOT = "../DB/YTVOS19"
 COCO_ROOT = "../DB/COCO"
+
+
+@dataclass(frozen=True)
+class Roots:
+    """Where the data and the checkpoints are, for training (trainer.train) and testing (inference.segment_benchmarks).
+    run.py fills it from its flags and the editable *_ROOT constants at its top (`run.roots`). A field that a run.py
+    flag sets is named after that flag, so that a message about a missing root can name it (methods.StageData.root).
+    None: not given; a training stage or a --data key that reads it is then refused before any work, naming its flag
+    (`sample`, which has none, by its name)."""
+
+    davis: str | Path | None = None  # DAVIS (2017 layout or the original DAVIS 2016 download); also the validation set
+    ytvos: str | Path | None = None  # YouTube-VOS 2018: its train/ for training, valid/ for --data YTVOS18_val
+    ytvos19: str | Path | None = None  # YouTube-VOS 2019, for --data YTVOS19_val (run.py's --ytvos sets it too)
+    coco: str | Path | None = None  # COCO (the converted folder or the cocodataset.org download)
+    mose: str | Path | None = None  # holds valid/
+    lvos: str | Path | None = None  # holds valid/ and test/
+    sav: str | Path | None = None  # holds sav_val/ and sav_test/
+    generic: str | Path | None = None  # holds JPEGImages/<video>/ and Annotations/<video>/
+    sample: Path | None = None  # the bundled DAVIS 2016 sample, for --data sample (no flag: run.py's SAMPLE_ROOT)
+    # the authors' files are fetched here and the default checkpoint is read from here (no flag: run.py's
+    # TRAINED_MODEL); None: methods.TRAINED_MODEL
+    trained_model: Path | None = None
 
 
 # The official test protocol: short side to 480 unless a given object would then have fewer pixels than this.

@@ -4,7 +4,7 @@
 current frame and the model's state; `segment_video` feeds it a `dataset.VideoReader` (which decides the sizes and
 the files) and writes what it predicts. run.py's --test and the trainer's validation both run videos through here,
 so their numbers are the same. `segment_benchmarks` is --test itself: the benchmarks of `TEST_KEYS` opened from
-`Roots`, the checkpoint (`load_model`), each benchmark segmented, scored, reported and zipped (`run_dataset`,
+`dataset.Roots`, the checkpoint (`load_model`), each benchmark segmented, scored, reported and zipped (`run_dataset`,
 `write_zip`, report.publish; LVOS val and SA-V by their own toolkits' rules, `benchmark_scoring`). Under
 torchrun the videos are spread over the processes (`balance`) and process 0 alone scores, reports and zips.
 
@@ -38,7 +38,17 @@ import evaluation
 import methods
 import report
 import weights
-from dataset import DAVIS, MIN_OBJECT_PIXELS, TEST_SHORT_SIDE, Layout, SingleVideo, VideoReader, YouTubeVOS, frame_files
+from dataset import (
+    DAVIS,
+    MIN_OBJECT_PIXELS,
+    TEST_SHORT_SIDE,
+    Layout,
+    Roots,
+    SingleVideo,
+    VideoReader,
+    YouTubeVOS,
+    frame_files,
+)
 from distributed import Dist, broadcast, close_distributed, gather, init_distributed, process_device
 from framework import Runtime, VOSModel, aggregate_objects, get_padding, one_hot, pad, pad_mask, unpad
 from readers import LVOS, MOSE, SAV, Generic
@@ -341,33 +351,26 @@ TEST_KEYS = {
 }
 
 
-@dataclass
-class Roots:
-    """Where the data and the checkpoints are (run.py's editable constants, or the flags that override them)."""
-
-    davis: str | Path
-    ytvos18: str | Path
-    ytvos19: str | Path
-    sample: Path  # the bundled DAVIS 2016 sample
-    trained_model: Path  # the authors' files are fetched here; the default checkpoint is read from here
-    mose: str | Path | None = None  # holds valid/
-    lvos: str | Path | None = None  # holds valid/ and test/
-    sav: str | Path | None = None  # holds sav_val/ and sav_test/
-    generic: str | Path | None = None  # holds JPEGImages/ and Annotations/
+# what the root of each benchmark of TEST_KEYS holds, for the message when it is not given
+ROOT_HOLDS = {"davis": "JPEGImages/ and Annotations/", "ytvos": "valid/ and valid_all_frames/", "mose": "valid/",
+              "lvos": "valid/ and test/", "sav": "sav_val/ and sav_test/",
+              "generic": "JPEGImages/<video>/ and Annotations/<video>/"}
 
 
 def open_layout(key: str, roots: Roots) -> Layout:
-    """The benchmark that a --data key names, read from its root."""
+    """The benchmark that a --data key names, read from its root (the field of `roots` named after its flag;
+    YouTube-VOS 2019 reads `ytvos19`, which --ytvos also sets)."""
     bench, year, split = TEST_KEYS[key]
-    if bench == "sample":
-        return DAVIS(roots.sample, year, split)
-    if bench == "davis":
-        return DAVIS(roots.davis, year, split)
-    if bench == "ytvos":
-        return YouTubeVOS(roots.ytvos18 if year == "2018" else roots.ytvos19, year, split)
-    root = getattr(roots, bench)
+    root = roots.ytvos19 if (bench, year) == ("ytvos", "2019") else getattr(roots, bench)
     if root is None:
-        raise VOSInputError(f"--data {key} needs --{bench} ROOT (the folder that holds JPEGImages/ and Annotations/)")
+        if bench == "sample":
+            raise VOSInputError("--data sample reads the bundled sample, and Roots.sample is not set; set it to "
+                                "sample/DAVIS2016 of this repository")
+        raise VOSInputError(f"--data {key} needs --{bench} ROOT (the folder that holds {ROOT_HOLDS[bench]})")
+    if bench in ("sample", "davis"):
+        return DAVIS(root, year, split)
+    if bench == "ytvos":
+        return YouTubeVOS(root, year, split)
     if bench == "mose":
         return MOSE(root, split)
     if bench == "lvos":
@@ -688,7 +691,7 @@ def output_lock(job: Dist, out_root: Path) -> Iterator[None]:
 def _segment_layouts(args: argparse.Namespace, layouts: dict[str, Layout], selection: list[str] | None,
                      out_root: Path, settings: RunSettings, roots: Roots, job: Dist) -> list:
     """segment_benchmarks once the inputs are checked and the output folder is locked."""
-    model, _, record = load_model(args, settings, roots.trained_model)
+    model, _, record = load_model(args, settings, roots.trained_model or methods.TRAINED_MODEL)
 
     def visualizer(key: str) -> Callable[[VideoReader], Visualizer] | None:
         if not args.visualize:

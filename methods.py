@@ -24,8 +24,9 @@ import config_flags
 import model
 import samplers
 import videomatch
+from dataset import Roots
 from framework import VOSModel as VOSModel  # re-exported: the interface each method's class meets
-from samplers import Roots, TrainSet
+from samplers import TrainSet
 from utils import VOSInputError
 from weights import OFFICIAL_BLOB_IDS, as_state_dict, check_finite, load_file
 
@@ -58,7 +59,7 @@ class StageData:
     """What a stage trains on and how it selects its model; the trainer knows stages by nothing else."""
 
     name: str  # what the messages call the data
-    root: str  # the field of samplers.Roots it reads, which is also its flag (--davis, --ytvos, --coco)
+    root: str  # the field of dataset.Roots it reads, which is also its flag (--davis, --ytvos, --coco)
     holds: str  # what that folder must hold, for the message when it is missing
     open: Callable[[StageConfig, StageContext], TrainSet]  # the stage's training data (its check() not yet run)
     # the stage's model selection, given its training data; None: nothing to select on (the last weights stand)

@@ -24,7 +24,6 @@ import trainer
 import visualize
 import weights
 from inference import PRECISIONS, TEST_KEYS, run_settings
-from samplers import Roots
 from utils import VOSInputError, writable_dir
 
 # Dataset roots: edit these or pass the flags (--davis, --ytvos, --coco), as in the official run.py. The DAVIS reader
@@ -40,11 +39,13 @@ SAMPLE_ROOT = Path(__file__).resolve().parent / "sample" / "DAVIS2016"  # CC BY 
 TRAINED_MODEL = methods.TRAINED_MODEL  # the authors' files are fetched here; --train writes here by default
 
 
-def roots(args: argparse.Namespace) -> inference.Roots:
-    """The roots of this run: the flags, else the constants above (read at the call: an edit or a patch holds)."""
-    return inference.Roots(davis=args.davis, ytvos18=args.ytvos or YTVOS18_ROOT, ytvos19=args.ytvos or YTVOS19_ROOT,
-                           sample=SAMPLE_ROOT, trained_model=TRAINED_MODEL, mose=args.mose or MOSE_ROOT,
-                           lvos=args.lvos or LVOS_ROOT, sav=args.sav or SAV_ROOT, generic=args.generic)
+def roots(args: argparse.Namespace) -> dataset.Roots:
+    """The roots of this run, --train's and --test's: the flags, else the constants above (read at the call: an edit
+    or a patch holds). Training reads YouTube-VOS 2018 (`ytvos`), the official training set."""
+    return dataset.Roots(davis=args.davis, ytvos=args.ytvos or YTVOS18_ROOT, ytvos19=args.ytvos or YTVOS19_ROOT,
+                         coco=args.coco, mose=args.mose or MOSE_ROOT, lvos=args.lvos or LVOS_ROOT,
+                         sav=args.sav or SAV_ROOT, generic=args.generic, sample=SAMPLE_ROOT,
+                         trained_model=TRAINED_MODEL)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -218,11 +219,6 @@ def train_options(args: argparse.Namespace) -> trainer.TrainOptions:
                                              else " (--method emvos, the default)"))
 
 
-def training_roots(args: argparse.Namespace) -> Roots:
-    """The data roots of --train: the flags, else the constants at the top of this file."""
-    return Roots(davis=args.davis, ytvos=args.ytvos or YTVOS18_ROOT, coco=args.coco)
-
-
 def check_flags(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     """Flags that do nothing in this mode or with this method are errors, not silently ignored."""
     defaults = {a.dest: a.default for a in parser._actions}
@@ -294,7 +290,7 @@ def _run_mode(args: argparse.Namespace) -> None:
     """Run the one mode the flags choose: --train, --prob-maps, --preview-augmentation, else --test (segment --video
     or the --data benchmarks; with neither, `default_data`'s)."""
     if args.train:
-        trainer.train(args.method if args.method_given else None, train_options(args), training_roots(args))
+        trainer.train(args.method if args.method_given else None, train_options(args), roots(args))
     elif args.prob_maps is not None:
         prob_maps(args)
     elif args.preview_augmentation is not None:

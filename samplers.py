@@ -36,16 +36,6 @@ from utils import VOSInputError, check_image, read_frame, read_mask
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class Roots:
-    """Where the training data is (run.py fills it from --davis, --ytvos, --coco and its editable *_ROOT constants).
-    None: not given; a stage that trains on that data is then refused before any training, naming the flag."""
-
-    davis: str | None = None  # DAVIS (2017 layout or the original DAVIS 2016 download); also the validation set
-    ytvos: str | None = None  # YouTube-VOS 2018 (its train/)
-    coco: str | None = None  # COCO (the converted folder or the cocodataset.org download)
-
-
 class TrainSet(Dataset, ABC):
     """What the trainer reads of a stage's training data: `check()` refuses data that cannot train (before the first
     step), `len()` is the number of items an epoch may draw, item k is {'imgs': (L, 3, H, W), 'masks': (L, H, W)}."""

@@ -51,10 +51,11 @@ import methods
 import samplers
 import weights
 from checkpoint import capture_rng, restore_rng
+from dataset import Roots
 from distributed import Dist
 from inference import RunSettings, run_settings, segment_video
 from methods import Method, Selection, StageConfig, StageContext
-from samplers import Roots, TrainSet
+from samplers import TrainSet
 from utils import RunLock, VOSInputError
 
 SEED = 19971007  # the official run.py seeds python, numpy and torch with it

@@ -129,3 +129,33 @@ def test_every_flag_named_exists(source) -> None:
     defined = defined_flags()
     missing = sorted({f"{where} {script} {flag}" for where, script, flag in source() if flag not in defined[script]})
     assert not missing, "flags named but defined nowhere:\n" + "\n".join(missing)
+
+
+def test_root_messages_name_the_flag_that_fills_that_root(tmp_path: Path) -> None:
+    """The messages about a missing root name its flag from the dataset.Roots field it reads (methods.StageData.root,
+    inference.open_layout), which the static scan above cannot see. Bugs: a field renamed apart from its flag (the
+    message then tells a flag that does not exist, e.g. --ytvos18), a flag that run.roots puts into another field
+    than the one its message is about, or --ytvos not reaching YouTube-VOS 2019."""
+    import dataset
+    import inference
+    import methods
+    from utils import VOSInputError
+
+    parser = run.build_parser()
+    for spec in methods.METHODS.values():
+        for stage in spec.stages.values():
+            flag, given = f"--{stage.data.root}", str(tmp_path / stage.data.root)
+            assert flag in parser._option_string_actions, (spec.name, stage.name, flag)
+            roots = run.roots(parser.parse_args(["--train", flag, given]))
+            assert getattr(roots, stage.data.root) == given
+    for key in inference.TEST_KEYS:
+        with pytest.raises(VOSInputError) as missing:
+            inference.open_layout(key, dataset.Roots())
+        found = re.search(r"needs (--\w+) ROOT", str(missing.value))
+        if key == "sample":  # no flag: run.py sets the bundled folder itself
+            assert found is None and "Roots.sample" in str(missing.value)
+            continue
+        assert found is not None and found.group(1) in parser._option_string_actions, str(missing.value)
+        given = str(tmp_path / f"given_{key}")
+        with pytest.raises(VOSInputError, match=re.escape(given)):  # the layout opened the folder the flag gave
+            inference.open_layout(key, run.roots(parser.parse_args(["--test", found.group(1), given])))

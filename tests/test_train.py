@@ -27,7 +27,7 @@ import model
 import run
 import samplers
 import trainer
-from samplers import Roots
+from dataset import Roots
 from utils import VOSInputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +45,7 @@ def _davis_args(root: Path, save_dir: Path, *extra: str) -> list[str]:
 def _train(argv: list[str]) -> torch.nn.Module:
     """What `run.py --train ARGV` trains (the options and roots run.py builds from its flags)."""
     args = run.build_parser().parse_args(["--train", *argv])
-    return trainer.train(args.method or "emvos", run.train_options(args), run.training_roots(args))
+    return trainer.train(args.method or "emvos", run.train_options(args), run.roots(args))
 
 
 def _log(save_dir: Path) -> list[dict]:
@@ -176,7 +176,7 @@ def test_nan_stops_without_writing_a_checkpoint(davis2016_root: Path, tmp_path: 
                                                                   "--epochs", "2", "--save-every", "1")])
     args.lr = float("inf")
     with pytest.raises(trainer.TrainingError) as err:
-        trainer.train("emvos", run.train_options(args), run.training_roots(args))
+        trainer.train("emvos", run.train_options(args), run.roots(args))
     text = str(err.value)
     assert message in text and "--lr" in text and "--amp" in text
     if clips == "4":
@@ -331,7 +331,7 @@ DDP_DRIVER = textwrap.dedent("""
         return clip
     samplers.TrainDAVIS.__getitem__ = record
     args = run.build_parser().parse_args(["--train", *sys.argv[1:]])
-    net = trainer.train(args.method or "emvos", run.train_options(args), run.training_roots(args))
+    net = trainer.train(args.method or "emvos", run.train_options(args), run.roots(args))
     torch.save({{"state": net.state_dict(), "clips": clips}}, os.path.join({out!r}, f"rank{{os.environ['RANK']}}.pt"))
 """)
 

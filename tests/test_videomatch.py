@@ -16,10 +16,11 @@ import matching
 import methods
 import run
 import trainer
+from dataset import Roots
 from framework import one_hot
 from inference import VideoSegmenter
 from methods import build_model
-from samplers import Roots, TrainDAVIS
+from samplers import TrainDAVIS
 from utils import VOSInputError
 from videomatch import (
     LOSSES,
@@ -336,7 +337,7 @@ def test_trainer_preset_trains_videomatch(tmp_path: Path, monkeypatch: pytest.Mo
             "--batch-size", "2", "--workers", "0", "--val-every", "0", "--epochs", "1", "--clips-per-epoch", "2",
             "--loss", "dice", "--davis", str(DAVIS2016), "--davis-year", "2016", "--save-dir", str(tmp_path)]
     args = run.build_parser().parse_args(argv)
-    net = trainer.train(args.method or "emvos", run.train_options(args), run.training_roots(args))
+    net = trainer.train(args.method or "emvos", run.train_options(args), run.roots(args))
     assert all(p.requires_grad for p in net.parameters())  # the encoder is the whole network: it is trained
     assert adam == [{"lr": 1e-5, "weight_decay": 5e-4}]  # the paper's optimiser settings reached Adam
     loaded, _ = methods.load_weights(tmp_path / "videomatch_davis_best.pth")
