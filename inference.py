@@ -129,7 +129,8 @@ class VideoSegmenter:
         self.reset()
         for index, frame in enumerate(frames):
             mask = masks.get(index)
-            labels, probs = self.step(as_frame(frame), None if mask is None else torch.as_tensor(np.asarray(mask)))
+            # a copy: masks read with PIL are read-only arrays, which torch would wrap with a warning
+            labels, probs = self.step(as_frame(frame), None if mask is None else torch.tensor(np.asarray(mask)))
             yield index, labels, dict(zip(self.object_ids, probs, strict=True))
 
     @torch.inference_mode()

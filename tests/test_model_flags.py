@@ -25,7 +25,7 @@ import run
 import trainer
 import videomatch
 
-ONE_STEP = ["--device", "cpu", "--no-pretrained", "--crop", "64", "64", "--clip-len", "2", "--batch-size", "1",
+ONE_STEP = ["--device", "cpu", "--no-pretrained", "--crop", "32", "32", "--clip-len", "2", "--batch-size", "1",
             "--epochs", "1", "--clips-per-epoch", "1", "--workers", "0", "--val-every", "0", "--stages", "davis",
             "--davis-year", "2016"]
 

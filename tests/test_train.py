@@ -32,7 +32,7 @@ from utils import VOSInputError
 
 ROOT = Path(__file__).resolve().parents[1]
 
-TINY = ["--device", "cpu", "--no-pretrained", "--crop", "64", "64", "--clip-len", "3", "--batch-size", "2",
+TINY = ["--device", "cpu", "--no-pretrained", "--crop", "32", "32", "--clip-len", "3", "--batch-size", "2",
         "--workers", "0", "--val-every", "0"]
 
 
