@@ -301,3 +301,13 @@ def no_process_outlives_its_test() -> Iterator[None]:
     yield
     alive = [p.name for p in multiprocessing.active_children()]
     assert not alive, f"child processes left alive: {alive}"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (`-n N`) each worker gets its share of the cores as intra-op threads: N workers with all
+    cores each would contend for them and make every convolution slower."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))

@@ -140,11 +140,11 @@ def _interrupt_at(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
 def test_resume_after_ctrl_c_continues_exactly(davis2016_root: Path, tmp_path: Path, workers: str,
                                                monkeypatch: pytest.MonkeyPatch,
                                                capsys: pytest.CaptureFixture) -> None:
-    args = ["--clips-per-epoch", "6", "--epochs", "3", "--save-every", "3", "--workers", workers]
+    args = ["--clips-per-epoch", "6", "--epochs", "2", "--save-every", "2", "--workers", workers]
     _train(_davis_args(davis2016_root, tmp_path / "a", *args))
 
     with monkeypatch.context() as m:
-        _interrupt_at(m, 5)  # epoch 2 (3 batches per epoch), the step finishes, then the run stops
+        _interrupt_at(m, 4)  # epoch 2 (3 batches per epoch), the step finishes, then the run stops
         with pytest.raises(trainer.TrainingInterrupted) as stopped:
             _train(_davis_args(davis2016_root, tmp_path / "b", *args))
     assert stopped.value.code == 130
@@ -161,8 +161,8 @@ def test_resume_after_ctrl_c_continues_exactly(davis2016_root: Path, tmp_path: P
     for row in a + b:
         row.pop("sec_per_iter")
     assert a == b  # the same loss and IoU in every epoch, before and after the interruption
-    final_a = _weights(tmp_path / "a" / "coco_davis_0003.pth")
-    final_b = _weights(tmp_path / "b" / "coco_davis_0003.pth")
+    final_a = _weights(tmp_path / "a" / "coco_davis_0002.pth")
+    final_b = _weights(tmp_path / "b" / "coco_davis_0002.pth")
     assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
 
 
