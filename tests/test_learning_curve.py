@@ -1,5 +1,5 @@
-"""Training learns: a few hundred CPU steps of `run.py --train` take each method from its untrained held-out IoU to
-a high one on synthetic videos, and broken labels keep it from getting there.
+"""Training learns: 125-150 CPU steps of `run.py --train` take each method from its untrained held-out IoU on
+synthetic videos to above a threshold that the same run with broken labels does not reach.
 
 The task: videos of one square (28-43 pixels of a 64x64 frame, a colour of its own) drifting over gray noise. The
 videos held out for scoring have colours no training video has, so the model must follow the object its first mask
@@ -121,8 +121,9 @@ def train_and_score(method: str, root: Path, videos: list[str], save_dir: Path, 
 
 
 # Steps: 300 clips / batch 2 = 150 (EMVOS), 250 pairs / batch 2 = 125 (VideoMatch), one epoch each. The learning
-# rates are above the official ones (EMVOS 1e-4, VideoMatch's port 1e-5) because a test has a few hundred steps, not
-# the recipes' hundred thousand; EMVOS at 1e-3 stopped learning (the loss stayed at the background prior).
+# rates are above the official ones (EMVOS 1e-4, VideoMatch's port 1e-5) because a test has a hundred or so steps, not
+# the official recipes' tens of thousands; EMVOS at 1e-3 stopped learning in a trial (the loss stayed at the
+# background prior).
 EMVOS_STEPS = ["--clips-per-epoch", "300", "--batch-size", "2", "--clip-len", "3", "--lr", "3e-4"]
 VIDEOMATCH_STEPS = ["--clips-per-epoch", "250", "--batch-size", "2", "--lr", "1e-4"]
 # Thresholds between what correct labels reach and what broken ones do (measured on one machine, seeded; docstrings).
