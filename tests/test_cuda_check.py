@@ -113,11 +113,12 @@ def test_a_broken_part_is_a_row_and_the_others_still_run(tmp_path: Path, monkeyp
     assert "illegal memory access" in (folder / "table.txt").read_text()
 
 
-def test_subprocess_time_limit_stops_the_child(tmp_path: Path) -> None:
+def test_subprocess_time_limit_stops_the_child(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Catches a part that waits forever on a hung run.py, or starts one after its time is spent (the budget must
     hold)."""
+    monkeypatch.setattr(cuda_check, "MIN_START_S", 1.0)  # the child here starts in milliseconds: no need to wait 5 s
     ctx = cuda_check.Context(torch.device("cpu"), True, None, tmp_path, sys.executable)
-    ctx.deadline = cuda_check.time.monotonic() + 6
+    ctx.deadline = cuda_check.time.monotonic() + 2
     proc = cuda_check.run_process(ctx, "sleeper", [sys.executable, "-c", "import time; print('up', flush=True); "
                                                    "time.sleep(60)"])
     assert proc.rc is None and proc.wall < 30 and proc.stdout == "up\n"

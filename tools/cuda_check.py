@@ -165,6 +165,11 @@ class Proc:
     log: Path
 
 
+# A subprocess is not started with less time than this left: a Python that imports torch needs seconds before it
+# does any of its work, so a shorter run could only end as a timeout.
+MIN_START_S = 5.0
+
+
 def run_process(ctx: Context, name: str, cmd: list[str], env: dict | None = None,
                 on_line: Callable[[str, subprocess.Popen], None] | None = None) -> Proc:
     """Run cmd in the repository root within the part's time left; stdout and stderr go to logs/<name>.log too.
@@ -174,7 +179,7 @@ def run_process(ctx: Context, name: str, cmd: list[str], env: dict | None = None
     log.parent.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     timeout = ctx.left()
-    if timeout < 5:
+    if timeout < MIN_START_S:
         raise OutOfTimeError(f"not run, nor what follows it in this check: the part's time is spent ({name})")
     start = time.monotonic()
     with open(log.with_suffix(".stderr"), "w+") as err:
