@@ -2,8 +2,6 @@
 structure bit for bit, and bench.py runs. Correctness only: the timed benchmark stays out of the test suite."""
 
 import copy
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +9,7 @@ import pytest
 import torch
 from conftest import GOLDEN_CASES
 
+import bench
 import matching
 import utils
 from framework import Runtime
@@ -186,15 +185,15 @@ def test_emvos_runs_a_plain_runtime_with_its_own_defaults() -> None:
     assert EMVOSRuntime.of(own) is own
 
 
-def test_bench_quick_prints_the_table() -> None:
+def test_bench_quick_prints_the_table(capsys: pytest.CaptureFixture) -> None:
     """Bugs: bench.py failing to run, a path or object count left out of the table, or the paths drifting from the
     per-object reference beyond summation order (a column that reads 0 where the diff is not, the reference row
-    differing from itself)."""
-    out = subprocess.run([sys.executable, str(ROOT / "bench.py"), "--quick", "--precisions", "fp32"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    lines = out.stdout.splitlines()
-    assert any(line.startswith("device") and "fps" in line and "mask diff" in line for line in lines), out.stdout
+    differing from itself). In-process (`bench.main`, what `python bench.py` calls): a subprocess would spend most of
+    the test importing torch again."""
+    assert bench.main(["--quick", "--precisions", "fp32"]) == 0
+    out = capsys.readouterr()
+    lines = out.out.splitlines()
+    assert any(line.startswith("device") and "fps" in line and "mask diff" in line for line in lines), out.out
     rows = [line.split() for line in lines if line.startswith("cpu ") and " tiny " in line]
     assert {(r[2], r[3]) for r in rows} == {(n, p) for n in ("1", "3") for p in ("per-object", "unsplit", "ours")}
     # columns: mask diff, clear diff, logit diff, load. Against the official per-object structure, ours (key
@@ -203,6 +202,6 @@ def test_bench_quick_prints_the_table() -> None:
     for r in rows:
         mask, clear, logit = float(r[-4]), float(r[-3]), float(r[-2])
         if r[3] == "per-object":
-            assert mask == 0 and logit == 0, out.stdout
+            assert mask == 0 and logit == 0, out.out
         else:
-            assert clear == 0 and logit <= 2e-4, out.stdout
+            assert clear == 0 and logit <= 2e-4, out.out
