@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -38,13 +39,13 @@ def one_thread() -> object:
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: the check would run")
-def test_refuses_without_cuda_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    """Catches a check that starts (and fails half way, or writes a report) on a machine without a GPU. In-process
-    (`cuda_check.main`, what the script calls): a subprocess would spend the test importing torch again."""
-    assert cuda_check.main(["--out", str(tmp_path)]) == 2
-    out = capsys.readouterr()
-    assert len(out.err.strip().splitlines()) == 1 and "CUDA is not available" in out.err
-    assert out.out == "" and list(tmp_path.iterdir()) == []
+def test_refuses_without_cuda_in_one_line(tmp_path: Path) -> None:
+    """Catches a check that starts (and fails half way, or writes a report) on a machine without a GPU."""
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "CUDA is not available" in proc.stderr
+    assert proc.stdout == "" and list(tmp_path.iterdir()) == []
 
 
 def test_cpu_outside_the_test_mode_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
