@@ -340,7 +340,7 @@ def test_two_process_ddp_ends_with_identical_weights(davis2016_root: Path, tmp_p
     driver = tmp_path / "driver.py"
     driver.write_text(DDP_DRIVER.format(root=str(ROOT), out=str(tmp_path)))
     argv = _davis_args(davis2016_root, tmp_path / "out", "--batch-size", "4", "--clips-per-epoch", "4",
-                       "--epochs", "2", "--save-every", "2")
+                       "--epochs", "2", "--save-every", "2", "--clip-len", "2")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            str(driver), *argv], env=env, capture_output=True, text=True, timeout=300)
