@@ -6,7 +6,8 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -45,11 +46,32 @@ def save_mask(path: Path, ids: np.ndarray) -> None:
     utils.save_mask(path, ids)
 
 
-def write_jpeg(path: Path, rgb: np.ndarray) -> Path:
-    """Write an (H, W, 3) uint8 RGB array as a JPEG, creating parent folders."""
+def write_jpeg(path: Path, rgb: np.ndarray, full_chroma: bool = False) -> Path:
+    """Write an (H, W, 3) uint8 RGB array as a JPEG (quality 95), creating parent folders. full_chroma: 4:4:4, where
+    the default 4:2:0 makes a saturated colour bleed two pixels past its edge."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(rgb).save(path, quality=95)
+    Image.fromarray(rgb).save(path, quality=95, **({"subsampling": 0} if full_chroma else {}))
     return path
+
+
+def write_moving_squares(root: Path, name: str, squares: list[tuple[np.ndarray, int, np.ndarray, np.ndarray]],
+                         frames: int, size: int, background: Callable[[], np.ndarray]) -> None:
+    """A video in DAVIS 2017 layout under root (JPEGImages/480p/name, 4:4:4 JPEGs; Annotations/480p/name): squares
+    [(colour, side, position (y, x), velocity)] with ids 1, 2, ... painted in order on background() (a new
+    (size, size, 3) uint8 frame each time), each moving by its velocity per frame and bouncing off the borders.
+    Positions and velocities are updated in place."""
+    for t in range(frames):
+        rgb = background()
+        ids = np.zeros((size, size), np.uint8)
+        for obj, (colour, side, pos, vel) in enumerate(squares, start=1):
+            y, x = pos.astype(int)
+            rgb[y:y + side, x:x + side] = colour
+            ids[y:y + side, x:x + side] = obj
+            pos += vel
+            vel[(pos < 0) | (pos > size - side)] *= -1
+            pos[:] = np.clip(pos, 0, size - side)
+        write_jpeg(root / "JPEGImages" / "480p" / name / f"{t:05d}.jpg", rgb, full_chroma=True)
+        save_mask(root / "Annotations" / "480p" / name / f"{t:05d}.png", ids)
 
 
 def square_frame(
@@ -311,3 +333,24 @@ def pytest_configure(config: pytest.Config) -> None:
         import torch
 
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
+@contextmanager
+def single_thread() -> Iterator[None]:
+    """torch on one intra-op thread inside the block (restored after): at the suite's sizes an operation is too small
+    to share, and OpenMP threads spinning against other processes make a short step take many times longer."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """single_thread() for one test (modules whose module-scoped fixtures compute too use a module-scoped one)."""
+    with single_thread():
+        yield

@@ -8,7 +8,6 @@ import contextlib
 import io
 import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -22,15 +21,6 @@ import methods
 from framework import Runtime
 
 README_SECTION = "## Use it from Python"
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: tiny frames on a shared 2-core machine run several times faster than with two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

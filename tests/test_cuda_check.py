@@ -9,12 +9,13 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import GOLDEN_CASES, GOLDEN_WEIGHTS
+from conftest import GOLDEN_CASES, GOLDEN_WEIGHTS, single_thread
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
@@ -30,12 +31,10 @@ def _report(out: Path) -> dict:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread() -> object:
+def one_thread() -> Iterator[None]:
     """One intra-op thread: the in-process parity runs share a 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with single_thread():
+        yield
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: the check would run")

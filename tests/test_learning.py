@@ -14,18 +14,18 @@ that went wrong.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import save_mask
-from PIL import Image
+from conftest import write_moving_squares
 
 import evaluation
 import methods
 import run
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny steps run faster on one thread
 
 SIZE = 64  # frame side; the samplers resize to 480p and crop back to --crop, so objects keep their share of the frame
 BACKGROUND = np.array([(128, 128, 128), (0, 0, 0)])  # the noise's mean, and the black a zoom leaves at the borders
@@ -49,22 +49,9 @@ def write_synthetic_davis(root: Path, videos: int = VIDEOS, frames: int = 6, see
         side = rng.integers(18, 26, 2)
         pos = rng.uniform(0, SIZE - side[:, None], (2, 2))
         vel = rng.choice([-1, 1], (2, 2)) * rng.uniform(1, 3, (2, 2))
-        for t in range(frames):
-            rgb = np.clip(rng.normal(128, 20, (SIZE, SIZE, 3)), 0, 255).astype(np.uint8)
-            ids = np.zeros((SIZE, SIZE), np.uint8)
-            for obj in range(2):
-                y, x = pos[obj].astype(int)
-                rgb[y:y + side[obj], x:x + side[obj]] = PALETTE[2 * k + obj]
-                ids[y:y + side[obj], x:x + side[obj]] = obj + 1
-                pos[obj] += vel[obj]
-                out = (pos[obj] < 0) | (pos[obj] > SIZE - side[obj])
-                vel[obj][out] *= -1
-                pos[obj] = np.clip(pos[obj], 0, SIZE - side[obj])
-            frame = root / "JPEGImages" / "480p" / name / f"{t:05d}.jpg"
-            frame.parent.mkdir(parents=True, exist_ok=True)
-            # 4:4:4 chroma: with the default 4:2:0 a saturated colour bleeds two pixels past its edge
-            Image.fromarray(rgb).save(frame, quality=95, subsampling=0)
-            save_mask(root / "Annotations" / "480p" / name / f"{t:05d}.png", ids)
+        squares = [(PALETTE[2 * k + obj], side[obj], pos[obj], vel[obj]) for obj in range(2)]
+        write_moving_squares(root, name, squares, frames, SIZE,
+                             lambda: np.clip(rng.normal(128, 20, (SIZE, SIZE, 3)), 0, 255).astype(np.uint8))
     (root / "ImageSets" / "2017").mkdir(parents=True)
     for split in ("train", "val"):
         (root / "ImageSets" / "2017" / f"{split}.txt").write_text("\n".join(names) + "\n")
@@ -80,16 +67,6 @@ def colour_labels(imgs: torch.Tensor, colours: int) -> np.ndarray:
     nearest = distance.argmin(-1)
     labels = np.where(nearest < colours, nearest, -1)
     return np.where(distance.min(-1) <= SURE, labels, UNSURE)
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: at these sizes the work per operation is too small to share, and extra threads only
-    contend with each other (and with other processes on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def edge_band(mask: np.ndarray) -> np.ndarray:

@@ -14,21 +14,21 @@ CPU), so they are their own tier, marked `learning`: `python -m pytest -m learni
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import save_mask
-from PIL import Image
+from conftest import write_moving_squares
 
 import evaluation
 import inference
 import methods
 import run
+from utils import read_mask
 
-pytestmark = pytest.mark.learning
+# one thread (conftest): at 64x64 the operations are too small to share well, and the tier runs one test per worker
+pytestmark = [pytest.mark.learning, pytest.mark.usefixtures("one_thread")]
 
 SIZE = 64
 TRAIN_VIDEOS, HELDOUT_VIDEOS, FRAMES = 32, 4, 8
@@ -48,25 +48,17 @@ def write_videos(root: Path, names: list[str], seed: int) -> None:
     the borders) over gray noise of std 20 that varies over 4-pixel blobs (so that the samplers' resizing to 480p and
     back leaves it as it is at test time)."""
     rng = np.random.default_rng(seed)
+
+    def background() -> np.ndarray:
+        blobs = rng.normal(128, 20, (SIZE // 4, SIZE // 4, 3))
+        return np.clip(np.kron(blobs, np.ones((4, 4, 1))), 0, 255).astype(np.uint8)
+
     for name in names:
         colour = random_colour(rng)
         side = int(rng.integers(SIZE * 7 // 16, SIZE * 11 // 16))
         pos = rng.uniform(0, SIZE - side, 2)
         vel = rng.uniform(-2, 2, 2)
-        for t in range(FRAMES):
-            blobs = rng.normal(128, 20, (SIZE // 4, SIZE // 4, 3))
-            rgb = np.clip(np.kron(blobs, np.ones((4, 4, 1))), 0, 255).astype(np.uint8)
-            ids = np.zeros((SIZE, SIZE), np.uint8)
-            y, x = pos.astype(int)
-            rgb[y:y + side, x:x + side] = colour
-            ids[y:y + side, x:x + side] = 1
-            pos += vel
-            vel[(pos < 0) | (pos > SIZE - side)] *= -1
-            pos = np.clip(pos, 0, SIZE - side)
-            frame = root / "JPEGImages" / "480p" / name / f"{t:05d}.jpg"
-            frame.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(rgb).save(frame, quality=95, subsampling=0)
-            save_mask(root / "Annotations" / "480p" / name / f"{t:05d}.png", ids)
+        write_moving_squares(root, name, [(colour, side, pos, vel)], FRAMES, SIZE, background)
 
 
 @pytest.fixture(scope="module")
@@ -84,23 +76,12 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]
     return root, heldout
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: at 64x64 the operations are too small to share well, and the suite may run in parallel."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def heldout_iou(segmenter: inference.VideoSegmenter, root: Path, videos: list[str]) -> float:
     """Mean J over the frames after the first of the held-out videos, as `run.py --test` segments them."""
     scores = []
     for name in videos:
-        frames = sorted((root / "JPEGImages" / "480p" / name).iterdir())
-        gt = [np.asarray(Image.open(root / "Annotations" / "480p" / name / f"{f.stem}.png")) for f in frames]
-        rgb = [np.asarray(Image.open(f).convert("RGB")) for f in frames]
-        for index, labels, _ in segmenter.propagate(rgb, {0: gt[0]}):
+        gt = [read_mask(m) for m in sorted((root / "Annotations" / "480p" / name).glob("*.png"))]
+        for index, labels, _ in segmenter.propagate(root / "JPEGImages" / "480p" / name, {0: gt[0]}):
             if index:
                 scores.append(evaluation.jaccard(labels.numpy() == 1, gt[index] == 1))
     return float(np.mean(scores))

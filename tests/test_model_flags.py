@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import random_checkpoint, save_mask, write_jpeg
+from conftest import random_checkpoint, save_mask, single_thread, write_jpeg
 
 import bench
 import config_flags
@@ -31,13 +32,11 @@ ONE_STEP = ["--device", "cpu", "--no-pretrained", "--crop", "32", "32", "--clip-
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread() -> object:
+def one_thread() -> Iterator[None]:
     """One intra-op thread: the machine's cores are shared, and OpenMP threads spinning against other processes make
     a short step take many times longer."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with single_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,12 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import single_thread
 from test_train import _davis_args, _state, _train, _weights
 
 from utils import VOSInputError
@@ -52,13 +54,11 @@ GROUP_DRIVER = textwrap.dedent("""
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread() -> object:
+def one_thread() -> Iterator[None]:
     """One intra-op thread, as in the signalled subprocess, so that in-process and subprocess steps agree bit for
     bit (and spinning OpenMP threads do not slow the shared machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with single_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -23,14 +23,6 @@ import weights
 pytestmark = pytest.mark.skipif(not WEIGHTS.exists(), reason=f"golden weights not found at {WEIGHTS}")
 
 
-@pytest.fixture
-def one_thread() -> object:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def perturbed_weights(path: Path) -> Path:
     """The golden checkpoint with its decoder's last convolution halved: another model of the same layout."""
     state = torch.load(WEIGHTS, map_location="cpu", weights_only=True)

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from urllib.error import URLError
@@ -16,7 +17,7 @@ from urllib.error import URLError
 import numpy as np
 import pytest
 import torch
-from conftest import GOLDEN_WEIGHTS, save_mask, square_davis, square_frame, write_jpeg
+from conftest import GOLDEN_WEIGHTS, save_mask, single_thread, square_davis, square_frame, write_jpeg
 
 import checkpoint
 import curves
@@ -64,13 +65,11 @@ def _state(path: Path) -> dict:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread() -> object:
+def one_thread() -> Iterator[None]:
     """One intra-op thread: on a shared 2-core machine, OpenMP threads that spin against DataLoader workers and
     other processes make a 0.2 s step take seconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with single_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
