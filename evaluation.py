@@ -31,9 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-import benchmarks
-import metrics
-from metrics import BOUND_TH, boundary_f, boundary_map, boundary_radius, disk, jaccard  # noqa: F401 (re-exported)
+from benchmarks import metrics
+from benchmarks import scoring as benchmarks
+from benchmarks.metrics import BOUND_TH, boundary_f, boundary_map, boundary_radius, disk, jaccard  # noqa: F401 (re-exported)
 from utils import VOSInputError, atomic_write, read_mask, writable_dir
 
 VOID_LABEL = 255  # DAVIS 2017 marks uncertain pixels with 255; the semi-supervised protocol scores them as background
@@ -412,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.results is None:
             raise VOSInputError("pass --results DIR, the folder with one sub-folder of PNGs per video (or --compare)")
         if (args.out or args.results).is_dir():
-            import report
+            from reports import report
 
             report.remove_outputs(args.out or args.results)  # no page of an earlier scoring beside the new files
         if args.benchmark == "davis":
@@ -432,7 +432,7 @@ def _compare(args: argparse.Namespace) -> int:
     if given:
         print(f"error: --compare reads scored runs and scores nothing; drop {', '.join(given)}", file=sys.stderr)
         return 2
-    from report import compare_main  # matplotlib and the page code only when comparing
+    from reports.report import compare_main  # matplotlib and the page code only when comparing
 
     return compare_main([*args.compare, *(["--out", str(args.out)] if args.out is not None else [])])
 
@@ -485,7 +485,7 @@ def _score_benchmark(args: argparse.Namespace, command: str, start: float) -> No
 def write_report(fields: dict, out_dir: Path, frames_dir: Path, gt_dir: Path, pred_dir: Path, layout: str,
                  command: str) -> None:
     """scores.json and report.html beside the result files, recording the command line and the date."""
-    import report  # matplotlib and the page code only when a report is written
+    from reports import report  # matplotlib and the page code only when a report is written
 
     start = time.perf_counter()
     scores = report.run_scores(fields, frames_dir=frames_dir, gt_dir=gt_dir, pred_dir=pred_dir, mask_layout=layout,

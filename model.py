@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import matching
-from backbones import densenet121_features, resnet_trunk
-from config_flags import check_config, option
-from framework import Runtime, clip_forward
+from core.backbones import densenet121_features, resnet_trunk
+from core.config_flags import check_config, option
+from core.framework import Runtime, clip_forward
 
 OFFICIAL_PREFIX = "vos."
 

@@ -13,17 +13,13 @@ import threading
 from dataclasses import fields
 from pathlib import Path
 
-import config_flags
 import dataset
 import evaluation
-import flags
-import inference
-import methods
-import readers
-import trainer
-import visualize
-import weights
-from inference import PRECISIONS, TEST_KEYS, run_settings
+from benchmarks import readers
+from core import config_flags, flags, inference, methods, weights
+from core.inference import PRECISIONS, TEST_KEYS, run_settings
+from reports import visualize
+from training import trainer
 from utils import VOSInputError, writable_dir
 
 # Dataset roots: edit these or pass the flags (--davis, --ytvos, --coco), as in the official run.py. The DAVIS reader

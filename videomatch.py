@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import matching
-from backbones import resnet_trunk, vgg19_features, vgg19_modules
-from config_flags import check_config, option
-from framework import DEFAULT_RUNTIME, Runtime, clip_forward
+from core.backbones import resnet_trunk, vgg19_features, vgg19_modules
+from core.config_flags import check_config, option
+from core.framework import DEFAULT_RUNTIME, Runtime, clip_forward
 
 # The largest aggregated foreground probability (the probabilities `update` receives) an object can reach while both of
 # its reference sets are non-empty. Every encoder here ends with a ReLU (VGG-19's after conv4_4, ResNet-101's layer2),

@@ -27,12 +27,50 @@ GOLDEN_CASES = SHARED / "golden" / "cases.npz"
 DAVIS2016_SAMPLE = SHARED / "data" / "DAVIS2016"
 
 
+def repo_modules() -> dict[str, Path]:
+    """{dotted module name: file} of the repository's own code: the top level and its packages, not the tests."""
+    mods = {}
+    for path in sorted(ROOT.rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        if parts[0] in {"tests", ".venv", "venv", "outputs", "docs"} or parts[0].startswith("."):
+            continue
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        if parts:
+            mods[".".join(parts)] = path
+    return mods
+
+
+def import_graph() -> dict[str, set[str]]:
+    """{module: the repository modules it imports}, read from the source (absolute imports, as the repository
+    writes them): `from core import methods` counts as core.methods, `from core.methods import x` too."""
+    import ast
+
+    mods = repo_modules()
+
+    def resolve(name: str) -> str | None:
+        while name and name not in mods:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph = {}
+    for name, path in mods.items():
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                deps |= {resolve(a.name) for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                deps |= {resolve(f"{node.module}.{a.name}") for a in node.names} | {resolve(node.module)}
+        graph[name] = {d for d in deps if d and d != name}
+    return graph
+
+
 def random_checkpoint(method: str, path: Path) -> Path:
     """A checkpoint of `method` with its default config and random weights (seed 0), written to path: building the
     network is most of a test's time, so module fixtures make one and share it."""
     import torch
 
-    import methods  # here: conftest is imported before any test needs torch
+    from core import methods  # here: conftest is imported before any test needs torch
 
     torch.manual_seed(0)
     torch.save(methods.weights_payload(methods.build_model(method), method), path)

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from test_extend import Propagate, PropagateConfig  # noqa: E402
 
 import dataset  # noqa: E402
-import methods  # noqa: E402
+from core import methods  # noqa: E402
 from videomatch import bce_loss  # noqa: E402
 
 SHORT_SIDE = 36  # the test frames' short side: run as they are, not upscaled to 480
@@ -35,7 +35,7 @@ if __name__ == "__main__":
     methods.METHODS["propagate"] = propagate_method()
     dataset.TEST_SHORT_SIDE = SHORT_SIDE
     if os.environ.get(KILL_RANK) is not None and os.environ.get(KILL_RANK) == os.environ.get("RANK"):
-        import inference
+        from core import inference
 
         def die(*args: object, **kwargs: object) -> None:
             os.kill(os.getpid(), signal.SIGKILL)

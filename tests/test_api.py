@@ -16,9 +16,8 @@ import pytest
 import torch
 from conftest import GOLDEN_WEIGHTS, ROOT, square_frame
 
-import inference
-import methods
-from framework import Runtime
+from core import inference, methods
+from core.framework import Runtime
 
 README_SECTION = "## Use it from Python"
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-import weights
+from core import weights
 from model import Encoder
 from videomatch import VideoMatchEncoder
 

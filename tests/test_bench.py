@@ -9,14 +9,14 @@ import pytest
 import torch
 from conftest import GOLDEN_CASES
 
-import bench
 import matching
 import utils
-from framework import Runtime
-from inference import VideoSegmenter
-from methods import load_weights
+from core.framework import Runtime
+from core.inference import VideoSegmenter
+from core.methods import load_weights
 from model import EMVOS, EMVOSRuntime
-from reference import PerObjectSegmenter, blob_mask, capture_logits, random_frame
+from tools import bench
+from tools.reference import PerObjectSegmenter, blob_mask, capture_logits, random_frame
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = GOLDEN_CASES

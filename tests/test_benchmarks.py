@@ -25,9 +25,9 @@ import bench_data
 import numpy as np
 import pytest
 
-import benchmarks as bm
 import evaluation as ev
-import metrics
+from benchmarks import metrics
+from benchmarks import scoring as bm
 from utils import VOSInputError
 
 FRAME_480P = (480, 854)  # diagonal 979.65: DAVIS radius ceil(7.837) = 8

@@ -12,11 +12,10 @@ from conftest import square_davis
 from PIL import Image
 from tensorboard.backend.event_processing import event_accumulator
 
-import curves
 import dataset
-import methods
 import run
-import trainer
+from core import methods
+from training import curves, trainer
 
 
 def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 import dataset
 from dataset import DAVIS, SingleVideo, VideoReader, YouTubeVOS
-from samplers import TrainCOCO, TrainDAVIS, TrainYTVOS, random_crop_params, seed_worker
+from training.samplers import TrainCOCO, TrainDAVIS, TrainYTVOS, random_crop_params, seed_worker
 from utils import DAVIS_PALETTE, VOSInputError, atomic_write, read_frame, read_mask, save_mask
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -11,8 +11,8 @@ import torch
 from conftest import SHARED
 from PIL import Image
 
-from inference import VideoSegmenter
-from methods import load_weights
+from core.inference import VideoSegmenter
+from core.methods import load_weights
 from model import DEFAULT_RUNTIME as DEFAULT
 from model import EMVOS, Decoder, EMVOSRuntime, FrameFeatures
 

@@ -6,10 +6,9 @@ import argparse
 
 import pytest
 
-import flags
-import methods
 import run
-import trainer
+from core import flags, methods
+from training import trainer
 
 # (argv, what the message must say): each value was accepted before (or crashed with a traceback)
 BAD = [

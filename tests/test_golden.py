@@ -6,9 +6,9 @@ import pytest
 import torch
 from conftest import SHARED
 
-from framework import Runtime
-from inference import VideoSegmenter
-from methods import load_weights
+from core.framework import Runtime
+from core.inference import VideoSegmenter
+from core.methods import load_weights
 from model import EMVOS, EMVOSRuntime, from_official, to_official
 
 GOLDEN = SHARED / "golden"

@@ -17,10 +17,9 @@ from conftest import DAVIS2016_SAMPLE, GOLDEN_WEIGHTS
 from PIL import Image
 
 import dataset
-import inference
-import methods
 import run
-import trainer
+from core import inference, methods
+from training import trainer
 
 pytestmark = pytest.mark.skipif(not GOLDEN_WEIGHTS.is_file(), reason=f"golden weights not found at {GOLDEN_WEIGHTS}")
 

@@ -22,8 +22,8 @@ import torch
 from conftest import write_moving_squares
 
 import evaluation
-import methods
 import run
+from core import methods
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny steps run faster on one thread
 

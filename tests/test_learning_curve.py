@@ -22,9 +22,8 @@ import torch
 from conftest import write_moving_squares
 
 import evaluation
-import inference
-import methods
 import run
+from core import inference, methods
 from utils import read_mask
 
 # one thread (conftest): at 64x64 the operations are too small to share well, and the tier runs one test per worker

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from backbones import densenet121_features
+from core.backbones import densenet121_features
 
 ROOT = Path(__file__).resolve().parents[1]
 

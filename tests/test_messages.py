@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-import bench
 import run
+from tools import bench
 
 ROOT = Path(__file__).resolve().parents[1]
 ERRORS = {"VOSInputError", "EvaluationError", "TrainingError"}
@@ -137,8 +137,7 @@ def test_root_messages_name_the_flag_that_fills_that_root(tmp_path: Path) -> Non
     message then tells a flag that does not exist, e.g. --ytvos18), a flag that run.roots puts into another field
     than the one its message is about, or --ytvos not reaching YouTube-VOS 2019."""
     import dataset
-    import inference
-    import methods
+    from core import inference, methods
     from utils import VOSInputError
 
     parser = run.build_parser()

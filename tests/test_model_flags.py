@@ -18,13 +18,12 @@ import pytest
 import torch
 from conftest import random_checkpoint, save_mask, single_thread, write_jpeg
 
-import bench
-import config_flags
-import methods
 import model
 import run
-import trainer
 import videomatch
+from core import config_flags, methods
+from tools import bench
+from training import trainer
 
 ONE_STEP = ["--device", "cpu", "--no-pretrained", "--crop", "32", "32", "--clip-len", "2", "--batch-size", "1",
             "--epochs", "1", "--clips-per-epoch", "1", "--workers", "0", "--val-every", "0", "--stages", "davis",

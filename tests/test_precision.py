@@ -11,9 +11,9 @@ import torch
 from conftest import SHARED
 from PIL import Image
 
-from inference import VideoSegmenter
-from methods import load_weights
-from reference import capture_logits
+from core.inference import VideoSegmenter
+from core.methods import load_weights
+from tools.reference import capture_logits
 
 WEIGHTS = SHARED / "golden" / "emvos_official.pth"
 BEAR = SHARED / "data" / "DAVIS2016"

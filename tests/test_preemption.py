@@ -36,7 +36,8 @@ GROUP_DRIVER = textwrap.dedent("""
     import os, sys, time
     import torch
     sys.path.insert(0, {root!r})
-    import methods, run
+    import run
+    from core import methods
     torch.set_num_threads(1)
     losses = methods.get("emvos").losses
     loss, calls = losses["cross_entropy"], []

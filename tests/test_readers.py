@@ -20,10 +20,9 @@ from PIL import Image
 from propagate_run import KILL_RANK, SHORT_SIDE, propagate_method
 
 import dataset
-import inference
-import methods
-import readers
 import run
+from benchmarks import readers
+from core import inference, methods
 from utils import VOSInputError
 
 ROOT = Path(__file__).resolve().parents[1]

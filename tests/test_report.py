@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import evaluation  # noqa: E402
-import report  # noqa: E402
+from reports import report  # noqa: E402
 from utils import VOSInputError, read_mask, save_mask  # noqa: E402
 
 SAMPLE = ROOT / "sample" / "DAVIS2016"

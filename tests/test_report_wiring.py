@@ -13,12 +13,12 @@ import torch
 from test_benchmarks import _make
 from test_run import WEIGHTS, _small_sample
 
-import benchmarks
 import dataset
 import evaluation
-import report
 import run
-import weights
+from benchmarks import scoring as benchmarks
+from core import weights
+from reports import report
 
 pytestmark = pytest.mark.skipif(not WEIGHTS.exists(), reason=f"golden weights not found at {WEIGHTS}")
 

@@ -15,7 +15,7 @@ from PIL import Image
 
 import dataset
 import run
-import visualize
+from reports import visualize
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -26,14 +26,12 @@ from PIL import Image
 from test_extend import Propagate, propagate  # noqa: F401 (the fixture registers the method)
 
 import dataset
-import inference
-import methods
 import run
-import samplers
 import utils
-import weights
-from framework import Runtime
+from core import inference, methods, weights
+from core.framework import Runtime
 from model import EMVOS
+from training import samplers
 
 H, W = 24, 32
 LOCK = ".emvos.lock"  # utils.RunLock.NAME, spelt out so that the tests read the file a user would see
@@ -372,7 +370,8 @@ def test_an_image_above_pils_limit_is_one_line(net: Path, frame_folder: tuple[Pa
 SLOW_RUN = """
 import sys, time
 sys.path[:0] = [{root!r}, {tests!r}]
-import methods, run
+import run
+from core import methods
 from test_extend import Propagate, PropagateConfig
 from videomatch import bce_loss
 predict = Propagate.predict

@@ -19,16 +19,13 @@ import pytest
 import torch
 from conftest import GOLDEN_WEIGHTS, save_mask, single_thread, square_davis, square_frame, write_jpeg
 
-import checkpoint
-import curves
 import dataset
 import evaluation
-import methods
 import model
 import run
-import samplers
-import trainer
+from core import methods
 from dataset import Roots
+from training import checkpoint, curves, samplers, trainer
 from utils import VOSInputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -320,7 +317,9 @@ DDP_DRIVER = textwrap.dedent("""
     import os, sys
     import torch
     sys.path.insert(0, {root!r})
-    import samplers, run, trainer
+    import run
+    from training import samplers
+    from training import trainer
     torch.set_num_threads(1)
     clips = []
     get = samplers.TrainDAVIS.__getitem__

@@ -11,16 +11,15 @@ import torch
 import torch.nn.functional as F
 from conftest import DAVIS2016_SAMPLE
 
-import checkpoint
 import matching
-import methods
 import run
-import trainer
+from core import methods
+from core.framework import one_hot
+from core.inference import VideoSegmenter
+from core.methods import build_model
 from dataset import Roots
-from framework import one_hot
-from inference import VideoSegmenter
-from methods import build_model
-from samplers import TrainDAVIS
+from training import checkpoint, trainer
+from training.samplers import TrainDAVIS
 from utils import VOSInputError
 from videomatch import (
     LOSSES,

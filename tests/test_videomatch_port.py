@@ -16,12 +16,11 @@ import torchvision
 from conftest import DAVIS2016_SAMPLE, save_mask, write_jpeg
 from PIL import Image
 
-import methods
 import run
-import samplers
-import trainer
 import videomatch
-from framework import aggregate_objects, one_hot
+from core import methods
+from core.framework import aggregate_objects, one_hot
+from training import samplers, trainer
 from utils import VOSInputError
 from videomatch import VideoMatch, VideoMatchConfig
 

@@ -12,10 +12,10 @@ import torch
 from conftest import save_mask, write_jpeg
 from PIL import Image
 
-import methods
-import visualize
+from core import methods
+from reports import visualize
+from reports.visualize import GAP, LABEL_HEIGHT
 from utils import VOSInputError
-from visualize import GAP, LABEL_HEIGHT
 
 
 def two_squares(tmp_path: Path, n: int = 3, h: int = 64, w: int = 96) -> tuple[list[Path], Path]:

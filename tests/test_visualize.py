@@ -10,11 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-import visualize
-from inference import VideoSegmenter
-from methods import build_model
+from core.inference import VideoSegmenter
+from core.methods import build_model
+from reports import visualize
+from reports.visualize import OverlayWriter, colorize, overlay_mask
 from utils import DAVIS_PALETTE
-from visualize import OverlayWriter, colorize, overlay_mask
 
 
 def frames_and_masks(n: int, h: int = 60, w: int = 90) -> tuple[list[np.ndarray], list[np.ndarray]]:

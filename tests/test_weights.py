@@ -30,9 +30,9 @@ from conftest import GOLDEN_WEIGHTS
 
 import dataset
 import run
-import weights
+from core import weights
+from core.weights import WeightsUnavailableError
 from utils import VOSInputError
-from weights import WeightsUnavailableError
 
 DAVIS = "coco_davis_best.pth"
 

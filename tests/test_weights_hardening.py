@@ -18,12 +18,10 @@ import torch
 from conftest import DAVIS2016_SAMPLE, GOLDEN_WEIGHTS
 from PIL import Image
 
-import inference
-import methods
 import run
-import trainer
 import utils
-import weights
+from core import inference, methods, weights
+from training import trainer
 from utils import VOSInputError
 
 pytestmark = pytest.mark.skipif(not GOLDEN_WEIGHTS.is_file(), reason=f"golden weights not found at {GOLDEN_WEIGHTS}")

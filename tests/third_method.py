@@ -17,9 +17,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-import methods
-from framework import Runtime, clip_forward
-from samplers import TrainSet
+from core import methods
+from core.framework import Runtime, clip_forward
+from training.samplers import TrainSet
 from utils import VOSInputError, read_frame, read_mask
 
 STRIDE = 8  # the colour cue's cell: frames are padded to a multiple of it, not to EMVOS's 16

@@ -52,8 +52,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # a script in tools/: the library modules live in the repository root
 
 import model as emvos  # noqa: E402
-from inference import PRECISIONS, VideoSegmenter  # noqa: E402
-from methods import load_weights  # noqa: E402
+from core.inference import PRECISIONS, VideoSegmenter  # noqa: E402
+from core.methods import load_weights  # noqa: E402
 from utils import read_frame, read_mask, save_mask  # noqa: E402
 
 PARTS = {"parity": 0.15, "speed": 0.40, "train": 0.20, "resume": 0.15, "ddp": 0.10}  # shares of --budget
@@ -425,7 +425,7 @@ def bench_runs(ctx: Context, compiled: bool) -> list[tuple[str, list[str]]]:
 def speed_bench(ctx: Context, compiled: bool) -> None:
     for name, args in bench_runs(ctx, compiled):
         path = ctx.out / f"{name}.json"
-        cmd = [ctx.python, "bench.py", "--device", ctx.device.type, "--paths", "per-object", "ours", "--json",
+        cmd = [ctx.python, "tools/bench.py", "--device", ctx.device.type, "--paths", "per-object", "ours", "--json",
                str(path), *args]
         proc = run_process(ctx, name, cmd)
         if proc.rc != 0 or not path.is_file():

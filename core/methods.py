@@ -20,15 +20,15 @@ import torch.nn as nn
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
-import config_flags
 import model
-import samplers
 import videomatch
+from core import config_flags
+from core.framework import VOSModel as VOSModel  # re-exported: the interface each method's class meets
+from core.weights import OFFICIAL_BLOB_IDS, as_state_dict, check_finite, load_file
 from dataset import Roots
-from framework import VOSModel as VOSModel  # re-exported: the interface each method's class meets
-from samplers import TrainSet
+from training import samplers
+from training.samplers import TrainSet
 from utils import VOSInputError
-from weights import OFFICIAL_BLOB_IDS, as_state_dict, check_finite, load_file
 
 
 class Selection(Protocol):
@@ -217,7 +217,7 @@ VIDEOMATCH_STAGES = {
 }
 
 # Where checkpoints live: the authors' files are fetched here on first use, --train writes here by default.
-TRAINED_MODEL = Path(__file__).resolve().parent / "trained_model"
+TRAINED_MODEL = Path(__file__).resolve().parents[1] / "trained_model"
 
 METHODS: dict[str, Method] = {}
 

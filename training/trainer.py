@@ -40,22 +40,16 @@ from torch import Tensor
 from torch.utils.data import DataLoader, RandomSampler
 from tqdm import tqdm
 
-import checkpoint
-import config_flags
-import curves
 import dataset
-import distributed
 import evaluation
-import flags
-import methods
-import samplers
-import weights
-from checkpoint import capture_rng, restore_rng
+from core import config_flags, distributed, flags, methods, weights
+from core.distributed import Dist
+from core.inference import RunSettings, run_settings, segment_video
+from core.methods import Method, Selection, StageConfig, StageContext
 from dataset import Roots
-from distributed import Dist
-from inference import RunSettings, run_settings, segment_video
-from methods import Method, Selection, StageConfig, StageContext
-from samplers import TrainSet
+from training import checkpoint, curves, samplers
+from training.checkpoint import capture_rng, restore_rng
+from training.samplers import TrainSet
 from utils import RunLock, VOSInputError
 
 SEED = 19971007  # the official run.py seeds python, numpy and torch with it

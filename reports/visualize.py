@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-import samplers
-from framework import aggregate_objects, get_padding, one_hot, pad, pad_mask, unpad
+from core.framework import aggregate_objects, get_padding, one_hot, pad, pad_mask, unpad
+from training import samplers
 from utils import DAVIS_PALETTE, VOSInputError, read_frame, read_mask, why_no_object
 from videomatch import VideoMatch
 

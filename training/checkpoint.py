@@ -13,9 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import methods
-import weights
-from methods import StageConfig
+from core import methods, weights
+from core.methods import StageConfig
 from utils import VOSInputError, atomic_write, writable_dir
 
 # what a training state must hold for --resume to go on from it

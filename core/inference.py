@@ -32,12 +32,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-import benchmarks
-import config_flags
 import evaluation
-import methods
-import report
-import weights
+from benchmarks import scoring as benchmarks
+from benchmarks.readers import LVOS, MOSE, SAV, Generic
+from core import config_flags, methods, weights
+from core.distributed import Dist, broadcast, close_distributed, gather, init_distributed, process_device
+from core.framework import Runtime, VOSModel, aggregate_objects, get_padding, one_hot, pad, pad_mask, unpad
 from dataset import (
     DAVIS,
     MIN_OBJECT_PIXELS,
@@ -49,11 +49,9 @@ from dataset import (
     YouTubeVOS,
     frame_files,
 )
-from distributed import Dist, broadcast, close_distributed, gather, init_distributed, process_device
-from framework import Runtime, VOSModel, aggregate_objects, get_padding, one_hot, pad, pad_mask, unpad
-from readers import LVOS, MOSE, SAV, Generic
+from reports import report
+from reports.visualize import Visualizer
 from utils import RunLock, VOSInputError, atomic_write, available_memory, check_output_outside, read_frame
-from visualize import Visualizer
 
 PRECISIONS = {"fp32": (torch.float32, None), "fp64": (torch.float64, None),
               "bf16": (torch.float32, torch.bfloat16), "fp16": (torch.float32, torch.float16)}

@@ -61,16 +61,14 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
-import config_flags
-import flags
-import framework
-import inference
-import methods
-import model as emvos
-import utils
-from inference import VideoSegmenter
-from reference import PerObjectSegmenter, blob_mask, capture_logits, random_frame
-from utils import VOSInputError
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a script in tools/: the modules live one folder up
+
+import model as emvos  # noqa: E402
+import utils  # noqa: E402
+from core import config_flags, flags, framework, inference, methods  # noqa: E402
+from core.inference import VideoSegmenter  # noqa: E402
+from tools.reference import PerObjectSegmenter, blob_mask, capture_logits, random_frame  # noqa: E402
+from utils import VOSInputError  # noqa: E402
 
 RESOLUTIONS = {"480p": (480, 854), "720p": (720, 1280), "1080p": (1080, 1920), "tiny": (96, 160)}
 # precision -> autocast dtype, from the one table run.py uses (fp64 is for comparisons, not for speed)
@@ -375,7 +373,7 @@ def memory_growth(model: emvos.EMVOS, device: torch.device, resolution: str, obj
 # where one frame's time goes
 # ---------------------------------------------------------------------------------------------------------------
 
-SAMPLE = Path(__file__).resolve().parent / "sample" / "DAVIS2016"
+SAMPLE = Path(__file__).resolve().parents[1] / "sample" / "DAVIS2016"
 PARTS = ("JPEG read", "encoder", "matching", "decoder, per frame", "decoder, per object", "rest of the step",
          "PNG write")
 

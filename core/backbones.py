@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-import weights
+from core import weights
 
 IMAGENET_WEIGHTS = {"densenet121": "DenseNet121_Weights", "resnet50": "ResNet50_Weights",
                     "resnet101": "ResNet101_Weights", "vgg19": "VGG19_Weights"}

@@ -211,7 +211,7 @@ def run_scores(fields: dict, *, frames_dir: str | Path, gt_dir: str | Path, pred
     process's) and the date (default: now, UTC, ISO 8601)."""
     weights_name = weights_id = ""
     if weights is not None:
-        from weights import git_blob_id  # here: the weights module loads torch, which a report needs nowhere else
+        from core.weights import git_blob_id  # here: the weights module loads torch, which a report needs nowhere else
 
         weights_name, weights_id = Path(weights).name, git_blob_id(weights)
     fields = dict(fields)

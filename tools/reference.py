@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import matching
-from framework import aggregate_objects, get_padding, pad, pad_mask, unpad
+from core.framework import aggregate_objects, get_padding, pad, pad_mask, unpad
 from model import EMVOS
 
 

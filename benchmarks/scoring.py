@@ -29,10 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-import metrics
+from benchmarks import metrics
 from utils import VOSInputError, atomic_write, read_mask, writable_dir
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parent  # benchmarks/: the LVOS unseen list lies beside this module
 # lvos-evaluation's own unseen_videos.txt (51 ids), copied with a header naming its source.
 LVOS_UNSEEN = ROOT / "lvos_unseen_videos.txt"
 LVOS_STEP = 5  # LVOS frames are every 5th index of the original video, named with 8 digits (00000001, 00000006, ...)
