@@ -161,14 +161,19 @@ class CBAM(nn.Module):
 
 @dataclass
 class Projection:
-    """Decoder.project's result: the part of the decoder that is the same for every object, one map per stride."""
+    """Decoder.project's result: the part of the split decoder that is the same for every object, one map per
+    stride: each blend convolution's partial sum W_p * p + b over the projected skip features p (before ReLU)."""
 
     maps: tuple[Tensor, Tensor, Tensor]  # (B, 256, h, w) at strides 16, 8, 4
-    split: bool  # True: each blend convolution's shared partial sum W_p * p + b (before ReLU); False: p itself
 
 
 class Decoder(nn.Module):
-    """Refines matching scores from stride 16 to full resolution with the encoder's skip features."""
+    """Refines matching scores from stride 16 to full resolution with the encoder's skip features (paper Sec. 3.4).
+
+    `forward` is the paper's computation, as the official code writes it. `forward_split` (with `project`) computes
+    the same numbers in another order, with the part that is equal for every object run once per frame; the model
+    chooses it at run time (EMVOSRuntime.split_decoder, on by default).
+    """
 
     SKIP = 256  # channels of the projected skip features p: the first input channels of every blend convolution
 
@@ -187,40 +192,51 @@ class Decoder(nn.Module):
         self.cbam3 = CBAM(256)
         self.deconv3 = deconv(256, 2, 6, 4, 1)  # stride 4 -> 1
 
-    def project(self, f4: Tensor, f8: Tensor, f16: Tensor, split: bool = True) -> Projection:
-        """The part of the decoder that is the same for every object, so that it runs once a frame.
+    def forward(self, f4: Tensor, f8: Tensor, f16: Tensor, scores: Tensor, prev_mask16: Tensor) -> Tensor:
+        """The paper's decoder: f4, f8, f16 (B, C, ...) skip features; scores (B, N, 8, h, w) matching scores;
+        prev_mask16 (B, N, 2, h, w) the previous frame's soft mask. -> logits (B, N, 2, H, W) for [bg, fg].
 
-        Always the 1x1 projections p of the skip features. A blend convolution's input is cat([p, the object's own
-        2-10 channels s]) and a convolution is linear in its input channels: blend(cat[p, s]) = W_p * p + b + W_s * s.
-        split=True also runs the W_p * p + b half here (the existing weights, sliced: the checkpoint is unchanged),
-        which moves about half of the decoder's per-object FLOPs (40 of 82 GFLOP at 864x480) to once a frame;
-        forward then convolves each object's own channels only. split=False keeps the official computation (for
-        comparisons): float64 logits agree to 1e-12, float32 ones move by summation order only (tests).
+        At each stride the skip features are projected (1x1), concatenated with the object's coarser prediction,
+        blended (3x3), refined by CBAM and upsampled; every object of every clip runs as one batch of B*N.
         """
-        if not split:
-            return Projection((self.conv1(f16), self.conv2(f8), self.conv3(f4)), split=False)
+        b, n = scores.shape[:2]
 
+        def per_object(x: Tensor) -> Tensor:  # (B, C, h, w) -> (B*N, C, h, w): the same map for every object
+            return x.repeat_interleave(n, dim=0) if n > 1 else x
+
+        x = torch.cat([per_object(self.conv1(f16)), scores.flatten(0, 1), prev_mask16.flatten(0, 1)], dim=1)
+        s8 = self.deconv1(self.cbam1(self.blend1(x)))  # (B*N, 2, H/8, W/8)
+        s4 = self.deconv2(self.cbam2(self.blend2(torch.cat([per_object(self.conv2(f8)), s8], dim=1))))
+        out = self.deconv3(self.cbam3(self.blend3(torch.cat([per_object(self.conv3(f4)), s4], dim=1))))
+        return out.unflatten(0, (b, n))  # (B, N, 2, H, W)
+
+    def project(self, f4: Tensor, f8: Tensor, f16: Tensor) -> Projection:
+        """The part of the split decoder that is the same for every object, so that it runs once a frame.
+
+        A blend convolution's input is cat([p, the object's own 2-10 channels s]) and a convolution is linear in its
+        input channels: blend(cat[p, s]) = W_p * p + b + W_s * s. This runs the W_p * p + b half (the existing
+        weights, sliced: the checkpoint is unchanged), which moves about half of the decoder's per-object FLOPs (40
+        of 82 GFLOP at 864x480) to once a frame; forward_split then convolves each object's own channels only.
+        """
         def shared(x: Tensor, proj: nn.Sequential, blend: nn.Sequential) -> Tensor:  # p is dropped once used
             return F.conv2d(proj(x), blend.conv.weight[:, :self.SKIP], blend.conv.bias, blend.conv.stride,
                             blend.conv.padding)
 
         q4 = shared(f4, self.conv3, self.blend3)  # the largest first: at most one p and its q alive at a time
         q8 = shared(f8, self.conv2, self.blend2)
-        return Projection((shared(f16, self.conv1, self.blend1), q8, q4), split=True)
+        return Projection((shared(f16, self.conv1, self.blend1), q8, q4))
 
-    def forward(self, shared: Projection, scores: Tensor, prev_mask16: Tensor) -> Tensor:
-        """shared: project()'s maps (B, 256, ...) x3; scores: (B, N, 8, h, w); prev_mask16: (B, N, 2, h, w).
-
-        Returns logits (B, N, 2, H, W). All objects of all clips run as one batch of B*N.
-        """
+    def forward_split(self, shared: Projection, scores: Tensor, prev_mask16: Tensor) -> Tensor:
+        """forward's numbers from project()'s maps: scores (B, N, 8, h, w); prev_mask16 (B, N, 2, h, w) -> logits
+        (B, N, 2, H, W). Equal to forward: float64 logits agree to 1e-12, float32 ones move by summation order only
+        (tests/test_decoder_split.py; the golden tests run both). The transposed convolutions run as a 1x1
+        convolution and col2im (conv_transpose_gemm), the same sums."""
         b, n = scores.shape[:2]
         # torch.cat keeps channels_last only when every input is in it; otherwise the next conv converts its input
         # back, a copy of (B*N, 258, H/4, W/4) per call, per object
         cl = shared.maps[0].is_contiguous(memory_format=torch.channels_last)
         fmt = torch.channels_last if cl else torch.contiguous_format
         own = torch.cat([scores.flatten(0, 1), prev_mask16.flatten(0, 1)], dim=1).contiguous(memory_format=fmt)
-        if not shared.split:
-            return self._forward_unsplit(shared.maps, own, b, n, fmt).unflatten(0, (b, n))
 
         def blend(layer: nn.Sequential, q: Tensor, s: Tensor) -> Tensor:
             # relu(W_s * s + (W_p * p + b)): the object's own channels only; q (B, 256, h, w) is project()'s
@@ -234,20 +250,6 @@ class Decoder(nn.Module):
         s4 = conv_transpose_gemm(self.cbam2(blend(self.blend2, q8, s8)), self.deconv2.deconv)
         out = conv_transpose_gemm(self.cbam3(blend(self.blend3, q4, s4)), self.deconv3.deconv)
         return out.unflatten(0, (b, n))  # (B, N, 2, H, W)
-
-    def _forward_unsplit(self, proj: tuple[Tensor, Tensor, Tensor], own: Tensor, b: int, n: int,
-                         fmt: torch.memory_format) -> Tensor:
-        """The official computation: each blend convolution on cat([p, s]) -> (B*N, 2, H, W)."""
-
-        def per_object(x: Tensor) -> Tensor:  # (B, C, h, w) -> (B*N, C, h, w), the same map for every object
-            if n == 1:  # as is: through expand the size-1 batch's stride changes and channels_last is lost
-                return x
-            return x.unsqueeze(1).expand(b, n, *x.shape[1:]).flatten(0, 1).contiguous(memory_format=fmt)
-
-        p16, p8, p4 = proj
-        s8 = self.deconv1(self.cbam1(self.blend1(torch.cat([per_object(p16), own], dim=1))))
-        s4 = self.deconv2(self.cbam2(self.blend2(torch.cat([per_object(p8), s8], dim=1))))
-        return self.deconv3(self.cbam3(self.blend3(torch.cat([per_object(p4), s4], dim=1))))
 
     # Feature maps of (256 + 2) channels at stride 4 alive at once per object at the decoder's peak (blend3's input
     # and output, CBAM's conv and gated copies): 3.3-5.5 measured at 480p (the first object of a batch costs the
@@ -282,9 +284,9 @@ class EMVOSRuntime(Runtime):
     # as the memory budget allows, which may pay on a GPU at small frames.
     decoder_batch: int | None = 1
     readout_bytes: int | None = None  # fixed readout tile size in bytes (tests); None: from memory_budget
-    # the blend convolutions' shared half once per frame (Decoder.project); False runs the official, unsplit
-    # decoder computation, for comparisons (float32 logits then equal the official code's; split moves them by
-    # summation order only)
+    # Decoder.forward_split: the blend convolutions' shared half once per frame (Decoder.project). False runs
+    # Decoder.forward, the paper's computation, for comparisons (float32 logits then equal the official code's;
+    # split moves them by summation order only)
     split_decoder: bool = True
 
     @staticmethod
@@ -317,8 +319,9 @@ class Keys:
 class FrameFeatures:
     """What the encoder and matcher give for one frame.
 
-    The skip features f4, f8, f16 serve only the decoder's per-frame part: `project` replaces them by it, so that
-    they are not held while every object is decoded and aggregated (51 MiB at 854x480, a fifth of a frame's peak).
+    With the split decoder the skip features f4, f8, f16 serve only the decoder's per-frame part: `project` replaces
+    them by it, so that they are not held while every object is decoded and aggregated (51 MiB at 854x480, a fifth
+    of a frame's peak).
     """
 
     f4: Tensor | None  # (B, 256, H/4, W/4); None once projected
@@ -328,15 +331,19 @@ class FrameFeatures:
     size16: tuple[int, int]  # (h, w) of the stride-16 maps
     shared: Projection | None = None  # Decoder.project's result, once computed
 
-    def project(self, decoder: Decoder, split: bool = True) -> Projection:
-        """The decoder's per-frame part (Decoder.project), computed once; the skip features are dropped then."""
-        if self.shared is None or self.shared.split != split:
-            if self.f4 is None:
-                raise ValueError(f"this frame's skip features were released after its projection with "
-                                 f"split={not split}; encode the frame again to decode it with split={split}")
-            self.shared = decoder.project(self.f4, self.f8, self.f16, split)
+    def project(self, decoder: Decoder) -> Projection:
+        """The split decoder's per-frame part (Decoder.project), computed once; the skip features are dropped then."""
+        if self.shared is None:
+            self.shared = decoder.project(self.f4, self.f8, self.f16)
             self.f4 = self.f8 = self.f16 = None
         return self.shared
+
+    def skips(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(f4, f8, f16) for the paper's decoder (Decoder.forward); refused once the split decoder released them."""
+        if self.f4 is None:
+            raise ValueError("this frame's skip features were released by the split decoder's projection; encode the "
+                             "frame again to decode it with split_decoder=False")
+        return self.f4, self.f8, self.f16
 
 
 @dataclass
@@ -423,26 +430,36 @@ class EMVOS(nn.Module):
                ) -> Tensor:
         """-> logits (B, N, 2, H, W) for [bg, fg] of every object.
 
-        The decoder's shared part runs once (Decoder.project, which then replaces feats' skip features; with
-        runtime.split_decoder the blend convolutions' shared half too). Objects then go through the decoder
-        runtime.decoder_batch at a time, fewer if the memory budget says so; an object's logits do not depend on the
-        others in its batch (up to float rounding, see EMVOSRuntime.decoder_batch). A plain Runtime runs with
-        EMVOSRuntime's defaults.
+        runtime.split_decoder chooses Decoder.forward_split, whose per-frame part (Decoder.project, which then
+        replaces feats' skip features) runs once; else Decoder.forward, the paper's computation. Objects go through
+        the decoder runtime.decoder_batch at a time, fewer if the memory budget says so; an object's logits do not
+        depend on the others in its batch (up to float rounding, see EMVOSRuntime.decoder_batch). A plain Runtime
+        runs with EMVOSRuntime's defaults.
         """
         runtime = EMVOSRuntime.of(runtime)
-        proj = feats.project(self.decoder, runtime.split_decoder)
         prev = state.prev_mask16.unflatten(3, feats.size16)  # (B, N, 2, h, w)
+        if runtime.split_decoder:
+            proj = feats.project(self.decoder)
+            q4 = proj.maps[2]  # (B, 256, H/4, W/4), the size of f4
+
+            def run(s: Tensor, p: Tensor) -> Tensor:
+                return self.decoder.forward_split(proj, s, p)
+        else:
+            skips = feats.skips()
+            q4 = skips[0]
+
+            def run(s: Tensor, p: Tensor) -> Tensor:
+                return self.decoder(*skips, s, p)
         n = scores.shape[1]
         chunk = min(n, runtime.decoder_batch or n)
-        q4 = proj.maps[2]  # (B, 256, H/4, W/4), the size of f4
         if chunk > 1:
             per_object = self.decoder.bytes_per_object(q4, torch.promote_types(q4.dtype, scores.dtype))
             chunk = decoder_chunk_size(runtime.budget_bytes(q4.device), chunk, per_object)
         if chunk >= n:
-            return self.decoder(proj, scores, prev)
+            return run(scores, prev)
         out = None  # filled chunk by chunk: a list and torch.cat would hold every object's logits twice
         for s in range(0, n, chunk):
-            logits = self.decoder(proj, scores[:, s:s + chunk], prev[:, s:s + chunk])  # (B, chunk, 2, H, W)
+            logits = run(scores[:, s:s + chunk], prev[:, s:s + chunk])  # (B, chunk, 2, H, W)
             if out is None:
                 out = logits.new_empty(logits.shape[0], n, *logits.shape[2:])
             out[:, s:s + chunk] = logits

@@ -1,5 +1,6 @@
-"""The split decoder (Decoder.project(split=True): the blend convolutions' shared half once per frame) gives the
-official, unsplit decoder's numbers: to 1e-9 in float64 on the golden cases, the same float32 masks on real frames."""
+"""The split decoder (Decoder.project + Decoder.forward_split: the blend convolutions' shared half once per frame)
+gives the paper's decoder's numbers (Decoder.forward, the official computation): to 1e-9 in float64 on the golden
+cases, the same float32 masks on real frames."""
 
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -53,19 +54,19 @@ def test_decoder_split_equals_unsplit_float64(b: int, n: int, channels_last: boo
     f4, f8, f16, scores, prev = _decoder_inputs(torch.float64, b, n)
     f4, f8, f16 = (f.contiguous(memory_format=fmt) for f in (f4, f8, f16))
     with torch.no_grad():
-        split = decoder.project(f4, f8, f16, split=True)
-        unsplit = decoder.project(f4, f8, f16, split=False)
-        assert split.split and not unsplit.split
+        split = decoder.project(f4, f8, f16)
         # the split maps are the blend convolutions' shared partial sums, not the projections themselves
-        assert not torch.allclose(split.maps[2], unsplit.maps[2])
-        out = decoder(split, scores, prev)
-        ref = decoder(unsplit, scores, prev)
+        assert not torch.allclose(split.maps[2], decoder.conv3(f4))
+        out = decoder.forward_split(split, scores, prev)
+        ref = decoder(f4, f8, f16, scores, prev)
     assert out.shape == ref.shape == (b, n, 2, 16 * 3, 16 * 5)
     assert (out - ref).abs().max() <= 1e-9 * max(1.0, ref.abs().max().item())
     # each object's logits do not depend on the others in its batch
     with torch.no_grad():
-        alone = torch.cat([decoder(split, scores[:, i:i + 1], prev[:, i:i + 1]) for i in range(n)], dim=1)
+        alone = torch.cat([decoder.forward_split(split, scores[:, i:i + 1], prev[:, i:i + 1]) for i in range(n)], dim=1)
+        alone_ref = torch.cat([decoder(f4, f8, f16, scores[:, i:i + 1], prev[:, i:i + 1]) for i in range(n)], dim=1)
     torch.testing.assert_close(alone, out, rtol=0, atol=1e-12)
+    torch.testing.assert_close(alone_ref, ref, rtol=0, atol=1e-12)
 
 
 def test_split_keeps_the_state_dict() -> None:
@@ -74,7 +75,7 @@ def test_split_keeps_the_state_dict() -> None:
     before = {k: v.clone() for k, v in model.state_dict().items()}
     f4, f8, f16, scores, prev = _decoder_inputs(torch.float32, 1, 2)
     with torch.no_grad():
-        model.decoder(model.decoder.project(f4, f8, f16, split=True), scores, prev)
+        model.decoder.forward_split(model.decoder.project(f4, f8, f16), scores, prev)
     after = model.state_dict()
     assert list(after) == list(before)  # no new parameters or buffers: the checkpoint format is unchanged
     assert all(torch.equal(after[k], before[k]) for k in before)
@@ -85,18 +86,19 @@ def test_frame_features_release_skips_after_projection() -> None:
     f4, f8, f16, scores, prev = _decoder_inputs(torch.float32, 1, 2)
     feats = FrameFeatures(f4, f8, f16, None, (3, 5))
     with torch.no_grad():
-        shared = feats.project(decoder, split=True)
+        assert feats.skips() == (f4, f8, f16)
+        shared = feats.project(decoder)
         assert feats.f4 is None and feats.f8 is None and feats.f16 is None  # not held while objects are decoded
-        assert feats.project(decoder, split=True) is shared  # computed once per frame
+        assert feats.project(decoder) is shared  # computed once per frame
         with pytest.raises(ValueError, match="encode the frame again"):
-            feats.project(decoder, split=False)
+            feats.skips()
 
 
 def test_split_decoder_trains() -> None:
     # slicing the blend weights keeps them trainable: gradients reach both halves of every blend convolution
     decoder = _decoder().train()
     f4, f8, f16, scores, prev = _decoder_inputs(torch.float32, 1, 2)
-    decoder(decoder.project(f4, f8, f16, split=True), scores, prev).square().mean().backward()
+    decoder.forward_split(decoder.project(f4, f8, f16), scores, prev).square().mean().backward()
     for blend in (decoder.blend1, decoder.blend2, decoder.blend3):
         grad = blend.conv.weight.grad
         assert grad is not None and grad[:, :Decoder.SKIP].abs().sum() > 0 and grad[:, Decoder.SKIP:].abs().sum() > 0

@@ -5,13 +5,15 @@ Three ways to segment the same video with the same modules and weights:
 - `per-object`: the structure of the official code (suhwan-cho/EMVOS, `VOS.forward`), reimplemented here: every
   object computes its own four HW x HW similarity matrices, its own decoder projections and runs the decoder alone
   (batch 1).
-- `unsplit`: `inference.VideoSegmenter` with the official decoder computation (model.EMVOSRuntime(split_decoder=False)):
-  similarities (key products as 1x1 convolutions, matching.key_products) and projections once per frame for all
-  objects, the readout in cache-sized tiles, the decoder one object per call (model.EMVOSRuntime.decoder_batch:
-  bit-identical to the official per-object decoder), plus torch.compile if asked for.
-- `ours`: the same with the split decoder (model.Decoder.project): the blend convolutions' shared half also runs
-  once per frame, each object convolves only its own channels, and the transposed convolutions run as a 1x1
-  convolution and col2im. Float32 numbers differ from the official ones by summation order only.
+- `unsplit`: `inference.VideoSegmenter` with the paper's decoder (model.Decoder.forward, with
+  model.EMVOSRuntime(split_decoder=False)): similarities (key products as 1x1 convolutions, matching.key_products)
+  once per frame for all objects, the readout in cache-sized tiles, the decoder one object per call
+  (model.EMVOSRuntime.decoder_batch: bit-identical to the official per-object decoder), plus torch.compile if asked
+  for.
+- `ours`: the same with the split decoder (model.Decoder.project + forward_split): the projections and the blend
+  convolutions' shared half run once per frame, each object convolves only its own channels, and the transposed
+  convolutions run as a 1x1 convolution and col2im. Float32 numbers differ from the official ones by summation order
+  only.
 
 channels_last (default on) applies to all paths, so that the comparison is of structure; run with
 --no-channels-last for the NCHW layout of the official code.
@@ -396,7 +398,8 @@ def profile_frames(model: emvos.EMVOS, device: torch.device, objects: int, split
                    ) -> dict[str, float]:
     """Median seconds per part of a frame, as run.py runs it: read the JPEG, VideoSegmenter.step, write the PNG.
 
-    Parts inside the step are timed by wrapping model.encode, model.match, Decoder.project and Decoder.forward;
+    Parts inside the step are timed by wrapping model.encode, model.match, Decoder.project, Decoder.forward_split
+    and Decoder.forward (the unsplit path's decoder, projections included);
     'rest of the step' is what the step took besides them (padding, softmax, aggregation, state update). Frame 0
     (the given mask) and frame 1 (first-call set-up) are not counted. In run.py reading and writing overlap the
     model in threads, so they cost wall time only where the model waits.
@@ -422,7 +425,8 @@ def profile_frames(model: emvos.EMVOS, device: torch.device, objects: int, split
 
     for target, name, part in ((model, "encode", "encoder"), (model, "match", "matching"),
                                (model.decoder, "project", "decoder, per frame"),
-                               (model.decoder, "forward", "decoder, per object")):
+                               (model.decoder, "forward", "decoder, per object"),
+                               (model.decoder, "forward_split", "decoder, per object")):
         timed(target, name, part)
     try:
         for t, path in enumerate(paths):
@@ -447,7 +451,7 @@ def profile_frames(model: emvos.EMVOS, device: torch.device, objects: int, split
                 times[part].append(value)
     finally:
         for target in (model, model.decoder):
-            for name in ("encode", "match", "project", "forward"):
+            for name in ("encode", "match", "project", "forward", "forward_split"):
                 target.__dict__.pop(name, None)
     return {part: statistics.median(v) for part, v in times.items()}
 
