@@ -83,6 +83,10 @@ class VideoSegmenter:
     state: Any = None  # the model's per-video state (model.VideoState, videomatch.MatchState, ...)
     last_probs: Tensor | None = None  # (N, 2, H, W) the model's own probabilities before aggregation, if kept
     frames_seen: int = 0  # frames stepped since the video started
+    size: tuple[int, int] | None = None  # (H, W) of this video's frames, set by its first frame
+    # the propagate run that owns this video: a second propagate (or reset) on the same segmenter ends the first, whose
+    # next frame then raises instead of continuing on the other video's objects
+    owner: object | None = field(default=None, repr=False)
 
     @property
     def device(self) -> torch.device:
@@ -91,6 +95,7 @@ class VideoSegmenter:
     def reset(self) -> None:
         """Forget the video: the next step starts a new one (and needs a mask)."""
         self.object_ids, self.state, self.last_probs, self.frames_seen = [], None, None, 0
+        self.size, self.owner = None, None
 
     def remove_object(self, obj_id: int) -> None:
         """Stop tracking `obj_id`: its slot leaves the model's state, so from the next frame on its pixels go to the
@@ -111,32 +116,55 @@ class VideoSegmenter:
             self.last_probs = self.last_probs[[i for i in range(self.last_probs.shape[0]) if i != slot]]
 
     def propagate(self, frames: "Iterable[np.ndarray | Tensor] | str | Path | cv2.VideoCapture",
-                  masks: dict[int, "np.ndarray | Tensor"]) -> Iterator[tuple[int, Tensor, dict[int, Tensor]]]:
+                  masks: dict[int, "np.ndarray | Tensor"]) -> "Propagation":
         """Segment a video from its start: yields (index, id mask (H, W) long, {object id: foreground probability
         (H, W)}) per frame, one frame at a time, so memory does not grow with the video.
 
         frames: (H, W, 3) uint8 RGB arrays or (3, H, W) float tensors in [0, 1], or a folder of frames or a
         cv2.VideoCapture (read with `read_frames`), run at the size given. masks: {frame index: (H, W) object ids},
         at least one object at frame 0; the later ones add or correct objects as `step` says. Between two frames the
-        caller may `remove_object`.
+        caller may `remove_object`. One segmenter runs one video at a time: a second propagate (or `reset`) ends
+        the first, whose next frame raises. The result is iterated once; a second pass raises, as does a video
+        with no frames or a mask at an index past its last frame.
         """
         if isinstance(frames, (str, Path, cv2.VideoCapture)):
             frames = read_frames(frames)
+        bad = [i for i in masks if not isinstance(i, (int, np.integer)) or i < 0]
+        if bad:
+            raise ValueError(f"masks are keyed by frame index 0, 1, ...; got {bad}")
         if 0 not in masks:
             raise ValueError(f"propagate needs a mask at frame 0 (masks were given at frames {sorted(masks)})")
+        if hasattr(frames, "__len__") and max(masks) >= len(frames):
+            raise ValueError(f"masks were given at frames {sorted(i for i in masks if i >= len(frames))}, but the "
+                             f"video has {len(frames)} frames (0 to {len(frames) - 1})")
         self.reset()
+        self.owner = token = object()
+        return Propagation(self._propagate(iter(frames), masks, token))
+
+    def _propagate(self, frames: Iterator, masks: dict[int, "np.ndarray | Tensor"], token: object
+                   ) -> Iterator[tuple[int, Tensor, dict[int, Tensor]]]:
+        index = -1
         for index, frame in enumerate(frames):
+            if self.owner is not token:
+                raise RuntimeError("another propagate (or reset) started on this segmenter, so this video's state is "
+                                   "gone; run one video at a time, or use one segmenter per video (load() twice)")
             mask = masks.get(index)
-            # a copy: masks read with PIL are read-only arrays, which torch would wrap with a warning
-            labels, probs = self.step(as_frame(frame), None if mask is None else torch.tensor(np.asarray(mask)))
+            labels, probs = self.step(as_frame(frame), None if mask is None else as_mask(mask))
             yield index, labels, dict(zip(self.object_ids, probs, strict=True))
+        if index < 0:
+            raise ValueError("frames gave no frame (an iterator that was already read to its end?)")
+        if max(masks) > index:
+            raise ValueError(f"masks were given at frames {sorted(i for i in masks if i > index)}, but the video "
+                             f"had {index + 1} frames (0 to {index})")
 
     @torch.inference_mode()
     def step(self, frame: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """frame: (3, H, W) RGB in [0, 1]; mask: (H, W) object ids or None.
 
         Returns (labels (H, W) long object ids, probs (N, H, W) each object's aggregated foreground probability).
+        Raises ValueError, naming the sizes, for a frame or mask of another shape than this video's.
         """
+        self._check_inputs(frame, mask)
         self.frames_seen += 1
         if self.state is None and self.frames_seen > 1 and (mask is None or not bool(mask.any())):
             # every object was removed (remove_object) and none is given: background
@@ -150,6 +178,23 @@ class VideoSegmenter:
         if self.keep_probabilities and self.last_probs is not None:
             self.last_probs = unpad(self.last_probs, padding)
         return unpad(labels[0], padding), unpad(probs[0, :, 1].float(), padding)
+
+    def _check_inputs(self, frame: Tensor, mask: Tensor | None) -> None:
+        """Shapes before any work: the errors the model would raise from deep inside the matching name no size."""
+        if not isinstance(frame, Tensor) or frame.ndim != 3 or frame.shape[0] != 3:
+            got = tuple(frame.shape) if hasattr(frame, "shape") else type(frame).__name__
+            raise ValueError(f"a frame must be a (3, H, W) RGB tensor in [0, 1] (step) or an (H, W, 3) uint8 array "
+                             f"(propagate), not {got}")
+        size = tuple(frame.shape[-2:])
+        if self.size is not None and size != self.size:
+            raise ValueError(f"frame {self.frames_seen} is {size[0]}x{size[1]} (H x W), but this video's frames are "
+                             f"{self.size[0]}x{self.size[1]}; every frame of a video has one size")
+        if mask is not None:
+            mask = as_mask(mask)
+            if tuple(mask.shape) != size:
+                raise ValueError(f"the mask of frame {self.frames_seen} is {tuple(mask.shape)}, but the frame is "
+                                 f"{size} (H, W); give an (H, W) mask of object ids at the frame's size")
+        self.size = size
 
     def _step(self, img: Tensor, given: Tensor | None) -> tuple[Tensor, Tensor]:
         feats = self.model.encode(img)
@@ -183,6 +228,47 @@ class VideoSegmenter:
             labels = torch.where(given != 0, given, labels)
         self.model.update(self.state, feats, probs)
         return labels, probs
+
+
+class Propagation:
+    """VideoSegmenter.propagate's frames, iterated once: a second pass would silently yield nothing (a spent
+    generator), so it raises instead."""
+
+    def __init__(self, frames: Iterator[tuple[int, Tensor, dict[int, Tensor]]]):
+        self._frames = frames
+        self._done = False
+
+    def __iter__(self) -> "Propagation":
+        if self._done:
+            raise RuntimeError("this propagate() has already run to its end; call propagate() again to segment the "
+                               "video again")
+        return self
+
+    def __next__(self) -> tuple[int, Tensor, dict[int, Tensor]]:
+        try:
+            return next(self._frames)
+        except StopIteration:
+            self._done = True
+            raise
+
+
+def as_mask(mask: "np.ndarray | Tensor") -> Tensor:
+    """(H, W) object ids as a long tensor: integers 0..255 (0 is the background), or bools. Refuses what would be
+    read as other objects than meant: negative ids, fractions (1.7 is not object 1), and masks of other shapes."""
+    # a copy: masks read with PIL are read-only arrays, which torch would wrap with a warning
+    m = mask.detach().cpu() if isinstance(mask, Tensor) else torch.tensor(np.asarray(mask))
+    if m.ndim != 2:
+        raise ValueError(f"a mask must be (H, W) object ids, not shape {tuple(m.shape)}"
+                         + ("; drop the last axis (mask[..., 0])" if m.ndim == 3 and m.shape[-1] == 1 else ""))
+    if m.dtype == torch.bool:
+        return m.long()
+    if m.is_floating_point() and not bool((m == m.round()).all()):
+        raise ValueError("a mask holds object ids, whole numbers; this one has fractions (e.g. "
+                         f"{m[m != m.round()][0].item():g}): round it or pass an integer array")
+    if m.numel() and (m.min() < 0 or m.max() > 255):
+        raise ValueError(f"object ids run from 0 (background) to 255; this mask holds {int(m.min())} to "
+                         f"{int(m.max())}")
+    return m.long()
 
 
 def as_frame(frame: "np.ndarray | Tensor") -> Tensor:
@@ -620,7 +706,7 @@ def load(checkpoint: str | Path = "emvos", device: str | None = None, precision:
     folder = Path(trained_model)
     name = str(checkpoint)
     spec = str(methods.default_weights(name, folder)) if name in methods.METHODS else name
-    path = weights.resolve_weights(spec, folder, download, base_url=weights.OFFICIAL_BASE_URL)
+    path = weights.resolve_weights(spec, folder, download, base_url=weights.OFFICIAL_BASE_URL, wording=weights.API)
     net, _ = methods.load_weights(path, "checkpoint")
     net = place(net, settings)
     return VideoSegmenter(net, settings.dtype, settings.autocast, settings.runtime)

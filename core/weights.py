@@ -32,6 +32,7 @@ import urllib.error
 import urllib.parse
 import zipfile
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -136,11 +137,26 @@ def safe_destination(path: str | os.PathLike, note: bool = True) -> Path:
     return other
 
 
-def download_disabled(download: bool = True) -> str | None:
+@dataclass(frozen=True)
+class Wording:
+    """How a message names the ways to give weights and to allow downloads: run.py's flags, or a Python function's
+    arguments (a Python user has no --weights to pass)."""
+
+    weights: str = "--weights {}"  # formatted with what to pass: a path or an official alias
+    download_off: str = "--no-download was given; run without it to download"
+
+
+FLAGS = Wording()  # run.py and the tools
+API = Wording(weights="checkpoint={!r} to load()",
+              download_off="download=False was given; pass download=True to download")
+
+
+def download_disabled(download: bool = True, wording: Wording = FLAGS) -> str | None:
     """What turned downloading off and how to turn it back on (a phrase for an error message), or None when it is
-    allowed. Names the one that did it: run.py's --no-download (`downloads_off`, or download=False) or the variable."""
+    allowed. Names the one that did it: run.py's --no-download (`downloads_off`), download=False, or the
+    variable."""
     if not download or _off_by_flag:
-        return "--no-download was given; run without it to download"
+        return wording.download_off
     flag = os.environ.get(DOWNLOAD_ENV, "")
     if flag not in ("", "0"):
         return f"{DOWNLOAD_ENV}={flag} is set; unset it (or set it to 0) to download"
@@ -175,7 +191,8 @@ def _short(e: Exception) -> str:
 
 
 def fetch_official(
-    name: str, folder: Path = Path("trained_model"), base_url: str = OFFICIAL_BASE_URL, progress: bool = True
+    name: str, folder: Path = Path("trained_model"), base_url: str = OFFICIAL_BASE_URL, progress: bool = True,
+    wording: Wording = FLAGS,
 ) -> Path:
     """Download one official checkpoint into `folder` and return its path.
 
@@ -207,7 +224,7 @@ def fetch_official(
         except _NETWORK_ERRORS as e:
             raise WeightsUnavailableError(
                 f"could not download {url} ({_short(e)}); nothing was saved. Check the connection and run again, "
-                f"put the file at {dest} by hand, or pass --weights PATH to a checkpoint you have"
+                f"put the file at {dest} by hand, or pass {wording.weights.format('PATH')} to a checkpoint you have"
             ) from e
         expected, got = OFFICIAL_BLOB_IDS[name], git_blob_id(tmp)
         if got != expected:
@@ -231,6 +248,7 @@ def resolve_weights(
     download: bool = True,
     base_url: str = OFFICIAL_BASE_URL,
     progress: bool = True,
+    wording: Wording = FLAGS,
 ) -> Path:
     """Turn a `--weights` value into a checkpoint file on disk.
 
@@ -247,6 +265,7 @@ def resolve_weights(
         download: False forbids the network (so does EMVOS_NO_DOWNLOAD set to anything but "" or "0").
         base_url: where the official files are served (tests point it at a local server).
         progress: show a progress bar while downloading.
+        wording: how messages name the ways out: run.py's flags (FLAGS) or the Python API's arguments (API).
     Raises:
         WeightsUnavailableError: an official file is missing and cannot be downloaded now.
         VOSInputError: any other missing path, or a folder where a file was expected.
@@ -256,33 +275,35 @@ def resolve_weights(
     if path.is_file():
         if spec in WEIGHT_ALIASES and cached_blob_id(path) != OFFICIAL_BLOB_IDS[path.name]:
             raise VOSInputError(
-                f"--weights {spec}: {path} is not the authors' {path.name} (its git blob id differs: another or a "
-                f"damaged file); move it away and run again to fetch the official one, or pass --weights {path} to "
-                f"use it as it is"
+                f"{wording.weights.format(spec)}: {path} is not the authors' {path.name} (its git blob id differs: "
+                f"another or a damaged file); move it away and run again to fetch the official one, or pass "
+                f"{wording.weights.format(str(path))} to use it as it is"
             )
         return path
     if path.is_dir():
         raise VOSInputError(
-            f"--weights '{path}' is a folder; pass the .pth file inside it, or --weights official-davis"
+            f"{wording.weights.format(str(path))}: '{path}' is a folder; pass the .pth file inside it, or "
+            f"{wording.weights.format('official-davis')}"
         )
     if path.name not in OFFICIAL_BLOB_IDS:
         raise VOSInputError(
-            f"no checkpoint at '{path}'. Pass --weights official-davis (or official-ytvos) to use the authors' "
-            f"weights (downloaded into {folder}/ when missing), --weights PATH to a checkpoint you have, or train "
+            f"no checkpoint at '{path}'. Pass {wording.weights.format('official-davis')} (or official-ytvos) to use "
+            f"the authors' weights (downloaded into {folder}/ when missing), {wording.weights.format('PATH')} to a "
+            f"checkpoint you have, or train "
             f"one with `python run.py --train`"
         )
     if path.parent == Path("."):  # a bare official name means the official folder, as the alias does
         path = folder / path.name
         if path.is_file():
             return path
-    why_not = download_disabled(download)
+    why_not = download_disabled(download, wording)
     if why_not is not None:
         url = f"{base_url.rstrip('/')}/{path.name}"
         raise WeightsUnavailableError(
             f"the official EMVOS weights {path} are missing and downloading is off ({why_not}); "
             f"{_by_hand(url, path)}"
         )
-    return fetch_official(path.name, path.parent, base_url, progress)
+    return fetch_official(path.name, path.parent, base_url, progress, wording)
 
 
 # Temporary files that an interrupted write leaves: checkpoint.save_atomic's `.{name}.pid<N>.XXXXXXXX.tmp`,
