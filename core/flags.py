@@ -11,6 +11,14 @@ import argparse
 import math
 from collections.abc import Callable
 
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line, exit 2: `run.py: error: argument --workers: ... (run.py --help
+    lists every flag)`. argparse's own prints the whole usage first, dozens of lines that bury the one that matters."""
+
+    def error(self, message: str) -> None:  # argparse's signature: it never returns
+        self.exit(2, f"{self.prog}: error: {message} ({self.prog} --help lists every flag)\n")
+
+
 SEED_MAX = 2**32 - 1  # numpy's seed range (np.random.seed); torch and random take more, the three are seeded together
 
 

@@ -557,7 +557,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def build_parser() -> argparse.ArgumentParser:
     """bench.py's flags, the model flags (run.py's, from the config dataclasses) among them."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p = flags.OneLineParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny frames, 1 and 3 objects, fp32 and bf16, few frames (CI)")
     p.add_argument("--device", nargs="+", default=None, help="cpu and/or cuda (default: cpu, and cuda when present)")
     p.add_argument("--resolutions", nargs="+", default=["480p", "720p", "1080p"], choices=list(RESOLUTIONS))
