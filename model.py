@@ -1,7 +1,8 @@
 """EMVOS (Cho et al., arXiv 2209.03139) in one module with named steps: encode -> match -> decode.
 
 Read top to bottom: the configuration, the building blocks (encoder, matcher, CBAM, decoder), the run-time
-settings (`EMVOSRuntime`), the per-video state, the model and its loss, and the official checkpoint layout. What
+settings (`EMVOSRuntime`), the per-video state, the model and its loss, the training recipe (the official stages,
+swap-and-attach and the skip rule), the official checkpoint layout, and the registry entry (`METHOD`). What
 every method shares (padding, soft aggregation of the objects, the training forward) is in framework.py, the
 ImageNet backbones in backbones.py, the matching functions in matching.py, and `inference.VideoSegmenter` streams a
 video through any model frame by frame.
@@ -14,6 +15,7 @@ Checkpoints: module names equal the official ones, and the official state dicts 
 so `coco_davis_best.pth` loads with strict=True and checkpoints written here load in the official code.
 """
 
+import random
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -24,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import matching
+from core import methods
 from core.backbones import densenet121_features, resnet_trunk
 from core.config_flags import check_config, option
 from core.framework import Runtime, clip_forward
@@ -532,6 +535,71 @@ def emvos_loss(logits: Tensor, gt: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# the training recipe: the official stages, swap-and-attach and the skip rule (methods.Method calls them; the
+# trainer runs them as it runs any method's)
+# ---------------------------------------------------------------------------------------------------------------
+
+def swap_and_attach(imgs: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
+    """Swap-and-attach, as the official trainer does it: paste each clip's target object into the next clip of the
+    batch (a roll by one along the batch); the pasted pixels become background in that clip's own mask, since the
+    object now covers them.
+
+    imgs: (B, L, 3, H, W); masks: (B, L, H, W) in {0, 1}.
+    """
+    m = masks[:, :, None].to(imgs.dtype)  # (B, L, 1, H, W)
+    objects = torch.roll(imgs * m, shifts=1, dims=0)
+    object_masks = torch.roll(m, shifts=1, dims=0)
+    imgs = (1 - object_masks) * imgs + object_masks * objects
+    masks = ((1 - object_masks) * m)[:, :, 0].long()
+    return imgs, masks
+
+
+def must_skip(masks: Tensor) -> bool:
+    """The official skip rule: a batch is dropped when any clip's first mask lacks background or foreground
+    (`len(masks[b, 0].unique()) != 2` in the official trainer). masks: (B, L, H, W) in {0, 1}."""
+    first = masks[:, 0].flatten(1)
+    return bool((first.amax(dim=1) == first.amin(dim=1)).any())
+
+
+def _swap(batch: methods.Batch, stage: "EMVOSStage") -> methods.Batch:
+    # the official draw, one per batch, before the skip rule looks at the batch (so skipped batches draw too)
+    if random.random() > stage.swap_above:
+        return methods.Batch(*swap_and_attach(batch.imgs, batch.masks))
+    return batch
+
+
+def _swap_note(stage: "EMVOSStage", clips: int) -> str | None:
+    if clips == 1 and stage.swap_above < 1:
+        return (f"note: one clip per process: swap-and-attach then pastes a clip onto itself, which empties its mask, "
+                f"so those batches (p = {1 - stage.swap_above:g}) are skipped, as the official code does at batch "
+                f"size 1")
+    return None
+
+
+SWAP_AND_ATTACH = methods.BatchTransform(_swap, _swap_note)
+OFFICIAL_SKIP = methods.BatchTransform(lambda batch, stage: None if must_skip(batch.masks) else batch)
+
+
+@dataclass(frozen=True)
+class EMVOSStage(methods.StageConfig):
+    """An EMVOS training stage: the presets are the official run.py's train_coco / train_davis / train_ytvos."""
+
+    swap_above: float = 0.8  # swap-and-attach when random.random() > this (p = 0.2), the official comparison
+
+
+EMVOS_STAGES = {
+    "coco": EMVOSStage("coco", "coco", methods.COCO_CLIPS, clip_len=5, clips_per_epoch=128, batch_size=16,
+                       epochs=8000, save_every=4000, val_every=400),
+    "davis": EMVOSStage("davis", "coco_davis", methods.DAVIS_CLIPS, clip_len=10, clips_per_epoch=128, batch_size=8,
+                        epochs=4000, save_every=2000, val_every=200),
+    # The official train_ytvos passes val_set=None: no validation, so its best checkpoint is the last one here.
+    # --val-every N turns DAVIS validation on for it.
+    "ytvos": EMVOSStage("ytvos", "coco_ytvos", methods.YTVOS_CLIPS, clip_len=10, clips_per_epoch=128, batch_size=8,
+                        epochs=8000, save_every=2000, val_every=0),
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # checkpoints
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -563,3 +631,13 @@ def official_config(weights: Mapping[str, Tensor]) -> dict | None:
     if weights["vos.matcher.conv2.conv.weight"].shape[0] != official.key_dim or c_in != 256 + 4 * 2 + 2:
         return None
     return {}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the registry entry (methods.METHOD_MODULES lists this module)
+# ---------------------------------------------------------------------------------------------------------------
+
+METHOD = methods.Method(
+    "emvos", EMVOS, ModelConfig, "coco_davis_best.pth", EMVOS_STAGES, ("coco", "davis"),
+    {"cross_entropy": emvos_loss}, "cross_entropy", compilable=True, to_file=to_official, from_file=from_official,
+    plain=is_official_architecture, infer_config=official_config, transforms=(SWAP_AND_ATTACH, OFFICIAL_SKIP))

@@ -10,8 +10,9 @@ import shlex
 import signal
 import sys
 import threading
-from dataclasses import fields
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import dataset
 import evaluation
@@ -82,17 +83,35 @@ def default_data(args: argparse.Namespace) -> list[str]:
 # the command line
 # ---------------------------------------------------------------------------------------------------------------
 
+# --train's stage overrides: a --<field> flag for each stage field below (methods.StageConfig's, and swap_above of
+# EMVOS's stages, model.EMVOSStage), with its help and its argparse type. A flag left out keeps the preset (with
+# --resume, the interrupted run's value); one whose field the chosen method's stages lack is refused by the trainer.
+# The integer ones are checked against their stage by the trainer (trainer.stage_configs), where the bound depends
+# on the stage's data. Adam's lr and weight decay at most 1: far above any working value, and below what torch's
+# float32 step overflows on (lr / (1 - beta1) must be a float32).
+STAGE_FLAGS: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "epochs": ("epochs per stage (official: coco 8000, davis 4000)", int),
+    "batch_size": ("clips per step over all processes (16 / 8)", int),
+    "clip_len": ("frames per clip (coco 5, davis 10)", int),
+    "clips_per_epoch": ("clips per epoch (128; VideoMatch pairs: 0 = every pair)", int),
+    "crop": ("clip size H W (384 384)", flags.positive_int),
+    "lr": ("Adam learning rate (1e-4)", flags.float_range(0.0, 1.0, lo_open=True)),
+    "weight_decay": ("Adam weight decay (EMVOS 0, VideoMatch 5e-4)", flags.float_range(0.0, 1.0)),
+    "val_every": ("validate every N epochs, 0 = never (400 / 200)", int),
+    "save_every": ("write a checkpoint every N epochs (4000 / 2000)", int),
+    "swap_above": ("EMVOS: swap-and-attach when a uniform draw exceeds this (0.8: p = 0.2; 1: never)",
+                   flags.probability),
+}
+
+
 def add_stage_flags(group: argparse._ArgumentGroup) -> None:
-    """One override flag per StageConfig field in trainer.OVERRIDES, typed from the field."""
-    for f in fields(methods.StageConfig):
-        if f.name not in trainer.OVERRIDES:
-            continue
-        flag, text = "--" + f.name.replace("_", "-"), trainer.OVERRIDES[f.name]
-        if f.name == "crop":
-            group.add_argument(flag, type=flags.positive_int, nargs=2, default=None, metavar=("H", "W"), help=text)
+    """One override flag per entry of STAGE_FLAGS."""
+    for name, (text, kind) in STAGE_FLAGS.items():
+        flag = "--" + name.replace("_", "-")
+        if name == "crop":
+            group.add_argument(flag, type=kind, nargs=2, default=None, metavar=("H", "W"), help=text)
         else:
-            kind = {"int": int, "float": float}[f.type if isinstance(f.type, str) else f.type.__name__]
-            group.add_argument(flag, type=trainer.OVERRIDE_TYPES.get(f.name, kind), default=None, help=text)
+            group.add_argument(flag, type=kind, default=None, help=text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -161,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("train")
     g.add_argument("--stages", nargs="+", default=None, metavar="STAGE",
                    help="stages in order, each starting from the previous one's weights (EMVOS default: coco davis, "
-                        "as the official run.py; presets: " + ", ".join(methods.EMVOS_STAGES) + ")")
+                        "as the official run.py; presets: " + ", ".join(methods.get("emvos").stages) + ")")
     add_stage_flags(g)
     g.add_argument("--val-sequences", nargs="+", default=None, help="validate on these DAVIS val sequences only")
     g.add_argument("--davis-year", choices=["2016", "2017"], default=None,
@@ -196,13 +215,13 @@ TEST_ONLY = ("data", "mose", "lvos", "sav", "generic", "weights", "sequences", "
              "vis_frame", "compile", "max_memory", "channels_last",
              "no_report")
 TRAIN_ONLY = ("stages", "val_sequences", "davis_year", "save_dir", "no_pretrained", "init", "resume", "chain", "amp",
-              "workers", "train_encoder", "seed", "loss", *trainer.OVERRIDES)
+              "workers", "train_encoder", "seed", "loss", *STAGE_FLAGS)
 
 
 def train_options(args: argparse.Namespace) -> trainer.TrainOptions:
     """--train's flags as the trainer's options; a flag not given stays None (the resumed run's value, or the
     trainer's default)."""
-    overrides = {name: getattr(args, name) for name in trainer.OVERRIDES if getattr(args, name) is not None}
+    overrides = {name: getattr(args, name) for name in STAGE_FLAGS if getattr(args, name) is not None}
     if "crop" in overrides:
         overrides["crop"] = tuple(overrides["crop"])
     return trainer.TrainOptions(
@@ -307,8 +326,8 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except trainer.TrainingError as e:  # a NaN/inf stop: the message says where and what to change
         print(f"error: {e}", file=sys.stderr)
         return 3
-    except trainer.TrainingInterrupted as e:  # the trainer has said what it saved and how to resume
-        return int(e.code)
+    except trainer.TrainingInterrupted:  # the trainer has said what it saved and how to resume
+        return 130  # as a shell reports Ctrl+C; SIGTERM and SIGUSR1 stop --train the same way (a checkpoint)
     except inference.VideoFailedError as e:  # a torchrun process failed on a video: told once, by rank 0
         print(f"error: {e}", file=sys.stderr)
         return 1

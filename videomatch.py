@@ -8,6 +8,7 @@ Shapes: B clips, N objects, HW the positions of the stride-8 feature map (times 
 """
 
 import math
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
@@ -18,9 +19,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import matching
+from core import methods
 from core.backbones import resnet_trunk, vgg19_features, vgg19_modules
 from core.config_flags import check_config, option
 from core.framework import DEFAULT_RUNTIME, Runtime, clip_forward
+from training import samplers
+from utils import VOSInputError
 
 # The largest aggregated foreground probability (the probabilities `update` receives) an object can reach while both of
 # its reference sets are non-empty. Every encoder here ends with a ReLU (VGG-19's after conv4_4, ResNet-101's layer2),
@@ -368,3 +372,88 @@ def dice_loss(logits: Tensor, target: Tensor, eps: float = 1.0) -> Tensor:
 
 
 LOSSES = {"bce": bce_loss, "balanced_bce": balanced_bce_loss, "dice": dice_loss}
+
+
+# --- the training recipe ------------------------------------------------------------------------------------------
+# The port's training data: every frame pair, selected on held-out pairs.
+
+def _open_pairs(stage: methods.StageConfig, ctx: methods.StageContext) -> samplers.TrainPairs:
+    if stage.clip_len != 2:
+        raise VOSInputError(f"stage {stage.name} trains on frame pairs; --clip-len must be 2")
+    if ctx.world > 1:  # each process would go through every pair: no DistributedSampler here
+        raise VOSInputError(f"stage {stage.name} (every frame pair, batch 1 as the port) runs in one process; "
+                            f"start it with python run.py, not torchrun")
+    return samplers.TrainPairs(ctx.roots.davis, year=ctx.davis_year or "2016", output_size=tuple(stage.crop))
+
+
+@dataclass
+class HeldoutPairs:
+    """Mean foreground IoU over the held-out pairs (resized, not augmented): the port's validation score
+    (segmentation_IOU: foreground probability >= 0.5 against the mask, 1 when both are empty), here the model
+    selection of the pairs stage. It scores the matching as trained: the forward in training mode, without test-time
+    outlier removal (which the port's validation does not run either), under no_grad."""
+
+    data: samplers.TrainPairs
+    device: torch.device
+
+    @property
+    def title(self) -> str:
+        return f"IoU on {len(self.data.heldout_pairs)} held-out pairs"
+
+    def __call__(self, net: nn.Module) -> float:
+        ious = []
+        net.train()  # VideoMatch: no outlier removal (BatchNorm stays frozen either way)
+        with torch.no_grad():
+            for k in range(len(self.data.heldout_pairs)):
+                pair = self.data.heldout_pair(k)
+                imgs, masks = pair["imgs"][None].to(self.device), pair["masks"][None].to(self.device)
+                fg = torch.softmax(net(imgs, masks[:, 0]).float(), dim=2)[:, :, 1] >= 0.5  # (1, 1, H, W)
+                gt = masks[:, 1:] == 1
+                union = (fg | gt).sum().item()
+                ious.append((fg & gt).sum().item() / union if union else 1.0)
+        return sum(ious) / max(len(ious), 1)
+
+
+DAVIS_PAIRS = methods.StageData(
+    "davis_pairs", "davis", "JPEGImages/480p, Annotations/480p and ImageSets/ of DAVIS (2016 for VideoMatch's port "
+    "recipe; the original DAVIS 2016 download works too)", _open_pairs,
+    lambda s, data, c: HeldoutPairs(data, c.device) if data.heldout_pairs else None, "val_pairs_iou")
+
+
+def _draw_as_before(batch: methods.Batch, stage: methods.StageConfig) -> methods.Batch:
+    """VideoMatch has no batch transform: the batch goes on as the sampler gave it. It draws one number from
+    Python's generator all the same: until each method carried its own recipe, the trainer drew EMVOS's
+    swap-and-attach number for every method's batches, and with --workers 0 the samplers draw from that generator
+    too, so without the draw a run with those flags would train on other clips than it did, and a checkpoint
+    written then would resume on other clips than the interrupted run would have drawn."""
+    random.random()
+    return batch
+
+
+# VideoMatch. "davis" is the public PyTorch port's recipe (stashvala/Pytorch-VideoMatch, main.py defaults; J&F 65.2 on
+# DAVIS 2016 val with VGG-19 and upsample 1.8): every pair (i < j) of frames of each DAVIS 2016 train sequence once
+# per epoch (samplers.TrainPairs; its --iters is --clips-per-epoch, 0 = all), each frame augmented on its own and
+# resized to 480x854 (samplers.PortAugmentation), batch 1, Dice, Adam lr 1e-5 with weight decay 5e-4, one epoch, and
+# the model kept by its foreground IoU on 0.25 % of the pairs held out (the port reports that IoU; selecting on it,
+# rather than on DAVIS val, keeps the test set out of training). The whole network trains (BatchNorm frozen).
+# "davis_clips" and "ytvos" are this repository's earlier recipe, kept reachable with --stages: consecutive frames
+# (pairs of clip_len 2), EMVOS's crop rule squashed to 384x384 (on 16:9 frames a centred 640x480 crop, so objects
+# are distorted by 4:3 -> 1:1 unlike at test time), batch 8, selection on DAVIS val J&F. No swap-and-attach:
+# that is EMVOS's augmentation (its stages are model.EMVOSStage; these are plain ones, so --swap-above is refused).
+VIDEOMATCH_STAGES = {
+    "davis": methods.StageConfig("davis", "videomatch_davis", DAVIS_PAIRS, clip_len=2, clips_per_epoch=0,
+                                 batch_size=1, epochs=1, save_every=1, val_every=1, crop=(480, 854), lr=1e-5,
+                                 weight_decay=5e-4),
+    "davis_clips": methods.StageConfig("davis_clips", "videomatch_davis_clips", methods.DAVIS_CLIPS, clip_len=2,
+                                       clips_per_epoch=128, batch_size=8, epochs=2000, save_every=1000,
+                                       val_every=100, lr=1e-5, weight_decay=5e-4),
+    "ytvos": methods.StageConfig("ytvos", "videomatch_ytvos", methods.YTVOS_CLIPS, clip_len=2, clips_per_epoch=128,
+                                 batch_size=8, epochs=2000, save_every=1000, val_every=0, lr=1e-5, weight_decay=5e-4),
+}
+
+
+# --- the registry entry (methods.METHOD_MODULES lists this module) ------------------------------------------------
+# Reads the port's checkpoints (its encoder's plain state dict) beside this repository's own files.
+METHOD = methods.Method(
+    "videomatch", VideoMatch, VideoMatchConfig, "videomatch_davis_best.pth", VIDEOMATCH_STAGES, ("davis",), LOSSES,
+    "dice", from_file=from_port, infer_config=port_config, transforms=(methods.BatchTransform(_draw_as_before),))

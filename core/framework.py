@@ -73,7 +73,9 @@ class VOSModel(Protocol):
         """After a frame: remember it with the aggregated soft masks probs (B, N, 2, H, W)."""
 
     def forward(self, imgs: Tensor, first_masks: Tensor) -> Tensor:
-        """Training: clips (B, L, 3, H, W), first masks (B, H, W) in {0, 1} -> logits (B, L-1, 2, H, W)."""
+        """Training: clips (B, L, 3, H, W), first masks (B, H, W) -> the logits of frames 1..L-1 that the method's
+        loss takes (one object, EMVOS and VideoMatch: (B, L-1, 2, H, W); several: clip_forward's (B, L-1, N, 2, H,
+        W)). The trainer reaches it through the method's `train_forward` (methods.Method)."""
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -134,27 +136,33 @@ def aggregate_objects(probs: Tensor, eps: float = 1e-7) -> tuple[Tensor, Tensor]
 # the training forward
 # ---------------------------------------------------------------------------------------------------------------
 
-def clip_forward(net: nn.Module, imgs: Tensor, first_masks: Tensor, aggregate: bool = False) -> Tensor:
-    """The training forward of any method with the streaming interface: clips with only the first frame's mask
-    given, one object (id 1); each frame's prediction becomes the next frame's previous mask.
+def clip_forward(net: nn.Module, imgs: Tensor, first_masks: Tensor, aggregate: bool = False,
+                 objects: int | None = None) -> Tensor:
+    """The training forward of any method with the streaming interface: clips with only the first frame's masks
+    given; each frame's prediction becomes the next frame's previous masks.
 
-    imgs: (B, L, 3, H, W) RGB in [0, 1]; first_masks: (B, H, W) with values 0/1.
-    aggregate: False (EMVOS, as the official training): the previous soft mask is the softmax of the last logits.
-    True (VideoMatch): it goes through aggregate_objects as at test time (for one object p^2 / (p^2 + (1 - p)^2)),
-    so that an online-update threshold the test-time update reaches is reached in training too.
-    Returns the logits of frames 1..L-1, (B, L-1, 2, H, W), with the padding to a multiple of net.stride cropped off.
+    imgs: (B, L, 3, H, W) RGB in [0, 1]; first_masks: (B, H, W) id masks, 0 background.
+    objects: None (EMVOS and VideoMatch, as their official training): one object, id 1, and the logits of frames
+    1..L-1 are (B, L-1, 2, H, W). An int N: the objects of ids 1..N are tracked together (an id absent from a clip's
+    first mask is an empty object there), as at test time, and the logits are (B, L-1, N, 2, H, W).
+    aggregate: False (EMVOS, as the official training): the previous soft masks are the softmax of the last logits,
+    each object on its own. True (VideoMatch): they go through aggregate_objects as at test time (for one object
+    p^2 / (p^2 + (1 - p)^2)), so that an online-update threshold the test-time update reaches is reached in training
+    too.
+    The padding to a multiple of net.stride is cropped off the logits.
     """
     b, length, _, height, width = imgs.shape
     padding = get_padding(height, width, net.stride)
     imgs = pad(imgs.flatten(0, 1), padding).unflatten(0, (b, length))
     first = pad_mask(first_masks, padding)
+    ids = [1] if objects is None else list(range(1, objects + 1))
     feats = net.encode(imgs[:, 0])
-    state = net.init_state(feats, one_hot(first, [1], imgs.dtype))
+    state = net.init_state(feats, one_hot(first, ids, imgs.dtype))
     logits = []
     for i in range(1, length):
         feats = net.encode(imgs[:, i])
-        logit = net.predict(feats, state)  # (B, 1, 2, H, W)
-        logits.append(logit[:, 0])
+        logit = net.predict(feats, state)  # (B, N, 2, H, W)
+        logits.append(logit[:, 0] if objects is None else logit)
         if i < length - 1:
             probs = torch.softmax(logit, dim=2)
             net.update(state, feats, aggregate_objects(probs)[1] if aggregate else probs)

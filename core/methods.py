@@ -1,16 +1,19 @@
-"""The methods this repository implements, in one table.
+"""The method registry: what a method is, the methods this repository implements, and building them from files.
 
-A method is a model class that meets `VOSModel` (framework.py; re-exported here) plus one `Method` entry in
-`METHODS`: its config class, default weights, training stages and losses. A training stage (`StageConfig`) names
-its `StageData`: the factory of its training data and its model selection (`Selection`), so the trainer runs every
-stage the same way. run.py, the trainer, the checkpoint code and bench.py read this table and nothing else, so
-adding a method means writing its module and calling `register(Method(...))` (tests/test_extend.py registers a tiny
-one and runs it through `run.py --test` and a training step).
+A method is a model class that meets `VOSModel` (framework.py; re-exported here) plus one `Method` entry: its config
+class, default weights and its training recipe: the stages (`StageConfig`, each naming its `StageData`: the factory
+of its training data and its model selection), the batch transforms between sampler and forward, the training
+forward and the losses. The trainer runs every method's recipe the same way and names no method's rule. Each method's
+module exports its entry as `METHOD` (EMVOS: model.py, VideoMatch: videomatch.py), and `METHOD_MODULES` lists those
+modules, imported on the first read of the table, so adding a method means writing its module and adding its name to
+that list. `register(Method(...))` adds an entry at run time (tests/test_extend.py registers a tiny method and runs
+it through `run.py --test` and a training step; tests/third_method.py trains on two objects per clip).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import importlib
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Protocol
@@ -20,8 +23,6 @@ import torch.nn as nn
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
-import model
-import videomatch
 from core import config_flags
 from core.framework import VOSModel as VOSModel  # re-exported: the interface each method's class meets
 from core.weights import OFFICIAL_BLOB_IDS, as_state_dict, check_finite, load_file
@@ -29,6 +30,10 @@ from dataset import Roots
 from training import samplers
 from training.samplers import TrainSet
 from utils import VOSInputError
+
+# The modules that define the built-in methods, each exporting its registry entry as METHOD: a new method is its
+# module plus its name here.
+METHOD_MODULES = ("model", "videomatch")
 
 
 class Selection(Protocol):
@@ -69,28 +74,85 @@ class StageData:
 
 @dataclass(frozen=True)
 class StageConfig:
-    """One training stage. EMVOS's presets are the official run.py's train_coco / train_davis / train_ytvos."""
+    """One training stage, what every method's stages have. A method whose recipe has settings of its own subclasses
+    it (EMVOS: model.EMVOSStage adds swap-and-attach's probability); run.py's override flags are these fields."""
 
     name: str  # what --stages calls it
     save_name: str  # checkpoint prefix, the official one: '<save_name>_best.pth', '<save_name>_<epoch:04d>.pth'
-    data: StageData  # its training data and model selection (COCO_CLIPS, DAVIS_CLIPS, YTVOS_CLIPS, DAVIS_PAIRS)
+    data: StageData  # its training data and model selection
     clip_len: int  # frames per clip; the loss covers frames 1..clip_len-1
-    clips_per_epoch: int  # an epoch draws this many items (the official clip_n); DAVIS_PAIRS: 0 = every pair
+    clips_per_epoch: int  # an epoch draws this many items (the official clip_n); frame pairs: 0 = every pair
     batch_size: int  # clips per optimizer step, over all processes together
     epochs: int
     save_every: int  # write '<save_name>_<epoch:04d>.pth' every this many epochs (and after the last one)
     val_every: int  # run the data's model selection every this many epochs; 0 = never
     crop: tuple[int, int] = (384, 384)  # clip size (H, W) after the random resized crop
-    lr: float = 1e-4  # Adam, no schedule (official)
-    weight_decay: float = 0.0  # official: none
-    swap_above: float = 0.8  # swap-and-attach when random.random() > this (p = 0.2); the official comparison
+    lr: float = 1e-4  # Adam, no schedule (official EMVOS)
+    weight_decay: float = 0.0  # official EMVOS: none
 
     def record(self) -> dict:
         """The stage as plain values (its data by name), as a checkpoint records it."""
         return {**{k: v for k, v in vars(self).items() if k != "data"}, "data": self.data.name}
 
 
-Loss = Callable[[Tensor, Tensor], Tensor]  # logits (B, L-1, 2, H, W), gt (B, L-1, H, W) in {0, 1} -> scalar
+# ---------------------------------------------------------------------------------------------------------------
+# a method's training recipe: batches, transforms, forward, loss
+# ---------------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Batch:
+    """One step's clips on one process, as the stage's sampler gives them (collated), through the method's batch
+    transforms to its training forward and loss. Objects are ids in the masks, so a clip may hold several: a
+    binary sampler gives id 1 alone, a method that trains on N objects per clip gets ids 1..N (tests/third_method.py).
+    """
+
+    imgs: Tensor  # (B, L, 3, H, W) RGB in [0, 1]
+    masks: Tensor  # (B, L, H, W) id masks, 0 background
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(self.imgs.to(device, non_blocking=True), self.masks.to(device, non_blocking=True))
+
+
+@dataclass(frozen=True)
+class BatchTransform:
+    """A step of a method's recipe between the sampler and the training forward (EMVOS: swap-and-attach, then the
+    official skip rule). `apply(batch, stage)` returns the batch to train on, or None to skip it (the processes of a
+    job skip it together, and a skipped batch takes no optimizer step). Its random draws must come from Python's,
+    NumPy's or torch's global generator: a resumed epoch sends the batches it had done through the transforms again,
+    from the random states the checkpoint restored, so that the epoch goes on with the draws of the interrupted run.
+    """
+
+    apply: Callable[[Batch, StageConfig], Batch | None]
+    # a line the trainer prints before a stage starts, given the stage and the clips per process; None: nothing
+    note: Callable[[StageConfig, int], str | None] = lambda stage, clips: None
+
+
+def first_mask_forward(model: nn.Module, batch: Batch) -> Tensor:
+    """The training forward of EMVOS and VideoMatch: the model's forward on the clips and their first masks (one
+    object, id 1) -> logits (B, L-1, 2, H, W). `model` may be the DistributedDataParallel wrapper: it is called, so
+    that the wrapper's hooks run."""
+    return model(batch.imgs, batch.masks[:, 0])
+
+
+def foreground_iou(logits: Tensor, gt: Tensor) -> Tensor:
+    """Mean foreground IoU of the argmax over frames (and objects), as the official get_iou (with its 1e-7
+    smoothing): what the training log shows beside the loss.
+
+    logits: (B, L-1, 2, H, W) with gt (B, L-1, H, W) in {0, 1}; or (B, L-1, N, 2, H, W) with gt id masks, object k of
+    the logits being id k + 1 (framework.clip_forward with objects=N).
+    """
+    pred = logits.argmax(dim=-3) == 1
+    if logits.dim() == gt.dim() + 1:
+        fg = gt == 1
+    else:
+        ids = torch.arange(1, logits.shape[2] + 1, device=gt.device)
+        fg = gt[:, :, None] == ids[:, None, None]  # (B, L-1, N, H, W)
+    inter = (pred & fg).flatten(-2).sum(-1).float()
+    union = (pred | fg).flatten(-2).sum(-1).float()
+    return ((inter + 1e-7) / (union + 1e-7)).mean()
+
+
+Loss = Callable[[Tensor, Tensor], Tensor]  # the training forward's logits, the id masks of frames 1..L-1 -> scalar
 
 
 @dataclass(frozen=True)
@@ -114,10 +176,19 @@ class Method:
     plain: Callable[[Any], bool] = lambda config: False
     # the config of a plain state dict in this method's file layout (from its keys and shapes), or None if not one
     infer_config: Callable[[Mapping[str, Tensor]], dict | None] = lambda weights: None
+    # the training recipe besides the stages and losses: what happens to each batch before the forward, in order
+    # (EMVOS: swap-and-attach, the official skip rule); the training forward (model, batch) -> logits, which the
+    # loss takes with the batch's masks of frames 1..L-1; and the IoU the log shows (logits, those masks)
+    transforms: tuple[BatchTransform, ...] = ()
+    train_forward: Callable[[nn.Module, Batch], Tensor] = first_mask_forward
+    train_iou: Callable[[Tensor, Tensor], Tensor] = foreground_iou
 
 
-# EMVOS's training data: the official loaders' clips; the model is selected on DAVIS val J&F, as the official trainer
-# validates on DAVIS 2017 val.
+# ---------------------------------------------------------------------------------------------------------------
+# training data several methods share: the clip samplers of the official EMVOS loaders, selected on DAVIS val J&F
+# (the official trainer validates on DAVIS 2017 val)
+# ---------------------------------------------------------------------------------------------------------------
+
 def _clip_args(stage: StageConfig, ctx: StageContext) -> dict:
     if stage.clips_per_epoch < 1:
         raise VOSInputError(f"--clips-per-epoch must be at least 1 (stage {stage.name})")
@@ -140,86 +211,52 @@ YTVOS_CLIPS = StageData(
     "ytvos", "ytvos", "train/JPEGImages, train/Annotations (and train/meta.json) of YouTube-VOS 2018",
     lambda s, c: samplers.TrainYTVOS(c.roots.ytvos, **_clip_args(s, c)), _davis_val, "val_jf")
 
-EMVOS_STAGES = {
-    "coco": StageConfig("coco", "coco", COCO_CLIPS, clip_len=5, clips_per_epoch=128, batch_size=16, epochs=8000,
-                        save_every=4000, val_every=400),
-    "davis": StageConfig("davis", "coco_davis", DAVIS_CLIPS, clip_len=10, clips_per_epoch=128, batch_size=8,
-                         epochs=4000, save_every=2000, val_every=200),
-    # The official train_ytvos passes val_set=None: no validation, so its best checkpoint is the last one here.
-    # --val-every N turns DAVIS validation on for it.
-    "ytvos": StageConfig("ytvos", "coco_ytvos", YTVOS_CLIPS, clip_len=10, clips_per_epoch=128, batch_size=8,
-                         epochs=8000, save_every=2000, val_every=0),
-}
 
-
-# VideoMatch's training data as the public port draws it: every frame pair, selected on held-out pairs.
-def _open_pairs(stage: StageConfig, ctx: StageContext) -> samplers.TrainPairs:
-    if stage.clip_len != 2:
-        raise VOSInputError(f"stage {stage.name} trains on frame pairs; --clip-len must be 2")
-    if ctx.world > 1:  # each process would go through every pair: no DistributedSampler here
-        raise VOSInputError(f"stage {stage.name} (every frame pair, batch 1 as the port) runs in one process; "
-                            f"start it with python run.py, not torchrun")
-    return samplers.TrainPairs(ctx.roots.davis, year=ctx.davis_year or "2016", output_size=tuple(stage.crop))
-
-
-@dataclass
-class HeldoutPairs:
-    """Mean foreground IoU over the held-out pairs (resized, not augmented): the port's validation score
-    (segmentation_IOU: foreground probability >= 0.5 against the mask, 1 when both are empty), here the model
-    selection of the pairs stage. It scores the matching as trained: the forward in training mode, without test-time
-    outlier removal (which the port's validation does not run either), under no_grad."""
-
-    data: samplers.TrainPairs
-    device: torch.device
-
-    @property
-    def title(self) -> str:
-        return f"IoU on {len(self.data.heldout_pairs)} held-out pairs"
-
-    def __call__(self, net: nn.Module) -> float:
-        ious = []
-        net.train()  # VideoMatch: no outlier removal (BatchNorm stays frozen either way)
-        with torch.no_grad():
-            for k in range(len(self.data.heldout_pairs)):
-                pair = self.data.heldout_pair(k)
-                imgs, masks = pair["imgs"][None].to(self.device), pair["masks"][None].to(self.device)
-                fg = torch.softmax(net(imgs, masks[:, 0]).float(), dim=2)[:, :, 1] >= 0.5  # (1, 1, H, W)
-                gt = masks[:, 1:] == 1
-                union = (fg | gt).sum().item()
-                ious.append((fg & gt).sum().item() / union if union else 1.0)
-        return sum(ious) / max(len(ious), 1)
-
-
-DAVIS_PAIRS = StageData(
-    "davis_pairs", "davis", "JPEGImages/480p, Annotations/480p and ImageSets/ of DAVIS (2016 for VideoMatch's port "
-    "recipe; the original DAVIS 2016 download works too)", _open_pairs,
-    lambda s, data, c: HeldoutPairs(data, c.device) if data.heldout_pairs else None, "val_pairs_iou")
-
-# VideoMatch. "davis" is the public PyTorch port's recipe (stashvala/Pytorch-VideoMatch, main.py defaults; J&F 65.2 on
-# DAVIS 2016 val with VGG-19 and upsample 1.8): every pair (i < j) of frames of each DAVIS 2016 train sequence once
-# per epoch (samplers.TrainPairs; its --iters is --clips-per-epoch, 0 = all), each frame augmented on its own and
-# resized to 480x854 (samplers.PortAugmentation), batch 1, Dice, Adam lr 1e-5 with weight decay 5e-4, one epoch, and
-# the model kept by its foreground IoU on 0.25 % of the pairs held out (the port reports that IoU; selecting on it,
-# rather than on DAVIS val, keeps the test set out of training). The whole network trains (BatchNorm frozen).
-# "davis_clips" and "ytvos" are this repository's earlier recipe, kept reachable with --stages: consecutive frames
-# (pairs of clip_len 2), EMVOS's crop rule squashed to 384x384 (on 16:9 frames a centred 640x480 crop, so objects
-# are distorted by 4:3 -> 1:1 unlike at test time), batch 8, selection on DAVIS val J&F. No swap-and-attach:
-# that is EMVOS's augmentation.
-VIDEOMATCH_STAGES = {
-    "davis": StageConfig("davis", "videomatch_davis", DAVIS_PAIRS, clip_len=2, clips_per_epoch=0, batch_size=1,
-                         epochs=1, save_every=1, val_every=1, crop=(480, 854), lr=1e-5, weight_decay=5e-4,
-                         swap_above=1.0),
-    "davis_clips": StageConfig("davis_clips", "videomatch_davis_clips", DAVIS_CLIPS, clip_len=2, clips_per_epoch=128,
-                               batch_size=8, epochs=2000, save_every=1000, val_every=100, lr=1e-5, weight_decay=5e-4,
-                               swap_above=1.0),
-    "ytvos": StageConfig("ytvos", "videomatch_ytvos", YTVOS_CLIPS, clip_len=2, clips_per_epoch=128, batch_size=8,
-                         epochs=2000, save_every=1000, val_every=0, lr=1e-5, weight_decay=5e-4, swap_above=1.0),
-}
+# ---------------------------------------------------------------------------------------------------------------
+# the table
+# ---------------------------------------------------------------------------------------------------------------
 
 # Where checkpoints live: the authors' files are fetched here on first use, --train writes here by default.
 TRAINED_MODEL = Path(__file__).resolve().parents[1] / "trained_model"
 
-METHODS: dict[str, Method] = {}
+
+class Registry(MutableMapping[str, Method]):
+    """method name -> its entry. The modules of METHOD_MODULES are imported on the first read or write, not when this
+    module is: they import this module for `Method`, so the import graph stays a tree."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, Method] = {}
+        self._loaded = False
+
+    def _load(self) -> dict[str, Method]:
+        if not self._loaded:
+            self._loaded = True  # first: a method module that registers while it loads finds the table open
+            try:
+                for name in METHOD_MODULES:
+                    entry = importlib.import_module(name).METHOD
+                    self._entries.setdefault(entry.name, entry)
+            except BaseException:
+                self._loaded = False  # the next read tries again and raises again, never an incomplete table
+                raise
+        return self._entries
+
+    def __getitem__(self, name: str) -> Method:
+        return self._load()[name]
+
+    def __setitem__(self, name: str, method: Method) -> None:
+        self._load()[name] = method
+
+    def __delitem__(self, name: str) -> None:
+        del self._load()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._load())
+
+    def __len__(self) -> int:
+        return len(self._load())
+
+
+METHODS = Registry()
 
 
 def register(method: Method) -> Method:
@@ -237,16 +274,6 @@ def get(name: str) -> Method:
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
     return METHODS[name]
-
-
-register(Method("emvos", model.EMVOS, model.ModelConfig, "coco_davis_best.pth", EMVOS_STAGES,
-                ("coco", "davis"), {"cross_entropy": model.emvos_loss}, "cross_entropy", compilable=True,
-                to_file=model.to_official, from_file=model.from_official, plain=model.is_official_architecture,
-                infer_config=model.official_config))
-# Reads the port's checkpoints (its encoder's plain state dict) beside this repository's own files.
-register(Method("videomatch", videomatch.VideoMatch, videomatch.VideoMatchConfig,
-                "videomatch_davis_best.pth", VIDEOMATCH_STAGES, ("davis",), videomatch.LOSSES, "dice",
-                from_file=videomatch.from_port, infer_config=videomatch.port_config))
 
 
 # ---------------------------------------------------------------------------------------------------------------

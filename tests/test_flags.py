@@ -73,10 +73,11 @@ def test_each_type_takes_its_range_and_refuses_the_rest(parse: object, good: lis
 
 
 def test_every_float_override_is_range_checked() -> None:
-    """Catches a float field added to trainer.OVERRIDES without a checked type (it would take NaN)."""
-    floats = [f.name for f in methods.StageConfig.__dataclass_fields__.values()
-              if f.name in trainer.OVERRIDES and f.type in ("float", float)]
-    assert floats and sorted(floats) == sorted(trainer.OVERRIDE_TYPES)
+    """Catches a float stage field given a flag in run.STAGE_FLAGS with plain float as its type (it would take NaN)."""
+    kinds = {f.name: f.type for m in methods.METHODS.values() for s in m.stages.values()
+             for f in s.__dataclass_fields__.values()}
+    floats = [name for name in run.STAGE_FLAGS if kinds[name] in ("float", float)]
+    assert floats and all(run.STAGE_FLAGS[name][1] is not float for name in floats)
 
 
 def test_workers_default_is_at_most_the_cpus(monkeypatch: pytest.MonkeyPatch) -> None:

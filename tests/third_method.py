@@ -1,10 +1,14 @@
-"""A third method, written as a researcher adds one: a model, its training data, its model selection, its loss and
-its registry entry, all in this one module; nothing in run.py, trainer.py or the driver names it.
+"""A third method, written as a researcher adds one: a model, its training data, its model selection, its batch
+transform, its training forward, its loss and its registry entry, all in this one module; nothing in run.py,
+trainer.py, the driver or the generic layer (core/framework.py, core/methods.py) names it.
 
 `ColourCue` predicts each object's next mask from its previous one, sharpened by a learnable scale, plus a learnable
 colour cue read at stride 8 (the frame average-pooled over 8 x 8 cells and upsampled back by 8, so the frame must
-reach it padded to a multiple of 8). It trains on `FolderClips`, consecutive frames of one folder of PNG frames and
-masks, and is selected by `ClipIoU`, the foreground IoU on those clips. tests/test_extend.py registers `method()`.
+reach it padded to a multiple of 8). Unlike EMVOS and VideoMatch it trains on OBJECTS objects per clip, tracked
+together: `FolderClips` gives consecutive frames of one folder of PNG frames with their id masks (ids 1..OBJECTS),
+its batch transform `shuffle_objects` draws each clip's order of the objects (so that no slot learns one object),
+its forward and loss take every object's logits, and `ClipIoU`, the foreground IoU of every object on those clips,
+selects the model. tests/test_extend.py registers `method()`.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from training.samplers import TrainSet
 from utils import VOSInputError, read_frame, read_mask
 
 STRIDE = 8  # the colour cue's cell: frames are padded to a multiple of it, not to EMVOS's 16
+OBJECTS = 2  # objects per training clip: ids 1 and 2 of the masks
 
 
 # --- the model --------------------------------------------------------------------------------------------------
@@ -66,19 +71,42 @@ class ColourCue(nn.Module):
         state.prev = probs[:, :, 1]
 
     def forward(self, imgs: Tensor, first_masks: Tensor) -> Tensor:
-        return clip_forward(self, imgs, first_masks)
+        """Clips (B, L, 3, H, W), first id masks (B, H, W) -> logits (B, L-1, OBJECTS, 2, H, W) of ids 1..OBJECTS."""
+        return clip_forward(self, imgs, first_masks, objects=OBJECTS)
+
+
+def object_targets(gt: Tensor, objects: int) -> Tensor:
+    """Id masks (..., H, W) -> (..., objects, H, W) in {0, 1}: object k is id k + 1."""
+    ids = torch.arange(1, objects + 1, device=gt.device)
+    return (gt.unsqueeze(-3) == ids[:, None, None]).long()
 
 
 def cross_entropy(logits: Tensor, gt: Tensor) -> Tensor:
-    """logits (B, L-1, 2, H, W), gt (B, L-1, H, W) in {0, 1} -> mean pixel cross-entropy."""
-    return F.cross_entropy(logits.flatten(0, 1).float(), gt.flatten(0, 1))
+    """logits (B, L-1, N, 2, H, W), gt id masks (B, L-1, H, W) -> mean pixel cross-entropy of every object's
+    [bg, fg] against its own mask."""
+    target = object_targets(gt, logits.shape[2])  # (B, L-1, N, H, W)
+    return F.cross_entropy(logits.flatten(0, 2).float(), target.flatten(0, 2))
+
+
+# --- its batch transform --------------------------------------------------------------------------------------------
+
+def shuffle_objects(batch: methods.Batch, stage: methods.StageConfig) -> methods.Batch:
+    """Each clip's objects in an order of its own (a permutation of the ids 1..OBJECTS, drawn from torch's generator,
+    which a resumed run restores), so that the object in slot 1 is not always the same one."""
+    masks = batch.masks.clone()
+    for b in range(masks.shape[0]):
+        order = torch.randperm(OBJECTS) + 1
+        for old, new in zip(range(1, OBJECTS + 1), order.tolist(), strict=True):
+            masks[b][batch.masks[b] == old] = new
+    return methods.Batch(batch.imgs, masks)
 
 
 # --- its training data and model selection ------------------------------------------------------------------------
 
 class FolderClips(TrainSet):
-    """Clips of `clip_len` consecutive frames of ROOT/frames/*.png with their masks ROOT/masks/*.png (same names;
-    value 1 = the object), cropped at the top-left corner to `output_size`. Item k starts at frame k."""
+    """Clips of `clip_len` consecutive frames of ROOT/frames/*.png with their id masks ROOT/masks/*.png (same names;
+    values 1..OBJECTS the objects, others background), cropped at the top-left corner to `output_size`. Item k starts
+    at frame k."""
 
     def __init__(self, root: str, clip_len: int, output_size: tuple[int, int]):
         self.root = Path(root)
@@ -103,14 +131,15 @@ class FolderClips(TrainSet):
         h, w = self.output_size
         paths = self.frames[index:index + self.clip_len]
         imgs = [torch.tensor(read_frame(p)[:h, :w]).permute(2, 0, 1).float() / 255 for p in paths]
-        masks = [torch.tensor(read_mask(self.root / "masks" / p.name)[:h, :w] == 1).long() for p in paths]
+        masks = [torch.tensor(read_mask(self.root / "masks" / p.name)[:h, :w]).long() for p in paths]
+        masks = [torch.where(m <= OBJECTS, m, 0) for m in masks]
         return {"imgs": torch.stack(imgs), "masks": torch.stack(masks)}
 
 
 @dataclass
 class ClipIoU:
-    """Mean foreground IoU of the model's predictions on every clip of its training folder (a test method: no
-    held-out data), the forward under no_grad."""
+    """Mean foreground IoU of the model's predictions of every object on every clip of its training folder (a test
+    method: no held-out data), the forward under no_grad."""
 
     data: FolderClips
     scores: list[float] = field(default_factory=list)  # what each call returned, for the test to compare
@@ -125,8 +154,8 @@ class ClipIoU:
             for k in range(len(self.data)):
                 clip = self.data[k]
                 imgs, masks = clip["imgs"][None], clip["masks"][None]
-                pred = net(imgs, masks[:, 0]).argmax(dim=2) == 1
-                gt = masks[:, 1:] == 1
+                pred = net(imgs, masks[:, 0]).argmax(dim=-3) == 1  # (1, L-1, OBJECTS, H, W)
+                gt = object_targets(masks[:, 1:], OBJECTS) == 1
                 union = (pred | gt).sum().item()
                 ious.append((pred & gt).sum().item() / union if union else 1.0)
         score = sum(ious) / max(len(ious), 1)
@@ -150,6 +179,9 @@ FOLDER_CLIPS = methods.StageData(
 def method() -> methods.Method:
     """The registry entry (register it with methods.register, or monkeypatch.setitem on methods.METHODS)."""
     stage = methods.StageConfig("clips", "third_clips", FOLDER_CLIPS, clip_len=2, clips_per_epoch=2, batch_size=2,
-                                epochs=1, save_every=1, val_every=1, crop=(40, 45), lr=1e-2, swap_above=1.0)
+                                epochs=1, save_every=1, val_every=1, crop=(40, 45), lr=1e-2)
+    # the training forward is the generic one (the model's forward on the clips and their first masks), here with
+    # every object's logits; the loss and the log's IoU take those
     return methods.Method("third", ColourCue, ColourCueConfig, "third_clips_best.pth", {"clips": stage}, ("clips",),
-                          {"cross_entropy": cross_entropy}, "cross_entropy")
+                          {"cross_entropy": cross_entropy}, "cross_entropy",
+                          transforms=(methods.BatchTransform(shuffle_objects),))

@@ -633,7 +633,7 @@ class TrainPairs(TrainSet):
 
     `heldout` of the pairs (the port's 0.25 %, at least one when the share is positive) are set aside, chosen by
     HELDOUT_SEED alone: they are not items, and `heldout_pair(k)` gives them without augmentation (only resized) for
-    the model selection (methods.HeldoutPairs). As in the port the split is by pair, so held-out frames also appear
+    the model selection (videomatch.HeldoutPairs). As in the port the split is by pair, so held-out frames also appear
     in training pairs with other partners: the held-out IoU measures matching across new frame pairs, not new videos.
     """
 

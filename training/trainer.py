@@ -1,10 +1,11 @@
 """Training: `python run.py --train`, one or more stages in a row (a library; run.py is its command line).
 
-Read top to bottom: the options, one training step (swap-and-attach, the skip rule, the loss), the model selection on
-DAVIS val through the same driver as `run.py --test`, the log, and the loop (`train_stage`: forward, loss, backward,
-optimizer step). Each stage brings its training data and its model selection (methods.StageData); the stage presets
-and each method's loss are in the method registry (methods.py), checkpoints and --resume in checkpoint.py, torchrun's
-process group in distributed.py.
+Read top to bottom: the options, the model selection on DAVIS val through the same driver as `run.py --test`, the
+log, and the loop (`train_stage`: the method's batch transforms, its training forward and loss, backward, optimizer
+step). The trainer runs every method's recipe the same way and knows none of them: each stage brings its training
+data and its model selection (methods.StageData), and the method's registry entry (methods.Method, exported by the
+method's own module) its stage presets, batch transforms, training forward and losses. Checkpoints and --resume are
+in checkpoint.py, torchrun's process group in distributed.py.
 
     python run.py --train --coco ../DB/COCO --davis ../DB/DAVIS            # official: coco, then davis
     python run.py --train --stages ytvos --init trained_model/coco_best.pth --ytvos ../DB/YTVOS18
@@ -24,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import random
 import signal
 import sys
 import tempfile
@@ -42,10 +42,10 @@ from tqdm import tqdm
 
 import dataset
 import evaluation
-from core import config_flags, distributed, flags, methods, weights
+from core import config_flags, distributed, methods, weights
 from core.distributed import Dist
 from core.inference import RunSettings, run_settings, segment_video
-from core.methods import Method, Selection, StageConfig, StageContext
+from core.methods import Batch, Method, Selection, StageConfig, StageContext
 from dataset import Roots
 from training import checkpoint, curves, samplers
 from training.checkpoint import capture_rng, restore_rng
@@ -59,39 +59,15 @@ class TrainingError(Exception):
     """Training cannot go on (a non-finite loss or weights); the message says where and what to try."""
 
 
-class TrainingInterrupted(SystemExit):
-    """Raised after Ctrl+C (SIGINT), SIGTERM or SIGUSR1 once the resumable checkpoint is written (or when the user
-    aborted).
-
-    A SystemExit with code 130, so an uncaught one ends the program quietly, without a traceback; the message with
-    the resume command has been printed already. `checkpoint` is the file written, or None.
-    """
+class TrainingInterrupted(Exception):  # noqa: N818 -- a stop the user asked for, not an error
+    """Raised after Ctrl+C (SIGINT), SIGTERM or SIGUSR1 once the resumable checkpoint is written (`checkpoint`), or
+    when the user aborted without saving (`checkpoint` None). The message with the resume command has been printed
+    already; run.py turns it into exit status 130, as a shell reports a Ctrl+C."""
 
     def __init__(self, checkpoint: Path | None):
-        super().__init__(130)
+        super().__init__(f"training stopped; resumable checkpoint: {checkpoint}" if checkpoint is not None
+                         else "training aborted without saving")
         self.checkpoint = checkpoint
-
-
-# The stage fields that --train may override, with their help: run.py makes a --<field-name> flag for each; a flag
-# left out keeps the preset (or, with --resume, what the interrupted run used).
-OVERRIDES = {
-    "epochs": "epochs per stage (official: coco 8000, davis 4000)",
-    "batch_size": "clips per step over all processes (16 / 8)",
-    "clip_len": "frames per clip (coco 5, davis 10)",
-    "clips_per_epoch": "clips per epoch (128; VideoMatch pairs: 0 = every pair)",
-    "crop": "clip size H W (384 384)",
-    "lr": "Adam learning rate (1e-4)",
-    "weight_decay": "Adam weight decay (EMVOS 0, VideoMatch 5e-4)",
-    "val_every": "validate every N epochs, 0 = never (400 / 200)",
-    "save_every": "write a checkpoint every N epochs (4000 / 2000)",
-    "swap_above": "swap-and-attach when a uniform draw exceeds this (0.8: p = 0.2; 1: never)",
-}
-# The checked argparse types of the float overrides (the integer ones are checked against their stage in
-# stage_configs, where the bound depends on the stage's data); run.py types the rest from the StageConfig field.
-# Adam's lr and weight decay at most 1: far above any working value, and below what torch's float32 step overflows
-# on (lr / (1 - beta1) must be a float32).
-OVERRIDE_TYPES = {"lr": flags.float_range(0.0, 1.0, lo_open=True), "weight_decay": flags.float_range(0.0, 1.0),
-                  "swap_above": flags.probability}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -104,7 +80,7 @@ class TrainOptions:
     run's value and otherwise the default in the comment (`resolve_options` fills them in)."""
 
     stages: list[str] | None = None  # the method's default stages (EMVOS: coco davis, as the official run.py)
-    overrides: dict[str, object] = field(default_factory=dict)  # StageConfig field -> value (the flags in OVERRIDES)
+    overrides: dict[str, object] = field(default_factory=dict)  # stage field -> value, over every chosen stage
     val_sequences: list[str] | None = None  # None: every sequence of DAVIS val
     davis_year: str | None = None  # None: each stage data's own (2016 for frame pairs, else 2017); 2017 to validate
     save_dir: str | None = None  # trained_model/; with --resume, the folder of the resumed file
@@ -191,7 +167,16 @@ def check_resumed_workers(options: TrainOptions, resumed: dict) -> None:
 
 def stage_configs(opts: TrainOptions, method: Method) -> list[StageConfig]:
     """The presets of the chosen stages with the overrides applied, checked (the data checks its own needs when
-    it opens)."""
+    it opens). An override of a field a stage lacks (EMVOS's swap_above on a VideoMatch stage) is refused: it would
+    do nothing."""
+    for name in opts.stages:
+        preset = method.stages[name]
+        own = {f.name for f in fields(preset)}
+        for key in opts.overrides:
+            if key not in own:
+                flag = "--" + key.replace("_", "-")
+                raise VOSInputError(f"{flag} is not a setting of {method.name}'s stage '{name}' (its recipe has "
+                                    f"no such step), so it would do nothing; drop {flag}")
     stages = [replace(method.stages[name], **opts.overrides) for name in opts.stages]
     for s in stages:
         least = {"epochs": (s.epochs, 1), "batch_size": (s.batch_size, 1), "clips_per_epoch": (s.clips_per_epoch, 0),
@@ -221,39 +206,6 @@ def epoch_sampler(data: TrainSet, per_epoch: int) -> RandomSampler:
     first pairs of a fresh shuffle).
     """
     return RandomSampler(data, num_samples=min(len(data), per_epoch) if per_epoch else len(data))
-
-
-def swap_and_attach(imgs: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
-    """Paste each clip's target object into the next clip of the batch (official trainer: roll by one along the
-    batch); the pasted pixels become background in that clip's own mask, since the object now covers them.
-
-    imgs: (B, L, 3, H, W); masks: (B, L, H, W) in {0, 1}.
-    """
-    m = masks[:, :, None].to(imgs.dtype)  # (B, L, 1, H, W)
-    objects = torch.roll(imgs * m, shifts=1, dims=0)
-    object_masks = torch.roll(m, shifts=1, dims=0)
-    imgs = (1 - object_masks) * imgs + object_masks * objects
-    masks = ((1 - object_masks) * m)[:, :, 0].long()
-    return imgs, masks
-
-
-def must_skip(masks: Tensor) -> bool:
-    """The official skip rule: a batch is dropped when any clip's first mask lacks background or foreground
-    (`len(masks[b, 0].unique()) != 2`). masks: (B, L, H, W) in {0, 1}."""
-    first = masks[:, 0].flatten(1)
-    return bool((first.amax(dim=1) == first.amin(dim=1)).any())
-
-
-def foreground_iou(logits: Tensor, gt: Tensor) -> Tensor:
-    """Mean foreground IoU of the argmax over frames, as the official get_iou (with its 1e-7 smoothing).
-
-    logits: (B, L-1, 2, H, W); gt: (B, L-1, H, W) in {0, 1}.
-    """
-    pred = logits.argmax(dim=2) == 1
-    fg = gt == 1
-    inter = (pred & fg).flatten(2).sum(-1).float()
-    union = (pred | fg).flatten(2).sum(-1).float()
-    return ((inter + 1e-7) / (union + 1e-7)).mean()
 
 
 def amp_dtype(enabled: bool, device: torch.device) -> torch.dtype | None:
@@ -503,9 +455,9 @@ class StageRun:
 
 
 def train_stage(t: Trainer, run: StageRun) -> None:
-    """The stage's epochs from where it stands. A step: the batch (swap-and-attach and the skip rule, `batches`),
-    the forward over the clip, the loss on frames 1..L-1, backward, the optimizer step; after each epoch the model
-    selection, the checkpoints and the log row (`end_epoch`)."""
+    """The stage's epochs from where it stands. A step: the batch (through the method's batch transforms,
+    `batches`), the method's training forward over the clips, its loss on frames 1..L-1, backward, the optimizer
+    step; after each epoch the model selection, the checkpoints and the log row (`end_epoch`)."""
     state = run.state
     if state.epoch_end_pending:  # stopped during the selection after a finished epoch: do that epoch's end again
         stats = EpochStats(**state.partial)
@@ -515,13 +467,13 @@ def train_stage(t: Trainer, run: StageRun) -> None:
         stats, epoch_rng = begin_epoch(t, run)
         # closed on any exit (a NaN loss included), so that the epoch's DataLoader workers never outlive it
         with contextlib.closing(batches(t, run, epoch, stats, epoch_rng)) as epoch_batches:
-            for imgs, masks, t0 in epoch_batches:
-                imgs, masks = imgs.to(t.device, non_blocking=True), masks.to(t.device, non_blocking=True)
-                gt = masks[:, 1:]  # the loss covers frames 1..L-1; frame 0's mask is given
+            for batch, t0 in epoch_batches:
+                batch = batch.to(t.device)
+                gt = batch.masks[:, 1:]  # the loss covers frames 1..L-1; frame 0's masks are given
                 with torch.autocast(t.device.type, dtype=t.amp, enabled=t.amp is not None):
-                    logits = run.model(imgs, masks[:, 0])  # (B, L-1, 2, H, W)
+                    logits = t.method.train_forward(run.model, batch)  # one object: (B, L-1, 2, H, W)
                 loss = t.loss(logits, gt)
-                iou = foreground_iou(logits.detach(), gt)
+                iou = t.method.train_iou(logits.detach(), gt)
                 loss_value, iou = distributed.all_reduce(t.dist_info, [loss.item(), iou.item()], t.device, "mean")
                 check_finite(t, loss_value, run, epoch, stats)
                 run.optimizer.zero_grad(set_to_none=True)
@@ -534,7 +486,7 @@ def train_stage(t: Trainer, run: StageRun) -> None:
                     run.optimizer.step()
                 state.iteration += 1
                 seconds = time.perf_counter() - t0
-                stats.add(loss_value, iou, imgs.shape[0] * t.dist_info.world, seconds)
+                stats.add(loss_value, iou, batch.imgs.shape[0] * t.dist_info.world, seconds)
                 if t.curves is not None:
                     t.curves.step(state.iteration, loss_value, iou, run.optimizer.param_groups[0]["lr"], seconds)
         state.epoch = epoch
@@ -557,38 +509,44 @@ def begin_epoch(t: Trainer, run: StageRun) -> tuple[EpochStats, list[dict]]:
     state.partial = None
     return EpochStats(**partial), epoch_rng
 
+def transformed(t: Trainer, run: StageRun, item: dict[str, Tensor]) -> Batch | None:
+    """A collated batch of the sampler through the method's batch transforms, in order; None when one skips it."""
+    batch: Batch | None = Batch(item["imgs"], item["masks"])
+    for transform in t.method.transforms:
+        batch = transform.apply(batch, run.stage)
+        if batch is None:
+            break
+    return batch
+
+
 
 def batches(t: Trainer, run: StageRun, epoch: int, stats: EpochStats,
-            epoch_rng: list[dict]) -> Iterator[tuple[Tensor, Tensor, float]]:
-    """The epoch's batches, swap-and-attach applied, those the official rule skips left out, as (imgs (B, L, 3, H, W),
-    masks (B, L, H, W), start time). A resumed epoch first redraws the batches it had done, without running the
-    model, so the data and the random draws go on exactly as in the interrupted run. A stop request (Ctrl+C) ends the
-    epoch here: the resumable checkpoint is written and TrainingInterrupted raised."""
+            epoch_rng: list[dict]) -> Iterator[tuple[Batch, float]]:
+    """The epoch's batches through the method's transforms (`transformed`), those a transform skips left out (on
+    every process together), as (batch, start time). A resumed epoch first redraws the batches it had done and sends
+    them through the transforms, without running the model, so the data and the random draws go on exactly as in the
+    interrupted run. A stop request (Ctrl+C) ends the epoch here: the resumable checkpoint is written and
+    TrainingInterrupted raised."""
     d, state = t.dist_info, run.state
     with held_stop_signals():  # the workers are forked here
         loader = iter(run.loader)  # draws the workers' seeds (and the shuffle) from torch's generator
     bar = tqdm(total=len(run.loader), desc=f"{run.stage.name} ep{epoch:04d}", leave=False, dynamic_ncols=True,
                disable=not t.verbose, initial=stats.batches)
     try:
-        for _ in range(stats.batches):  # replay: the same data and the same swap draws
-            next(loader)
-            random.random()
+        for _ in range(stats.batches):  # replay: the same data and the same draws of the transforms
+            transformed(t, run, next(loader))
         while stats.batches < len(run.loader):
             t0 = time.perf_counter()
-            batch = None if t.stop.requested else next_batch(t, loader)
-            if batch is not None:
-                imgs, masks = batch["imgs"], batch["masks"]
-                if random.random() > run.stage.swap_above:  # the official draw, for every batch, before skipping
-                    imgs, masks = swap_and_attach(imgs, masks)
-            skip, stop = distributed.all_reduce(d, [float(batch is None or must_skip(masks)), float(t.stop.requested)],
-                                                t.device, "max")
+            item = None if t.stop.requested else next_batch(t, loader)
+            batch = None if item is None else transformed(t, run, item)
+            skip, stop = distributed.all_reduce(d, [float(batch is None), float(t.stop.requested)], t.device, "max")
             if stop:
                 state.partial, state.epoch = {**asdict(stats), "rng": epoch_rng}, epoch - 1
                 raise interrupted(t, run, f"epoch {epoch} after {stats.batches} of {len(run.loader)} batches")
             stats.batches += 1
             bar.update()
             if not skip:
-                yield imgs, masks, t0
+                yield batch, t0
                 bar.set_postfix(loss=f"{stats.last_loss:.4f}")
     finally:
         bar.close()
@@ -720,9 +678,10 @@ def start_stage(t: Trainer, stage: StageConfig, data: TrainSet, selection: Selec
 
 def describe(t: Trainer, run: StageRun) -> None:
     stage = run.stage
-    if run.loader.batch_size == 1 and stage.swap_above < 1:
-        t.say("note: one clip per process: swap-and-attach then pastes a clip onto itself, which empties its "
-              "mask, so those batches (p = 0.2) are skipped, as the official code does at batch size 1")
+    for transform in t.method.transforms:
+        note = transform.note(stage, run.loader.batch_size)
+        if note is not None:
+            t.say(note)
     selecting = run.selection is not None and stage.val_every
     val_note = f"validating on {run.selection.title} every {stage.val_every} epochs" if selecting else "no validation"
     world = t.dist_info.world
@@ -822,7 +781,8 @@ def train(method: str | None, options: TrainOptions, roots: Roots) -> nn.Module:
 
     Raises VOSInputError (bad options or data, missing ImageNet weights, an unwritable save folder) before any
     training, or when a checkpoint cannot be written (a full disk); TrainingError when the loss or the weights stop
-    being finite; TrainingInterrupted (a SystemExit, code 130) after Ctrl+C, SIGTERM or SIGUSR1.
+    being finite; TrainingInterrupted after Ctrl+C, SIGTERM or SIGUSR1 (the resumable checkpoint written), or a
+    second Ctrl+C (nothing saved).
     """
     resumed = checkpoint.load_resume(options.resume, method) if options.resume else None
     spec = methods.get(resumed["method"] if resumed else (method or "emvos"))  # --resume: the method the file records
