@@ -1,8 +1,8 @@
 """argparse types that check a flag's range, so that a bad value is one line and exit 2 before any work.
 
 Each type raises `argparse.ArgumentTypeError` with the valid range; argparse prints it as
-`error: argument --flag: <message>` and exits with status 2. Used by run.py, bench.py and the trainer's table of
-stage overrides; imports nothing of this repository.
+`error: argument --flag: <message>` and exits with status 2. Used by run.py (its flags, its table of stage
+overrides among them) and bench.py; imports nothing of this repository.
 """
 
 from __future__ import annotations
