@@ -509,6 +509,7 @@ def begin_epoch(t: Trainer, run: StageRun) -> tuple[EpochStats, list[dict]]:
     state.partial = None
     return EpochStats(**partial), epoch_rng
 
+
 def transformed(t: Trainer, run: StageRun, item: dict[str, Tensor]) -> Batch | None:
     """A collated batch of the sampler through the method's batch transforms, in order; None when one skips it."""
     batch: Batch | None = Batch(item["imgs"], item["masks"])
@@ -517,7 +518,6 @@ def transformed(t: Trainer, run: StageRun, item: dict[str, Tensor]) -> Batch | N
         if batch is None:
             break
     return batch
-
 
 
 def batches(t: Trainer, run: StageRun, epoch: int, stats: EpochStats,
