@@ -1,69 +1,69 @@
-"""Datasets on disk (DAVIS 2016 / 2017, YouTube-VOS 2018 / 2019, a user's video): where they are (`Roots`, read by
-training and testing alike) and the test-time video readers.
+"""Datasets on disk: where they are (`Roots`, read by training and testing alike), the test-time interface every
+dataset module implements, and a user's own video (`SingleVideo`).
 
-Test side: a `Layout` per benchmark (`DAVIS`, `YouTubeVOS`, `SingleVideo`) yields one `VideoReader` per video. The
-reader holds file paths only and knows the frame order, the masks given at each frame, the official test-time size
-(`official_size`) and the size masks are written at, and the output files; inference.segment_video runs any of them
-one frame at a time, so no reader ever holds a whole video in memory.
+Test side: a `Layout` per dataset yields one `VideoReader` per video. The reader holds file paths only and knows the
+frame order, the masks given at each frame, the official test-time size (`official_size`) and the size masks are
+written at, and the output files; inference.segment_video runs any of them one frame at a time, so no reader ever
+holds a whole video in memory. The layouts of the benchmarks (DAVIS, YouTube-VOS and the others), with their
+--data keys and scoring, are the modules of benchmarks/, listed by benchmarks.registry.
 
-The training samplers are in samplers.py.
+The training samplers are in training/samplers.py.
 
 Every unusable input raises `utils.VOSInputError` naming the file or flag and the fix.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import sys
 import tempfile
 import weakref
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, fields
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from utils import VOSInputError, read_frame, read_mask, save_mask, why_no_object
+
+if TYPE_CHECKING:
+    from benchmarks.common import TestScoring
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Test side
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-# Where the datasets are by default (run.py re-exports these as editable constants; the flags override them).
-DAVIS_ROOT = "../DB/DAVIS"
-YTVOS18_ROOT = "../DB/YTVOS18"
-YTVOS19_ROOT = "../DB/YTVOS19"
-COCO_ROOT = "../DB/COCO"
-
-
 @dataclass(frozen=True)
 class Roots:
     """Where the data and the checkpoints are, for training (trainer.train) and testing (inference.segment_benchmarks).
-    run.py fills it from its flags and the editable *_ROOT constants at its top (`run.roots`). A field that a run.py
-    flag sets is named after that flag, so that a message about a missing root can name it (methods.StageData.root).
-    None: not given; a training stage or a --data key that reads it is then refused before any work, naming its flag
-    (`sample`, which has none, by its name)."""
+    run.py fills it from its flags and the editable *_ROOT constants at its top (`run.roots`). A root that a run.py
+    flag sets is named after that flag, so that a message about a missing root can name it (methods.StageData.root,
+    benchmarks.registry.open_layout). None: not given; a training stage or a --data key that reads it is then refused
+    before any work, naming its flag (`sample`, which has none, by its name)."""
 
     davis: str | Path | None = None  # DAVIS (2017 layout or the original DAVIS 2016 download); also the validation set
     ytvos: str | Path | None = None  # YouTube-VOS 2018: its train/ for training, valid/ for --data YTVOS18_val
     ytvos19: str | Path | None = None  # YouTube-VOS 2019, for --data YTVOS19_val (run.py's --ytvos sets it too)
     coco: str | Path | None = None  # COCO (the converted folder or the cocodataset.org download)
-    mose: str | Path | None = None  # holds valid/
-    lvos: str | Path | None = None  # holds valid/ and test/
-    sav: str | Path | None = None  # holds sav_val/ and sav_test/
-    generic: str | Path | None = None  # holds JPEGImages/<video>/ and Annotations/<video>/
     sample: Path | None = None  # the bundled DAVIS 2016 sample, for --data sample (no flag: run.py's SAMPLE_ROOT)
     # the authors' files are fetched here and the default checkpoint is read from here (no flag: run.py's
     # TRAINED_MODEL); None: methods.TRAINED_MODEL
     trained_model: Path | None = None
+    # the roots of the test benchmarks whose flag run.py generates from benchmarks.registry: {flag name: folder}
+    benchmarks: Mapping[str, str | Path | None] = field(default_factory=dict)
+
+    def get(self, name: str) -> str | Path | None:
+        """The root named `name`: a field above, else the benchmark root of that flag (None when not given)."""
+        if name in {f.name for f in fields(self)} - {"benchmarks"}:
+            return getattr(self, name)
+        return self.benchmarks.get(name)
 
 
 # The official test protocol: short side to 480 unless a given object would then have fewer pixels than this.
@@ -200,7 +200,8 @@ class Layout:
     """A test-time dataset on disk: its video names, and one `VideoReader` per video.
 
     A benchmark is one subclass: it sets `sequences` (and `binary`, `has_annotations`, `submission_prefix` where
-    they differ) and implements `videos`; `ground_truth` where the split has masks of every frame.
+    they differ) and implements `videos`; `ground_truth` where the split has masks of every frame, `scoring` where
+    run.py --test scores it.
     """
 
     root: Path  # the dataset's folder
@@ -217,8 +218,13 @@ class Layout:
         raise NotImplementedError
 
     def ground_truth(self, sequences: list[str] | None = None) -> dict[str, list[Path]]:
-        """{video: ground-truth mask of every frame}: the `gt` argument of evaluation.evaluate_and_write."""
+        """{video: ground-truth mask of every frame}, where the split has it on disk."""
         raise VOSInputError(f"{type(self).__name__} has no ground truth on disk")
+
+    def scoring(self, key: str, out_dir: Path, videos: list[str]) -> TestScoring | None:
+        """How run.py --test (--data `key`) scores these `videos` once segmented into out_dir, built and checked
+        before any frame runs; None: nothing to score on disk (the default)."""
+        return None
 
     def inputs(self, sequences: list[str] | None = None) -> list[Path]:
         """The files and folders a run on these videos reads (frames, given masks, ground truth), which no output may
@@ -271,6 +277,21 @@ def plain_name(name: str, source: str | Path) -> str:
     return name
 
 
+def need_part(path: Path, flag: str, root: Path, holds: str) -> Path:
+    """`path` if it exists; else the one-line refusal of the root given with `flag`, naming the missing part."""
+    if not path.exists():
+        raise VOSInputError(f"{flag} {root} has no {path.relative_to(root)}; pass the folder that holds {holds}")
+    return path
+
+
+def video_frames(folder: Path, exts: Iterable[str] = (".jpg",)) -> list[Path]:
+    """The frames of one video folder (`exts`, naturally sorted); a folder without any is refused."""
+    frames = _list_files(folder, set(exts))
+    if not frames:
+        raise VOSInputError(f"'{folder}' holds no {'/'.join(sorted(exts))} frames; re-extract the video")
+    return frames
+
+
 def _select(requested: list[str] | None, available: list[str], what: str) -> list[str]:
     """The requested subset of sequence names, in the requested order; an unknown name is an error."""
     if requested is None:
@@ -283,316 +304,6 @@ def _select(requested: list[str] | None, available: list[str], what: str) -> lis
             f"unknown sequence(s) {', '.join(unknown)} in {what}; valid names include: {examples or '(none)'}"
         )
     return list(requested)
-
-
-class _ListedLayout:
-    """The original DAVIS 2016 download: `ImageSets/<resolution>/<split>.txt` lists 'frame annotation' path pairs
-    ('/JPEGImages/480p/bear/00000.jpg /Annotations/480p/bear/00000.png'); masks are mode L 0/255."""
-
-    def __init__(self, root: Path, resolution: str, year: str, split: str) -> None:
-        if year != "2016":
-            raise VOSInputError(
-                f"DAVIS root '{root}' is the original DAVIS 2016 download (ImageSets/{resolution}), which has no "
-                "DAVIS 2017 sequences; pass the DAVIS-2017-trainval-480p folder with --davis, or ask for a DAVIS 2016 "
-                "set (run.py --data DAVIS16_val, run.py --train --davis-year 2016, evaluation.py --year 2016)"
-            )
-        if split == "test-dev":
-            raise VOSInputError(f"DAVIS root '{root}' is the DAVIS 2016 download, which has no test-dev split")
-        self.list_path = root / "ImageSets" / resolution / f"{split}.txt"
-        if not self.list_path.is_file():
-            raise VOSInputError(
-                f"DAVIS split list '{self.list_path}' does not exist; the DAVIS 2016 download (DAVIS-data.zip) ships "
-                f"train.txt, val.txt and trainval.txt in ImageSets/{resolution}"
-            )
-        self._pairs: dict[str, tuple[list[Path], list[Path]]] = {}
-        for n, line in enumerate(self.list_path.read_text().splitlines(), 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 2:
-                raise VOSInputError(f"line {n} of '{self.list_path}' is not 'frame annotation': {line!r}")
-            frame, anno = (root / p.lstrip("/") for p in parts)
-            frames, annos = self._pairs.setdefault(plain_name(frame.parent.name, self.list_path), ([], []))
-            frames.append(frame)
-            annos.append(anno)
-        self.sequences = sorted(self._pairs)
-
-    def files(self, seq: str, with_annotations: bool) -> tuple[list[Path], list[Path]]:
-        """(frames, annotations) of `seq` as listed, every listed file checked (all frames are annotated here)."""
-        frames, annos = self._pairs[seq]
-        for kind, paths in (("frame", frames), ("annotation", annos)):
-            missing = [p for p in paths if not p.is_file()]
-            if missing:
-                raise VOSInputError(
-                    f"{kind} '{missing[0]}' listed in '{self.list_path}' does not exist ({len(missing)} missing in "
-                    f"{seq}); re-download the sequence"
-                )
-        return list(frames), list(annos)
-
-
-class _FolderLayout:
-    """The DAVIS 2017 layout (DAVIS-2017-trainval-480p, DAVIS-2017-test-dev-480p): `ImageSets/{2016,2017}/<split>.txt`
-    name sequences; the frames are `JPEGImages/<resolution>/<seq>/*.jpg`, the annotations
-    `Annotations/<resolution>/<seq>/<frame>.png` (test-dev: the first frame's only)."""
-
-    def __init__(self, root: Path, resolution: str, year: str, split: str) -> None:
-        self.images = root / "JPEGImages" / resolution
-        self.masks = root / "Annotations" / resolution
-        sets = root / "ImageSets" / year
-        # trainval = train + val when the download has no trainval.txt
-        names = ["train", "val"] if split == "trainval" and not (sets / "trainval.txt").is_file() else [split]
-        seqs: list[str] = []
-        self.lists = [sets / f"{name}.txt" for name in names]
-        for name, path in zip(names, self.lists, strict=True):
-            if not path.is_file():
-                download = (
-                    "the separate DAVIS-2017-test-dev-480p.zip download"
-                    if name == "test-dev"
-                    else "DAVIS-2017-trainval-480p.zip"
-                )
-                raise VOSInputError(f"DAVIS split list '{path}' does not exist; it ships with {download}")
-            listed = [plain_name(s.strip(), path) for s in path.read_text().splitlines() if s.strip()]
-            seqs += [s for s in listed if s not in seqs]
-        self.sequences = sorted(seqs)  # the official TestDAVIS sorts the list
-
-    def files(self, seq: str, with_annotations: bool) -> tuple[list[Path], list[Path]]:
-        """(frames, annotations) of `seq`: every frame, and the annotation path of each.
-
-        The frame folder decides what runs, so a missing frame would silently drop out of the run and of J&F.
-        Refused instead: an annotation whose frame is missing, a gap in the frame numbers (DAVIS numbers the frames
-        of a sequence 00000, 00001, ... without gaps) and, when the split is annotated, a frame without annotation.
-        """
-        folder, mask_folder = self.images / seq, self.masks / seq
-        frames = _list_files(folder, {".jpg"})
-        if not frames:
-            raise VOSInputError(
-                f"sequence '{seq}' is listed in {' + '.join(map(str, self.lists))} but '{folder}' holds no .jpg "
-                "frames; re-download or re-extract the DAVIS images"
-            )
-        fix = "re-download or re-extract the DAVIS images (JPEGImages)"
-        stems = {f.stem for f in frames}
-        orphans = [p for p in _list_files(mask_folder, {".png"}) if p.stem not in stems]
-        if orphans:
-            raise VOSInputError(
-                f"frame '{folder / (orphans[0].stem + '.jpg')}' does not exist but its annotation '{orphans[0]}' "
-                f"does ({len(orphans)} such frame(s) in {seq}); {fix}"
-            )
-        if all(s.isdigit() for s in stems):
-            numbers = sorted(int(s) for s in stems)
-            gaps = sorted(set(range(numbers[0], numbers[-1] + 1)) - set(numbers))
-            if gaps:
-                width = len(frames[0].stem)
-                raise VOSInputError(
-                    f"frame '{folder / f'{gaps[0]:0{width}d}.jpg'}' does not exist ({len(gaps)} missing between "
-                    f"{frames[0].name} and {frames[-1].name} of {seq}); {fix}"
-                )
-        annotations = [mask_folder / (f.stem + ".png") for f in frames]
-        if with_annotations:
-            missing = [p for p in annotations if not p.is_file()]
-            if missing:
-                raise VOSInputError(
-                    f"annotation '{missing[0]}' does not exist ({len(missing)} frame(s) of {seq} have none); "
-                    "re-download or re-extract the DAVIS annotations (Annotations)"
-                )
-        return frames, annotations
-
-
-class DAVIS(Layout):
-    """DAVIS 2016 / 2017 semi-supervised test reader, on either download layout.
-
-    * 2017 layout (DAVIS-2017-trainval-480p, DAVIS-2017-test-dev-480p): `ImageSets/{2016,2017}/<split>.txt` name
-      sequences; frames are every `JPEGImages/480p/<seq>/*.jpg`, annotations `Annotations/480p/<seq>/<frame>.png`.
-    * Original DAVIS 2016 layout: `ImageSets/480p/<split>.txt` lists "frame annotation" path pairs, masks are
-      mode L 0/255. Only year 2016 exists there.
-
-    The layout is told apart once, here; a missing frame or annotation is an error on either.
-    Year 2016 means one merged object per sequence (`binary`), as the official TestDAVIS does with `masks != 0`.
-    """
-
-    def __init__(self, root: str | Path, year: str = "2017", split: str = "val", resolution: str = "480p") -> None:
-        self.root = Path(root)
-        self.year = str(year)
-        self.split = split
-        self.resolution = resolution
-        if self.year not in ("2016", "2017"):
-            raise VOSInputError(f"DAVIS year '{year}' is not supported; use 2016 or 2017")
-        if split not in ("train", "val", "trainval", "test-dev"):
-            raise VOSInputError(f"DAVIS split '{split}' is not supported; use train, val, trainval or test-dev")
-        if split == "test-dev" and self.year != "2017":
-            raise VOSInputError("DAVIS test-dev exists for year 2017 only; evaluate DAVIS 2016 on val or train")
-        if not (self.root / "JPEGImages" / resolution).is_dir():
-            raise VOSInputError(
-                f"DAVIS root '{self.root}' has no JPEGImages/{resolution}; pass --davis PATH "
-                f"(the folder that holds JPEGImages/ and Annotations/)"
-            )
-        self.binary = self.year == "2016"
-        self.has_annotations = split != "test-dev"  # test-dev ships the first-frame masks only
-        self.submission_prefix = "" if split == "test-dev" else None  # the DAVIS server scores test-dev
-        sets = self.root / "ImageSets"
-        self._layout: _ListedLayout | _FolderLayout
-        if (sets / "2017").is_dir() or (sets / "2016").is_dir():
-            self._layout = _FolderLayout(self.root, resolution, self.year, split)
-        elif (sets / resolution).is_dir():
-            self._layout = _ListedLayout(self.root, resolution, self.year, split)
-        else:
-            raise VOSInputError(
-                f"DAVIS root '{self.root}' has no ImageSets/2017, ImageSets/2016 or ImageSets/{resolution}; the split "
-                "lists ship with the DAVIS download (DAVIS-2017-trainval-480p.zip, or DAVIS-data.zip for 2016)"
-            )
-        self.sequences = self._layout.sequences
-        self._convention_checked = False
-
-    def _select(self, sequences: list[str] | None) -> list[str]:
-        return _select(sequences, self.sequences, f"DAVIS {self.year} {self.split} at '{self.root}'")
-
-    def _files(self, seq: str) -> tuple[list[Path], list[Path]]:
-        """(frames, annotations) of one sequence, checked (see the layouts)."""
-        self._select([seq])
-        return self._layout.files(seq, self.has_annotations)
-
-    def frames(self, seq: str) -> list[Path]:
-        """Every frame of `seq`, in order."""
-        return self._files(seq)[0]
-
-    def annotations(self, seq: str) -> list[Path]:
-        """The ground-truth mask of every frame of `seq` (each one checked to exist)."""
-        return self.ground_truth([seq])[seq]
-
-    def ground_truth(self, sequences: list[str] | None = None) -> dict[str, list[Path]]:
-        """{sequence: ground-truth mask of every frame}, for all sequences or the named ones in that order: the
-        `gt` argument of evaluation.evaluate_sequences / evaluate_and_write."""
-        if not self.has_annotations:
-            raise VOSInputError(
-                "DAVIS test-dev has no ground truth beyond the first frame; evaluate it on the DAVIS challenge server"
-            )
-        gt = {seq: self._files(seq)[1] for seq in self._select(sequences)}
-        self._check_mask_convention({seq: masks[0] for seq, masks in gt.items()})
-        return gt
-
-    def _check_mask_convention(self, first_masks: dict[str, Path]) -> None:
-        """Refuse black/white masks where DAVIS 2017 reads object ids: decided once for the root, on the first-frame
-        masks of the sequences to run, before any frame.
-
-        A grayscale (L) mask holding only 0 and 255 is how the DAVIS 2016 download stores its one object. In the
-        2017 protocol pixel values are object ids and 255 is void: the runner would still see object 1 (read_mask's
-        black/white rule) while the official scorer finds no object, after the whole run. Year 2016 merges every
-        object into one (masks != 0) and reads such masks correctly."""
-        if self.binary or self._convention_checked:
-            return
-        for seq, path in first_masks.items():
-            if not path.is_file():
-                continue  # videos() names the missing first mask
-            with Image.open(path) as img:
-                if img.mode != "L":
-                    continue
-                values = np.unique(np.asarray(img))
-            if 255 in values and set(values.tolist()) <= {0, 255}:
-                raise VOSInputError(
-                    f"DAVIS root '{self.root}' holds black/white masks (grayscale 0/255, the DAVIS 2016 download's "
-                    f"format), e.g. '{path}' of {seq}; DAVIS {self.year} reads pixel values as object ids and 255 as "
-                    "void, so it would score no object: run DAVIS 2016 on it (run.py --data DAVIS16_val, "
-                    "evaluation.py --year 2016), or rewrite the masks as palette PNGs with ids 1, 2, ... "
-                    "(utils.save_mask)"
-                )
-        self._convention_checked = True
-
-    def inputs(self, sequences: list[str] | None = None) -> list[Path]:
-        """The root, and the folders the frames and annotations of these sequences really are in (symlinks
-        resolved: a sequence folder may link to another disk)."""
-        folders = {self.root}
-        for seq in self._select(sequences):
-            for paths in self._files(seq):
-                folders |= {Path(os.path.realpath(p)).parent for p in paths}
-        return sorted(folders)
-
-    def videos(self, sequences: list[str] | None = None) -> Iterator[VideoReader]:
-        """The test videos (all, or the named subset in that order); the first frame's mask is the given one."""
-        selected = self._select(sequences)
-        self._check_mask_convention({seq: self._files(seq)[1][0] for seq in selected})  # before the first frame
-        for seq in selected:
-            frames, annotations = self._files(seq)
-            if not annotations[0].is_file():
-                raise VOSInputError(
-                    f"first-frame mask '{annotations[0]}' of sequence '{seq}' does not exist; re-download the DAVIS "
-                    "annotations"
-                )
-            yield VideoReader(
-                name=seq,
-                frames=frames,
-                given_masks={0: annotations[0]},
-                output_names=[f.stem + ".png" for f in frames],
-                binary=self.binary,
-            )
-
-
-class YouTubeVOS(Layout):
-    """YouTube-VOS 2018 / 2019 validation reader (the layouts of both years are the same).
-
-    Runs on `valid_all_frames/JPEGImages/<video>` (every frame), writes only the frames that `valid/JPEGImages`
-    holds (the ones the server scores). Objects can first appear late: `valid/Annotations/<video>/<frame>.png` holds
-    the mask at each object's first appearance, and each such frame becomes a given mask. As the official TestYTVOS
-    does, frames before the first annotated one are dropped (neither run nor written).
-    """
-
-    has_annotations = False  # the server scores the validation set; no ground truth is on disk
-    submission_prefix = "Annotations/"  # the layout the YouTube-VOS server reads
-
-    def __init__(self, root: str | Path, year: str = "2018", split: str = "valid") -> None:
-        self.root = Path(root)
-        self.year = str(year)
-        self.split = split
-        if self.year not in ("2018", "2019"):
-            raise VOSInputError(f"YouTube-VOS year '{year}' is not supported; use 2018 or 2019")
-        self.image_dir = self.root / split / "JPEGImages"
-        self.mask_dir = self.root / split / "Annotations"
-        for folder in (self.image_dir, self.mask_dir):
-            if not folder.is_dir():
-                raise VOSInputError(
-                    f"YouTube-VOS root '{self.root}' has no {split}/{folder.name}; pass --ytvos PATH (the folder "
-                    f"that holds {split}/ and {split}_all_frames/ of the YouTube-VOS {self.year} download)"
-                )
-        self.all_frames_dir = self.root / f"{split}_all_frames" / "JPEGImages"
-        if not self.all_frames_dir.is_dir():
-            # Without the all-frames download the model still runs, on the scored frames only (5x sparser in
-            # time), which lowers accuracy; say so instead of failing.
-            print(
-                f"warning: '{self.all_frames_dir}' does not exist; running on the sparse frames of "
-                f"'{self.image_dir}' only. Download {split}_all_frames for the official protocol.",
-                file=sys.stderr,
-            )
-            self.all_frames_dir = self.image_dir
-        # The official reader lists valid/Annotations; meta.json is not needed to run.
-        self.sequences = _list_folders(self.mask_dir)
-
-    def inputs(self, sequences: list[str] | None = None) -> list[Path]:
-        """The root and the three folders read (each may be a link to another disk)."""
-        return [self.root] + [Path(os.path.realpath(p)) for p in (self.image_dir, self.mask_dir, self.all_frames_dir)]
-
-    def videos(self, sequences: list[str] | None = None) -> Iterator[VideoReader]:
-        """The test videos (all, or the named subset in that order)."""
-        for name in _select(sequences, self.sequences, f"YouTube-VOS {self.year} {self.split} at '{self.root}'"):
-            yield self._video(name)
-
-    def _video(self, name: str) -> VideoReader:
-        frames = _list_files(self.all_frames_dir / name, {".jpg"})
-        if not frames:
-            raise VOSInputError(f"'{self.all_frames_dir / name}' holds no .jpg frames; re-extract the video '{name}'")
-        masks = {p.stem: p for p in _list_files(self.mask_dir / name, {".png"})}
-        if not masks:
-            raise VOSInputError(f"'{self.mask_dir / name}' holds no .png masks; re-extract the annotations")
-        index = {f.stem: i for i, f in enumerate(frames)}
-        for stem, path in masks.items():
-            if stem not in index:
-                raise VOSInputError(f"mask '{path}' has no frame '{stem}.jpg' in '{self.all_frames_dir / name}'")
-        scored = {p.stem for p in _list_files(self.image_dir / name, {".jpg"})}
-        start = min(index[s] for s in masks)  # official: frame ids below the first annotated one are dropped
-        frames = frames[start:]
-        return VideoReader(
-            name=name,
-            frames=frames,
-            given_masks={index[s] - start: p for s, p in sorted(masks.items(), key=lambda kv: index[kv[0]])},
-            output_names=[f.stem + ".png" if f.stem in scored else None for f in frames],
-        )
 
 
 class SingleVideo(Layout):

@@ -15,23 +15,24 @@ from pathlib import Path
 from typing import Any
 
 import dataset
-import evaluation
-from benchmarks import readers
+from benchmarks import registry
 from core import config_flags, flags, inference, methods, weights
-from core.inference import PRECISIONS, TEST_KEYS, run_settings
+from core.inference import PRECISIONS, run_settings
 from reports import visualize
 from training import trainer
 from utils import VOSInputError, writable_dir
 
 # Dataset roots: edit these or pass the flags (--davis, --ytvos, --coco), as in the official run.py. The DAVIS reader
 # works out whether it was given the 2017 layout or the original DAVIS 2016 download.
-DAVIS_ROOT = dataset.DAVIS_ROOT
-YTVOS18_ROOT = dataset.YTVOS18_ROOT
-YTVOS19_ROOT = dataset.YTVOS19_ROOT
-COCO_ROOT = dataset.COCO_ROOT
-MOSE_ROOT = readers.MOSE_ROOT  # holds valid/
-LVOS_ROOT = readers.LVOS_ROOT  # holds valid/ and test/
-SAV_ROOT = readers.SAV_ROOT  # holds sav_val/ and sav_test/
+# A benchmark of benchmarks/registry.py with a root flag (--mose, --lvos, --sav, ...) defaults to the <FLAG>_ROOT
+# constant here when there is one.
+DAVIS_ROOT = "../DB/DAVIS"
+YTVOS18_ROOT = "../DB/YTVOS18"
+YTVOS19_ROOT = "../DB/YTVOS19"
+COCO_ROOT = "../DB/COCO"
+MOSE_ROOT = "../DB/MOSE"  # holds valid/
+LVOS_ROOT = "../DB/LVOS"  # holds valid/ and test/
+SAV_ROOT = "../DB/SAV"  # holds sav_val/ and sav_test/
 SAMPLE_ROOT = Path(__file__).resolve().parent / "sample" / "DAVIS2016"  # CC BY 4.0, see sample/README.md
 TRAINED_MODEL = methods.TRAINED_MODEL  # the authors' files are fetched here; --train writes here by default
 
@@ -39,10 +40,19 @@ TRAINED_MODEL = methods.TRAINED_MODEL  # the authors' files are fetched here; --
 def roots(args: argparse.Namespace) -> dataset.Roots:
     """The roots of this run, --train's and --test's: the flags, else the constants above (read at the call: an edit
     or a patch holds). Training reads YouTube-VOS 2018 (`ytvos`), the official training set."""
+    benchmarks = {b.root: getattr(args, _dest(b.root), None) or default_root(b.root) for b in registry.root_flags()}
     return dataset.Roots(davis=args.davis, ytvos=args.ytvos or YTVOS18_ROOT, ytvos19=args.ytvos or YTVOS19_ROOT,
-                         coco=args.coco, mose=args.mose or MOSE_ROOT, lvos=args.lvos or LVOS_ROOT,
-                         sav=args.sav or SAV_ROOT, generic=args.generic, sample=SAMPLE_ROOT,
+                         coco=args.coco, sample=SAMPLE_ROOT, benchmarks=benchmarks,
                          trained_model=TRAINED_MODEL)
+
+
+def default_root(flag: str) -> str | None:
+    """The <FLAG>_ROOT constant above of a benchmark root flag (read at the call), None when there is none."""
+    return globals().get(f"{_dest(flag).upper()}_ROOT")
+
+
+def _dest(flag: str) -> str:
+    return flag.replace("-", "_")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -115,7 +125,7 @@ def add_stage_flags(group: argparse._ArgumentGroup) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = flags.OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--train", action="store_true", help="train (stages, see --stages)")
     mode.add_argument("--test", action="store_true", help="segment datasets or one video and score them")
@@ -143,17 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
         "K; a choice the weights fix, encoder, branches, key width, is refused unless it equals the file's)")
     config_flags.add_model_flags(m, methods.config_classes())
     t = p.add_argument_group("test")
-    t.add_argument("--data", nargs="+", choices=list(TEST_KEYS), default=None,
+    t.add_argument("--data", nargs="+", choices=list(registry.data_keys()), default=None,
                    help="datasets to test on (default: DAVIS16_val DAVIS17_val, or the bundled sample)")
-    t.add_argument("--mose", default=None, help=f"MOSE root, holding valid/ (default {MOSE_ROOT}), for --data MOSE_val")
-    t.add_argument("--lvos", default=None,
-                   help=f"LVOS root, holding valid/ and test/ (default {LVOS_ROOT}), for --data LVOS_val / LVOS_test")
-    t.add_argument("--sav", default=None,
-                   help=f"SA-V root, holding sav_val/ and sav_test/ (default {SAV_ROOT}), for --data SAV_val / "
-                        "SAV_test")
-    t.add_argument("--generic", default=None,
-                   help="a folder of videos, JPEGImages/<video>/ and Annotations/<video>/ (every mask given), for "
-                        "--data generic")
+    for bench in registry.root_flags():  # --mose, --lvos, ...: one per benchmark module with a root of its own
+        default = default_root(bench.root)
+        t.add_argument(f"--{bench.root}", default=None,
+                       help=f"{bench.name} root, holding {bench.holds}{f' (default {default})' if default else ''}, "
+                            f"for --data {' / '.join(k.key for k in bench.keys)}")
     t.add_argument("--weights", default=None,
                    help="checkpoint path, or official-davis / official-ytvos for the authors' files (fetched into "
                         "trained_model/ on first use); default: the method's own, "
@@ -211,11 +217,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-TEST_ONLY = ("data", "mose", "lvos", "sav", "generic", "weights", "sequences", "video", "mask", "visualize",
+TEST_ONLY = ("data", "weights", "sequences", "video", "mask", "visualize",
              "vis_frame", "compile", "max_memory", "channels_last",
              "no_report")
 TRAIN_ONLY = ("stages", "val_sequences", "davis_year", "save_dir", "no_pretrained", "init", "resume", "chain", "amp",
               "workers", "train_encoder", "seed", "loss", *STAGE_FLAGS)
+
+
+def only_in_test() -> tuple[str, ...]:
+    """The --test flags: TEST_ONLY and the root flags of the registered benchmarks."""
+    return TEST_ONLY + tuple(_dest(b.root) for b in registry.root_flags())
 
 
 def train_options(args: argparse.Namespace) -> trainer.TrainOptions:
@@ -238,12 +249,12 @@ def check_flags(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
     """Flags that do nothing in this mode or with this method are errors, not silently ignored."""
     defaults = {a.dest: a.default for a in parser._actions}
     if args.train:
-        mode, wrong = "--train", TEST_ONLY
+        mode, wrong = "--train", only_in_test()
     elif args.test:
         mode, wrong = "--test", TRAIN_ONLY
     else:  # the visual tools: --prob-maps reads --weights, --output; nothing else of either mode applies
         mode = "--prob-maps" if args.prob_maps is not None else "--preview-augmentation"
-        wrong = tuple(d for d in TEST_ONLY + TRAIN_ONLY if not (d == "weights" and args.prob_maps is not None))
+        wrong = tuple(d for d in only_in_test() + TRAIN_ONLY if not (d == "weights" and args.prob_maps is not None))
         if args.prob_maps is None:  # --prob-maps builds the model of --weights, with the model flags' overrides
             wrong += config_flags.model_flag_names(methods.config_classes())
     given = [d for d in wrong if getattr(args, d) != defaults.get(d)]
@@ -337,7 +348,7 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print(f"\ninterrupted: the masks written so far are complete files in {args.output}; run the same command "
               f"again to redo the rest", file=sys.stderr)
         return 143 if isinstance(e, Terminated) else 130
-    except (VOSInputError, evaluation.EvaluationError) as e:
+    except VOSInputError as e:  # benchmarks.davis.EvaluationError included
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:

@@ -1,30 +1,29 @@
 """Per-frame measures of video object segmentation: region similarity J and boundary accuracy F (pure numpy).
 
-The one place where J and F of a frame are computed, for every benchmark: DAVIS (evaluation.py) and the LVOS,
-MOSE v2, vos-benchmark and SA-V toolkits (benchmarks.py) reduce the per-frame values returned by `object_scores`.
-The toolkits differ in three places only, all handled here:
-- J: DAVIS, LVOS, vos-benchmark and SA-V use |P&G|/|P|G|; MOSE v2 adds 1 to both counts (`smooth=1`).
+The one place where J and F of a frame are computed, for every benchmark: each benchmark module reduces the
+per-frame values returned by `object_scores` with its toolkit's rules. The toolkits differ in three places only,
+all parameters here:
+- J: |P&G|/|P|G|, or with 1 added to both counts (`smooth=1`, a toolkit that scores empty frames that way).
 - F: everyone uses DAVIS's one-pixel boundary map (`boundary_map`, the pure-Python `_seg2bmap`) dilated by a disk;
-  the radius is ceil(0.008 * image diagonal) except in MOSE v2 (`mose_radii`).
-- MOSE v2's headline F_new uses a radius that grows with the object's area.
+  the radius is ceil(0.008 * image diagonal) unless a toolkit gives its own (`radii`).
+- A toolkit may report a second F with another radius (column `F_NEW`); otherwise that column is F.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import cv2
 import numpy as np
 
 BOUND_TH = 0.008  # boundary tolerance as a fraction of the image diagonal (8 px at 854x480)
-MOSE_AREA_TH = 0.1  # MOSE v2's F_new: radius ceil(0.1 * sqrt(GT area)), capped at 0.008 * diagonal
 
 
 def jaccard(gt: np.ndarray, pred: np.ndarray, smooth: int = 0) -> float:
     """Region similarity J = (|gt & pred| + smooth) / (|gt | pred| + smooth) of two binary (H, W) masks.
 
-    smooth=0 is DAVIS's J; MOSE v2 scores with smooth=1, so that a k-pixel false positive on an empty GT scores
-    1/(k+1) instead of 0. Both empty gives 1 either way.
+    smooth=0 is DAVIS's J; with smooth=1 (a toolkit's choice, see its module) a k-pixel false positive on an empty GT
+    scores 1/(k+1) instead of 0. Both empty gives 1 either way.
     """
     if gt.shape != pred.shape:
         raise ValueError(f"jaccard: shapes differ, gt {gt.shape} vs pred {pred.shape}")
@@ -40,9 +39,9 @@ def boundary_map(mask: np.ndarray) -> np.ndarray:
 
     A pixel is on the boundary when it differs from its right, lower or lower-right neighbour; neighbours outside
     the image are not compared (so the last row only looks right, the last column only down, the corner never).
-    That is what `_seg2bmap`'s zero padding plus its overrides of the last row and column amount to. (LVOS's
-    optional Cython `compute_b` computes `seg ^ (e | s | se)` instead, a different map; we follow the pure-Python
-    one, which is also DAVIS's, vos-benchmark's, SA-V's and MOSE v2's.)
+    That is what `_seg2bmap`'s zero padding plus its overrides of the last row and column amount to. (One toolkit's
+    optional Cython `compute_b` computes `seg ^ (e | s | se)` instead, a different map; every benchmark here follows
+    the pure-Python one, DAVIS's.)
     """
     seg = mask.astype(bool, copy=False)
     bmap = np.zeros(seg.shape, dtype=bool)
@@ -56,7 +55,7 @@ def disk(radius: float) -> np.ndarray:
     """Structuring element x^2 + y^2 <= r^2 on the grid arange(-r, r + 1), as skimage.morphology.disk (uint8).
 
     A non-integer radius gives skimage's off-centre disk (r = 7.837: 17x17 with 191 pixels, against 197 for r = 8),
-    which MOSE v2 uses for objects over 4900 pixels at 480p.
+    which a toolkit that does not round its radius up gets.
     """
     grid = np.arange(-radius, radius + 1)
     x, y = np.meshgrid(grid, grid)
@@ -67,23 +66,6 @@ def boundary_radius(shape: tuple[int, int], bound_th: float = BOUND_TH) -> float
     """Dilation radius in pixels: `bound_th` itself when >= 1, else ceil(bound_th * image diagonal)."""
     # np.linalg.norm (not math.hypot) so that the rounding is the official one to the last bit.
     return bound_th if bound_th >= 1 else float(np.ceil(bound_th * np.linalg.norm(shape)))
-
-
-def mose_radii(gt: np.ndarray) -> tuple[float, float]:
-    """Dilation radii (classic F, F_new) of MOSE v2's `f_measure_adaptive(bound_th=0.1, mode='area')` for a GT mask.
-
-    r_new = min(0.008 * diagonal, ceil(0.1 * sqrt(GT area))), or 0.008 * diagonal for an empty GT. When r_new is
-    below 0.008 * diagonal (GT area <= 4900 px at 854x480) the classic F is DAVIS's, radius ceil(0.008 * diagonal);
-    otherwise both use the un-ceiled 0.008 * diagonal (7.837 at 854x480), so the classic F of a large object is
-    not DAVIS's F.
-    """
-    diag_radius = BOUND_TH * np.linalg.norm(gt.shape)
-    area = np.count_nonzero(gt)
-    # An empty GT falls back to the image diagonal, which the cap then replaces by 0.008 * diagonal.
-    new = min(diag_radius, np.ceil(MOSE_AREA_TH * (np.sqrt(area) if area else np.linalg.norm(gt.shape))))
-    if new < diag_radius:
-        return float(np.ceil(diag_radius)), float(new)
-    return float(diag_radius), float(diag_radius)
 
 
 def crop_box(gt: np.ndarray, pred: np.ndarray) -> tuple[slice, slice] | None:
@@ -144,12 +126,13 @@ def boundary_f(gt: np.ndarray, pred: np.ndarray, bound_th: float = BOUND_TH) -> 
 J, F, F_NEW = 0, 1, 2
 
 
-def object_scores(gt: np.ndarray, pred: np.ndarray, objects: Sequence[int], mose: bool = False) -> np.ndarray:
-    """J, F and F_new of each object id in one frame: array (len(objects), 3), columns `J`, `F`, `F_NEW`.
+def object_scores(gt: np.ndarray, pred: np.ndarray, objects: Sequence[int], smooth: int = 0,
+                  radii: Callable[[np.ndarray], tuple[float, float]] | None = None) -> np.ndarray:
+    """J, F and a second F of each object id in one frame: array (len(objects), 3), columns `J`, `F`, `F_NEW`.
 
-    gt, pred: (H, W) id maps of the same shape (object k = pixels equal to k).
-    mose=False: DAVIS J and F (F_new is F). mose=True: MOSE v2's J (+1 smoothing), its classic F and F_new, with
-    the radii of `mose_radii`.
+    gt, pred: (H, W) id maps of the same shape (object k = pixels equal to k). smooth: J's smoothing (`jaccard`).
+    radii(gt mask of the object) -> (radius of F, radius of F_NEW), a toolkit's own dilation radii; None: DAVIS's
+    `boundary_radius` for both, so F_NEW is F.
     """
     if gt.shape != pred.shape:
         raise ValueError(f"object_scores: shapes differ, gt {gt.shape} vs pred {pred.shape}")
@@ -157,10 +140,9 @@ def object_scores(gt: np.ndarray, pred: np.ndarray, objects: Sequence[int], mose
     radius = boundary_radius(gt.shape)
     for i, k in enumerate(objects):
         gt_k, pred_k = gt == k, pred == k
-        if mose:
-            out[i, J] = jaccard(gt_k, pred_k, smooth=1)
-            out[i, F], out[i, F_NEW] = boundary_f_radii(gt_k, pred_k, mose_radii(gt_k))
+        out[i, J] = jaccard(gt_k, pred_k, smooth)
+        if radii is not None:
+            out[i, F], out[i, F_NEW] = boundary_f_radii(gt_k, pred_k, radii(gt_k))
         else:
-            out[i, J] = jaccard(gt_k, pred_k)
             out[i, F] = out[i, F_NEW] = boundary_f_radii(gt_k, pred_k, [radius])[0]
     return out

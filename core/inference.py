@@ -3,9 +3,9 @@
 `VideoSegmenter` steps any `framework.VOSModel` through a video frame by frame (as XMem / Cutie do), holding only the
 current frame and the model's state; `segment_video` feeds it a `dataset.VideoReader` (which decides the sizes and
 the files) and writes what it predicts. run.py's --test and the trainer's validation both run videos through here,
-so their numbers are the same. `segment_benchmarks` is --test itself: the benchmarks of `TEST_KEYS` opened from
-`dataset.Roots`, the checkpoint (`load_model`), each benchmark segmented, scored, reported and zipped (`run_dataset`,
-`write_zip`, report.publish; LVOS val and SA-V by their own toolkits' rules, `benchmark_scoring`). Under
+so their numbers are the same. `segment_benchmarks` is --test itself: the --data keys opened from `dataset.Roots`
+by benchmarks.registry, the checkpoint (`load_model`), each benchmark segmented, scored as its layout says
+(`Layout.scoring`: its own toolkit's rules), reported and zipped (`run_dataset`, `write_zip`, report.publish). Under
 torchrun the videos are spread over the processes (`balance`) and process 0 alone scores, reports and zips.
 
 From Python: `load(checkpoint)` gives a ready VideoSegmenter; `VideoSegmenter.propagate(frames, masks)` yields every
@@ -17,7 +17,6 @@ import argparse
 import contextlib
 import json
 import os
-import tempfile
 import time
 import zipfile
 from collections import deque
@@ -32,23 +31,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-import evaluation
-from benchmarks import scoring as benchmarks
-from benchmarks.readers import LVOS, MOSE, SAV, Generic
+from benchmarks import registry
+from benchmarks.common import Scores, TestScoring, remove_stale
 from core import config_flags, methods, weights
 from core.distributed import Dist, broadcast, close_distributed, gather, init_distributed, process_device
 from core.framework import Runtime, VOSModel, aggregate_objects, get_padding, one_hot, pad, pad_mask, unpad
-from dataset import (
-    DAVIS,
-    MIN_OBJECT_PIXELS,
-    TEST_SHORT_SIDE,
-    Layout,
-    Roots,
-    SingleVideo,
-    VideoReader,
-    YouTubeVOS,
-    frame_files,
-)
+from dataset import MIN_OBJECT_PIXELS, TEST_SHORT_SIDE, Layout, Roots, SingleVideo, VideoReader, frame_files
 from reports import report
 from reports.visualize import Visualizer
 from utils import RunLock, VOSInputError, atomic_write, available_memory, check_output_outside, read_frame
@@ -419,55 +407,9 @@ def segment_video(model: VOSModel, video: VideoReader, out_dir: Path, settings: 
 # run.py --test: a benchmark from disk, the checkpoint, scores and submission archives
 # ---------------------------------------------------------------------------------------------------------------
 
-# --data key -> (benchmark, year, split)
-TEST_KEYS = {
-    "DAVIS16_val": ("davis", "2016", "val"),
-    "DAVIS17_val": ("davis", "2017", "val"),
-    "DAVIS17_test-dev": ("davis", "2017", "test-dev"),
-    "YTVOS18_val": ("ytvos", "2018", "valid"),
-    "YTVOS19_val": ("ytvos", "2019", "valid"),
-    "MOSE_val": ("mose", "", "valid"),
-    "LVOS_val": ("lvos", "", "valid"),
-    "LVOS_test": ("lvos", "", "test"),
-    "SAV_val": ("sav", "", "val"),
-    "SAV_test": ("sav", "", "test"),
-    "generic": ("generic", "", ""),
-    "sample": ("sample", "2016", "train"),  # the bundled piece of DAVIS 2016 train
-}
-
-
-# what the root of each benchmark of TEST_KEYS holds, for the message when it is not given
-ROOT_HOLDS = {"davis": "JPEGImages/ and Annotations/", "ytvos": "valid/ and valid_all_frames/", "mose": "valid/",
-              "lvos": "valid/ and test/", "sav": "sav_val/ and sav_test/",
-              "generic": "JPEGImages/<video>/ and Annotations/<video>/"}
-
-
-def open_layout(key: str, roots: Roots) -> Layout:
-    """The benchmark that a --data key names, read from its root (the field of `roots` named after its flag;
-    YouTube-VOS 2019 reads `ytvos19`, which --ytvos also sets)."""
-    bench, year, split = TEST_KEYS[key]
-    root = roots.ytvos19 if (bench, year) == ("ytvos", "2019") else getattr(roots, bench)
-    if root is None:
-        if bench == "sample":
-            raise VOSInputError("--data sample reads the bundled sample, and Roots.sample is not set; set it to "
-                                "sample/DAVIS2016 of this repository")
-        raise VOSInputError(f"--data {key} needs --{bench} ROOT (the folder that holds {ROOT_HOLDS[bench]})")
-    if bench in ("sample", "davis"):
-        return DAVIS(root, year, split)
-    if bench == "ytvos":
-        return YouTubeVOS(root, year, split)
-    if bench == "mose":
-        return MOSE(root, split)
-    if bench == "lvos":
-        return LVOS(root, split)
-    if bench == "sav":
-        return SAV(root, split)
-    return Generic(root)
-
-
 def write_zip(files: Iterable[Path], zip_path: Path, prefix: str) -> Path:
-    """Zip exactly these mask files for an evaluation server as `<prefix><video>/<frame>.png` (YouTube-VOS wants
-    'Annotations/'): never whatever else sits in the folder from an earlier run. Written to a unique temporary name
+    """Zip exactly these mask files for an evaluation server as `<prefix><video>/<frame>.png` (the layout's
+    `submission_prefix`): never whatever else sits in the folder from an earlier run. Written to a unique temporary name
     and renamed, so two runs never write into one file and a kill leaves no half archive."""
     def write(f: BinaryIO) -> None:
         with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as z:
@@ -475,42 +417,6 @@ def write_zip(files: Iterable[Path], zip_path: Path, prefix: str) -> Path:
                 z.write(png, f"{prefix}{png.parent.name}/{png.name}")
 
     return atomic_write(zip_path, write)
-
-
-@dataclass
-class BenchmarkScoring:
-    """How a split with its own toolkit is scored after segmentation: the result files an earlier run left (removed
-    before any frame runs) and the call of its scorer in benchmarks.py."""
-
-    stale: list[Path]
-    score: Callable[[], benchmarks.BenchmarkResult]
-
-
-def benchmark_scoring(data: Layout, out_dir: Path, videos: list[str]) -> BenchmarkScoring | None:
-    """The scoring of LVOS val (lvos-evaluation's rules) and SA-V (sav_evaluator.py's rules) on exactly `videos`, into
-    out_dir; None for the splits that are scored as DAVIS or not at all here."""
-    if isinstance(data, LVOS) and data.has_annotations:
-        def score_lvos() -> benchmarks.BenchmarkResult:
-            # the toolkit scores every video of its meta file: give it the meta of the videos run
-            meta = json.loads(data.meta_path.read_text())
-            meta["videos"] = {v: meta["videos"][v] for v in videos}
-            with tempfile.TemporaryDirectory(prefix=".lvos_meta_") as tmp:
-                path = Path(tmp) / data.meta_path.name
-                path.write_text(json.dumps(meta))
-                return benchmarks.score_lvos(data.split_dir, out_dir, data.split, meta=path, out=out_dir)
-
-        return BenchmarkScoring(list(benchmarks.lvos_files(out_dir, data.split)), score_lvos)
-    if isinstance(data, SAV):
-        def score_sav() -> benchmarks.BenchmarkResult:
-            # the evaluator scores every video folder of both trees: give it the ground truth of the videos run, so
-            # that folders an earlier run left in out_dir are not scored as this run's
-            with tempfile.TemporaryDirectory(prefix=".sav_gt_") as tmp:
-                for v in videos:
-                    (Path(tmp) / v).symlink_to((data.annotations / v).resolve(), target_is_directory=True)
-                return benchmarks.score_sav(Path(tmp), out_dir, out_dir)
-
-        return BenchmarkScoring([out_dir / "results.csv"], score_sav)
-    return None
 
 
 class VideoFailedError(Exception):
@@ -530,11 +436,6 @@ def balance(videos: list[VideoReader], world: int) -> list[list[VideoReader]]:
         parts[rank].append(video)
         loads[rank] += len(video)
     return parts
-
-
-def csv_split(key: str) -> str:
-    """The split a --data key's CSVs are named after (global_results-<split>.csv)."""
-    return "val" if "val" in key else key
 
 
 def _segment_share(model: VOSModel, key: str, share: list[VideoReader], out_dir: Path, settings: RunSettings,
@@ -578,31 +479,23 @@ def _gather_runs(job: Dist, key: str, runs: dict[str, VideoRun],
     return {name: run for share, _ in shares for name, run in share.items()}
 
 
-def _score_segmented(key: str, out_dir: Path, split: str, gt: dict[str, list[Path]] | None, binary: bool,
-                     scoring: BenchmarkScoring | None,
-                     fps: float) -> evaluation.EvaluationResult | benchmarks.BenchmarkResult | None:
-    """The scores of the masks in out_dir, printed: against gt as the DAVIS toolkit does (its CSVs named after
-    `split`), and/or by `scoring` (a benchmark's own toolkit; its result is the one returned when both are given);
-    None when the split is scored by neither."""
-    result: evaluation.EvaluationResult | benchmarks.BenchmarkResult | None = None
-    if gt is not None:
-        result, _, _ = evaluation.evaluate_and_write(gt, out_dir, split, binary)
-        print(evaluation.format_table(result, key))
-        print(f"{key}: J&F {result.jf_mean:.3f}  J {result.j_mean:.3f}  F {result.f_mean:.3f}  {fps:.2f} fps")
-    if scoring is not None:
-        result = scoring.score()
-        print(benchmarks.format_result(result))
-        print(f"{key}: wrote {' and '.join(str(p) for p in result.files)}")
+def _score_segmented(key: str, scoring: TestScoring | None, fps: float) -> Scores | None:
+    """The scores of the masks just written, by `scoring` (the layout's: its own toolkit's rules), printed with its
+    table; None when the split is not scored here."""
+    if scoring is None:
+        return None
+    result = scoring.score()
+    print(scoring.format(result))
+    print(scoring.summary(result, key, fps))
     return result
 
 
 def run_dataset(model: VOSModel, key: str, videos: Iterable[VideoReader], out_dir: Path, settings: RunSettings,
-                gt: dict[str, list[Path]] | None, binary: bool, zip_prefix: str | None,
-                make_hook: Callable[[VideoReader], Any] | None = None, scoring: BenchmarkScoring | None = None,
-                job: Dist | None = None, on_scored: Callable[[Any, Path], None] | None = None,
-                ) -> evaluation.EvaluationResult | benchmarks.BenchmarkResult | None:
-    """Segment every video of one dataset into out_dir/<video>/, then score against gt (the DAVIS-style ground truth
-    of those videos, if the split has it) or by `scoring` (a benchmark's own toolkit), and zip (if zip_prefix).
+                scoring: TestScoring | None, zip_prefix: str | None,
+                make_hook: Callable[[VideoReader], Any] | None = None, job: Dist | None = None,
+                on_scored: Callable[[Scores, Path], None] | None = None) -> Scores | None:
+    """Segment every video of one dataset into out_dir/<video>/, then score them by `scoring` (the layout's, if the
+    split is scored here), and zip (if zip_prefix).
 
     Every reader is built (and so checked) before any frame runs. In a torchrun job (`job`) each process segments
     its share of the videos (`balance`) and writes their masks; all meet in one gather, and rank 0 alone scores and
@@ -613,14 +506,9 @@ def run_dataset(model: VOSModel, key: str, videos: Iterable[VideoReader], out_di
     visualize.Visualizer. on_scored(result, frames folder) is called after scoring (the report).
     """
     job = job or Dist()
-    split = csv_split(key)
-    if job.main:  # a run that fails half way must not leave the last run's scores beside its new masks
-        if gt is not None:
-            evaluation.remove_csvs(out_dir, split)
-        if scoring is not None:
-            benchmarks.remove_stale(scoring.stale)
-        if gt is not None or scoring is not None:
-            report.remove_outputs(out_dir)
+    if job.main and scoring is not None:  # a run that fails half way must not leave the last run's scores beside
+        remove_stale(scoring.stale)  # its new masks
+        report.remove_outputs(out_dir)
     videos = list(videos)
     runs, failure = _segment_share(model, key, balance(videos, job.world)[job.rank], out_dir, settings, make_hook,
                                    job)
@@ -633,7 +521,7 @@ def run_dataset(model: VOSModel, key: str, videos: Iterable[VideoReader], out_di
     fps = total_frames / max(total_seconds, 1e-9)
     print(f"{key}: {len(done_runs)} video{'s' * (len(done_runs) != 1)}, {total_frames} frames, {fps:.2f} fps "
           f"(model time{f', summed over {job.world} processes' if job.enabled else ''})")
-    result = _score_segmented(key, out_dir, split, gt, binary, scoring, fps)
+    result = _score_segmented(key, scoring, fps)
     if result is not None and on_scored is not None and videos:
         on_scored(result, videos[0].frames[0].parent.parent)  # <frames>/<video>/<frame>.jpg
     if zip_prefix is not None:
@@ -720,8 +608,8 @@ def place(net: torch.nn.Module, settings: RunSettings) -> torch.nn.Module:
 
 def segment_benchmarks(args: argparse.Namespace, roots: Roots) -> list:
     """run.py --test: segment --video, or every --data benchmark (its --sequences), scoring and zipping each as its
-    layout says; the scores of the benchmarks scored here (evaluation.EvaluationResult for DAVIS, else
-    benchmarks.BenchmarkResult; rank 0 only in a torchrun job, whose processes share the videos)."""
+    layout says; the scores of the benchmarks scored here (rank 0 only in a torchrun job, whose processes share the
+    videos)."""
     settings = run_settings(args.device, args.precision, Runtime(memory_budget=args.max_memory))
     # oneDNN's primitive cache keeps every convolution it has built together with memory of its own: 60-90 MiB
     # resident at 854x480, for about 3 % of speed when they are built anew each frame (README, "Memory"). Read at the
@@ -736,7 +624,7 @@ def segment_benchmarks(args: argparse.Namespace, roots: Roots) -> list:
         if args.video is not None:
             layouts, selection = {"video": SingleVideo(args.video, args.mask)}, None
         else:
-            layouts, selection = {key: open_layout(key, roots) for key in args.data}, args.sequences
+            layouts, selection = {key: registry.open_layout(key, roots) for key in args.data}, args.sequences
         check_output_outside(out_root, [p for data in layouts.values() for p in data.inputs(selection)], "--output")
         settings.device = process_device(job, settings.device)  # each process its own GPU (LOCAL_RANK)
         with output_lock(job, out_root):  # one run per output folder: two would score each other's masks
@@ -786,18 +674,13 @@ def _segment_layouts(args: argparse.Namespace, layouts: dict[str, Layout], selec
 
     checkpoint = Path(record["weights"])  # the file load_model read, for the reports
 
-    def reporter(key: str, data: Layout, gt: dict[str, list[Path]] | None) -> Callable[[Any, Path], None] | None:
-        if args.no_report:
+    def reporter(key: str, scoring: TestScoring | None) -> Callable[[Scores, Path], None] | None:
+        if args.no_report or scoring is None:
             return None
 
-        def write(result: evaluation.EvaluationResult | benchmarks.BenchmarkResult, frames_dir: Path) -> None:
-            if isinstance(result, benchmarks.BenchmarkResult):  # LVOS val, SA-V: their scorers' own fields
-                fields = result.report_fields()
-                gt_dir, layout = (data.annotations, "per-object") if isinstance(data, SAV) else (data.mask_dir, "ids")
-            else:
-                fields = result.report_fields(csv_split(key))
-                gt_dir, layout = next(iter(gt.values()))[0].parent.parent, "binary" if data.binary else "ids"
-            scores = report.run_scores(fields, frames_dir=frames_dir, gt_dir=gt_dir, pred_dir=out_root / key,
+        def write(result: Scores, frames_dir: Path) -> None:
+            gt_dir, layout = scoring.report_masks
+            scores = report.run_scores(result, frames_dir=frames_dir, gt_dir=gt_dir, pred_dir=out_root / key,
                                        mask_layout=layout, weights=checkpoint, command=getattr(args, "command", None))
             print(f"{key}: report {' and '.join(str(p) for p in report.publish(scores, out_root / key))}")
         return write
@@ -806,11 +689,9 @@ def _segment_layouts(args: argparse.Namespace, layouts: dict[str, Layout], selec
     for key, data in layouts.items():
         single = key == "video"  # --video writes OUTPUT/<video name>/, a benchmark OUTPUT/<KEY>/<sequence>/
         names = data.sequences if selection is None else selection
-        scoring = None if single else benchmark_scoring(data, out_root / key, names)
-        gt = data.ground_truth(selection) if data.has_annotations and scoring is None else None
+        scoring = None if single else data.scoring(key, out_root / key, names)
         result = run_dataset(model, key, data.videos(selection), out_root if single else out_root / key, settings,
-                             gt, data.binary, data.submission_prefix, visualizer(key), scoring, job,
-                             None if single else reporter(key, data, gt))
+                             scoring, data.submission_prefix, visualizer(key), job, reporter(key, scoring))
         if args.visualize and job.main:
             print(f"{key}: overlays and probability maps in {out_root / 'visualize' / key}")
         if result is not None:

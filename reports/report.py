@@ -1,9 +1,10 @@
 """Results a researcher can look at: `report.html` for one scored run, `compare.html` for several.
 
-The data contract is `RunScores`: a benchmark's global table exactly as its toolkit prints it, and for every scored
-object its per-frame J and F with the frames the benchmark's rules count (`ObjectFrames`). Every scorer (DAVIS, LVOS,
-MOSE v2, vos-benchmark, SA-V) fills one; `save_scores` writes it as `scores.json` beside the CSVs, so that
-`compare` reads finished runs without scoring them again.
+The data contract is the one result type every scorer of benchmarks/ returns (`benchmarks.common.Scores`): a
+benchmark's global table exactly as its toolkit prints it, and for every scored object its per-frame J and F with
+the frames the benchmark's rules count (`ObjectScores`). A page shows a `RunScores`: that result, the folders its
+thumbnails read and what made the run; `save_scores` writes it as `scores.json` beside the CSVs, so that `compare`
+reads finished runs without scoring them again.
 
 Both pages are single self-contained files: images are embedded as data: URIs, there is no script, no style sheet or
 font fetched from anywhere, and every name that comes from the data (sequences, objects, paths, the command line) is
@@ -11,7 +12,7 @@ HTML-escaped, so a page opens from disk, offline, and a hostile folder name show
 pictures (the global table first), and every picture has a title, axis labels and a legend.
 
 Usage:
-    scores = report.run_scores(result.report_fields(), frames_dir=..., gt_dir=..., pred_dir=results_dir)
+    scores = report.run_scores(result, frames_dir=..., gt_dir=..., pred_dir=results_dir)
     report.publish(scores, results_dir)  # results_dir/scores.json and results_dir/report.html
     python evaluation.py --compare outputs/DAVIS17_val outputs/DAVIS17_val_ablation [--out DIR]
 """
@@ -27,13 +28,14 @@ import math
 import shlex
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from benchmarks.common import ObjectScores, Scores
 from utils import VOSInputError, atomic_write, read_frame, read_mask
 
 SCORES_NAME = "scores.json"
@@ -42,7 +44,7 @@ COMPARE_NAME = "compare.html"
 FORMAT_VERSION = 1  # of scores.json; bump when a field changes meaning
 
 # How a run's mask PNGs map to one object (`RunScores.mask_layout`):
-#   "ids"        <dir>/<sequence>/<frame>.png, pixel value = object id (DAVIS 2017, LVOS, MOSE, vos-benchmark)
+#   "ids"        <dir>/<sequence>/<frame>.png, pixel value = object id (DAVIS 2017 and most benchmarks)
 #   "binary"     <dir>/<sequence>/<frame>.png, every non-zero pixel is the one object (DAVIS 2016's 0/255 masks)
 #   "per-object" <dir>/<sequence>/<object_label>/<frame>.png, non-zero = the object (SA-V: objects may overlap)
 MASK_LAYOUTS = ("ids", "binary", "per-object")
@@ -67,62 +69,14 @@ NOT_SCORED_GREY = "0.85"  # shading of the frames a benchmark does not score
 
 
 @dataclass
-class ObjectFrames:
-    """One scored object: its per-frame J and F and which frames the benchmark's rules count.
-
-    All four lists have one entry per frame of `frames`, in video order. J and F are in [0, 1] whatever scale the
-    toolkit prints (NaN where a frame has no score, e.g. outside an LVOS object's range). `jf` is the object's
-    headline J&F as the toolkit defines it, also in [0, 1].
-    """
-
-    name: str  # as the toolkit names the object's row, e.g. "bear_1"
-    sequence: str  # the video folder
-    object_label: str  # id as written in the masks ("1"), or the SA-V object folder ("000")
-    frames: list[str]  # frame names without extension, e.g. "00042"
-    j: list[float]
-    f: list[float]
-    counted: list[bool]  # frames the benchmark scores; the others are shaded in the plots
-    jf: float
-
-    def __post_init__(self) -> None:
-        n = len(self.frames)
-        if not (len(self.j) == len(self.f) == len(self.counted) == n):
-            raise ValueError(
-                f"object {self.name}: {n} frames but {len(self.j)} J, {len(self.f)} F and {len(self.counted)} "
-                "counted entries; give one of each per frame"
-            )
-
-    def frame_scores(self) -> np.ndarray:
-        """(J + F) / 2 per frame, NaN on frames not counted: what the worst frames are chosen by."""
-        jf = (np.asarray(self.j, dtype=np.float64) + np.asarray(self.f, dtype=np.float64)) / 2
-        return np.where(np.asarray(self.counted, dtype=bool), jf, np.nan)
-
-    def worst_frames(self, k: int) -> list[int]:
-        """Indices of the k counted frames with the lowest (J + F) / 2, worst first (NaN frames never)."""
-        scores = self.frame_scores()
-        valid = np.flatnonzero(~np.isnan(scores))
-        return [int(i) for i in valid[np.argsort(scores[valid], kind="stable")][:k]]
-
-    def counted_mean(self, which: str) -> float:
-        """Mean of J or F ("j" / "f") over the counted frames, NaN frames skipped (NaN if none)."""
-        values = np.asarray(getattr(self, which), dtype=np.float64)[np.asarray(self.counted, dtype=bool)]
-        values = values[~np.isnan(values)]
-        return float(values.mean()) if values.size else math.nan
-
-
-@dataclass
 class RunScores:
-    """Everything a report shows about one scored run."""
+    """Everything a report shows about one scored run: the scorer's result and where its files are."""
 
-    benchmark: str  # "davis", "lvos", "mosev2", "vos-benchmark", "sav"
-    split: str
-    global_table: list[tuple[str, float]]  # (column, value) in the toolkit's order and scale (e.g. x100 for MOSE)
-    objects: list[ObjectFrames]
+    result: Scores  # the benchmark's table and objects, as its scorer returned them
     frames_dir: str  # <frames_dir>/<sequence>/<frame>.jpg
     gt_dir: str  # ground-truth PNGs, laid out as `mask_layout` says
     pred_dir: str  # predicted PNGs, same layout
     mask_layout: str = "ids"
-    decimals: int = 3  # how the toolkit prints the global table (DAVIS %.3f, MOSE v2 2, vos-benchmark 1)
     command: str = ""  # the command line of the run
     weights_name: str = ""
     weights_id: str = ""  # git blob id or SHA-256 of the weights file
@@ -132,15 +86,11 @@ class RunScores:
     def __post_init__(self) -> None:
         if self.mask_layout not in MASK_LAYOUTS:
             raise ValueError(f"mask_layout {self.mask_layout!r}; use one of {', '.join(MASK_LAYOUTS)}")
-        self.global_table = [(str(c), float(v)) for c, v in self.global_table]
         if self.mask_layout == "ids":  # the label is the pixel value the thumbnails look for
-            for obj in self.objects:
+            for obj in self.result.objects:
                 if not obj.object_label.isdigit():
                     raise ValueError(f"object {obj.name}: label {obj.object_label!r} is not an id, but mask_layout "
                                      "'ids' needs the pixel value; use 'per-object' for one folder per object")
-
-    def global_value(self, column: str) -> float:
-        return dict(self.global_table)[column]
 
 
 def _nan_to_none(values: Sequence[float]) -> list[float | None]:
@@ -152,13 +102,18 @@ def _none_to_nan(values: Sequence[float | None]) -> list[float]:
 
 
 def scores_to_json(scores: RunScores) -> str:
-    """`scores` as JSON text (NaN written as null, which strict JSON readers accept)."""
-    data = asdict(scores)
-    data["format"] = FORMAT_VERSION
-    data["global_table"] = [[c, None if math.isnan(v) else v] for c, v in scores.global_table]
-    for obj in data["objects"]:
-        obj["j"], obj["f"] = _nan_to_none(obj["j"]), _nan_to_none(obj["f"])
-        obj["jf"] = None if math.isnan(obj["jf"]) else obj["jf"]
+    """`scores` as JSON text (NaN written as null, which strict JSON readers accept); a result's per-object values
+    (the toolkit's own measures) stay out: the pages show the per-frame arrays and the table."""
+    result = scores.result
+    objects = [{"name": o.name, "sequence": o.sequence, "object_label": o.object_label, "frames": o.frames,
+                "j": _nan_to_none(o.j.tolist()), "f": _nan_to_none(o.f.tolist()), "counted": o.counted.tolist(),
+                "jf": None if math.isnan(o.jf) else float(o.jf)} for o in result.objects]
+    data = {"benchmark": result.benchmark, "split": result.split,
+            "global_table": [[c, None if math.isnan(v) else v] for c, v in result.global_table], "objects": objects,
+            "frames_dir": scores.frames_dir, "gt_dir": scores.gt_dir, "pred_dir": scores.pred_dir,
+            "mask_layout": scores.mask_layout, "decimals": result.decimals, "command": scores.command,
+            "weights_name": scores.weights_name, "weights_id": scores.weights_id, "date": scores.date,
+            "extra": scores.extra, "format": FORMAT_VERSION}
     return json.dumps(data, indent=1, allow_nan=False)
 
 
@@ -175,9 +130,10 @@ def scores_from_json(text: str, source: str = "scores") -> RunScores:
         for obj in data.pop("objects"):
             obj["j"], obj["f"] = _none_to_nan(obj["j"]), _none_to_nan(obj["f"])
             obj["jf"] = math.nan if obj["jf"] is None else obj["jf"]
-            objects.append(ObjectFrames(**obj))
+            objects.append(ObjectScores(**obj))
         table = [(c, math.nan if v is None else v) for c, v in data.pop("global_table")]
-        return RunScores(global_table=table, objects=objects, **data)
+        result = Scores(data.pop("benchmark"), data.pop("split"), table, objects, data.pop("decimals"))
+        return RunScores(result, **data)
     except VOSInputError:
         raise
     except (ValueError, KeyError, TypeError, AttributeError) as e:
@@ -202,24 +158,21 @@ def load_scores(path: str | Path) -> RunScores:
     return scores_from_json(path.read_text(encoding="utf-8"), str(path))
 
 
-def run_scores(fields: dict, *, frames_dir: str | Path, gt_dir: str | Path, pred_dir: str | Path,
+def run_scores(result: Scores, *, frames_dir: str | Path, gt_dir: str | Path, pred_dir: str | Path,
                mask_layout: str = "ids", weights: str | Path | None = None, command: str | None = None,
                date: str | None = None) -> RunScores:
-    """The `RunScores` of a scored run: `fields` as a scorer's `report_fields()` gives them (benchmark, split,
-    decimals, global_table, objects as `ObjectFrames` fields, per-frame arrays included), the folders the thumbnails
-    read, and the run: `weights` (the file; its name and git blob id are recorded), the command line (default: this
-    process's) and the date (default: now, UTC, ISO 8601)."""
+    """The `RunScores` of a scored run: the scorer's `result`, the folders the thumbnails read, and the run:
+    `weights` (the file; its name and git blob id are recorded), the command line (default: this process's) and the
+    date (default: now, UTC, ISO 8601)."""
     weights_name = weights_id = ""
     if weights is not None:
         from core.weights import git_blob_id  # here: the weights module loads torch, which a report needs nowhere else
 
         weights_name, weights_id = Path(weights).name, git_blob_id(weights)
-    fields = dict(fields)
-    objects = [ObjectFrames(**o) for o in fields.pop("objects")]
-    return RunScores(objects=objects, frames_dir=str(frames_dir), gt_dir=str(gt_dir), pred_dir=str(pred_dir),
+    return RunScores(result, frames_dir=str(frames_dir), gt_dir=str(gt_dir), pred_dir=str(pred_dir),
                      mask_layout=mask_layout, weights_name=weights_name, weights_id=weights_id,
                      command=shlex.join(sys.argv) if command is None else command,
-                     date=date or datetime.now(timezone.utc).isoformat(timespec="seconds"), **fields)
+                     date=date or datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 
 def remove_outputs(out_dir: str | Path) -> None:
@@ -248,14 +201,14 @@ def _frame_path(scores: RunScores, sequence: str, frame: str) -> Path:
     return base.with_suffix(FRAME_SUFFIXES[0])
 
 
-def mask_path(scores: RunScores, root: str, obj: ObjectFrames, frame: str) -> Path:
+def mask_path(scores: RunScores, root: str, obj: ObjectScores, frame: str) -> Path:
     """Where the mask of `frame` holding `obj` lies under `root` (the run's gt_dir or pred_dir)."""
     if scores.mask_layout == "per-object":
         return Path(root) / obj.sequence / obj.object_label / f"{frame}.png"
     return Path(root) / obj.sequence / f"{frame}.png"
 
 
-def _object_mask(scores: RunScores, path: Path, obj: ObjectFrames) -> np.ndarray | None:
+def _object_mask(scores: RunScores, path: Path, obj: ObjectScores) -> np.ndarray | None:
     """The object's binary mask in the PNG at `path` (raw values, as the toolkits read them); None when absent."""
     if not path.is_file():
         return None
@@ -281,7 +234,7 @@ class Thumbnail:
     missing: str = ""
 
 
-def thumbnail(scores: RunScores, obj: ObjectFrames, index: int, width: int = THUMB_WIDTH) -> Thumbnail:
+def thumbnail(scores: RunScores, obj: ObjectScores, index: int, width: int = THUMB_WIDTH) -> Thumbnail:
     """Frame `index` of `obj` with its ground-truth contour (blue, wide) and predicted contour (orange, thin)."""
     frame = obj.frames[index]
     caption = f"frame {frame}: J {obj.j[index]:.3f}, F {obj.f[index]:.3f}"
@@ -399,7 +352,7 @@ class FramePlot:
         self.fig.canvas.draw()
         self.background = self.fig.canvas.copy_from_bbox(self.fig.bbox)
 
-    def render(self, obj: ObjectFrames) -> str:
+    def render(self, obj: ObjectScores) -> str:
         """A PNG data: URI of obj's J and F per frame."""
         canvas, ax = self.fig.canvas, self.ax
         canvas.restore_region(self.background)
@@ -487,7 +440,7 @@ def _figure(thumb: Thumbnail, label: str = "") -> str:
 
 
 def _meta_table(scores: RunScores) -> str:
-    rows = [("benchmark", scores.benchmark), ("split", scores.split), ("date", scores.date),
+    rows = [("benchmark", scores.result.benchmark), ("split", scores.result.split), ("date", scores.date),
             ("weights", f"{scores.weights_name} ({scores.weights_id})" if scores.weights_id else scores.weights_name),
             ("command", scores.command), ("predictions", scores.pred_dir), ("ground truth", scores.gt_dir),
             ("frames", scores.frames_dir), *((str(k), str(v)) for k, v in scores.extra.items())]
@@ -497,20 +450,20 @@ def _meta_table(scores: RunScores) -> str:
 
 
 def _global_table(scores: RunScores) -> str:
-    head = "".join(f"<th>{esc(c)}</th>" for c, _ in scores.global_table)
-    row = "".join(_cell(v, scores.decimals) for _, v in scores.global_table)
+    head = "".join(f"<th>{esc(c)}</th>" for c, _ in scores.result.global_table)
+    row = "".join(_cell(v, scores.result.decimals) for _, v in scores.result.global_table)
     return f'<table id="global"><tr>{head}</tr><tr>{row}</tr></table>'
 
 
-def _sorted_objects(objects: list[ObjectFrames]) -> list[ObjectFrames]:
+def _sorted_objects(objects: list[ObjectScores]) -> list[ObjectScores]:
     """Worst J&F first; NaN last; ties in the toolkit's order."""
     return sorted(objects, key=lambda o: (math.isnan(o.jf), o.jf))
 
 
 def render_report(scores: RunScores) -> str:
     """The HTML text of report.html (see `write_report`)."""
-    title = f"{scores.benchmark} {scores.split}: evaluation report"
-    ranked = _sorted_objects(scores.objects)
+    title = f"{scores.result.benchmark} {scores.result.split}: evaluation report"
+    ranked = _sorted_objects(scores.result.objects)
     jf_mean = float(np.nanmean([o.jf for o in ranked])) if any(not math.isnan(o.jf) for o in ranked) else math.nan
     body = [f"<h1>{esc(title)}</h1>", _meta_table(scores), "<h2>Global results</h2>", _global_table(scores)]
 
@@ -573,7 +526,7 @@ def check_comparable(runs: list[RunScores], sources: list[str]) -> None:
     if len(runs) < 2:
         raise VOSInputError("--compare needs at least two results folders (or scores.json files)")
     for what in ("benchmark", "split"):
-        values = [getattr(r, what) for r in runs]
+        values = [getattr(r.result, what) for r in runs]
         if len(set(values)) > 1:
             listed = ", ".join(f"{s} is {v}" for s, v in zip(sources, values, strict=True))
             raise VOSInputError(f"the runs differ in {what} ({listed}); compare runs of one benchmark and split")
@@ -585,7 +538,7 @@ class ObjectComparison:
 
     name: str
     jf: list[float]
-    objects: list[ObjectFrames | None]
+    objects: list[ObjectScores | None]
 
     @property
     def delta(self) -> float:
@@ -596,8 +549,8 @@ class ObjectComparison:
 def compare_objects(runs: list[RunScores]) -> list[ObjectComparison]:
     """Every object of any run, sorted by the change from the first run to the last, biggest drop first (objects
     missing from a run last, in the first run's order)."""
-    names = list(dict.fromkeys(o.name for r in runs for o in r.objects))
-    by_run = [{o.name: o for o in r.objects} for r in runs]
+    names = list(dict.fromkeys(o.name for r in runs for o in r.result.objects))
+    by_run = [{o.name: o for o in r.result.objects} for r in runs]
     rows = []
     for name in names:
         objs = [m.get(name) for m in by_run]
@@ -610,13 +563,14 @@ def format_comparison(runs: list[RunScores], sources: list[str], rows: list[Obje
     letters = run_letters(len(runs))
     lines = [f"{k} = {s}" + (f" ({r.weights_name}, {r.date})" if r.weights_name or r.date else "")
              for k, s, r in zip(letters, sources, runs, strict=True)]
-    columns = list(dict.fromkeys(c for r in runs for c, _ in r.global_table))
+    columns = list(dict.fromkeys(c for r in runs for c, _ in r.result.global_table))
     width = max([len(c) for c in columns] + [4])
-    lines += ["", f" Global results {runs[0].benchmark} {runs[0].split} ".center(78, "-")]
+    lines += ["", f" Global results {runs[0].result.benchmark} {runs[0].result.split} ".center(78, "-")]
     lines.append("run".ljust(4) + " ".join(c.rjust(width) for c in columns))
     for k, r in zip(letters, runs, strict=True):
-        table = dict(r.global_table)
-        lines.append(k.ljust(4) + " ".join(fmt(table.get(c, math.nan), r.decimals).rjust(width) for c in columns))
+        table = dict(r.result.global_table)
+        decimals = r.result.decimals
+        lines.append(k.ljust(4) + " ".join(fmt(table.get(c, math.nan), decimals).rjust(width) for c in columns))
     name_w = max([len("Object")] + [len(c.name) for c in rows])
     lines += ["", f" Per-object J&F, sorted by {letters[-1]} - {letters[0]} ".center(78, "-")]
     lines.append("Object".ljust(name_w) + "".join(f" {k:>7}" for k in letters) + f" {'delta':>7}")
@@ -629,7 +583,7 @@ def render_compare(runs: list[RunScores], sources: list[str], rows: list[ObjectC
     """The HTML text of compare.html (see `compare`)."""
     letters = run_letters(len(runs))
     first, last = letters[0], letters[-1]
-    title = f"{runs[0].benchmark} {runs[0].split}: comparison of {len(runs)} runs"
+    title = f"{runs[0].result.benchmark} {runs[0].result.split}: comparison of {len(runs)} runs"
     body = [f"<h1>{esc(title)}</h1>", "<h2>Runs</h2>"]
     run_rows = "".join(
         f'<tr><th>{k}</th><td class="name">{esc(s)}</td><td class="name">{esc(r.weights_name)} {esc(r.weights_id)}'
@@ -638,11 +592,11 @@ def render_compare(runs: list[RunScores], sources: list[str], rows: list[ObjectC
     body.append('<table class="meta"><tr><th>run</th><th>results</th><th>weights</th><th>date</th><th>command</th>'
                 f"</tr>{run_rows}</table>")
 
-    columns = list(dict.fromkeys(c for r in runs for c, _ in r.global_table))
+    columns = list(dict.fromkeys(c for r in runs for c, _ in r.result.global_table))
     head = "".join(f"<th>{esc(c)}</th>" for c in columns)
     grow = "".join(f'<tr data-run="{k}"><th>{k}</th>'
-                   + "".join(_cell(dict(r.global_table).get(c, math.nan), r.decimals) for c in columns) + "</tr>"
-                   for k, r in zip(letters, runs, strict=True))
+                   + "".join(_cell(dict(r.result.global_table).get(c, math.nan), r.result.decimals) for c in columns)
+                   + "</tr>" for k, r in zip(letters, runs, strict=True))
     body += ["<h2>Global results</h2>", f'<table id="global"><tr><th>run</th>{head}</tr>{grow}</table>']
 
     both = [c for c in rows if not math.isnan(c.delta)]

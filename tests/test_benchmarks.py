@@ -1,4 +1,4 @@
-"""Toolkit scoring (metrics.py, benchmarks.py, evaluation.py --benchmark): hand-computed rules, then parity.
+"""Toolkit scoring (benchmarks/metrics.py, the benchmark modules, evaluation.py --benchmark): rules, then parity.
 
 The parity numbers at the end were printed by the official evaluators on the data sets tests/bench_data.py writes
 (regenerated here, deterministically), at the commits named below, each run single-process in a venv with
@@ -25,17 +25,18 @@ import bench_data
 import numpy as np
 import pytest
 
-import evaluation as ev
-from benchmarks import metrics
-from benchmarks import scoring as bm
+import evaluation
+from benchmarks import davis, generic, lvos, metrics, mose, sav
+from benchmarks.common import ObjectScores
+from reports import report
 from utils import VOSInputError
 
 FRAME_480P = (480, 854)  # diagonal 979.65: DAVIS radius ceil(7.837) = 8
 
 
-def _scores(sequence: str, values: dict) -> bm.ObjectScores:
+def _scores(sequence: str, values: dict) -> ObjectScores:
     one = np.ones(1)
-    return bm.ObjectScores(sequence, "1", f"{sequence}_1", ["x"], one, one, one > 0, values, 0.0)
+    return ObjectScores(f"{sequence}_1", sequence, "1", ["x"], one, one, one > 0, 0.0, values)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -67,7 +68,7 @@ def test_mose_radii_small_large_and_empty_objects() -> None:
     def radii(area: int) -> tuple[float, float]:
         gt = np.zeros(FRAME_480P, bool)
         gt.flat[:area] = True  # only the pixel count matters
-        return metrics.mose_radii(gt)
+        return mose.mose_radii(gt)
 
     assert radii(400) == (8.0, 2.0)  # ceil(0.1 * 20) = 2 < 7.837: classic F is DAVIS's (radius 8)
     assert radii(4900) == (8.0, 7.0)  # ceil(0.1 * 70) = 7, the largest area radius
@@ -91,11 +92,11 @@ def test_mose_float_radius_changes_classic_f_of_a_large_object() -> None:
     gt[:, 100:] = 1
     pred = np.zeros(FRAME_480P, np.uint8)
     pred[:, 108:] = 1
-    davis = metrics.object_scores(gt, pred, [1])[0]
-    mose = metrics.object_scores(gt, pred, [1], mose=True)[0]
-    assert davis[metrics.J] == pytest.approx(746 / 754) and davis[metrics.F] == 1.0
-    assert mose[metrics.J] == pytest.approx((746 * 480 + 1) / (754 * 480 + 1))
-    assert mose[metrics.F] == 0.0 and mose[metrics.F_NEW] == 0.0
+    plain = metrics.object_scores(gt, pred, [1])[0]
+    scored = metrics.object_scores(gt, pred, [1], 1, mose.mose_radii)[0]
+    assert plain[metrics.J] == pytest.approx(746 / 754) and plain[metrics.F] == 1.0
+    assert scored[metrics.J] == pytest.approx((746 * 480 + 1) / (754 * 480 + 1))
+    assert scored[metrics.F] == 0.0 and scored[metrics.F_NEW] == 0.0
 
 
 def test_mose_f_new_uses_the_area_radius_of_a_small_object() -> None:
@@ -111,11 +112,11 @@ def test_mose_f_new_uses_the_area_radius_of_a_small_object() -> None:
     gt[100:109, 100:109] = 1
     pred = np.zeros(FRAME_480P, np.uint8)
     pred[100:109, 103:112] = 1
-    assert metrics.mose_radii(gt == 1) == (8.0, 1.0)
-    mose = metrics.object_scores(gt, pred, [1], mose=True)[0]
-    assert mose[metrics.F_NEW] == pytest.approx(0.5)
-    assert mose[metrics.F] == 1.0
-    assert mose[metrics.J] == pytest.approx((54 + 1) / (108 + 1))  # I = 9 x 6, U = 81 + 81 - 54
+    assert mose.mose_radii(gt == 1) == (8.0, 1.0)
+    scored = metrics.object_scores(gt, pred, [1], 1, mose.mose_radii)[0]
+    assert scored[metrics.F_NEW] == pytest.approx(0.5)
+    assert scored[metrics.F] == 1.0
+    assert scored[metrics.J] == pytest.approx((54 + 1) / (108 + 1))  # I = 9 x 6, U = 81 + 81 - 54
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -127,26 +128,26 @@ def test_mose_disappear_and_reappear_segments() -> None:
     """Catches segments cut at the wrong frame, a counted disappearance at the first frame, or a late first
     appearance not counted as a reappearance."""
     visible = np.array([1, 1, 0, 0, 1, 0, 1], bool)
-    assert bm.mose_segments(visible) == ([(2, 4), (5, 6)], [(4, 5), (6, 7)])
+    assert mose.mose_segments(visible) == ([(2, 4), (5, 6)], [(4, 5), (6, 7)])
     late = np.array([0, 0, 1, 1, 0], bool)  # absent at the first evaluated frame: that gap is not a disappearance
-    assert bm.mose_segments(late) == ([(4, 5)], [(2, 4)])
-    assert bm.mose_segments(np.ones(4, bool)) == ([], [])
+    assert mose.mose_segments(late) == ([(4, 5)], [(2, 4)])
+    assert mose.mose_segments(np.ones(4, bool)) == ([], [])
 
     j = np.array([1.0, 0.5, 0.2, 0.4, 1.0, 0.0, 0.8])
     f = np.array([1.0, 0.5, 0.0, 0.2, 0.6, 0.0, 0.4])
-    values = bm.mose_object_values(j, f, f, visible)
+    values = mose.mose_object_values(j, f, f, visible)
     # disappear: J (0.3 + 0.0) / 2 = 0.15, F_new (0.1 + 0) / 2 = 0.05 -> 10.0; reappear: J (1.0 + 0.8) / 2 = 0.9,
     # F_new (0.6 + 0.4) / 2 = 0.5 -> 70.0; J = 3.9 / 7, F_new = 2.7 / 7.
     assert values["disappear_J&F_new"] == 10.0 and values["reappear_J&F_new"] == 70.0
     assert values["J"] == round(3.9 / 7 * 100, 2) and values["F_new"] == round(2.7 / 7 * 100, 2)
-    assert bm.mose_object_values(j, f, f, np.ones(7, bool))["disappear_J&F_new"] is None
+    assert mose.mose_object_values(j, f, f, np.ones(7, bool))["disappear_J&F_new"] is None
 
 
 def test_mose_global_means_skip_objects_without_segments_and_say_so() -> None:
     """Catches disappear/reappear averaged over all objects (None counted as 0) or a silent NaN."""
     a = {"_raw": (0.8, 0.6, 0.7, (0.2, 0.4), None)}
     b = {"_raw": (0.4, 0.2, 0.3, None, None)}
-    table, notes = bm.reduce_mosev2([_scores("a", a), _scores("b", b)])
+    table, notes = mose.reduce_mosev2([_scores("a", a), _scores("b", b)])
     table = dict(table)
     assert table["J"] == 60.0 and table["F_new"] == 40.0 and table["J&F_new"] == 50.0 and table["J&F"] == 55.0
     assert table["disappear_J&F_new"] == 30.0  # only object a: (0.2 + 0.4) / 2
@@ -163,23 +164,23 @@ def test_mose_global_means_skip_objects_without_segments_and_say_so() -> None:
 
 def test_lvos_frame_range_drops_first_and_last() -> None:
     """Catches scoring the range's first or last annotated frame, or a wrong step/name width."""
-    frames = bm.lvos_frames(1, 51, 11)  # 00000001 .. 00000051 at step 5: 11 annotated frames
+    frames = lvos.lvos_frames(1, 51, 11)  # 00000001 .. 00000051 at step 5: 11 annotated frames
     assert frames == [f"{i:08d}" for i in range(6, 47, 5)] and len(frames) == 9
 
 
 def test_lvos_variance_rounded_before_the_square_root() -> None:
     """Catches V as the plain standard deviation (0.0355, 0.005) instead of sqrt(round(var, 4))."""
     j = f = np.array([0.5, 0.571])  # (J+F)/2 = 0.5, 0.571: var = 0.0355^2 = 0.00126025 -> 0.0013
-    assert bm.lvos_variance(j, f) == pytest.approx(math.sqrt(0.0013), abs=1e-15)
+    assert lvos.lvos_variance(j, f) == pytest.approx(math.sqrt(0.0013), abs=1e-15)
     j = f = np.array([1.0, 0.99])  # var = 2.5e-5 rounds to 0
-    assert bm.lvos_variance(j, f) == 0.0
+    assert lvos.lvos_variance(j, f) == 0.0
 
 
 def test_lvos_seen_and_unseen_groups_weigh_half_each() -> None:
     """Catches an object-weighted mean (J&F 0.825 here) instead of the toolkit's group average (0.65)."""
     seen = [_scores(f"s{i}", {"J": 1.0, "F": 1.0, "V": 0.0}) for i in range(3)]
     unseen = [_scores("u0", {"J": 0.2, "F": 0.4, "V": 0.1})]
-    table, notes = bm.reduce_lvos(seen + unseen, {"u0"})
+    table, notes = lvos.reduce_lvos(seen + unseen, {"u0"})
     table = dict(table)
     assert table["J&F-Mean"] == pytest.approx(0.65)  # (1 + 1 + 0.2 + 0.4) / 4
     assert table["J-Mean"] == pytest.approx(0.6) and table["F-Mean"] == pytest.approx(0.7)
@@ -192,7 +193,7 @@ def test_lvos_empty_group_is_said_in_one_line_and_left_empty(tmp_path: Path) -> 
     bench_data.make_lvos(tmp_path, n_videos=1, n=7)
     none_unseen = tmp_path / "none.txt"
     none_unseen.write_text("# no unseen video here\nnot_a_video\n")
-    result = bm.score_lvos(tmp_path / "valid", tmp_path / "pred", unseen=none_unseen, workers=1)
+    result = lvos.score_lvos(tmp_path / "valid", tmp_path / "pred", unseen=none_unseen, workers=1)
     assert result.notes == [
         "LVOS: no evaluated object is unseen; J&F-Mean, J-Mean, F-Mean, V-Mean and the unseen columns are left "
         "empty, as the official toolkit leaves them"
@@ -200,12 +201,12 @@ def test_lvos_empty_group_is_said_in_one_line_and_left_empty(tmp_path: Path) -> 
     row = (tmp_path / "pred" / "global_results-valid.csv").read_text().splitlines()[1].split(",")
     assert row[0] == row[1] == row[3] == row[4] == row[6] == row[7] == row[9] == ""
     assert row[2] != "" and row[5] != "" and row[8] != ""
-    assert "(empty)" in bm.format_result(result) and "nan" not in bm.format_result(result)
+    assert "(empty)" in lvos.format_lvos(result) and "nan" not in lvos.format_lvos(result)
 
 
 def test_lvos_default_unseen_list_is_the_toolkits() -> None:
     """Catches a truncated or V1-era (27 ids) unseen list."""
-    ids = bm.read_video_list(bm.LVOS_UNSEEN)
+    ids = lvos.read_video_list(lvos.LVOS_UNSEEN)
     assert len(ids) == 51 and {"R3UJGYwy", "3bvEjhOT"} <= ids and "UtEnRpiP" not in ids
 
 
@@ -217,7 +218,7 @@ def test_lvos_inconsistent_meta_is_refused(tmp_path: Path) -> None:
     data["videos"]["lv0"]["objects"]["1"]["frame_range"]["frame_nums"] = 9
     meta.write_text(json.dumps(data))
     with pytest.raises(VOSInputError, match="frame_nums 9 but start 1..end 31 at step 5 holds 7 frames"):
-        bm.score_lvos(tmp_path / "valid", tmp_path / "pred", workers=1)
+        lvos.score_lvos(tmp_path / "valid", tmp_path / "pred", workers=1)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -252,10 +253,11 @@ def test_vos_benchmark_counts_objects_from_first_appearance(tmp_path: Path) -> N
             pred[16:18, 16:18] = 3
         bench_data.save_ids(tmp_path / "gt" / "v" / f"{t:05d}.png", gt)
         bench_data.save_ids(tmp_path / "pred" / "v" / f"{t:05d}.png", pred)
-    result = bm.score_vos_benchmark(tmp_path / "gt", tmp_path / "pred", workers=1)
+    result = generic.score_vos_benchmark(tmp_path / "gt", tmp_path / "pred", workers=1)
     assert result.global_table == [("J&F", 75.0), ("J", 75.0), ("F", 75.0)]
     late = result.objects[1]
-    assert (late.label, late.frames, late.counted.tolist()) == ("002", ["00001", "00002", "00003"], [False, True, True])
+    assert (late.object_label, late.frames) == ("002", ["00001", "00002", "00003"])
+    assert late.counted.tolist() == [False, True, True]
     assert late.j.tolist() == [1.0, 0.0, 1.0] and late.values["J"] == 50.0
     assert (tmp_path / "pred" / "results.csv").read_text() == (
         "sequence    ,obj,  J&F,    J,    F\n"
@@ -278,15 +280,15 @@ def test_sav_scores_each_object_folder(tmp_path: Path) -> None:
         for obj, gt, pred in (("000", a, a), ("001", b, b if t != 4 else np.zeros_like(b))):
             bench_data.save_ids(tmp_path / "gt" / "v" / obj / f"{t:05d}.png", gt)
             bench_data.save_ids(tmp_path / "pred" / "v" / obj / f"{t:05d}.png", pred if t not in (0, 12) else 1 - gt)
-    result = bm.score_sav(tmp_path / "gt", tmp_path / "pred", workers=1)
-    assert [(o.label, o.frames, o.values["J"], o.values["F"]) for o in result.objects] == [
+    result = sav.score_sav(tmp_path / "gt", tmp_path / "pred", workers=1)
+    assert [(o.object_label, o.frames, o.values["J"], o.values["F"]) for o in result.objects] == [
         ("000", ["00004", "00008"], 100.0, 100.0),
         ("001", ["00004", "00008"], 50.0, 50.0),
     ]
     assert result.global_table == [("J&F", 75.0), ("J", 75.0), ("F", 75.0)]
     bench_data.save_ids(tmp_path / "pred" / "v" / "001" / "00008.png", b * 2 + a)  # values 0, 1, 2, 3
     with pytest.raises(VOSInputError, match="001/00008.png holds more than one object"):
-        bm.score_sav(tmp_path / "gt", tmp_path / "pred", workers=1)
+        sav.score_sav(tmp_path / "gt", tmp_path / "pred", workers=1)
 
 
 def test_sav_object_absent_from_its_evaluated_frames_is_an_error(tmp_path: Path) -> None:
@@ -296,7 +298,7 @@ def test_sav_object_absent_from_its_evaluated_frames_is_an_error(tmp_path: Path)
         bench_data.save_ids(tmp_path / "gt" / "v" / "000" / f"{t:05d}.png", a if t == 0 else 0 * a)
         bench_data.save_ids(tmp_path / "pred" / "v" / "000" / f"{t:05d}.png", a)
     with pytest.raises(VOSInputError, match="is empty in all its evaluated GT frames"):
-        bm.score_sav(tmp_path / "gt", tmp_path / "pred", workers=1)
+        sav.score_sav(tmp_path / "gt", tmp_path / "pred", workers=1)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -315,13 +317,13 @@ def test_davis_late_object_is_an_error_naming_vos_benchmark(tmp_path: Path) -> N
         bench_data.save_ids(tmp_path / "res" / "seq" / f"{t:05d}.png", m)
         gt_paths.append(tmp_path / "gt" / "seq" / f"{t:05d}.png")
     with pytest.raises(
-        ev.EvaluationError,
+        davis.EvaluationError,
         match=r"00002\.png has object id 2, absent from the first GT frame.*"
         "--benchmark vos-benchmark",
     ):
-        ev.evaluate_sequences({"seq": gt_paths}, tmp_path / "res", binary=False, workers=1)
+        davis.evaluate_sequences({"seq": gt_paths}, tmp_path / "res", binary=False, workers=1)
     # vos-benchmark scores the same folders.
-    assert bm.score_vos_benchmark(tmp_path / "gt", tmp_path / "res", workers=1).global_table[0] == ("J&F", 100.0)
+    assert generic.score_vos_benchmark(tmp_path / "gt", tmp_path / "res", workers=1).global_table[0] == ("J&F", 100.0)
 
 
 @pytest.mark.parametrize("benchmark", ["lvos", "mosev2", "vos-benchmark", "sav"])
@@ -334,10 +336,10 @@ def test_stale_result_files_are_removed_before_scoring(tmp_path: Path, benchmark
         "vos-benchmark": ["results.csv"],
         "sav": ["results.csv"],
     }
-    assert ev.main(args) == 0
+    assert evaluation.main(args) == 0
     assert all((pred / n).is_file() for n in names[benchmark])
     sorted(pred.rglob("*.png"))[2].unlink()  # a scored frame of the first video: this time scoring fails
-    assert ev.main(args) == 2
+    assert evaluation.main(args) == 2
     assert not any((pred / n).exists() for n in names[benchmark])
 
 
@@ -361,20 +363,20 @@ def _make(benchmark: str, root: Path) -> tuple[list[str], Path]:
 
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """Catches a traceback or exit code 1 (run.py's convention is 2) on a missing flag or folder."""
-    assert ev.main(["--benchmark", "mosev2", "--results", str(tmp_path), "--gt", str(tmp_path)]) == 2
+    assert evaluation.main(["--benchmark", "mosev2", "--results", str(tmp_path), "--gt", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "pass --meta meta.json" in err
-    assert ev.main(["--benchmark", "lvos", "--results", str(tmp_path)]) == 2
+    assert evaluation.main(["--benchmark", "lvos", "--results", str(tmp_path)]) == 2
     assert "needs --gt PATH" in capsys.readouterr().err
-    assert ev.main(["--benchmark", "sav", "--results", str(tmp_path / "x"), "--gt", str(tmp_path / "y")]) == 2
+    assert evaluation.main(["--benchmark", "sav", "--results", str(tmp_path / "x"), "--gt", str(tmp_path / "y")]) == 2
     assert capsys.readouterr().err.startswith("error: --gt ")
 
 
 def test_report_fields(tmp_path: Path) -> None:
     """Catches result classes that lose the per-frame arrays or the counted flags a report needs."""
     _make("vos-benchmark", tmp_path)
-    result = bm.score_vos_benchmark(tmp_path / "gt", tmp_path / "pred", workers=1)
-    fields = result.report_fields()
+    result = generic.score_vos_benchmark(tmp_path / "gt", tmp_path / "pred", workers=1)
+    fields = json.loads(report.scores_to_json(report.run_scores(result, frames_dir="f", gt_dir="g", pred_dir="p")))
     assert fields["benchmark"] == "vos-benchmark" and [c for c, _ in fields["global_table"]] == ["J&F", "J", "F"]
     obj = fields["objects"][0]
     assert set(obj) == {"name", "sequence", "object_label", "frames", "j", "f", "counted", "jf"}
@@ -468,7 +470,7 @@ SAV_OFFICIAL_CSV = (
 def test_lvos_matches_official_toolkit(tmp_path: Path) -> None:
     """Catches any departure from lvos-evaluation: frames, J/F, V's rounding, group means, CSV layout."""
     bench_data.make_lvos(tmp_path)
-    result = bm.score_lvos(tmp_path / "valid", tmp_path / "pred", unseen=tmp_path / "unseen.txt", workers=2)
+    result = lvos.score_lvos(tmp_path / "valid", tmp_path / "pred", unseen=tmp_path / "unseen.txt", workers=2)
     assert {o.name: (o.values["J"], o.values["F"], o.values["V"]) for o in result.objects} == LVOS_OFFICIAL
     assert (tmp_path / "pred" / "global_results-valid.csv").read_text() == LVOS_OFFICIAL_GLOBAL_CSV
     assert (tmp_path / "pred" / "per-sequence_results-valid.csv").read_text() == LVOS_OFFICIAL_SEQUENCE_CSV
@@ -478,26 +480,26 @@ def test_mosev2_matches_official_scorer(tmp_path: Path) -> None:
     """Catches any departure from MOSE v2's score.py: smoothing, radii, segments, rounding, file layout."""
     bench_data.make_mose(tmp_path)
     out = tmp_path / "out"
-    result = bm.score_mosev2(tmp_path / "Annotations", tmp_path / "pred", tmp_path / "meta.json", out, workers=2)
+    result = mose.score_mosev2(tmp_path / "Annotations", tmp_path / "pred", tmp_path / "meta.json", out, workers=2)
     assert {o.name: o.values["_raw"] for o in result.objects} == MOSE_OFFICIAL
     assert (out / "scores.txt").read_text() == MOSE_OFFICIAL_SCORES
     written = json.loads((out / "metrics.json").read_text())
     assert written.pop("total_time") >= 0
     assert {k: list(v.values()) for k, v in written.items()} == MOSE_OFFICIAL_JSON
-    assert all(list(v) == list(bm.MOSE_MEASURES) for v in written.values())
+    assert all(list(v) == list(mose.MOSE_MEASURES) for v in written.values())
 
 
 def test_vos_benchmark_matches_official(tmp_path: Path) -> None:
     """Catches any departure from vos-benchmark: sparse GT frames, first appearance, output layout."""
     bench_data.make_generic(tmp_path)
-    result = bm.score_vos_benchmark(tmp_path / "gt", tmp_path / "pred", workers=2)
-    assert {(o.sequence, o.label): (o.values["J"], o.values["F"]) for o in result.objects} == VB_OFFICIAL
+    result = generic.score_vos_benchmark(tmp_path / "gt", tmp_path / "pred", workers=2)
+    assert {(o.sequence, o.object_label): (o.values["J"], o.values["F"]) for o in result.objects} == VB_OFFICIAL
     assert (tmp_path / "pred" / "results.csv").read_text() == VB_OFFICIAL_CSV
 
 
 def test_sav_matches_official(tmp_path: Path) -> None:
     """Catches any departure from sav_evaluator.py: per-object folders, first/last per object, output layout."""
     bench_data.make_sav(tmp_path)
-    result = bm.score_sav(tmp_path / "Annotations_6fps", tmp_path / "pred", workers=2)
-    assert {(o.sequence, o.label): (o.values["J"], o.values["F"]) for o in result.objects} == SAV_OFFICIAL
+    result = sav.score_sav(tmp_path / "Annotations_6fps", tmp_path / "pred", workers=2)
+    assert {(o.sequence, o.object_label): (o.values["J"], o.values["F"]) for o in result.objects} == SAV_OFFICIAL
     assert (tmp_path / "pred" / "results.csv").read_text() == SAV_OFFICIAL_CSV

@@ -14,7 +14,9 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 import dataset
-from dataset import DAVIS, SingleVideo, VideoReader, YouTubeVOS
+from benchmarks.davis import DAVIS
+from benchmarks.ytvos import YouTubeVOS
+from dataset import SingleVideo, VideoReader
 from training.samplers import TrainCOCO, TrainDAVIS, TrainYTVOS, random_crop_params, seed_worker
 from utils import DAVIS_PALETTE, VOSInputError, atomic_write, read_frame, read_mask, save_mask
 

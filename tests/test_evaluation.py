@@ -1,4 +1,4 @@
-"""DAVIS measure (evaluation.py): hand-computed J and F, the official edge cases, CSVs, and the official numbers.
+"""DAVIS measure (benchmarks/davis.py): hand-computed J and F, the official edge cases, CSVs, and the official numbers.
 
 The golden numbers in `test_real_sample_matches_official_toolkit` come from davisvideochallenge/davis2017-evaluation
 (evaluation_method.py, semi-supervised) run on a 2017-layout copy of the DAVIS 2016 sample with the same perturbed
@@ -17,7 +17,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import evaluation as ev
+import evaluation
+from benchmarks import davis as ev
+from benchmarks import metrics
+from benchmarks.common import ObjectScores, Scores
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,17 +62,17 @@ def test_jaccard_shifted_squares() -> None:
     gt = square((30, 30), slice(5, 15), slice(5, 15))  # 10x10 = 100 px
     down2 = square((30, 30), slice(7, 17), slice(5, 15))
     # overlap rows 7..14 x cols 5..14 = 8x10 = 80; union = 100 + 100 - 80 = 120
-    assert ev.jaccard(gt, down2) == pytest.approx(80 / 120)
+    assert metrics.jaccard(gt, down2) == pytest.approx(80 / 120)
     down2_right3 = square((30, 30), slice(7, 17), slice(8, 18))
     # overlap 8x7 = 56; union = 200 - 56 = 144
-    assert ev.jaccard(gt, down2_right3) == pytest.approx(56 / 144)
+    assert metrics.jaccard(gt, down2_right3) == pytest.approx(56 / 144)
 
 
 def test_jaccard_empty_cases() -> None:
     empty, gt = np.zeros((8, 8), bool), square((8, 8), slice(2, 4), slice(2, 4))
-    assert ev.jaccard(empty, empty) == 1.0  # both empty: 1 by definition
-    assert ev.jaccard(gt, empty) == 0.0
-    assert ev.jaccard(empty, gt) == 0.0
+    assert metrics.jaccard(empty, empty) == 1.0  # both empty: 1 by definition
+    assert metrics.jaccard(gt, empty) == 0.0
+    assert metrics.jaccard(empty, gt) == 0.0
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -78,21 +81,21 @@ def test_jaccard_empty_cases() -> None:
 
 
 def test_boundary_radius_and_disk() -> None:
-    assert ev.boundary_radius((480, 854)) == 8  # ceil(0.008 * 979.6) = ceil(7.84)
-    assert ev.boundary_radius((10, 10)) == 1  # ceil(0.008 * 14.1) = ceil(0.11)
-    assert ev.boundary_radius((10, 10), bound_th=3) == 3  # >= 1 means pixels
-    np.testing.assert_array_equal(ev.disk(1), [[0, 1, 0], [1, 1, 1], [0, 1, 0]])  # x^2 + y^2 <= 1
+    assert metrics.boundary_radius((480, 854)) == 8  # ceil(0.008 * 979.6) = ceil(7.84)
+    assert metrics.boundary_radius((10, 10)) == 1  # ceil(0.008 * 14.1) = ceil(0.11)
+    assert metrics.boundary_radius((10, 10), bound_th=3) == 3  # >= 1 means pixels
+    np.testing.assert_array_equal(metrics.disk(1), [[0, 1, 0], [1, 1, 1], [0, 1, 0]])  # x^2 + y^2 <= 1
     np.testing.assert_array_equal(
-        ev.disk(2),
+        metrics.disk(2),
         [[0, 0, 1, 0, 0], [0, 1, 1, 1, 0], [1, 1, 1, 1, 1], [0, 1, 1, 1, 0], [0, 0, 1, 0, 0]],
     )
-    assert ev.disk(8).shape == (17, 17) and ev.disk(8).dtype == np.uint8
+    assert metrics.disk(8).shape == (17, 17) and metrics.disk(8).dtype == np.uint8
 
 
 def test_boundary_map_square_is_ring_half_a_pixel_up_left() -> None:
     # A 3x3 square at rows/cols 2..4: the pixels differing from a right/lower/lower-right neighbour form the ring of
     # the 4x4 square at rows/cols 1..4 (12 px).
-    b = ev.boundary_map(square((10, 10), slice(2, 5), slice(2, 5)))
+    b = metrics.boundary_map(square((10, 10), slice(2, 5), slice(2, 5)))
     ring = square((10, 10), slice(1, 5), slice(1, 5)) - square((10, 10), slice(2, 4), slice(2, 4))
     np.testing.assert_array_equal(b, ring.astype(bool))
 
@@ -103,8 +106,8 @@ def test_boundary_map_image_edges_follow_official_seg2bmap() -> None:
     seg = np.array([[0, 0, 0], [0, 0, 0], [0, 1, 1]])
     expected = np.array([[0, 0, 0], [1, 1, 1], [1, 0, 0]], bool)
     # (1,0): lower-right is 1; (1,1), (1,2): lower is 1; (2,0): right is 1; (2,1): right equal; (2,2): corner.
-    np.testing.assert_array_equal(ev.boundary_map(seg), expected)
-    assert not ev.boundary_map(np.ones((4, 5))).any()  # a full frame has no boundary
+    np.testing.assert_array_equal(metrics.boundary_map(seg), expected)
+    assert not metrics.boundary_map(np.ones((4, 5))).any()  # a full frame has no boundary
 
 
 def test_boundary_f_hand_computed_radius_1() -> None:
@@ -116,22 +119,22 @@ def test_boundary_f_hand_computed_radius_1() -> None:
     # Recall: GT ring pixels on the pred ring or 4-adjacent to it: all but the corner (4,4), whose neighbours (3,4),
     # (4,3), (4,5), (5,4) are not on the pred ring: 11/12.
     # F = 2 * 1 * 11/12 / (1 + 11/12) = 22/23.
-    assert ev.boundary_f(gt, pred) == pytest.approx(22 / 23)
+    assert metrics.boundary_f(gt, pred) == pytest.approx(22 / 23)
     # Same square moved right by 2: ring cols 3..6. Unmatched pred pixels: (1,6), (4,6), (2,6), (3,6) -> P = 8/12;
     # unmatched GT pixels: (1,1), (4,1), (2,1), (3,1) -> R = 8/12; F = 2/3.
     right2 = square((10, 10), slice(2, 5), slice(4, 7))
-    assert ev.boundary_f(gt, right2) == pytest.approx(2 / 3)
+    assert metrics.boundary_f(gt, right2) == pytest.approx(2 / 3)
     # With a radius of 2 px the 2-px shift is fully tolerated.
-    assert ev.boundary_f(gt, right2, bound_th=2) == 1.0
+    assert metrics.boundary_f(gt, right2, bound_th=2) == 1.0
 
 
 def test_boundary_f_edge_cases() -> None:
     empty, gt = np.zeros((10, 10), bool), square((10, 10), slice(2, 5), slice(2, 5))
-    assert ev.boundary_f(empty, empty) == 1.0  # both empty: P = R = 1
-    assert ev.boundary_f(gt, empty) == 0.0  # empty prediction: P = 1, R = 0
-    assert ev.boundary_f(empty, gt) == 0.0  # empty GT: P = 0, R = 1
+    assert metrics.boundary_f(empty, empty) == 1.0  # both empty: P = R = 1
+    assert metrics.boundary_f(gt, empty) == 0.0  # empty prediction: P = 1, R = 0
+    assert metrics.boundary_f(empty, gt) == 0.0  # empty GT: P = 0, R = 1
     full = np.ones((10, 10), bool)
-    assert ev.boundary_f(full, full) == 1.0  # no boundary on either side
+    assert metrics.boundary_f(full, full) == 1.0  # no boundary on either side
 
 
 def test_boundary_f_crop_matches_full_frame_at_854x480() -> None:
@@ -142,13 +145,13 @@ def test_boundary_f_crop_matches_full_frame_at_854x480() -> None:
     pred[465:, 845:] = pred[3:33, 2:44] = True
     pred[200:210, 400:410] = rng.random((10, 10)) < 0.5
     # Full-frame reference with the same definitions.
-    k = ev.disk(8)
+    k = metrics.disk(8)
     import cv2
 
-    gb, pb = ev.boundary_map(gt), ev.boundary_map(pred)
+    gb, pb = metrics.boundary_map(gt), metrics.boundary_map(pred)
     p = (pb & cv2.dilate(gb.astype(np.uint8), k).astype(bool)).sum() / pb.sum()
     r = (gb & cv2.dilate(pb.astype(np.uint8), k).astype(bool)).sum() / gb.sum()
-    assert ev.boundary_f(gt, pred) == 2 * p * r / (p + r)
+    assert metrics.boundary_f(gt, pred) == 2 * p * r / (p + r)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -207,12 +210,12 @@ def test_void_missing_object_and_unscored_frames(tmp_path: Path) -> None:
     one, two = result.objects  # two objects: max id of the first frame once void is removed
     assert (one.name, two.name) == ("seq_1", "seq_2")
     # J per frame: 1, 16/20 (4x4 object, 4 extra pixels), 1; F: 1, F of frame 2, 1.
-    f2 = ev.boundary_f(gt[2] == 1, pred[2] == 1)
+    f2 = metrics.boundary_f(gt[2] == 1, pred[2] == 1)
     assert f2 < 1.0
-    assert (one.j_mean, one.j_recall) == (pytest.approx((1 + 16 / 20 + 1) / 3), 1.0)
-    assert (one.f_mean, one.f_recall) == (pytest.approx((1 + f2 + 1) / 3), 1.0)
+    assert (one.values["J"], one.values["J-Recall"]) == (pytest.approx((1 + 16 / 20 + 1) / 3), 1.0)
+    assert (one.values["F"], one.values["F-Recall"]) == (pytest.approx((1 + f2 + 1) / 3), 1.0)
     # Object 2, never predicted: scored as an empty mask in every frame.
-    assert (two.j_mean, two.j_recall, two.f_mean, two.f_recall) == (0.0, 0.0, 0.0, 0.0)
+    assert (two.values["J"], two.values["J-Recall"], two.values["F"], two.values["F-Recall"]) == (0.0, 0.0, 0.0, 0.0)
 
 
 def test_more_objects_than_gt_is_an_error(tmp_path: Path) -> None:
@@ -229,7 +232,7 @@ def test_binary_mode_binarises_davis2016_masks(tmp_path: Path) -> None:
     gt_paths, pred_dir = make_sequence(tmp_path, gt, pred, mode="L")
     obj, *rest = ev.evaluate_sequences({"seq": gt_paths}, pred_dir.parent, binary=True, workers=1).objects
     assert not rest  # 255 is the object, not void; id 3 merges into it
-    assert obj.j_mean == pytest.approx(4 / 10)  # one scored frame: 2x2 square + 1 stray pixel vs 3x3: 4 / (9 + 1)
+    assert obj.values["J"] == pytest.approx(4 / 10)  # one scored frame: 2x2 square + 1 stray pixel vs 3x3: 4 / (9 + 1)
 
 
 def test_masks_are_read_as_the_official_toolkit_reads_them(tmp_path: Path) -> None:
@@ -246,7 +249,7 @@ def test_masks_are_read_as_the_official_toolkit_reads_them(tmp_path: Path) -> No
     gt_paths, pred_dir = make_sequence(tmp_path / "b", gt, {})
     pred_dir.mkdir(parents=True)
     Image.fromarray(np.stack([gt[1], np.full_like(gt[1], 255)], axis=-1), "LA").save(pred_dir / "00001.png")
-    assert ev.evaluate_sequences({"seq": gt_paths}, pred_dir.parent, binary=False, workers=1).j_mean == 1.0
+    assert ev.evaluate_sequences({"seq": gt_paths}, pred_dir.parent, binary=False, workers=1).value("J-Mean") == 1.0
 
 
 @pytest.mark.parametrize(
@@ -288,7 +291,7 @@ def test_evaluate_sequences_two_workers_match_one(tmp_path: Path) -> None:
     # Regression: workers forked after the caller used OpenCV's thread pool once hung (cv2.setNumThreads in them).
     listed = {seq: [str(path) for path in paths] for seq, paths in gt.items()}
     code = (
-        "import cv2, numpy as np, evaluation as ev, pathlib\n"
+        "import cv2, numpy as np, pathlib\nfrom benchmarks import davis as ev\n"
         "cv2.dilate(np.ones((2000, 2000), np.uint8), np.ones((17, 17), np.uint8))\n"
         f"gt = {{s: [pathlib.Path(p) for p in ps] for s, ps in {listed!r}.items()}}\n"
         f"print(ev.evaluate_sequences(gt, pathlib.Path({str(results)!r}), binary=False, workers=2).jf_mean)\n"
@@ -296,10 +299,10 @@ def test_evaluate_sequences_two_workers_match_one(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert float(out.stdout) == pytest.approx(one.jf_mean), out.stderr
     assert [o.name for o in one.objects] == ["a_1", "a_2", "b_1", "b_2"]
-    assert 0 < one.j_mean < 1
+    assert 0 < one.value("J-Mean") < 1
     # Global numbers are means over objects, not sequences.
-    assert one.j_mean == pytest.approx(np.mean([o.j_mean for o in one.objects]))
-    assert one.jf_mean == pytest.approx((one.j_mean + one.f_mean) / 2)
+    assert one.value("J-Mean") == pytest.approx(np.mean([o.values["J"] for o in one.objects]))
+    assert one.jf_mean == pytest.approx((one.value("J-Mean") + one.value("F-Mean")) / 2)
 
 
 def test_evaluate_sequences_missing_results_folder(tmp_path: Path) -> None:
@@ -314,10 +317,10 @@ def test_evaluate_sequences_missing_results_folder(tmp_path: Path) -> None:
 
 def test_write_csvs_format_and_overwrite(tmp_path: Path) -> None:
     objects = [
-        ev.ObjectResult("bear", 1, 0.91234, 1.0, 0.0204, 0.8, 0.9, -0.01),
-        ev.ObjectResult("dogs-jump", 3, 0.5, 0.4, float("nan"), 0.6, 0.7, 0.11),
+        _object("bear", 1, 0.91234, 1.0, 0.0204, 0.8, 0.9, -0.01),
+        _object("dogs-jump", 3, 0.5, 0.4, float("nan"), 0.6, 0.7, 0.11),
     ]
-    result = ev.EvaluationResult.from_objects(objects)
+    result = ev.scores_of(objects)
     stale_global = tmp_path / "global_results-val.csv"
     stale_global.write_text("J&F-Mean\n0.999\n")  # the official script would print these stale numbers
     (tmp_path / "per-sequence_results-val.csv").write_text("stale\n")
@@ -332,8 +335,14 @@ def test_write_csvs_format_and_overwrite(tmp_path: Path) -> None:
     assert "J&F-Mean" in table and "dogs-jump_3" in table and "0.912" in table
 
 
-def _sample_result() -> ev.EvaluationResult:
-    return ev.EvaluationResult.from_objects([ev.ObjectResult("bear", 1, 0.91234, 1.0, 0.0204, 0.8, 0.9, -0.01)])
+def _object(seq: str, k: int, *stats: float) -> ObjectScores:
+    """An object with the toolkit's per-object statistics (J Mean, Recall, Decay, then F's) and no frames."""
+    values = dict(zip(("J", "J-Recall", "J-Decay", "F", "F-Recall", "F-Decay"), stats, strict=True))
+    return ObjectScores(f"{seq}_{k}", seq, str(k), [], [], [], [], (values["J"] + values["F"]) / 2, values)
+
+
+def _sample_result() -> Scores:
+    return ev.scores_of([_object("bear", 1, 0.91234, 1.0, 0.0204, 0.8, 0.9, -0.01)])
 
 
 def test_write_csvs_on_a_full_disk_leaves_no_partial_file(tmp_path: Path) -> None:
@@ -381,7 +390,7 @@ def test_failed_evaluation_leaves_no_old_csv(tmp_path: Path, capsys: pytest.Capt
     (davis / "ImageSets" / "2017").mkdir(parents=True)
     (davis / "ImageSets" / "2017" / "val.txt").write_text("seq\n")
     global_path.write_text("J&F-Mean\n0.999\n")
-    assert ev.main(["--davis", str(davis), "--results", str(results), "--workers", "1"]) == 2
+    assert evaluation.main(["--davis", str(davis), "--results", str(results), "--workers", "1"]) == 2
     assert "missing prediction" in capsys.readouterr().err
     assert not global_path.exists()
 
@@ -426,8 +435,10 @@ def test_real_sample_matches_official_toolkit(davis2016_root: Path, tmp_path: Pa
     result = ev.evaluate_sequences(gt, tmp_path, binary=True, workers=2)
     for obj in result.objects:
         (jm, jr, jd), (fm, fr, fd) = OFFICIAL[obj.name]
-        assert (obj.j_mean, obj.j_recall, obj.j_decay) == pytest.approx((jm, jr, jd), abs=1e-12)
-        assert (obj.f_mean, obj.f_recall, obj.f_decay) == pytest.approx((fm, fr, fd), abs=1e-12)
+        j_stats = (obj.values["J"], obj.values["J-Recall"], obj.values["J-Decay"])
+        f_stats = (obj.values["F"], obj.values["F-Recall"], obj.values["F-Decay"])
+        assert j_stats == pytest.approx((jm, jr, jd), abs=1e-12)
+        assert f_stats == pytest.approx((fm, fr, fd), abs=1e-12)
     global_path, seq_path = ev.write_csvs(result, tmp_path, "val")
     assert global_path.read_text() == OFFICIAL_GLOBAL_CSV
     assert seq_path.read_text() == OFFICIAL_SEQUENCE_CSV
@@ -440,10 +451,10 @@ def test_cli_recomputes_csvs_on_real_sample(davis2016_root: Path, tmp_path: Path
         (results / seq).symlink_to(davis2016_root / "Annotations" / "480p" / seq)
     (results / "global_results-train.csv").write_text("J&F-Mean\n0.123\n")
     args = ["--davis", str(davis2016_root), "--year", "2016", "--split", "train", "--results"]
-    assert ev.main([*args, str(results)]) == 0
+    assert evaluation.main([*args, str(results)]) == 0
     rows = (results / "global_results-train.csv").read_text().splitlines()
     assert rows[1] == "1.000,1.000,1.000,0.000,1.000,1.000,0.000"
     assert "hockey_1" in capsys.readouterr().out
     # A missing results folder is a one-line error and exit code 2, not a traceback.
-    assert ev.main([*args, "/nope"]) == 2  # bad input: exit code 2, as run.py
+    assert evaluation.main([*args, "/nope"]) == 2  # bad input: exit code 2, as run.py
     assert "results folder /nope does not exist" in capsys.readouterr().err

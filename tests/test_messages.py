@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+import evaluation
 import run
 from tools import bench
 
@@ -22,20 +23,24 @@ FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9_]*(?:-[a-z0-9_]+)*")
 # torchrun's, in the README's multi-GPU command; SAM2's vos_inference.py option that writes SA-V's per-object PNGs
 # tensorboard's --logdir (the training curves), SLURM's --signal (sbatch's, for preemption)
 OTHER_TOOLS = {"--nproc_per_node", "--per_obj_png_file", "--logdir", "--signal"}
-# library modules whose messages speak to one script's user: the scorers are evaluation.py --benchmark's
-LIBRARY_OF = {"benchmarks.py": "evaluation.py", "metrics.py": "evaluation.py", "report.py": "evaluation.py"}
+# packages whose messages speak to the users of two scripts: a benchmark module's layout is opened by run.py --test
+# (its root flag), its scorer by evaluation.py --benchmark (--gt, its options); a flag there is one of either
+BOTH = "run.py or evaluation.py"
+LIBRARY_OF = {"benchmarks": BOTH}
 
 
 SCRIPTS = ("run.py", "evaluation.py", "bench.py", "tools/cuda_check.py")
 
 
 def defined_flags() -> dict[str, set[str]]:
-    """{script: its option strings}: run.py's and bench.py's parsers built (so that generated flags count), every
-    `add_argument` of evaluation.py and tools/cuda_check.py read from the source, with the `--no-X` of
+    """{script: its option strings}: run.py's, evaluation.py's and bench.py's parsers built (so that generated flags
+    count), every `add_argument` of tools/cuda_check.py read from the source, with the `--no-X` of
     BooleanOptionalAction flags."""
     flags = {"run.py": set(run.build_parser()._option_string_actions),
+             "evaluation.py": set(evaluation.build_parser()._option_string_actions),
              "bench.py": set(bench.build_parser()._option_string_actions)}
-    for name in ("evaluation.py", "tools/cuda_check.py"):
+    flags[BOTH] = flags["run.py"] | flags["evaluation.py"]
+    for name in ("tools/cuda_check.py",):
         flags[name] = set()
         for node in ast.walk(ast.parse((ROOT / name).read_text())):
             if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "add_argument":
@@ -71,11 +76,13 @@ def _strings(node: ast.AST) -> list[str]:
 
 def message_flags() -> list[tuple[str, str, str]]:
     """(where, script, flag) for every flag in the arguments of `raise <one of ERRORS>(...)` in the repository's
-    modules. A flag with no script named before it is one of the script that raises it, and of run.py for every
-    other module (run.py is what reaches them)."""
+    top-level modules and those of LIBRARY_OF's packages. A flag with no script named before it is one of the script
+    that raises it, of either script for a package of LIBRARY_OF, and of run.py for every other module (run.py is
+    what reaches them)."""
     found = []
-    for path in sorted(ROOT.glob("*.py")):
-        default = path.name if path.name in SCRIPTS else LIBRARY_OF.get(path.name, "run.py")
+    for path in sorted(ROOT.glob("*.py")) + sorted(p for d in LIBRARY_OF for p in (ROOT / d).glob("*.py")):
+        folder = path.parent.name if path.parent != ROOT else None
+        default = path.name if path.name in SCRIPTS else LIBRARY_OF.get(folder, "run.py")
         for node in ast.walk(ast.parse(path.read_text())):
             if not (isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call)):
                 continue
@@ -108,7 +115,8 @@ def readme_flags() -> list[tuple[str, str, str]]:
 def test_the_scanners_see_flags() -> None:
     """Fails if a scanner finds nothing (a broken regex or AST walk would make the real test pass vacuously)."""
     messages, readme, defined = message_flags(), readme_flags(), defined_flags()
-    assert ("dataset.py", "run.py", "--davis") in {(w.split(":")[0], s, f) for w, s, f in messages}
+    assert ("davis.py", BOTH, "--davis") in {(w.split(":")[0], s, f) for w, s, f in messages}
+    assert ("davis.py", "evaluation.py", "--year") in {(w.split(":")[0], s, f) for w, s, f in messages}
     assert len(messages) > 20 and len(readme) > 10
     assert ("run.py", "--test") in {(s, f) for _, s, f in readme}
     assert ("evaluation.py", "--year") in {(s, f) for _, s, f in readme}
@@ -133,11 +141,12 @@ def test_every_flag_named_exists(source) -> None:
 
 def test_root_messages_name_the_flag_that_fills_that_root(tmp_path: Path) -> None:
     """The messages about a missing root name its flag from the dataset.Roots field it reads (methods.StageData.root,
-    inference.open_layout), which the static scan above cannot see. Bugs: a field renamed apart from its flag (the
-    message then tells a flag that does not exist, e.g. --ytvos18), a flag that run.roots puts into another field
-    than the one its message is about, or --ytvos not reaching YouTube-VOS 2019."""
+    benchmarks.registry.open_layout), which the static scan above cannot see. Bugs: a field renamed apart from its
+    flag (the message then tells a flag that does not exist, e.g. --ytvos18), a flag that run.roots puts into another
+    field than the one its message is about, or --ytvos not reaching YouTube-VOS 2019."""
     import dataset
-    from core import inference, methods
+    from benchmarks import registry
+    from core import methods
     from utils import VOSInputError
 
     parser = run.build_parser()
@@ -147,9 +156,9 @@ def test_root_messages_name_the_flag_that_fills_that_root(tmp_path: Path) -> Non
             assert flag in parser._option_string_actions, (spec.name, stage.name, flag)
             roots = run.roots(parser.parse_args(["--train", flag, given]))
             assert getattr(roots, stage.data.root) == given
-    for key in inference.TEST_KEYS:
+    for key in registry.data_keys():
         with pytest.raises(VOSInputError) as missing:
-            inference.open_layout(key, dataset.Roots())
+            registry.open_layout(key, dataset.Roots())
         found = re.search(r"needs (--\w+) ROOT", str(missing.value))
         if key == "sample":  # no flag: run.py sets the bundled folder itself
             assert found is None and "Roots.sample" in str(missing.value)
@@ -157,4 +166,4 @@ def test_root_messages_name_the_flag_that_fills_that_root(tmp_path: Path) -> Non
         assert found is not None and found.group(1) in parser._option_string_actions, str(missing.value)
         given = str(tmp_path / f"given_{key}")
         with pytest.raises(VOSInputError, match=re.escape(given)):  # the layout opened the folder the flag gave
-            inference.open_layout(key, run.roots(parser.parse_args(["--test", found.group(1), given])))
+            registry.open_layout(key, run.roots(parser.parse_args(["--test", found.group(1), given])))

@@ -21,7 +21,7 @@ from propagate_run import KILL_RANK, SHORT_SIDE, propagate_method
 
 import dataset
 import run
-from benchmarks import readers
+from benchmarks import lvos
 from core import inference, methods
 from utils import VOSInputError
 
@@ -239,7 +239,7 @@ def test_names_from_lists_must_be_plain(tmp_path: Path) -> None:
     meta["videos"]["../escape"] = meta["videos"]["lv1"]
     (root / "valid/valid_meta.json").write_text(json.dumps(meta))
     with pytest.raises(VOSInputError, match="not a plain folder name"):
-        readers.LVOS(root)
+        lvos.LVOS(root)
 
 
 def test_balance_is_greedy_longest_first() -> None:

@@ -26,6 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import evaluation  # noqa: E402
+from benchmarks import davis  # noqa: E402
+from benchmarks.common import ObjectScores, Scores  # noqa: E402
 from reports import report  # noqa: E402
 from utils import VOSInputError, read_mask, save_mask  # noqa: E402
 
@@ -131,9 +133,9 @@ def sample_gt(tmp_path: Path) -> tuple[dict[str, list[Path]], Path]:
 def scored_run(gt: dict[str, list[Path]], frames_dir: Path, out: Path, shift: int,
                split: str = "train") -> tuple[report.RunScores, Path, Path]:
     perturbed_run(gt, out, shift)
-    result, global_csv, seq_csv = evaluation.evaluate_and_write(gt, out, split, binary=True, workers=1)
+    result, global_csv, seq_csv = davis.evaluate_and_write(gt, out, split, binary=True, workers=1)
     gt_dir = next(iter(gt.values()))[0].parent.parent
-    scores = report.run_scores(result.report_fields(split), frames_dir=frames_dir, gt_dir=gt_dir, pred_dir=out,
+    scores = report.run_scores(result, frames_dir=frames_dir, gt_dir=gt_dir, pred_dir=out,
                                mask_layout="binary", command=f"test --shift {shift}", date="2026-12-01T10:00:00")
     scores.weights_name, scores.weights_id = "w.pth", "0123abcd"
     return scores, global_csv, seq_csv
@@ -159,18 +161,18 @@ def no_remote_resources(tree: Tree, text: str) -> None:
 
 
 def test_adapter_per_frame_scores_reduce_to_the_csv(sample_gt: tuple, tmp_path: Path) -> None:
-    """The scorer's per-frame J/F (EvaluationResult.report_fields through report.run_scores), averaged over the
+    """The scorer's per-frame J/F (davis.evaluate_and_write's Scores through report.run_scores), averaged over the
     counted frames, give the CSV's J-Mean and F-Mean; every frame is listed, the first and last as not counted (the
     protocol drops them; the report shades them). Catches frames named off by one, per-frame arrays of another
     object, or the first/last frame counted."""
     gt, frames = sample_gt
     scores, _, seq_csv = scored_run(gt, frames, tmp_path / "res", shift=4)
     rows = {r[0]: r for r in read_csv(seq_csv)[1:]}
-    assert [o.name for o in scores.objects] == list(rows)
-    for obj in scores.objects:
-        assert obj.counted == [False] + [True] * (len(obj.frames) - 2) + [False]
-        assert evaluation._fmt(obj.counted_mean("j")) == rows[obj.name][1]
-        assert evaluation._fmt(obj.counted_mean("f")) == rows[obj.name][2]
+    assert [o.name for o in scores.result.objects] == list(rows)
+    for obj in scores.result.objects:
+        assert obj.counted.tolist() == [False] + [True] * (len(obj.frames) - 2) + [False]
+        assert davis._fmt(obj.counted_mean("j")) == rows[obj.name][1]
+        assert davis._fmt(obj.counted_mean("f")) == rows[obj.name][2]
         assert obj.frames == [p.stem for p in gt[obj.sequence]]
 
 
@@ -199,7 +201,8 @@ def test_report_in_chromium(sample_gt: tuple, tmp_path: Path) -> None:
     assert sorted(r.attrs["data-object"] for r in rows) == sorted(r[0] for r in csv_rows)
     jfs = [float(r.attrs["data-jf"]) for r in rows]
     assert jfs == sorted(jfs)  # worst first, as the bars
-    assert [o.jf for o in scores.objects] != sorted(o.jf for o in scores.objects)  # so that the sort is tested
+    objects = scores.result.objects
+    assert [o.jf for o in objects] != sorted(o.jf for o in objects)  # so that the sort is tested
     by_name = {r[0]: (float(r[1]) + float(r[2])) / 2 for r in csv_rows}
     for r in rows:
         assert abs(float(r.attrs["data-jf"]) - by_name[r.attrs["data-object"]]) <= 1e-3
@@ -230,8 +233,8 @@ def test_thumbnail_colours_follow_the_legend(tmp_path: Path) -> None:
     pred[0:10, 0:10] = 1  # another object: not drawn
     save_mask(tmp_path / "gt" / "v" / "00001.png", gt)
     save_mask(tmp_path / "pred" / "v" / "00001.png", pred)
-    obj = report.ObjectFrames("v_2", "v", "2", ["00001"], [0.0], [0.0], [True], 0.0)
-    scores = report.RunScores("davis", "val", [("J&F-Mean", 0.0)], [obj], str(tmp_path / "frames"),
+    obj = ObjectScores("v_2", "v", "2", ["00001"], [0.0], [0.0], [True], 0.0)
+    scores = report.RunScores(Scores("davis", "val", [("J&F-Mean", 0.0)], [obj], 3), str(tmp_path / "frames"),
                               str(tmp_path / "gt"), str(tmp_path / "pred"))
     thumb = report.thumbnail(scores, obj, 0, width=w)
     import base64
@@ -249,7 +252,7 @@ def test_thumbnail_colours_follow_the_legend(tmp_path: Path) -> None:
 def test_worst_frames_skip_frames_not_counted() -> None:
     """Worst frames come from the counted frames only, NaN never. Catches choosing the protocol's dropped first
     frame (often the worst) or a NaN frame."""
-    obj = report.ObjectFrames("a_1", "a", "1", ["0", "1", "2", "3", "4"], [0.0, 0.5, math.nan, 0.2, 0.9],
+    obj = ObjectScores("a_1", "a", "1", ["0", "1", "2", "3", "4"], [0.0, 0.5, math.nan, 0.2, 0.9],
                               [0.0, 0.5, math.nan, 0.4, 0.9], [False, True, True, True, True], 0.5)
     assert obj.worst_frames(3) == [3, 1, 4]
 
@@ -257,15 +260,14 @@ def test_worst_frames_skip_frames_not_counted() -> None:
 def test_scores_json_round_trip(tmp_path: Path) -> None:
     """save_scores/load_scores keep every field, NaN included, and refuse a file of another format. Catches NaN
     written as invalid JSON or read back as None, and a silently accepted foreign file."""
-    obj = report.ObjectFrames("s_1", "s", "1", ["a", "b"], [math.nan, 0.5], [1.0, math.nan], [False, True],
+    obj = ObjectScores("s_1", "s", "1", ["a", "b"], [math.nan, 0.5], [1.0, math.nan], [False, True],
                               math.nan)
-    scores = report.RunScores("lvos", "valid", [("J&F-Mean", 81.25), ("V-Mean", math.nan)], [obj], "f", "g", "p",
-                              decimals=2, command="x", weights_name="w", weights_id="id", date="d",
-                              extra={"note": "n"})
+    scores = report.RunScores(Scores("lvos", "valid", [("J&F-Mean", 81.25), ("V-Mean", math.nan)], [obj], 2), "f", "g",
+                              "p", command="x", weights_name="w", weights_id="id", date="d", extra={"note": "n"})
     path = report.save_scores(scores, tmp_path / "scores.json")
     back = report.load_scores(tmp_path)
     assert report.scores_to_json(back) == report.scores_to_json(scores)
-    assert math.isnan(back.objects[0].j[0]) and math.isnan(back.global_value("V-Mean"))
+    assert math.isnan(back.result.objects[0].j[0]) and math.isnan(back.result.value("V-Mean"))
     path.write_text(path.read_text().replace('"format": 1', '"format": 99'))
     with pytest.raises(VOSInputError, match="format 99"):
         report.load_scores(path)
@@ -277,9 +279,9 @@ def test_names_with_dollars_render(tmp_path: Path) -> None:
     r"""An object named like TeX ('$\frac$') is drawn literally, not parsed as mathtext (which would raise).
     Catches a missing '$' escape in the chart labels."""
     name = r"x$\frac$y"
-    obj = report.ObjectFrames(name, name, "1", ["0", "1", "2"], [0.1, 0.2, 0.3], [0.1, 0.2, 0.3],
+    obj = ObjectScores(name, name, "1", ["0", "1", "2"], [0.1, 0.2, 0.3], [0.1, 0.2, 0.3],
                               [False, True, False], 0.2)
-    scores = report.RunScores("davis", "val", [("J&F-Mean", 0.2)], [obj], str(tmp_path), str(tmp_path),
+    scores = report.RunScores(Scores("davis", "val", [("J&F-Mean", 0.2)], [obj], 3), str(tmp_path), str(tmp_path),
                               str(tmp_path))
     text = report.render_report(scores)
     assert report.esc(name) in text and "frame image" not in text
@@ -329,7 +331,7 @@ def test_compare_refuses_other_split_or_benchmark(tmp_path: Path, capsys: pytest
     """Runs of different splits or benchmarks are refused with one line and exit status 2, and no compare.html is
     written. Catches comparing numbers that do not measure the same thing."""
     def run(benchmark: str, split: str) -> report.RunScores:
-        return report.RunScores(benchmark, split, [("J&F-Mean", 0.5)], [], "f", "g", "p")
+        return report.RunScores(Scores(benchmark, split, [("J&F-Mean", 0.5)], [], 3), "f", "g", "p")
 
     with pytest.raises(VOSInputError, match="differ in split"):
         report.compare([run("davis", "val"), run("davis", "train")], tmp_path)
@@ -365,9 +367,9 @@ def synthetic_davis16_val(tmp: Path, data: Path) -> report.RunScores:
             save_mask(tmp / "pred" / name / f"{t:05d}.png",
                       np.roll(read_mask(tmp / "gt" / name / f"{t:05d}.png", binary=True), 5, axis=1))
         j = rng.uniform(0.3, 1.0, n).tolist()
-        objects.append(report.ObjectFrames(f"{name}_1", name, "1", frames, j, rng.uniform(0.3, 1.0, n).tolist(),
+        objects.append(ObjectScores(f"{name}_1", name, "1", frames, j, rng.uniform(0.3, 1.0, n).tolist(),
                                            [False] + [True] * (n - 2) + [False], float(np.mean(j))))
-    return report.RunScores("davis", "val", list(zip(evaluation.GLOBAL_COLUMNS, [0.5] * 7, strict=True)), objects,
+    return report.RunScores(Scores("davis", "val", list(zip(davis.GLOBAL_COLUMNS, [0.5] * 7, strict=True)), objects, 3),
                             str(tmp / "frames"), str(tmp / "gt"), str(tmp / "pred"), mask_layout="binary")
 
 
@@ -377,13 +379,14 @@ if __name__ == "__main__":
     data = Path(os.environ.get("EMVOS_SHARED", ROOT.parent / "shared")) / "data" / "DAVIS2016"
     with tempfile.TemporaryDirectory() as tmp:
         scores = synthetic_davis16_val(Path(tmp), data)
-        gt = {o.sequence: [Path(scores.gt_dir) / o.sequence / f"{t}.png" for t in o.frames] for o in scores.objects}
+        objects = scores.result.objects
+        gt = {o.sequence: [Path(scores.gt_dir) / o.sequence / f"{t}.png" for t in o.frames] for o in objects}
         start = time.perf_counter()
-        evaluation.evaluate_sequences(gt, Path(scores.pred_dir), binary=True, workers=2)
+        davis.evaluate_sequences(gt, Path(scores.pred_dir), binary=True, workers=2)
         scoring = time.perf_counter() - start
         start = time.perf_counter()
         path = report.write_report(scores, Path(tmp) / "report.html")
         seconds = time.perf_counter() - start
-        print(f"{len(scores.objects)} objects, {sum(len(o.frames) for o in scores.objects)} frames: scoring "
-              f"(evaluation.evaluate_sequences, 2 workers) {scoring:.2f} s, write_report {seconds:.2f} s, "
+        print(f"{len(objects)} objects, {sum(len(o.frames) for o in objects)} frames: scoring "
+              f"(davis.evaluate_sequences, 2 workers) {scoring:.2f} s, write_report {seconds:.2f} s, "
               f"report.html {path.stat().st_size / 1e6:.1f} MB")

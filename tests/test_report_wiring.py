@@ -16,7 +16,7 @@ from test_run import WEIGHTS, _small_sample
 import dataset
 import evaluation
 import run
-from benchmarks import scoring as benchmarks
+from benchmarks import davis, generic, lvos, mose, sav
 from core import weights
 from reports import report
 
@@ -57,14 +57,14 @@ def test_run_test_writes_the_report_and_compare_reads_two_runs(tmp_path: Path, m
     assert scores.command.startswith("run.py --test") and f"--output {tmp_path / 'a'}" in scores.command
     assert datetime.fromisoformat(scores.date).tzinfo is not None
     rows = {r[0]: r for r in list(csv.reader((out / "per-sequence_results-sample.csv").read_text().splitlines()))[1:]}
-    assert sorted(o.name for o in scores.objects) == sorted(rows) == ["bear_1", "boat_1"]
-    for obj in scores.objects:
+    assert sorted(o.name for o in scores.result.objects) == sorted(rows) == ["bear_1", "boat_1"]
+    for obj in scores.result.objects:
         assert obj.frames == ["00000", "00001", "00002", "00003", "00004"]  # first and last listed, not counted
-        assert obj.counted == [False, True, True, True, False]
-        assert evaluation._fmt(obj.counted_mean("j")) == rows[obj.name][1]
-        assert evaluation._fmt(obj.counted_mean("f")) == rows[obj.name][2]
+        assert obj.counted.tolist() == [False, True, True, True, False]
+        assert davis._fmt(obj.counted_mean("j")) == rows[obj.name][1]
+        assert davis._fmt(obj.counted_mean("f")) == rows[obj.name][2]
     glob = list(csv.reader((out / "global_results-sample.csv").read_text().splitlines()))
-    assert [evaluation._fmt(v) for _, v in scores.global_table] == glob[1]
+    assert [davis._fmt(v) for _, v in scores.result.global_table] == glob[1]
     page = (out / report.REPORT_NAME).read_text()
     assert weights.git_blob_id(WEIGHTS) in page and "bear_1" in page
 
@@ -110,36 +110,38 @@ def test_every_benchmark_writes_a_report_from_its_scores(tmp_path: Path, benchma
         args = ["--davis", str(root), "--year", "2016", "--results", str(pred), "--out", str(tmp_path / "out"),
                 "--workers", "1"]
         out = tmp_path / "out"
-        ds = dataset.DAVIS(root, "2016", "val")
-        direct = evaluation.evaluate_sequences(ds.ground_truth(), pred, True, workers=1).report_fields("val")
+        ds = davis.DAVIS(root, "2016", "val")
+        direct = davis.evaluate_sequences(ds.ground_truth(), pred, True, workers=1, split="val")
         layout = "binary"
     else:
         args, pred = _make(benchmark, tmp_path)
         out = pred
-        scorer = {"lvos": lambda: benchmarks.score_lvos(tmp_path / "valid", pred, unseen=tmp_path / "unseen.txt",
+        scorer = {"lvos": lambda: lvos.score_lvos(tmp_path / "valid", pred, unseen=tmp_path / "unseen.txt",
                                                         out=tmp_path / "direct", workers=1),
-                  "mosev2": lambda: benchmarks.score_mosev2(tmp_path / "Annotations", pred, tmp_path / "meta.json",
+                  "mosev2": lambda: mose.score_mosev2(tmp_path / "Annotations", pred, tmp_path / "meta.json",
                                                             tmp_path / "direct", workers=1),
-                  "vos-benchmark": lambda: benchmarks.score_vos_benchmark(tmp_path / "gt", pred, tmp_path / "direct",
+                  "vos-benchmark": lambda: generic.score_vos_benchmark(tmp_path / "gt", pred, tmp_path / "direct",
                                                                           workers=1),
-                  "sav": lambda: benchmarks.score_sav(tmp_path / "Annotations_6fps", pred, tmp_path / "direct",
+                  "sav": lambda: sav.score_sav(tmp_path / "Annotations_6fps", pred, tmp_path / "direct",
                                                       workers=1)}[benchmark]
         (tmp_path / "direct").mkdir()
-        direct = scorer().report_fields()
+        direct = scorer()
         layout = "per-object" if benchmark == "sav" else "ids"
     assert evaluation.main(args) == 0
     saved = json.loads((out / report.SCORES_NAME).read_text())
     assert saved["benchmark"] == benchmark and saved["mask_layout"] == layout
-    assert saved["decimals"] == benchmarks.DECIMALS[benchmark]
+    decimals = {"davis": davis.DECIMALS, "lvos": lvos.DECIMALS, "mosev2": mose.DECIMALS,
+                "vos-benchmark": generic.DECIMALS, "sav": generic.DECIMALS}
+    assert saved["decimals"] == decimals[benchmark]
     scores = report.load_scores(out)
-    assert [c for c, _ in scores.global_table] == [c for c, _ in direct["global_table"]]
-    assert [v for _, v in scores.global_table] == pytest.approx([v for _, v in direct["global_table"]], nan_ok=True)
-    assert [(o.name, o.frames, o.counted) for o in scores.objects] == [
-        (o["name"], o["frames"], o["counted"]) for o in direct["objects"]]
-    for got, want in zip(scores.objects, direct["objects"], strict=True):
-        assert got.j == pytest.approx(want["j"], nan_ok=True) and got.f == pytest.approx(want["f"], nan_ok=True)
+    assert [c for c, _ in scores.result.global_table] == [c for c, _ in direct.global_table]
+    assert [v for _, v in scores.result.global_table] == pytest.approx([v for _, v in direct.global_table], nan_ok=True)
+    assert [(o.name, o.frames, o.counted.tolist()) for o in scores.result.objects] == [
+        (o.name, o.frames, o.counted.tolist()) for o in direct.objects]
+    for got, want in zip(scores.result.objects, direct.objects, strict=True):
+        assert got.j == pytest.approx(want.j, nan_ok=True) and got.f == pytest.approx(want.f, nan_ok=True)
     page = (out / report.REPORT_NAME).read_text()
-    assert all(o["name"] in page for o in direct["objects"])
+    assert all(o.name in page for o in direct.objects)
 
     assert evaluation.main([*args, "--no-report"]) == 0
     assert not (out / report.REPORT_NAME).exists() and not (out / report.SCORES_NAME).exists()

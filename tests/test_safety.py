@@ -28,6 +28,7 @@ from test_extend import Propagate, propagate  # noqa: F401 (the fixture register
 import dataset
 import run
 import utils
+from benchmarks import davis
 from core import inference, methods, weights
 from core.framework import Runtime
 from model import EMVOS
@@ -171,7 +172,7 @@ def test_every_reader_checks_the_names_it_reads(tmp_path: Path, ytvos_train_root
     line = "/JPEGImages/480p/a/../00000.jpg /Annotations/480p/a/../00000.png\n"  # the sequence '..'
     (listed / "ImageSets" / "480p" / "val.txt").write_text(line)
     with pytest.raises(utils.VOSInputError, match="val.txt"):
-        dataset.DAVIS(listed, "2016", "val")
+        davis.DAVIS(listed, "2016", "val")
     meta = ytvos_train_root / "train" / "meta.json"
     meta.write_text(json.dumps({"videos": {"objs": {}, "../grad": {}}}))
     with pytest.raises(utils.VOSInputError, match="meta.json"):

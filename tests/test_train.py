@@ -20,9 +20,9 @@ import torch
 from conftest import GOLDEN_WEIGHTS, save_mask, single_thread, square_davis, square_frame, write_jpeg
 
 import dataset
-import evaluation
 import model
 import run
+from benchmarks import davis
 from core import methods
 from dataset import Roots
 from training import checkpoint, curves, samplers, trainer
@@ -282,7 +282,7 @@ def test_validation_matches_run_test_and_keeps_the_best(tiny_davis2017: Path, tm
                      "--davis", str(tiny_davis2017), "--data", "DAVIS17_val", "--sequences", "c", "d",
                      "--output", str(tmp_path / "test")]) == 0
     gt = {n: sorted((tiny_davis2017 / "Annotations" / "480p" / n).glob("*.png")) for n in ("c", "d")}
-    result = evaluation.evaluate_sequences(gt, tmp_path / "test" / "DAVIS17_val", binary=False, workers=1)
+    result = davis.evaluate_sequences(gt, tmp_path / "test" / "DAVIS17_val", binary=False, workers=1)
     assert result.jf_mean == state["best_score"]
 
     # Ctrl+C during the first validation (in its first video): the run saves, and the resumed run validates that

@@ -30,7 +30,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from dataset import DAVIS, _list_files, plain_name
+from benchmarks.davis import DAVIS
+from dataset import _list_files, plain_name
 from utils import VOSInputError, check_image, read_frame, read_mask
 
 T = TypeVar("T")

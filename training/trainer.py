@@ -40,8 +40,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, RandomSampler
 from tqdm import tqdm
 
-import dataset
-import evaluation
+from benchmarks import davis
 from core import config_flags, distributed, methods, weights
 from core.distributed import Dist
 from core.inference import RunSettings, run_settings, segment_video
@@ -296,7 +295,7 @@ class StopRequest:
 class DavisValidation:
     """J&F-Mean on DAVIS val (the official trainer validates on DAVIS 2017 val) or a subset of it: a Selection."""
 
-    data: dataset.DAVIS
+    data: davis.DAVIS
     sequences: list[str]
     settings: RunSettings
     stop: StopRequest
@@ -316,7 +315,7 @@ class DavisValidation:
                         return None
                     segment_video(net, video, Path(tmp) / video.name, self.settings)
                 gt = self.data.ground_truth(self.sequences)
-                return evaluation.evaluate_sequences(gt, Path(tmp), self.data.binary).jf_mean
+                return davis.evaluate_sequences(gt, Path(tmp), self.data.binary).jf_mean
         finally:
             net.train()
 
@@ -327,7 +326,7 @@ def open_validation(root: str | None, year: str, sequences: list[str] | None, se
     if root is None:
         return None, "--davis is not set"
     try:
-        data = dataset.DAVIS(root, year, "val")
+        data = davis.DAVIS(root, year, "val")
     except VOSInputError as e:
         return None, str(e)
     names = list(sequences) if sequences else list(data.sequences)

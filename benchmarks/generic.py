@@ -1,0 +1,218 @@
+"""A generic folder of videos (Cutie's, XMem's and vos-benchmark's layout), run.py's --data generic, and its scoring
+by hkchengrex/vos-benchmark's rules (evaluation.py --benchmark vos-benchmark).
+
+- Layout: `JPEGImages/<video>/*.jpg|png` and `Annotations/<video>/*.png`; every mask on disk is given; the root is
+  run.py's --generic (no default).
+- Scoring (`score_vos_benchmark`, vos-benchmark's `benchmark.py`): per video, the sorted GT frames without the first
+  and the last; each object counted from its first appearance in the GT or the prediction; DAVIS J and F; the global
+  J, F and J&F are plain means over objects, x100. results.csv is written with 1 decimal (`DECIMALS`); the reduction
+  and the file are shared with the data sets scored by the same evaluator (`finish_vos`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks import metrics
+from benchmarks.common import (
+    Benchmark,
+    DataKey,
+    ObjectScores,
+    ScoreRequest,
+    Scores,
+    Scoring,
+    need_dir,
+    parallel_map,
+    pngs,
+    remove_stale,
+    report_folders_beside,
+    require_gt,
+    score_from_appearance,
+    subdirs,
+    write_text,
+)
+from dataset import (
+    _IMAGE_EXTS,
+    Layout,
+    VideoReader,
+    _list_files,
+    _list_folders,
+    _select,
+    need_part,
+    plain_name,
+    video_frames,
+)
+from utils import VOSInputError, save_mask, writable_dir
+
+DECIMALS = 1  # results.csv and the printed table, as vos-benchmark writes them
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The layout
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GenericVideo(VideoReader):
+    """A generic video whose first mask is not on its first frame: the frames before it hold no object yet, and
+    their (empty) masks are written with the first given frame's, so that every frame has a mask."""
+
+    blank: list[str] = field(default_factory=list)  # output names of the frames before the first mask
+
+    def write(self, out_dir: Path, index: int, labels: np.ndarray) -> list[Path]:
+        written = []
+        if index == 0:
+            for name in self.blank:
+                save_mask(out_dir / name, np.zeros_like(labels))
+                written.append(out_dir / name)
+        return written + super().write(out_dir, index, labels)
+
+
+class Generic(Layout):
+    """A folder of videos as Cutie's and XMem's generic readers take it: `JPEGImages/<video>/*.jpg|png` and
+    `Annotations/<video>/*.png` (palette or grayscale). Frames are ordered by the number in their names. Every mask
+    on disk is given: an object starts at its first mask, and a later mask of a tracked object corrects that frame
+    (Cutie's `use_all_masks`). Every frame is written, under its own name."""
+
+    has_annotations = False
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        holds = "JPEGImages/<video>/ and Annotations/<video>/"
+        self.image_dir = need_part(self.root / "JPEGImages", "--generic", self.root, holds)
+        self.mask_dir = need_part(self.root / "Annotations", "--generic", self.root, holds)
+        self.sequences = [plain_name(n, self.image_dir) for n in _list_folders(self.image_dir)]
+
+    def videos(self, sequences: list[str] | None = None) -> Iterator[VideoReader]:
+        for name in _select(sequences, self.sequences, f"generic folder '{self.root}'"):
+            frames = video_frames(self.image_dir / name, _IMAGE_EXTS)
+            index = {f.stem: i for i, f in enumerate(frames)}
+            masks = _list_files(self.mask_dir / name, {".png"})
+            if not masks:
+                raise VOSInputError(f"'{self.mask_dir / name}' holds no .png mask; give at least the mask of the "
+                                    f"first frame of '{name}'")
+            for m in masks:
+                if m.stem not in index:
+                    raise VOSInputError(f"mask '{m}' has no frame named '{m.stem}' in '{self.image_dir / name}'")
+            offset = min(index[m.stem] for m in masks)
+            names = [f.stem + ".png" for f in frames]
+            yield GenericVideo(name, frames[offset:], {index[m.stem] - offset: m for m in masks}, names[offset:],
+                               blank=names[:offset])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Scoring (vos-benchmark)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def vos_benchmark_text(table: list[tuple[str, float]], objects: list[ObjectScores]) -> str:
+    """results.csv as vos-benchmark writes it: a header, the Global score line, one line per object, `DECIMALS`."""
+    ml = max([len(o.sequence) for o in objects] + [len("Global score")])
+    jf, j, f = (v for _, v in table)
+    d = DECIMALS
+    lines = [f"{'sequence':<{ml}},{'obj':>3}, {'J&F':>4}, {'J':>4}, {'F':>4}"]
+    lines.append(f"{'Global score':<{ml}},{'':>3}, {jf:.{d}f}, {j:.{d}f}, {f:.{d}f}")
+    for o in objects:
+        oj, of = o.values["J"], o.values["F"]
+        lines.append(f"{o.sequence:<{ml}},{o.object_label:03}, {(oj + of) / 2:>4.{d}f}, {oj:>4.{d}f}, {of:>4.{d}f}")
+    return "\n".join(lines) + "\n"
+
+
+def reduce_vos_benchmark(objects: list[ObjectScores]) -> list[tuple[str, float]]:
+    """vos-benchmark's global table: J and F = plain means over all objects of their per-object means (x100),
+    J&F = (J + F) / 2."""
+    j = float(np.array([o.values["J"] for o in objects]).mean())
+    f = float(np.array([o.values["F"] for o in objects]).mean())
+    return [("J&F", (j + f) / 2), ("J", j), ("F", f)]
+
+
+def appearance_objects(
+    video: str, results: list[tuple[int, int, np.ndarray]], frames: list[str], label: str | None = None
+) -> list[ObjectScores]:
+    """The objects of one video from `common.score_from_appearance`'s results on `frames`: J and F counted from each
+    object's first appearance, its values the means of those (x100). label: the object's name (an object folder);
+    None: its id, 3 digits."""
+    objects = []
+    for k, first, scores in results:
+        counted = np.arange(len(frames)) >= first
+        j, f = scores[:, metrics.J].copy(), scores[:, metrics.F].copy()
+        values = {"J": float(np.mean(j[counted]) * 100), "F": float(np.mean(f[counted]) * 100)}
+        name = label if label is not None else f"{k:03}"
+        objects.append(
+            ObjectScores(f"{video}_{name}", video, name, frames, j, f, counted, (values["J"] + values["F"]) / 2, values)
+        )
+    return objects
+
+
+def _common_videos(gt: Path, results: Path, what: str) -> tuple[list[str], list[str]]:
+    """Videos in both folders (the toolkits' default, non-strict), and a note naming the GT videos left out."""
+    gt_videos, pred_videos = subdirs(gt), set(subdirs(results))
+    videos = [v for v in gt_videos if v in pred_videos]
+    if not videos:
+        raise VOSInputError(f"no video folder of {gt} is in --results {results}; pass {what}")
+    missing = [v for v in gt_videos if v not in pred_videos]
+    notes = []
+    if missing:
+        notes.append(
+            f"{len(missing)} GT video(s) have no results folder and are not scored, as the official "
+            f"evaluator does without -s: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
+        )
+    return videos, notes
+
+
+def finish_vos(benchmark: str, objects: list[ObjectScores], out: Path, notes: list[str]) -> Scores:
+    """vos-benchmark's reduction of `objects` and its results.csv in `out`, as the `benchmark`'s result."""
+    if not objects:
+        raise VOSInputError("no object appears in the evaluated GT frames; nothing to score")
+    table = reduce_vos_benchmark(objects)
+    path = out / "results.csv"
+    write_text(path, vos_benchmark_text(table, objects))
+    return Scores(benchmark, "", table, objects, DECIMALS, [path], notes)
+
+
+def open_results_csv(gt: Path, results: Path, out: Path | None, gt_holds: str,
+                     results_hold: str) -> tuple[Path, Path, Path, list[str], list[str]]:
+    """The checked folders of a scoring that writes vos-benchmark's results.csv (vos-benchmark, SA-V), the stale
+    results.csv removed, and the videos in both trees with the notes about the others."""
+    gt = need_dir(gt, "--gt", gt_holds)
+    results = need_dir(results, "--results", results_hold)
+    out = writable_dir(Path(out or results), "--out" if out else "--results")
+    remove_stale([out / "results.csv"])
+    videos, notes = _common_videos(gt, results, "the predictions of these videos")
+    return gt, results, out, videos, notes
+
+
+def score_vos_benchmark(gt: Path, results: Path, out: Path | None = None, workers: int = 2) -> Scores:
+    """Score `results/<video>/<frame>.png` on a GT folder of `<video>/<frame>.png` id maps (vos-benchmark -g), as
+    vos-benchmark: frames = sorted GT files without the first and the last, each object counted from its first
+    appearance in GT or prediction, DAVIS J and F. Writes results.csv into `out` (default `results`)."""
+    gt, results, out, videos, notes = open_results_csv(
+        gt, results, out, "the folder of GT video folders (vos-benchmark -g)",
+        "the folder with one sub-folder of PNGs per video")
+    tasks, frames_of = [], []
+    for video in videos:
+        names = pngs(gt / video)[1:-1]
+        tasks.append(([(gt / video / x, results / video / x) for x in names],))
+        frames_of.append([x[: -len(".png")] for x in names])
+    objects = []
+    for video, frames, res in zip(videos, frames_of, parallel_map(score_from_appearance, tasks, workers), strict=True):
+        objects += appearance_objects(video, res, frames)
+    return finish_vos("vos-benchmark", objects, out, notes)
+
+
+def _score(request: ScoreRequest) -> Scores:
+    return score_vos_benchmark(require_gt(request, "vos-benchmark"), request.results, request.out, request.workers)
+
+
+BENCHMARK = Benchmark(
+    name="generic",
+    keys=(DataKey("generic", "generic", Generic),),
+    holds="JPEGImages/<video>/ and Annotations/<video>/ (every mask given)",
+    root="generic",
+    scorings=(Scoring("vos-benchmark", "hkchengrex/vos-benchmark", "the vos-benchmark GT folder (-g)", _score,
+                      lambda request: report_folders_beside(require_gt(request, "vos-benchmark"))),),
+)
