@@ -183,6 +183,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="frame whose fg/bg probabilities --visualize saves (1; frame 0 is the given mask)")
     t.add_argument("--no-report", action="store_true",
                    help="with ground truth, write only the CSVs, not report.html and scores.json beside them")
+    t.add_argument("--flip", action="store_true",
+                   help="test-time augmentation: add a horizontally flipped pass; the passes' probabilities are "
+                        "averaged and every pass remembers the merged mask (core/tta.py)")
+    t.add_argument("--scales", nargs="+", type=flags.positive_int, default=None, metavar="S",
+                   help="test-time augmentation: a pass at each short side S, relative to the official 480 "
+                        "(default: 480 alone, no augmentation)")
+    t.add_argument("--onnx", default=None, metavar="MODEL",
+                   help="run the ONNX export (export.py's MODEL.onnx and MODEL.encode.onnx) with onnxruntime "
+                        "instead of the PyTorch checkpoint (onnx_runner.py): the same readers, writers and scoring")
     g = p.add_argument_group("train")
     g.add_argument("--stages", nargs="+", default=None, metavar="STAGE",
                    help="stages in order, each starting from the previous one's weights (EMVOS default: coco davis, "
@@ -219,7 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 TEST_ONLY = ("data", "weights", "sequences", "video", "mask", "visualize",
              "vis_frame", "compile", "max_memory", "channels_last",
-             "no_report")
+             "no_report", "flip", "scales", "onnx")
+# what does nothing with --onnx: the graphs hold the weights, run on the CPU in float32, without augmentation
+ONNX_IGNORES = ("weights", "compile", "visualize", "vis_frame", "flip", "scales", "device", "precision")
 TRAIN_ONLY = ("stages", "val_sequences", "davis_year", "save_dir", "no_pretrained", "init", "resume", "chain", "amp",
               "workers", "train_encoder", "seed", "loss", *STAGE_FLAGS)
 
@@ -243,6 +254,18 @@ def train_options(args: argparse.Namespace) -> trainer.TrainOptions:
         model=config_flags.given_model_flags(args, args.method or "emvos", methods.config_classes(),
                                              "" if getattr(args, "method_given", args.method is not None)
                                              else " (--method emvos, the default)"))
+
+
+def check_onnx_flags(args: argparse.Namespace, defaults: dict) -> None:
+    """--onnx runs fixed graphs: the flags that choose weights, model, device, precision or augmentation are errors."""
+    given = [d for d in ONNX_IGNORES if getattr(args, d) != defaults.get(d)
+             and (d, getattr(args, d)) not in (("device", "cpu"), ("precision", "fp32"))]
+    given += [n for n in config_flags.model_flag_names(methods.config_classes())
+              if getattr(args, n, None) is not None]  # the model flags: the graphs fix the model
+    if given:
+        raise VOSInputError(f"{', '.join('--' + d.replace('_', '-') for d in given)} with --onnx: the ONNX graphs "
+                            f"hold the weights and run on the CPU in fp32 without augmentation; drop "
+                            f"{'it' if len(given) == 1 else 'them'} or drop --onnx")
 
 
 def check_flags(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
@@ -271,6 +294,8 @@ def check_flags(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
             raise VOSInputError("--video runs one video; drop --sequences / --data, or drop --video")
         if args.vis_frame is not None and not args.visualize:
             raise VOSInputError("--vis-frame chooses the frame --visualize draws; pass --visualize too")
+        if args.onnx is not None:
+            check_onnx_flags(args, defaults)
         args.vis_frame = 1 if args.vis_frame is None else args.vis_frame
     if args.train and args.train_encoder and args.method == "videomatch":
         raise VOSInputError("--train-encoder is for EMVOS (its encoder is frozen by default); VideoMatch trains its "

@@ -33,10 +33,11 @@ from torch import Tensor
 
 from benchmarks import registry
 from benchmarks.common import Scores, TestScoring, remove_stale
-from core import config_flags, methods, weights
+from core import config_flags, methods, tta, weights
 from core.distributed import Dist, broadcast, close_distributed, gather, init_distributed, process_device
 from core.framework import Runtime, VOSModel, aggregate_objects, get_padding, one_hot, pad, pad_mask, unpad
 from dataset import MIN_OBJECT_PIXELS, TEST_SHORT_SIDE, Layout, Roots, SingleVideo, VideoReader, frame_files
+from onnx_runner import OnnxModel
 from reports import report
 from reports.visualize import Visualizer
 from utils import RunLock, VOSInputError, atomic_write, available_memory, check_output_outside, read_frame
@@ -376,7 +377,8 @@ def segment_video(model: VOSModel, video: VideoReader, out_dir: Path, settings: 
     """
     video.check()
     check_frame_memory(model, video, settings)
-    seg = VideoSegmenter(model, settings.dtype, settings.autocast, settings.runtime, keep_probabilities)
+    seg = (ArraySegmenter(model.segmenter()) if isinstance(model, OnnxModel)  # --onnx: onnx_runner's own step
+           else VideoSegmenter(model, settings.dtype, settings.autocast, settings.runtime, keep_probabilities))
     seconds, frames, written = 0.0, 0, []
 
     def load(index: int) -> tuple[int, np.ndarray, Tensor, Tensor | None]:
@@ -661,10 +663,40 @@ def output_lock(job: Dist, out_root: Path) -> Iterator[None]:
             lock.release()
 
 
+class ArraySegmenter:
+    """The driver's segmenter for onnx_runner.OnnxSegmenter, which steps on numpy arrays: the reader's tensors go in
+    as arrays, its labels and probabilities come back as tensors."""
+
+    def __init__(self, seg: Any):
+        self.seg = seg
+
+    def step(self, frame: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        labels, probs = self.seg.step(frame.numpy(), None if mask is None else mask.numpy())
+        return torch.from_numpy(labels), torch.from_numpy(probs)
+
+
+def test_model(args: argparse.Namespace, settings: RunSettings,
+               trained_model: Path) -> tuple[VOSModel | OnnxModel, dict[str, Any]]:
+    """The model --test runs and its record for run.json: the --onnx graphs (onnx_runner, no PyTorch model), else
+    the checkpoint (load_model) under the test-time augmentation of --flip / --scales (core/tta.py; none by
+    default, when `tta.wrap` returns the model itself)."""
+    if getattr(args, "onnx", None) is not None:
+        try:
+            net = OnnxModel(args.onnx)
+        except FileNotFoundError as e:
+            raise VOSInputError(f"--onnx: {e}") from None
+        print(f"onnx: {net.path}")
+        return net, {"method": "emvos", "weights": str(net.path), "onnx": True, "tta": tta.TTA().record()}
+    net, _, record = load_model(args, settings, trained_model)
+    augmentation = tta.TTA(getattr(args, "flip", False), tuple(getattr(args, "scales", None) or (TEST_SHORT_SIDE,)))
+    record["tta"] = augmentation.record()
+    return tta.wrap(net, augmentation), record
+
+
 def _segment_layouts(args: argparse.Namespace, layouts: dict[str, Layout], selection: list[str] | None,
                      out_root: Path, settings: RunSettings, roots: Roots, job: Dist) -> list:
     """segment_benchmarks once the inputs are checked and the output folder is locked."""
-    model, _, record = load_model(args, settings, roots.trained_model or methods.TRAINED_MODEL)
+    model, record = test_model(args, settings, roots.trained_model or methods.TRAINED_MODEL)
 
     def visualizer(key: str) -> Callable[[VideoReader], Visualizer] | None:
         if not args.visualize:
