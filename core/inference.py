@@ -714,6 +714,9 @@ def _segment_layouts(args: argparse.Namespace, layouts: dict[str, Layout], selec
             gt_dir, layout = scoring.report_masks
             scores = report.run_scores(result, frames_dir=frames_dir, gt_dir=gt_dir, pred_dir=out_root / key,
                                        mask_layout=layout, weights=checkpoint, command=getattr(args, "command", None))
+            scores.extra["test-time augmentation"] = tta.TTA(**record["tta"]).describe()  # as run.json records it
+            if record.get("onnx"):
+                scores.extra["runtime"] = "onnxruntime (--onnx)"
             print(f"{key}: report {' and '.join(str(p) for p in report.publish(scores, out_root / key))}")
         return write
 

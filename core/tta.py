@@ -76,6 +76,12 @@ class TTA:
         """The settings as run.json and the report record them."""
         return {"flip": self.flip, "scales": list(self.scales)}
 
+    def describe(self) -> str:
+        """One line for the report: 'none', or the passes' settings ('flip, scales 480 560')."""
+        if self.is_identity:
+            return "none"
+        return ", ".join((["flip"] if self.flip else []) + [f"scales {' '.join(map(str, self.scales))}"])
+
 
 @dataclass
 class _Pass:

@@ -15,7 +15,7 @@ from PIL import Image
 import dataset
 import run
 from core import methods, tta
-from core.inference import VideoSegmenter
+from core.segmenter import VideoSegmenter
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +89,7 @@ def test_passes_and_their_geometry(emvos: torch.nn.Module) -> None:
                                                         (True, (50, 125))]
     assert all((g.size[0] + g.padding[2] + g.padding[3]) % 16 == 0 for g in geometry)
     assert tta.wrap(emvos, tta.TTA()) is emvos and tta.TTA().is_identity
+    assert (tta.TTA().describe(), aug.describe()) == ("none", "flip, scales 480 600")  # the report's line
     assert isinstance(tta.wrap(emvos, tta.TTA(scales=(560,))), tta.TTAModel)
     with pytest.raises(ValueError, match="repeat"):
         tta.TTA(scales=(480, 480))
