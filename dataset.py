@@ -3,7 +3,7 @@ dataset module implements, and a user's own video (`SingleVideo`).
 
 Test side: a `Layout` per dataset yields one `VideoReader` per video. The reader holds file paths only and knows the
 frame order, the masks given at each frame, the official test-time size (`official_size`) and the size masks are
-written at, and the output files; inference.segment_video runs any of them one frame at a time, so no reader ever
+written at, and the output files; segmenter.segment_video runs any of them one frame at a time, so no reader ever
 holds a whole video in memory. The layouts of the benchmarks (DAVIS, YouTube-VOS and the others), with their
 --data keys and scoring, are the modules of benchmarks/, listed by benchmarks.registry.
 
@@ -104,7 +104,7 @@ class VideoReader:
     model runs at and the size masks are written at, and where each frame's mask goes.
 
     Built from paths only; frames and masks are read one at a time when asked for, so no reader ever holds a whole
-    video in memory. The driver (inference.segment_video) asks, for each index: `image` (the frame as on disk),
+    video in memory. The driver (segmenter.segment_video) asks, for each index: `image` (the frame as on disk),
     `model_input` (frame and given mask at `run_size`), then `to_output` and `write` for the prediction.
     A benchmark with another mask format (one file per object, ...) subclasses this and overrides `load_mask`
     and / or `write`.

@@ -22,6 +22,7 @@ from pathlib import Path
 from benchmarks import registry
 from benchmarks.common import ScoreRequest, Scores, Scoring
 from benchmarks.metrics import BOUND_TH, boundary_f, boundary_map, boundary_radius, disk, jaccard  # noqa: F401 (re-exported)
+from core.flags import OneLineParser
 from utils import VOSInputError
 
 # the options defined here (argparse dests); a scorer's other options (Scoring.options) become --<name> PATH
@@ -35,7 +36,8 @@ def _per_scoring(texts: dict[str, str]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     """The command line, its --benchmark choices and their options generated from benchmarks.registry."""
     scorings = registry.scorings()
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
+        prog="evaluation.py",
         description="Semi-supervised VOS scoring as the official toolkits do it (J, F, J&F and each benchmark's own "
         "measures); bad input exits with code 2."
     )
@@ -92,15 +94,30 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    """--compare: report.py's comparison of scored runs (compare.html), refused with exit 2 when a flag that scores
-    (--results, --gt, --davis) is given too."""
+    """--compare RESULTS_A RESULTS_B [...] [--out DIR]: reports.report's comparison of scored runs of one benchmark
+    and split (per-object J&F side by side, sorted by the change from the first run to the last), printed and written
+    to compare.html in --out (default: the first run's results folder); exit 2 on bad input, or when a flag that
+    scores (--results, --gt, --davis) is given too."""
     given = [f for f, v in (("--results", args.results), ("--gt", args.gt), ("--davis", args.davis)) if v]
     if given:
         print(f"error: --compare reads scored runs and scores nothing; drop {', '.join(given)}", file=sys.stderr)
         return 2
-    from reports.report import compare_main  # matplotlib and the page code only when comparing
+    from reports import report  # matplotlib and the page code only when comparing
 
-    return compare_main([*args.compare, *(["--out", str(args.out)] if args.out is not None else [])])
+    try:
+        runs = [report.load_scores(p) for p in args.compare]
+        report.check_comparable(runs, args.compare)
+        first = Path(args.compare[0])
+        out = args.out if args.out is not None else (first if first.is_dir() else first.parent)
+        if out.exists() and not out.is_dir():
+            raise VOSInputError(f"--out {out} is a file, not a folder; pass a folder path")
+        path, table = report.compare(runs, out, args.compare)
+    except VOSInputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(table)
+    print(f"\nwrote {path}")
+    return 0
 
 
 def _score(scoring: Scoring, args: argparse.Namespace, command: str, start: float) -> None:

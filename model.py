@@ -4,7 +4,7 @@ Read top to bottom: the configuration, the building blocks (encoder, matcher, CB
 settings (`EMVOSRuntime`), the per-video state, the model and its loss, the training recipe (the official stages,
 swap-and-attach and the skip rule), the official checkpoint layout, and the registry entry (`METHOD`). What
 every method shares (padding, soft aggregation of the objects, the training forward) is in framework.py, the
-ImageNet backbones in backbones.py, the matching functions in matching.py, and `inference.VideoSegmenter` streams a
+ImageNet backbones in backbones.py, the matching functions in matching.py, and `segmenter.VideoSegmenter` streams a
 video through any model frame by frame.
 
 Naming: the trailing number is the stride, as in STCN: f4, f8, f16 are encoder features at strides 4, 8, 16.
@@ -29,7 +29,7 @@ import matching
 from core import methods
 from core.backbones import densenet121_features, resnet_trunk
 from core.config_flags import check_config, option
-from core.framework import Runtime, clip_forward
+from core.framework import Runtime, VOSModel, clip_forward
 
 OFFICIAL_PREFIX = "vos."
 
@@ -366,12 +366,29 @@ class VideoState:
     prev_keys: Keys  # the previous frame, shared by every object ('local' reference)
     prev_mask16: Tensor  # (B, N, 2, HW): each object's previous soft mask [bg, fg] at stride 16
 
+    def remove(self, slot: int) -> None:
+        """Forget the object in `slot`: its columns leave its global reference (the reference goes when it has no
+        object left) and the local one."""
+        start = 0
+        for k, ref in enumerate(self.references):
+            n = ref.mask16.shape[1]
+            if start <= slot < start + n:
+                if n == 1:
+                    del self.references[k]
+                else:
+                    keep = [i for i in range(n) if i != slot - start]
+                    self.references[k] = Reference(ref.keys, ref.mask16[:, keep])
+                break
+            start += n
+        keep = [i for i in range(self.prev_mask16.shape[1]) if i != slot]
+        self.prev_mask16 = self.prev_mask16[:, keep]
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # the model
 # ---------------------------------------------------------------------------------------------------------------
 
-class EMVOS(nn.Module):
+class EMVOS(nn.Module, VOSModel):
     """Encoder + surjective / equalized matching against the first and the previous frame + decoder."""
 
     stride = 16  # of f16, the coarsest map: frames are padded to a multiple of it (framework.VOSModel)
@@ -472,7 +489,7 @@ class EMVOS(nn.Module):
     def frame_bytes(self, height: int, width: int, element_size: int = 4) -> int:
         """Bytes of one frame's largest temporaries that the memory budget cannot tile: a (HW_r, HW_q) similarity
         matrix of f16 positions (matching.similarity), held twice by the equalized branch (the products and their
-        softmax). The driver refuses a frame whose matrices cannot fit (inference.check_frame_memory)."""
+        softmax). The driver refuses a frame whose matrices cannot fit (segmenter.check_frame_memory)."""
         positions = -(-height // self.stride) * -(-width // self.stride)
         return 2 * positions * positions * element_size
 
@@ -495,21 +512,8 @@ class EMVOS(nn.Module):
         state.prev_mask16 = torch.cat([state.prev_mask16, mask16], dim=1)
 
     def remove_object(self, state: VideoState, slot: int) -> None:
-        """Forget the object in `slot`: its columns leave its global reference (the reference goes when it has no
-        object left) and the local one, so the later frames match and decode only the others."""
-        start = 0
-        for k, ref in enumerate(state.references):
-            n = ref.mask16.shape[1]
-            if start <= slot < start + n:
-                if n == 1:
-                    del state.references[k]
-                else:
-                    keep = [i for i in range(n) if i != slot - start]
-                    state.references[k] = Reference(ref.keys, ref.mask16[:, keep])
-                break
-            start += n
-        keep = [i for i in range(state.prev_mask16.shape[1]) if i != slot]
-        state.prev_mask16 = state.prev_mask16[:, keep]
+        """Forget the object in `slot` (VideoState.remove): the later frames match and decode only the others."""
+        state.remove(slot)
 
     def update(self, state: VideoState, feats: FrameFeatures, probs: Tensor) -> None:
         """After a frame: it becomes the local reference, with the (aggregated) soft masks probs (B, N, 2, H, W)."""

@@ -17,8 +17,7 @@ from typing import Any
 import dataset
 from benchmarks import registry
 from core import config_flags, flags, inference, methods, weights
-from core.inference import PRECISIONS, run_settings
-from reports import visualize
+from core.segmenter import PRECISIONS, run_settings
 from training import trainer
 from utils import VOSInputError, writable_dir
 
@@ -64,10 +63,13 @@ def prob_maps(args: argparse.Namespace) -> None:
     if len(args.prob_maps) < 3:
         raise VOSInputError("--prob-maps needs REF.jpg REF.png and at least one image to match: "
                             "--prob-maps REF.jpg REF.png IMG [IMG ...]")
+    from reports import visualize  # the figures only for the visual tools
+
     settings = run_settings(args.device, args.precision)
     out_dir = writable_dir(Path(args.output) / "prob_maps", "--output")
-    args.method = args.method if args.method_given else "videomatch"  # the only method with a matching layer to show
-    model, method, _ = inference.load_model(args, settings, TRAINED_MODEL)
+    # VideoMatch's own file by default: the only method with a matching layer to show
+    model, method, _ = inference.load_model(test_options(args, []), settings, TRAINED_MODEL,
+                                            default_method="videomatch")
     if method != "videomatch":
         raise VOSInputError(f"--prob-maps shows VideoMatch's soft matching layer, and --weights holds {method}; pass "
                             f"a VideoMatch checkpoint (ours or the public port's) with --weights")
@@ -151,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
         "model", "the network's choices, from each method's config (--train: for the chosen --method; --test: the "
         "checkpoint's config, overridden where the weights allow: VideoMatch's upsample, K, d, online update, EMVOS's "
         "K; a choice the weights fix, encoder, branches, key width, is refused unless it equals the file's)")
-    config_flags.add_model_flags(m, methods.config_classes())
+    flags.add_model_flags(m, methods.config_classes())
     t = p.add_argument_group("test")
     t.add_argument("--data", nargs="+", choices=list(registry.data_keys()), default=None,
                    help="datasets to test on (default: DAVIS16_val DAVIS17_val, or the bundled sample)")
@@ -251,17 +253,27 @@ def train_options(args: argparse.Namespace) -> trainer.TrainOptions:
         save_dir=args.save_dir, pretrained=False if args.no_pretrained else None, chain=args.chain, amp=args.amp,
         workers=args.workers, train_encoder=args.train_encoder, seed=args.seed, loss=args.loss, init=args.init,
         resume=args.resume, device=args.device, precision=args.precision,
-        model=config_flags.given_model_flags(args, args.method or "emvos", methods.config_classes(),
-                                             "" if getattr(args, "method_given", args.method is not None)
-                                             else " (--method emvos, the default)"))
+        model=flags.given_model_flags(args, args.method or "emvos", methods.config_classes(),
+                                      "" if args.method is not None else " (--method emvos, the default)"))
+
+
+def test_options(args: argparse.Namespace, data: list[str], command: str | None = None) -> inference.TestOptions:
+    """--test's flags as the driver's options (data: the --data keys, `default_data`'s when none was given; command:
+    the command line, for the reports); the method None when --method was not given (the checkpoint's)."""
+    return inference.TestOptions(
+        output=Path(args.output), data=data, sequences=args.sequences, video=args.video, mask=args.mask,
+        weights=args.weights, method=args.method, model=flags.model_overrides(args, methods.config_classes()),
+        device=args.device, precision=args.precision, max_memory=args.max_memory, channels_last=args.channels_last,
+        compile=args.compile, visualize=args.visualize, vis_frame=1 if args.vis_frame is None else args.vis_frame,
+        report=not args.no_report, command=command, onnx=args.onnx, flip=args.flip,
+        scales=None if args.scales is None else tuple(args.scales))
 
 
 def check_onnx_flags(args: argparse.Namespace, defaults: dict) -> None:
     """--onnx runs fixed graphs: the flags that choose weights, model, device, precision or augmentation are errors."""
     given = [d for d in ONNX_IGNORES if getattr(args, d) != defaults.get(d)
              and (d, getattr(args, d)) not in (("device", "cpu"), ("precision", "fp32"))]
-    given += [n for n in config_flags.model_flag_names(methods.config_classes())
-              if getattr(args, n, None) is not None]  # the model flags: the graphs fix the model
+    given += list(flags.model_overrides(args, methods.config_classes()))  # the model flags: the graphs fix the model
     if given:
         raise VOSInputError(f"{', '.join('--' + d.replace('_', '-') for d in given)} with --onnx: the ONNX graphs "
                             f"hold the weights and run on the CPU in fp32 without augmentation; drop "
@@ -282,8 +294,8 @@ def check_flags(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
             wrong += config_flags.model_flag_names(methods.config_classes())
     given = [d for d in wrong if getattr(args, d) != defaults.get(d)]
     if given:
-        flags = ", ".join("--" + d.replace("_", "-") for d in given)
-        raise VOSInputError(f"{flags} {'does' if len(given) == 1 else 'do'} nothing with {mode}; "
+        names = ", ".join("--" + d.replace("_", "-") for d in given)
+        raise VOSInputError(f"{names} {'does' if len(given) == 1 else 'do'} nothing with {mode}; "
                             f"drop {'it' if len(given) == 1 else 'them'}")
     if args.test:
         if args.video is not None and args.mask is None:
@@ -296,7 +308,6 @@ def check_flags(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
             raise VOSInputError("--vis-frame chooses the frame --visualize draws; pass --visualize too")
         if args.onnx is not None:
             check_onnx_flags(args, defaults)
-        args.vis_frame = 1 if args.vis_frame is None else args.vis_frame
     if args.train and args.train_encoder and args.method == "videomatch":
         raise VOSInputError("--train-encoder is for EMVOS (its encoder is frozen by default); VideoMatch trains its "
                             "whole network (the encoder is all of it) without the flag")
@@ -305,13 +316,10 @@ def check_flags(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
-    args = parser.parse_args(argv)
-    args.command = shlex.join(["run.py", *argv])  # what report.html records
-    args.method_given = args.method is not None
-    args.method = args.method or "emvos"
+    args = parser.parse_args(argv)  # read, never changed: each mode builds its options from it
     # --no-download: one switch for every download of this run (checkpoints and ImageNet weights)
     with weights.downloads_off(args.no_download):
-        return dispatch(args, parser)
+        return dispatch(args, parser, shlex.join(["run.py", *argv]))
 
 
 class Terminated(KeyboardInterrupt):
@@ -323,42 +331,44 @@ def _terminate(signum: int, frame: object) -> None:
     raise Terminated
 
 
-def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    """Run the chosen mode; every expected failure is one line on stderr and an exit status (2: bad input or a
-    full disk, 3: training diverged, 130: Ctrl+C, 143: SIGTERM outside --train, which stops as its Ctrl+C does)."""
+def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser, command: str | None = None) -> int:
+    """Run the chosen mode (command: the command line, which the reports record); every expected failure is one line
+    on stderr and an exit status (2: bad input or a full disk, 3: training diverged, 130: Ctrl+C, 143: SIGTERM
+    outside --train, which stops as its Ctrl+C does)."""
     # --train handles SIGTERM itself (trainer.StopRequest: save a resumable checkpoint, then stop)
     previous = None
     if not args.train and threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        return _dispatch(args, parser)
+        return _dispatch(args, parser, command)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
 
-def _run_mode(args: argparse.Namespace) -> None:
+def _run_mode(args: argparse.Namespace, command: str | None) -> None:
     """Run the one mode the flags choose: --train, --prob-maps, --preview-augmentation, else --test (segment --video
     or the --data benchmarks; with neither, `default_data`'s)."""
     if args.train:
-        trainer.train(args.method if args.method_given else None, train_options(args), roots(args))
+        trainer.train(args.method, train_options(args), roots(args))
     elif args.prob_maps is not None:
         prob_maps(args)
     elif args.preview_augmentation is not None:
+        from reports import visualize  # the figures only for the visual tools
+
         image, mask = args.preview_augmentation
         out = writable_dir(Path(args.output), "--output") / f"augmentation_{Path(image).stem}.png"
         print(f"wrote {visualize.preview_augmentation(image, mask, out)}")
     else:
-        if args.data is None and args.video is None:
-            args.data = default_data(args)
-        inference.segment_benchmarks(args, roots(args))
+        data = default_data(args) if args.data is None and args.video is None else args.data or []
+        inference.segment_benchmarks(test_options(args, data, command), roots(args))
 
 
-def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser, command: str | None) -> int:
     """Check the flags and run the mode; each expected failure becomes its line on stderr and its exit status."""
     try:
         check_flags(args, parser)
-        _run_mode(args)
+        _run_mode(args, command)
     except trainer.TrainingError as e:  # a NaN/inf stop: the message says where and what to change
         print(f"error: {e}", file=sys.stderr)
         return 3

@@ -22,7 +22,7 @@ import matching
 from core import methods
 from core.backbones import resnet_trunk, vgg19_features, vgg19_modules
 from core.config_flags import check_config, option
-from core.framework import DEFAULT_RUNTIME, Runtime, clip_forward
+from core.framework import DEFAULT_RUNTIME, Runtime, VOSModel, clip_forward
 from training import samplers
 from utils import VOSInputError
 
@@ -159,7 +159,7 @@ def object_masks(probs: Tensor) -> Tensor:
     return winner.unsqueeze(1) == ids
 
 
-class VideoMatch(nn.Module):
+class VideoMatch(nn.Module, VOSModel):
     """Siamese encoder + soft matching layer (top-K mean of cosine similarities) + outlier removal."""
 
     stride = 8  # of the encoder's features: frames are padded to a multiple of it (framework.VOSModel)
@@ -203,7 +203,7 @@ class VideoMatch(nn.Module):
     def frame_bytes(self, height: int, width: int, element_size: int = 4) -> int:
         """Bytes of one frame's largest temporaries that the memory budget cannot tile: the (HW_r, HW_q) cosine
         similarity of stride-8 positions (the given frame as reference; the online update adds the last frame) and
-        the top-K's masked copy of it (inference.check_frame_memory refuses a frame they cannot fit)."""
+        the top-K's masked copy of it (segmenter.check_frame_memory refuses a frame they cannot fit)."""
         positions = -(-height // self.stride) * -(-width // self.stride)
         refs = 2 if self.config.online_update else 1
         return 2 * refs * positions * positions * element_size
@@ -243,7 +243,7 @@ class VideoMatch(nn.Module):
             state.ref_sets = state.ref_sets[..., used]
 
     def update(self, state: MatchState, feats: Tensor, probs: Tensor) -> None:
-        """After a frame, with the aggregated soft masks probs (B, N, 2, H, W), as the driver (inference.py) and
+        """After a frame, with the aggregated soft masks probs (B, N, 2, H, W), as the segmenter (segmenter.py) and
         `forward` pass them: framework.aggregate_objects of the softmax of `predict`'s logits.
 
         Its id mask becomes the previous mask of outlier removal. With the online update (Sec. 3.3), this frame's

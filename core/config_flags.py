@@ -7,17 +7,18 @@ weight tensors, so a checkpoint's value cannot be changed at test time). From th
 
 - `check_config` checks a config (the dataclasses call it in __post_init__, so a config dict read from a
   checkpoint is checked as a flag is);
-- `add_model_flags` makes one --flag per field for every method (a field name two methods share, such as --topk, is
-  one flag whose help gives each method's meaning), with argparse type= checks of the range;
-- `given_model_flags` returns the fields a command line set, refusing a flag of another method.
+- `check_model_flags` checks the fields a command line set against one method, refusing a flag of another method;
+- the entry points' command lines (core/flags.py: `add_model_flags`, `given_model_flags`) make one --flag per field
+  for every method, with argparse type= checks of the range.
+
+This module imports no argparse: the models' modules (model.py, videomatch.py) declare their configs with it.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import MISSING, Field, fields
+from dataclasses import fields
 from typing import Any
 
 from utils import VOSInputError
@@ -83,76 +84,17 @@ def check_config(config: Any) -> None:
             raise ValueError(f"{name} {why}")
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# argparse
-# ---------------------------------------------------------------------------------------------------------------
-
-def _scalar_kind(f: Field) -> type:
-    kind = f.type if isinstance(f.type, type) else {"int": int, "float": float, "str": str, "bool": bool}.get(
-        str(f.type), str)
-    return kind
-
-
-def _argparse_type(name: str, kind: type, specs: list[dict]) -> Callable[[str], Any]:
-    """A type= that parses the value and checks it against every method's range (they agree where they share)."""
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") \
-                from None
-        for spec in specs:
-            why = range_error(name, spec, value)
-            if why is not None:
-                raise argparse.ArgumentTypeError(f"{flag_name(name)} {why}")
-        return value
-
-    parse.__name__ = kind.__name__  # argparse names the type in its own messages
-    return parse
-
-
-def add_model_flags(group: argparse._ArgumentGroup, configs: Mapping[str, type]) -> None:
-    """One flag per declared field of every method's config (configs: method name -> config dataclass), default None
-    (not given). A field name several methods share is one flag, its help one clause per method."""
-    by_name: dict[str, list[tuple[str, Field]]] = {}
-    for method, config in configs.items():
-        for f in fields(config):
-            if OPTION in f.metadata:
-                by_name.setdefault(f.name, []).append((method, f))
-    for name, owners in by_name.items():
-        specs = [f.metadata[OPTION] for _, f in owners]
-
-        def default(f: Field) -> Any:
-            value = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
-            return " ".join(value) if isinstance(value, tuple) else value
-
-        help_text = "; ".join(f"{method}: {f.metadata[OPTION]['help']} (default {default(f)})" for method, f in owners)
-        first = owners[0][1]
-        kind = _scalar_kind(first)
-        if kind is bool:
-            group.add_argument(flag_name(name), action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        elif specs[0]["choices"] is not None:
-            choices = list(dict.fromkeys(c for s in specs for c in s["choices"]))
-            group.add_argument(flag_name(name), nargs="+" if specs[0]["subset"] else None, choices=choices,
-                               default=None, help=help_text)
-        else:
-            # the ranges of methods that share a name are checked here only when they agree; check_config covers
-            # each method's own once the method is known
-            ranges = {tuple(s[k] for k in ("low", "high", "above", "odd_or_zero")) for s in specs}
-            group.add_argument(flag_name(name), type=_argparse_type(name, kind, specs[:1] if len(ranges) == 1 else []),
-                               default=None, help=help_text)
-
-
 def model_flag_names(configs: Mapping[str, type]) -> tuple[str, ...]:
-    """The argparse dests of `add_model_flags` (field names), in order, each once."""
+    """The model flags' names (argparse dests of flags.add_model_flags): every declared field, in order, once."""
     return tuple(dict.fromkeys(n for config in configs.values() for n in options(config)))
 
 
-def given_model_flags(args: argparse.Namespace, method: str, configs: Mapping[str, type],
+def check_model_flags(given: Mapping[str, Any], method: str, configs: Mapping[str, type],
                       why: str = "") -> dict[str, Any]:
-    """field -> value of the model flags the command line set, for `method`; a flag that belongs only to other
-    methods, or a value that is not one of this method's, is a VOSInputError (why: how the method was chosen)."""
-    given = {n: getattr(args, n) for n in model_flag_names(configs) if getattr(args, n, None) is not None}
+    """The model flags a command line set (given: field -> value), checked for `method`: a flag that belongs only to
+    other methods, or a value that is not one of this method's, is a VOSInputError (why: how the method was chosen).
+    Returns them with the subsets as tuples."""
+    checked = dict(given)
     own = options(configs[method])
     for name, value in given.items():
         if name not in own:
@@ -160,14 +102,13 @@ def given_model_flags(args: argparse.Namespace, method: str, configs: Mapping[st
             raise VOSInputError(f"{flag_name(name)} is a flag of {' and '.join(owners)}, not of {method}{why}; "
                                 f"drop it, or pass --method {owners[0]}")
         spec = own[name]
-        if spec["subset"] or spec["choices"] is not None:
-            value = tuple(value) if spec["subset"] else value
-            given[name] = value
+        if spec["subset"]:
+            value = checked[name] = tuple(value)
         problem = range_error(name, spec, value)
         if problem is not None:
             raise VOSInputError(f"{flag_name(name)} {' '.join(map(str, value)) if spec['subset'] else value}: "
                                 f"{method}'s {name} {problem}")
-    return given
+    return checked
 
 
 def unused_flags(config: Any, given: Mapping[str, Any]) -> str | None:

@@ -1,15 +1,23 @@
-"""argparse types that check a flag's range, so that a bad value is one line and exit 2 before any work.
+"""The entry points' command-line parts: the one-line parser, argparse types that check a flag's range, and the
+model flags built from the methods' config dataclasses.
 
-Each type raises `argparse.ArgumentTypeError` with the valid range; argparse prints it as
-`error: argument --flag: <message>` and exits with status 2. Used by run.py (its flags, its table of stage
-overrides among them) and bench.py; imports nothing of this repository.
+Each type raises `argparse.ArgumentTypeError` with the valid range; `OneLineParser` prints it as one line,
+`error: argument --flag: <message>`, and exits with status 2 before any work. Imported only by the entry points
+(run.py, evaluation.py, export.py, tools/); the libraries take dataclasses and dicts, never an argparse Namespace
+(tests/test_layering.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, Field, fields
+from typing import Any
+
+from core import config_flags
+from core.config_flags import OPTION, flag_name, range_error
+
 
 class OneLineParser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line, exit 2: `run.py: error: argument --workers: ... (run.py --help
@@ -86,3 +94,76 @@ def byte_size(text: str) -> int | str | None:
 
 
 byte_size.__name__ = "size"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# model flags from the methods' config dataclasses (config_flags.option)
+# ---------------------------------------------------------------------------------------------------------------
+
+def _scalar_kind(f: Field) -> type:
+    kind = f.type if isinstance(f.type, type) else {"int": int, "float": float, "str": str, "bool": bool}.get(
+        str(f.type), str)
+    return kind
+
+
+def _argparse_type(name: str, kind: type, specs: list[dict]) -> Callable[[str], Any]:
+    """A type= that parses the value and checks it against every method's range (they agree where they share)."""
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") \
+                from None
+        for spec in specs:
+            why = range_error(name, spec, value)
+            if why is not None:
+                raise argparse.ArgumentTypeError(f"{flag_name(name)} {why}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its own messages
+    return parse
+
+
+def add_model_flags(group: argparse._ArgumentGroup, configs: Mapping[str, type]) -> None:
+    """One flag per declared field of every method's config (configs: method name -> config dataclass), default None
+    (not given). A field name several methods share is one flag, its help one clause per method."""
+    by_name: dict[str, list[tuple[str, Field]]] = {}
+    for method, config in configs.items():
+        for f in fields(config):
+            if OPTION in f.metadata:
+                by_name.setdefault(f.name, []).append((method, f))
+    for name, owners in by_name.items():
+        specs = [f.metadata[OPTION] for _, f in owners]
+
+        def default(f: Field) -> Any:
+            value = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+            return " ".join(value) if isinstance(value, tuple) else value
+
+        help_text = "; ".join(f"{method}: {f.metadata[OPTION]['help']} (default {default(f)})" for method, f in owners)
+        first = owners[0][1]
+        kind = _scalar_kind(first)
+        if kind is bool:
+            group.add_argument(flag_name(name), action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif specs[0]["choices"] is not None:
+            choices = list(dict.fromkeys(c for s in specs for c in s["choices"]))
+            group.add_argument(flag_name(name), nargs="+" if specs[0]["subset"] else None, choices=choices,
+                               default=None, help=help_text)
+        else:
+            # the ranges of methods that share a name are checked here only when they agree; check_config covers
+            # each method's own once the method is known
+            ranges = {tuple(s[k] for k in ("low", "high", "above", "odd_or_zero")) for s in specs}
+            group.add_argument(flag_name(name), type=_argparse_type(name, kind, specs[:1] if len(ranges) == 1 else []),
+                               default=None, help=help_text)
+
+
+def model_overrides(args: argparse.Namespace, configs: Mapping[str, type]) -> dict[str, Any]:
+    """The model flags given on the command line (config field -> value), of every method in configs."""
+    return {n: getattr(args, n) for n in config_flags.model_flag_names(configs) if getattr(args, n, None) is not None}
+
+
+def given_model_flags(args: argparse.Namespace, method: str, configs: Mapping[str, type],
+                      why: str = "") -> dict[str, Any]:
+    """field -> value of the model flags the command line set, for `method`; a flag that belongs only to other
+    methods, or a value that is not one of this method's, is a VOSInputError (config_flags.check_model_flags; why:
+    how the method was chosen)."""
+    return config_flags.check_model_flags(model_overrides(args, configs), method, configs, why)

@@ -22,7 +22,7 @@ from utils import auto_memory_budget
 @dataclass
 class Runtime:
     """How to run a model on this machine. Not part of the weights, so it is passed to `predict` (by the driver,
-    `inference.VideoSegmenter`) rather than stored on the network. Its fields hold for every method; a method may
+    `segmenter.VideoSegmenter`) rather than stored on the network. Its fields hold for every method; a method may
     extend it with settings of its own (EMVOS: model.EMVOSRuntime) and reads the fields it has a use for."""
 
     # bound in bytes on one frame's matching readout and decoder temporaries; "auto": a share of the memory free on
@@ -45,13 +45,13 @@ DEFAULT_RUNTIME = Runtime()
 
 @runtime_checkable
 class VOSModel(Protocol):
-    """What the driver (`inference.VideoSegmenter`) and the trainer call on a model.
+    """What the segmenter (`segmenter.VideoSegmenter`), the --test driver and the trainer call on a model.
 
     `feats` and `state` are the method's own types (a small dataclass each). Frames reach the model padded to a
     multiple of its `stride` (EMVOS 16, VideoMatch 8).
 
-    Optional: `remove_object(state, slot)` forgets the object in a slot (`VideoSegmenter.remove_object` needs it;
-    EMVOS and VideoMatch have it).
+    A method's class inherits this Protocol (`class EMVOS(nn.Module, VOSModel)`), so that it gets the defaults of
+    `remove_object` (refuses) and `frame_bytes` (0: no estimate) when it does not implement them.
     """
 
     config: Any  # a dataclass; asdict(config) rebuilds the model with the method's config class
@@ -71,6 +71,18 @@ class VOSModel(Protocol):
 
     def update(self, state: Any, feats: Any, probs: Tensor) -> None:
         """After a frame: remember it with the aggregated soft masks probs (B, N, 2, H, W)."""
+
+    def remove_object(self, state: Any, slot: int) -> None:
+        """Forget the object in `slot` (0..N-1, in order of first appearance), so that the later frames track only the
+        others (`VideoSegmenter.remove_object`). Default: NotImplementedError, naming the class."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement remove_object(state, slot), so "
+                                  f"VideoSegmenter.remove_object cannot stop tracking one of its objects")
+
+    def frame_bytes(self, height: int, width: int, element_size: int = 4) -> int:
+        """Bytes of one frame's largest temporaries that the memory budget cannot tile at a run size of height x
+        width (elements of element_size bytes); the driver refuses a video whose frames would not fit
+        (`segmenter.check_frame_memory`). Default: 0, no estimate, never refused."""
+        return 0
 
     def forward(self, imgs: Tensor, first_masks: Tensor) -> Tensor:
         """Training: clips (B, L, 3, H, W), first masks (B, H, W) -> the logits of frames 1..L-1 that the method's

@@ -19,7 +19,6 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import io
@@ -647,30 +646,3 @@ def compare(runs: list[RunScores], out_dir: str | Path, sources: list[str] | Non
     text = render_compare(runs, sources, rows)
     path = atomic_write(Path(out_dir) / COMPARE_NAME, lambda f: f.write(text.encode("utf-8")))
     return path, format_comparison(runs, sources, rows)
-
-
-def compare_main(argv: list[str] | None = None) -> int:
-    """`python evaluation.py --compare RESULTS_A RESULTS_B [...] [--out DIR]`: exit status 0, or 2 on bad input."""
-    parser = argparse.ArgumentParser(
-        prog="evaluation.py --compare",
-        description="Compare scored runs of one benchmark and split: per-object J&F side by side, sorted by the "
-                    "change from the first run to the last, printed and written to compare.html.")
-    parser.add_argument("runs", nargs="+", metavar="RESULTS",
-                        help=f"results folders holding {SCORES_NAME}, or {SCORES_NAME} files; the first is the base")
-    parser.add_argument("--out", type=Path, default=None,
-                        help=f"folder for {COMPARE_NAME} (default: the first run's results folder)")
-    args = parser.parse_args(argv)
-    try:
-        runs = [load_scores(p) for p in args.runs]
-        check_comparable(runs, args.runs)
-        first = Path(args.runs[0])
-        out = args.out if args.out is not None else (first if first.is_dir() else first.parent)
-        if out.exists() and not out.is_dir():
-            raise VOSInputError(f"--out {out} is a file, not a folder; pass a folder path")
-        path, table = compare(runs, out, args.runs)
-    except VOSInputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(table)
-    print(f"\nwrote {path}")
-    return 0

@@ -1,4 +1,4 @@
-"""The Python API: `inference.load`, `VideoSegmenter.propagate` / `remove_object`, `inference.read_frames`, and the
+"""The Python API: `segmenter.load`, `VideoSegmenter.propagate` / `remove_object`, `segmenter.read_frames`, and the
 README's "Use it from Python" block run as written."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 import torch
 from conftest import GOLDEN_WEIGHTS, ROOT, square_frame
 
-from core import inference, methods
+from core import methods, segmenter
 from core.framework import Runtime
 
 README_SECTION = "## Use it from Python"
@@ -56,8 +56,8 @@ def tiny_sample(root: Path, davis2016_root: Path, frames: int, size: tuple[int, 
 def golden_as_official(monkeypatch: pytest.MonkeyPatch) -> None:
     """Take the golden weights for the authors' coco_davis_best.pth: "official-davis" checks the file's git blob id,
     and the real file cannot be downloaded here."""
-    monkeypatch.setitem(inference.weights.OFFICIAL_BLOB_IDS, "coco_davis_best.pth",
-                        inference.weights.git_blob_id(GOLDEN_WEIGHTS))
+    monkeypatch.setitem(segmenter.weights.OFFICIAL_BLOB_IDS, "coco_davis_best.pth",
+                        segmenter.weights.git_blob_id(GOLDEN_WEIGHTS))
 
 
 def test_readme_snippet_runs(tmp_path: Path, davis2016_root: Path, golden: Path, one_thread: None,
@@ -99,13 +99,13 @@ def two_objects(h: int = 32, w: int = 48, t: int = 6) -> tuple[list[np.ndarray],
     return frames, first
 
 
-def videomatch_segmenter() -> inference.VideoSegmenter:
+def videomatch_segmenter() -> segmenter.VideoSegmenter:
     torch.manual_seed(0)
-    return inference.VideoSegmenter(methods.build_model("videomatch").eval(), runtime=Runtime(memory_budget=None))
+    return segmenter.VideoSegmenter(methods.build_model("videomatch").eval(), runtime=Runtime(memory_budget=None))
 
 
-def emvos_segmenter(golden: Path) -> inference.VideoSegmenter:
-    return inference.load(golden, device="cpu", runtime=Runtime(memory_budget=None))
+def emvos_segmenter(golden: Path) -> segmenter.VideoSegmenter:
+    return segmenter.load(golden, device="cpu", runtime=Runtime(memory_budget=None))
 
 
 @pytest.mark.parametrize("method", ["emvos", "videomatch"])
@@ -175,12 +175,12 @@ def test_read_frames_folder_and_capture(frame_folder: tuple[Path, Path], tiny_mp
     when the folder is sorted as strings or the capture's BGR frames are passed on unconverted (red would read as
     blue)."""
     folder, _ = frame_folder
-    got = list(inference.read_frames(folder))
+    got = list(segmenter.read_frames(folder))
     want = [square_frame(24, 32, t, [(1, (255, 0, 0))])[0] for t in range(4)]
     assert len(got) == 4 and all(np.array_equal(g, w) for g, w in zip(got, want, strict=True))
     cap = cv2.VideoCapture(str(tiny_mp4[0]))
     try:
-        frames = list(inference.read_frames(cap))
+        frames = list(segmenter.read_frames(cap))
     finally:
         cap.release()
     assert len(frames) == 7
@@ -195,8 +195,8 @@ def test_load_names_method_alias_or_path(tmp_path: Path, golden: Path, monkeypat
     (tmp_path / "coco_davis_best.pth").symlink_to(golden)
     golden_as_official(monkeypatch)
     for spec in ("emvos", "official-davis", golden):
-        seg = inference.load(spec, device="cpu", trained_model=tmp_path, download=False)
+        seg = segmenter.load(spec, device="cpu", trained_model=tmp_path, download=False)
         assert type(seg.model).__name__ == "EMVOS" and not seg.model.training
     os.remove(tmp_path / "coco_davis_best.pth")
-    with pytest.raises(inference.weights.WeightsUnavailableError):
-        inference.load("official-davis", device="cpu", trained_model=tmp_path, download=False)
+    with pytest.raises(segmenter.weights.WeightsUnavailableError):
+        segmenter.load("official-davis", device="cpu", trained_model=tmp_path, download=False)

@@ -12,15 +12,15 @@ import pytest
 import torch
 from conftest import random_checkpoint, single_thread, square_frame
 
-from core import inference, weights
+from core import segmenter, weights
 from core.framework import Runtime
 
 
 @pytest.fixture(scope="module")
-def seg(tmp_path_factory: pytest.TempPathFactory) -> inference.VideoSegmenter:
+def seg(tmp_path_factory: pytest.TempPathFactory) -> segmenter.VideoSegmenter:
     path = random_checkpoint("emvos", tmp_path_factory.mktemp("ckpt") / "emvos.pth")
     with single_thread():
-        yield inference.load(path, device="cpu", runtime=Runtime(memory_budget=None))
+        yield segmenter.load(path, device="cpu", runtime=Runtime(memory_budget=None))
 
 
 def video(t: int = 3, h: int = 32, w: int = 48, objects: int = 1) -> tuple[list[np.ndarray], np.ndarray]:
@@ -29,7 +29,7 @@ def video(t: int = 3, h: int = 32, w: int = 48, objects: int = 1) -> tuple[list[
     return frames, square_frame(h, w, 0, squares)[1]
 
 
-def test_two_interleaved_propagates_refuse_to_share_a_state(seg: inference.VideoSegmenter) -> None:
+def test_two_interleaved_propagates_refuse_to_share_a_state(seg: segmenter.VideoSegmenter) -> None:
     """Bug: a second propagate on the same segmenter reset the state under the first, whose next frames then showed
     the second video's objects."""
     frames_a, first_a = video(objects=1)
@@ -43,7 +43,7 @@ def test_two_interleaved_propagates_refuse_to_share_a_state(seg: inference.Video
     assert [i for i, _, _ in b] == [1, 2]  # the second video runs on
 
 
-def test_a_spent_propagate_raises_on_a_second_pass(seg: inference.VideoSegmenter) -> None:
+def test_a_spent_propagate_raises_on_a_second_pass(seg: segmenter.VideoSegmenter) -> None:
     """Bug: iterating propagate's result twice yielded nothing the second time, silently."""
     frames, first = video()
     run = seg.propagate(frames, {0: first})
@@ -52,7 +52,7 @@ def test_a_spent_propagate_raises_on_a_second_pass(seg: inference.VideoSegmenter
         list(run)
 
 
-def test_frames_already_read_are_an_error(seg: inference.VideoSegmenter) -> None:
+def test_frames_already_read_are_an_error(seg: segmenter.VideoSegmenter) -> None:
     """Bug: an exhausted iterator of frames gave a video of no frames and no word."""
     frames, first = video()
     it = iter(frames)
@@ -62,7 +62,7 @@ def test_frames_already_read_are_an_error(seg: inference.VideoSegmenter) -> None
 
 
 @pytest.mark.parametrize("index", [-1, 99])
-def test_masks_at_frames_the_video_lacks(seg: inference.VideoSegmenter, index: int) -> None:
+def test_masks_at_frames_the_video_lacks(seg: segmenter.VideoSegmenter, index: int) -> None:
     """Bug: a mask at frame 99 of a 3-frame video, or at -1, was ignored."""
     frames, first = video()
     with pytest.raises(ValueError, match=str(index)):
@@ -72,7 +72,7 @@ def test_masks_at_frames_the_video_lacks(seg: inference.VideoSegmenter, index: i
 
 
 @pytest.mark.parametrize(("value", "match"), [(-1, "0 \\(background\\) to 255"), (1.7, "fractions")])
-def test_ids_that_are_not_object_ids(seg: inference.VideoSegmenter, value: float, match: str) -> None:
+def test_ids_that_are_not_object_ids(seg: segmenter.VideoSegmenter, value: float, match: str) -> None:
     """Bug: id -1 was taken as an object, and a float mask of 1.7 was truncated to object 1."""
     frames, first = video()
     bad = np.where(first > 0, value, 0).astype(np.float64 if isinstance(value, float) else np.int64)
@@ -80,7 +80,7 @@ def test_ids_that_are_not_object_ids(seg: inference.VideoSegmenter, value: float
         list(seg.propagate(frames, {0: bad}))
 
 
-def test_whole_float_and_bool_masks_are_object_ids(seg: inference.VideoSegmenter) -> None:
+def test_whole_float_and_bool_masks_are_object_ids(seg: segmenter.VideoSegmenter) -> None:
     """A float mask of whole numbers and a bool mask are ids, as before: the checks refuse only what is ambiguous."""
     frames, first = video()
     as_int = [m for _, m, _ in seg.propagate(frames, {0: first})]
@@ -90,7 +90,7 @@ def test_whole_float_and_bool_masks_are_object_ids(seg: inference.VideoSegmenter
         assert torch.equal(a, b) and torch.equal(a, c)
 
 
-def test_shapes_are_named(seg: inference.VideoSegmenter) -> None:
+def test_shapes_are_named(seg: segmenter.VideoSegmenter) -> None:
     """Bug: each of these raised a raw tensor error from inside the matching or the padding."""
     frames, first = video()
     small = first[:16, :24]
@@ -110,10 +110,10 @@ def test_shapes_are_named(seg: inference.VideoSegmenter) -> None:
 def test_offline_load_names_the_python_argument(tmp_path: Path) -> None:
     """Bug: load() offline said "pass --weights PATH", a flag a Python caller does not have."""
     with pytest.raises(weights.WeightsUnavailableError) as err:
-        inference.load("official-davis", device="cpu", trained_model=tmp_path, download=False)
+        segmenter.load("official-davis", device="cpu", trained_model=tmp_path, download=False)
     text = str(err.value)
     assert "--weights" not in text and "--no-download" not in text
     assert "download=False was given" in text
-    with pytest.raises(inference.VOSInputError) as err:
-        inference.load(str(tmp_path / "missing.pth"), device="cpu", trained_model=tmp_path)
+    with pytest.raises(segmenter.VOSInputError) as err:
+        segmenter.load(str(tmp_path / "missing.pth"), device="cpu", trained_model=tmp_path)
     assert "--weights" not in str(err.value) and "checkpoint='PATH' to load()" in str(err.value)

@@ -12,8 +12,8 @@ from conftest import GOLDEN_CASES
 import matching
 import utils
 from core.framework import Runtime
-from core.inference import VideoSegmenter
 from core.methods import load_weights
+from core.segmenter import VideoSegmenter
 from model import EMVOS, EMVOSRuntime
 from tools import bench
 from tools.reference import PerObjectSegmenter, blob_mask, capture_logits, random_frame

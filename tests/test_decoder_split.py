@@ -12,8 +12,8 @@ import torch
 from conftest import SHARED
 from PIL import Image
 
-from core.inference import VideoSegmenter
 from core.methods import load_weights
+from core.segmenter import VideoSegmenter
 from model import DEFAULT_RUNTIME as DEFAULT
 from model import EMVOS, Decoder, EMVOSRuntime, FrameFeatures
 

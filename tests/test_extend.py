@@ -40,7 +40,7 @@ class PropagateState:
     prev: Tensor  # (B, N, H, W) each object's previous foreground probability
 
 
-class Propagate(nn.Module):
+class Propagate(nn.Module, methods.VOSModel):
     stride = 1  # works at any frame size: no padding
 
     def __init__(self, config: PropagateConfig | None = None, pretrained: bool = False):

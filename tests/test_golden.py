@@ -7,8 +7,8 @@ import torch
 from conftest import SHARED
 
 from core.framework import Runtime
-from core.inference import VideoSegmenter
 from core.methods import load_weights
+from core.segmenter import VideoSegmenter
 from model import EMVOS, EMVOSRuntime, from_official, to_official
 
 GOLDEN = SHARED / "golden"

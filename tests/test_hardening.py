@@ -18,7 +18,7 @@ from PIL import Image
 
 import dataset
 import run
-from core import inference, methods
+from core import methods, segmenter
 from training import trainer
 
 pytestmark = pytest.mark.skipif(not GOLDEN_WEIGHTS.is_file(), reason=f"golden weights not found at {GOLDEN_WEIGHTS}")
@@ -105,7 +105,7 @@ def test_bad_checkpoints_are_one_line_and_exit_2(tmp_path: Path, flag: str, caps
 def test_unwritable_places_fail_before_the_first_frame_or_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                capsys: pytest.CaptureFixture) -> None:
     steps = []
-    monkeypatch.setattr(inference.VideoSegmenter, "step", lambda *a, **k: steps.append(1))
+    monkeypatch.setattr(segmenter.VideoSegmenter, "step", lambda *a, **k: steps.append(1))
     monkeypatch.setattr(trainer, "train_stage", lambda *a, **k: steps.append(1))
     a_file = tmp_path / "a_file"
     a_file.write_text("not a folder")
@@ -138,16 +138,16 @@ def test_a_full_disk_mid_run_is_one_line_and_keeps_what_was_written(tmp_path: Pa
 
 def test_ctrl_c_during_test_says_what_was_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                   capsys: pytest.CaptureFixture) -> None:
-    step = inference.VideoSegmenter.step
+    step = segmenter.VideoSegmenter.step
     calls = []
 
-    def interrupted(self: inference.VideoSegmenter, *a: object, **k: object) -> object:
+    def interrupted(self: segmenter.VideoSegmenter, *a: object, **k: object) -> object:
         calls.append(1)
         if len(calls) == 4:
             raise KeyboardInterrupt
         return step(self, *a, **k)
 
-    monkeypatch.setattr(inference.VideoSegmenter, "step", interrupted)
+    monkeypatch.setattr(segmenter.VideoSegmenter, "step", interrupted)
     assert _test(tmp_path, "--data", "sample", "--sequences", "bear") == 130
     err = capsys.readouterr().err
     assert "interrupted" in err and "Traceback" not in err and str(tmp_path / "out") in err

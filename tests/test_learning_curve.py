@@ -5,7 +5,7 @@ The task: videos of one square (28-43 pixels of a 64x64 frame, a colour of its o
 videos held out for scoring have colours no training video has, so the model must follow the object its first mask
 gives, not recognise colours. Training is the real thing: `run.main(["--train", ...])` on a DAVIS 2017-layout tree,
 through the method's own sampler, augmentation (EMVOS: swap-and-attach with its official p = 0.2), loss and
-optimizer. Scoring is the real test-time driver (`inference.load`, `VideoSegmenter.propagate`), the mean J of the
+optimizer. Scoring is the real test-time driver (`segmenter.load`, `VideoSegmenter.propagate`), the mean J of the
 frames after the first.
 
 These run in minutes rather than seconds (a training step of either network is a few tenths of a second on a
@@ -23,7 +23,8 @@ from conftest import write_moving_squares
 
 import evaluation
 import run
-from core import inference, methods
+from core import methods
+from core.segmenter import VideoSegmenter, load
 from utils import read_mask
 
 # one thread (conftest): at 64x64 the operations are too small to share well, and the tier runs one test per worker
@@ -75,7 +76,7 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]
     return root, heldout
 
 
-def heldout_iou(segmenter: inference.VideoSegmenter, root: Path, videos: list[str]) -> float:
+def heldout_iou(segmenter: VideoSegmenter, root: Path, videos: list[str]) -> float:
     """Mean J over the frames after the first of the held-out videos, as `run.py --test` segments them."""
     scores = []
     for name in videos:
@@ -88,7 +89,7 @@ def heldout_iou(segmenter: inference.VideoSegmenter, root: Path, videos: list[st
 
 def untrained_iou(method: str, root: Path, videos: list[str]) -> float:
     torch.manual_seed(0)
-    return heldout_iou(inference.VideoSegmenter(methods.build_model(method).eval()), root, videos)
+    return heldout_iou(VideoSegmenter(methods.build_model(method).eval()), root, videos)
 
 
 def train_and_score(method: str, root: Path, videos: list[str], save_dir: Path, argv: list[str]) -> float:
@@ -97,7 +98,7 @@ def train_and_score(method: str, root: Path, videos: list[str], save_dir: Path, 
                      "--crop", str(SIZE), str(SIZE), "--epochs", "1", "--save-every", "1", "--save-dir",
                      str(save_dir), *argv]) == 0
     (best,) = save_dir.glob("*_best.pth")
-    return heldout_iou(inference.load(best, device="cpu", download=False), root, videos)
+    return heldout_iou(load(best, device="cpu", download=False), root, videos)
 
 
 # Steps: 300 clips / batch 2 = 150 (EMVOS), 250 pairs / batch 2 = 125 (VideoMatch), one epoch each. The learning

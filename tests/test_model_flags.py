@@ -21,7 +21,7 @@ from conftest import random_checkpoint, save_mask, single_thread, write_jpeg
 import model
 import run
 import videomatch
-from core import config_flags, methods
+from core import config_flags, flags, methods
 from tools import bench
 from training import trainer
 
@@ -244,7 +244,7 @@ def test_given_model_flags_returns_the_values_for_the_method() -> None:
     would then differ from the one built)."""
     args = argparse.Namespace(**{n: None for n in config_flags.model_flag_names(methods.config_classes())})
     args.branches, args.topk = ["bijective", "equalized"], 6
-    assert config_flags.given_model_flags(args, "emvos", methods.config_classes()) == {
+    assert flags.given_model_flags(args, "emvos", methods.config_classes()) == {
         "branches": ("bijective", "equalized"), "topk": 6}
 
 

@@ -21,8 +21,8 @@ import export
 import onnx_runner
 import run
 from core import framework
-from core.inference import VideoSegmenter
 from core.methods import load_weights
+from core.segmenter import VideoSegmenter
 
 TIE = 1e-4  # two labels whose aggregated probabilities are this close are a tie (tools/bench.py's TIE)
 

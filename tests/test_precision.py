@@ -11,8 +11,8 @@ import torch
 from conftest import SHARED
 from PIL import Image
 
-from core.inference import VideoSegmenter
 from core.methods import load_weights
+from core.segmenter import VideoSegmenter
 from tools.reference import capture_logits
 
 WEIGHTS = SHARED / "golden" / "emvos_official.pth"

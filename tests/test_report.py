@@ -337,7 +337,7 @@ def test_compare_refuses_other_split_or_benchmark(tmp_path: Path, capsys: pytest
         report.compare([run("davis", "val"), run("davis", "train")], tmp_path)
     report.save_scores(run("davis", "val"), tmp_path / "a" / "scores.json")
     report.save_scores(run("lvos", "val"), tmp_path / "b" / "scores.json")
-    assert report.compare_main([str(tmp_path / "a"), str(tmp_path / "b")]) == 2
+    assert evaluation.main(["--compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "differ in benchmark" in err
     assert not (tmp_path / "a" / "compare.html").exists()

@@ -29,7 +29,7 @@ import dataset
 import run
 import utils
 from benchmarks import davis
-from core import inference, methods, weights
+from core import methods, segmenter, weights
 from core.framework import Runtime
 from model import EMVOS
 from training import samplers
@@ -73,13 +73,13 @@ def _test(weights_path: Path, out: Path, *extra: str) -> int:
 def steps(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Records every model step, so a test can assert that none ran."""
     done: list[int] = []
-    step = inference.VideoSegmenter.step
+    step = segmenter.VideoSegmenter.step
 
-    def counted(self: inference.VideoSegmenter, *a: object, **k: object) -> object:
+    def counted(self: segmenter.VideoSegmenter, *a: object, **k: object) -> object:
         done.append(1)
         return step(self, *a, **k)
 
-    monkeypatch.setattr(inference.VideoSegmenter, "step", counted)
+    monkeypatch.setattr(segmenter.VideoSegmenter, "step", counted)
     return done
 
 
@@ -224,15 +224,15 @@ def test_the_lock_is_held_while_running_and_removed_at_exit_also_on_ctrl_c(net: 
     frames, mask = frame_folder
     out = tmp_path / "out"
     seen: list[str] = []
-    step = inference.VideoSegmenter.step
+    step = segmenter.VideoSegmenter.step
 
-    def watch(self: inference.VideoSegmenter, *a: object, **k: object) -> object:
+    def watch(self: segmenter.VideoSegmenter, *a: object, **k: object) -> object:
         seen.append((out / LOCK).read_text().split("\n")[0])
         if len(seen) == 3 and interrupt:
             raise KeyboardInterrupt
         return step(self, *a, **k)
 
-    monkeypatch.setattr(inference.VideoSegmenter, "step", watch)
+    monkeypatch.setattr(segmenter.VideoSegmenter, "step", watch)
     _lock(out, _gone_pid())
     interrupt = False
     assert _test(net, out, "--video", str(frames), "--mask", str(mask)) == 0
@@ -327,14 +327,14 @@ def test_a_frame_whose_matching_cannot_fit_is_refused_up_front(tmp_path: Path, m
     assert 2 * 8.8e9 < model.frame_bytes(3000, 4000) < 2 * 8.9e9  # two (250*188)^2 float32 matrices
     video = _big_video(tmp_path)
     assert video.run_size == (3000, 4000)
-    monkeypatch.setattr(inference, "available_memory", lambda device: 4 * 2**30)
+    monkeypatch.setattr(segmenter, "available_memory", lambda device: 4 * 2**30)
     for budget, refused in (("auto", True), (2**30, True), (64 * 2**30, False), (None, False)):
-        settings = inference.RunSettings(torch.device("cpu"), runtime=Runtime(memory_budget=budget))
+        settings = segmenter.RunSettings(torch.device("cpu"), runtime=Runtime(memory_budget=budget))
         if refused:
             with pytest.raises(utils.VOSInputError, match=r"4000x3000.*16\.5 GiB.*--max-memory"):
-                inference.check_frame_memory(model, video, settings)
+                segmenter.check_frame_memory(model, video, settings)
         else:
-            inference.check_frame_memory(model, video, settings)
+            segmenter.check_frame_memory(model, video, settings)
 
 
 @pytest.mark.skipif(not GOLDEN_WEIGHTS.is_file(), reason=f"golden weights not found at {GOLDEN_WEIGHTS}")

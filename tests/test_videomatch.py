@@ -15,8 +15,8 @@ import matching
 import run
 from core import methods
 from core.framework import one_hot
-from core.inference import VideoSegmenter
 from core.methods import build_model
+from core.segmenter import VideoSegmenter
 from dataset import Roots
 from training import checkpoint, trainer
 from training.samplers import TrainDAVIS

@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from core.inference import VideoSegmenter
 from core.methods import build_model
+from core.segmenter import VideoSegmenter
 from reports import visualize
 from reports.visualize import OverlayWriter, colorize, overlay_mask
 from utils import DAVIS_PALETTE

@@ -42,7 +42,7 @@ class ColourCueState:
     prev: Tensor  # (B, N, H, W) each object's previous foreground probability
 
 
-class ColourCue(nn.Module):
+class ColourCue(nn.Module, methods.VOSModel):
     stride = STRIDE
 
     def __init__(self, config: ColourCueConfig | None = None, pretrained: bool = False):

@@ -5,7 +5,7 @@ Three ways to segment the same video with the same modules and weights:
 - `per-object`: the structure of the official code (suhwan-cho/EMVOS, `VOS.forward`), reimplemented here: every
   object computes its own four HW x HW similarity matrices, its own decoder projections and runs the decoder alone
   (batch 1).
-- `unsplit`: `inference.VideoSegmenter` with the paper's decoder (model.Decoder.forward, with
+- `unsplit`: `segmenter.VideoSegmenter` with the paper's decoder (model.Decoder.forward, with
   model.EMVOSRuntime(split_decoder=False)): similarities (key products as 1x1 convolutions, matching.key_products)
   once per frame for all objects, the readout in cache-sized tiles, the decoder one object per call
   (model.EMVOSRuntime.decoder_batch: bit-identical to the official per-object decoder), plus torch.compile if asked
@@ -67,14 +67,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a script in tool
 
 import model as emvos  # noqa: E402
 import utils  # noqa: E402
-from core import config_flags, flags, framework, inference, methods  # noqa: E402
-from core.inference import VideoSegmenter  # noqa: E402
+from core import config_flags, flags, framework, methods, segmenter  # noqa: E402
+from core.segmenter import VideoSegmenter  # noqa: E402
 from tools.reference import PerObjectSegmenter, blob_mask, capture_logits, random_frame  # noqa: E402
 from utils import VOSInputError  # noqa: E402
 
 RESOLUTIONS = {"480p": (480, 854), "720p": (720, 1280), "1080p": (1080, 1920), "tiny": (96, 160)}
 # precision -> autocast dtype, from the one table run.py uses (fp64 is for comparisons, not for speed)
-PRECISIONS = {name: autocast for name, (_, autocast) in inference.PRECISIONS.items() if name != "fp64"}
+PRECISIONS = {name: autocast for name, (_, autocast) in segmenter.PRECISIONS.items() if name != "fp64"}
 PATHS = ("per-object", "unsplit", "ours")
 TIE = 1e-4  # probability gap below which two labels count as a tie (clear diff)
 
@@ -521,13 +521,13 @@ def build_models(args: argparse.Namespace, device: torch.device) -> dict[str, to
     (its config, overridden by the model flags where the weights allow) or random weights of --method's config."""
     configs = methods.config_classes()
     if args.weights:
-        plain, meta = methods.load_weights(args.weights, "--weights", inference.model_overrides(args) or None)
+        plain, meta = methods.load_weights(args.weights, "--weights", flags.model_overrides(args, configs) or None)
         args.method = meta["method"]
     else:
         torch.manual_seed(args.seed)
-        plain = methods.build_model(args.method, config_flags.given_model_flags(args, args.method, configs))
+        plain = methods.build_model(args.method, flags.given_model_flags(args, args.method, configs))
     plain = plain.to(device).eval()
-    unused = config_flags.unused_flags(plain.config, inference.model_overrides(args))
+    unused = config_flags.unused_flags(plain.config, flags.model_overrides(args, configs))
     if unused is not None:
         raise VOSInputError(f"{unused}; drop it")
     ours = type(plain)(plain.config).to(device).eval()
@@ -587,7 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead of the table: peak memory per frame of `ours` over --frames frames")
     p.add_argument("--method", default="emvos", choices=list(methods.METHODS),
                    help="the method whose random model is timed (with --weights: the file's)")
-    config_flags.add_model_flags(p.add_argument_group("model", "run.py's model flags"), methods.config_classes())
+    flags.add_model_flags(p.add_argument_group("model", "run.py's model flags"), methods.config_classes())
     p.add_argument("--profile", action="store_true",
                    help="instead of the table: where a frame's time goes (JPEG, encoder, matching, decoder, rest, "
                         "PNG) on the bundled sample's bear frames (854x480), split and unsplit decoder; --objects")

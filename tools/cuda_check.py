@@ -52,8 +52,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # a script in tools/: the library modules live in the repository root
 
 import model as emvos  # noqa: E402
-from core.inference import PRECISIONS, VideoSegmenter  # noqa: E402
+from core.flags import OneLineParser  # noqa: E402
 from core.methods import load_weights  # noqa: E402
+from core.segmenter import PRECISIONS, VideoSegmenter  # noqa: E402
 from utils import read_frame, read_mask, save_mask  # noqa: E402
 
 PARTS = {"parity": 0.15, "speed": 0.40, "train": 0.20, "resume": 0.15, "ddp": 0.10}  # shares of --budget
@@ -687,7 +688,7 @@ def format_table(checks: list[Check]) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p = OneLineParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
                    help="cuda (the check); cpu only with --tiny, the test mode")
     p.add_argument("--tiny", action="store_true",

@@ -53,7 +53,7 @@ class PerObjectSegmenter:
 
     @torch.inference_mode()
     def step(self, frame: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """As `inference.VideoSegmenter.step`: frame (3, H, W), mask (H, W) ids on the first frame only."""
+        """As `segmenter.VideoSegmenter.step`: frame (3, H, W), mask (H, W) ids on the first frame only."""
         height, width = frame.shape[-2:]
         padding = get_padding(height, width, self.model.stride)
         img = pad(frame[None].to(self.device, self.dtype), padding)

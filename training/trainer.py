@@ -43,8 +43,8 @@ from tqdm import tqdm
 from benchmarks import davis
 from core import config_flags, distributed, methods, weights
 from core.distributed import Dist
-from core.inference import RunSettings, run_settings, segment_video
 from core.methods import Batch, Method, Selection, StageConfig, StageContext
+from core.segmenter import RunSettings, run_settings, segment_video
 from dataset import Roots
 from training import checkpoint, curves, samplers
 from training.checkpoint import capture_rng, restore_rng
