@@ -18,13 +18,17 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # flat repo: tests import dataset, utils, ... from the repository root
 
-# ../shared beside the checkout, as CI lays it out; the EMVOS_SHARED environment variable points elsewhere. Every test
-# finds the golden vectors and the real sample through these names.
-SHARED = Path(os.environ.get("EMVOS_SHARED", ROOT.parent / "shared"))
-GOLDEN_WEIGHTS = SHARED / "golden" / "emvos_official.pth"  # official layout, random weights
-GOLDEN_CASES = SHARED / "golden" / "cases.npz"
-# The real sample: 3 train sequences of DAVIS 2016, original 2016 layout.
-DAVIS2016_SAMPLE = SHARED / "data" / "DAVIS2016"
+# Every test finds the golden vectors and the real frames through these names, all in the repository.
+# The golden vectors (docs/faithfulness.md): tests/golden/ holds the authors' outputs and tools/golden.py generates the
+# weights from a hash; pytest_configure below writes both, with the frames the cases cut from sample/, into
+# tests/golden/build/ (ignored by git) once per run, for the tests and tools that read files.
+GOLDEN_BUILD = ROOT / "tests" / "golden" / "build"
+GOLDEN_WEIGHTS = GOLDEN_BUILD / "emvos_official.pth"  # official layout, weights from a hash
+GOLDEN_CASES = GOLDEN_BUILD / "cases.npz"  # frames, given masks and the official outputs of the three cases
+# The real frames: the bundled sample, 3 train sequences of DAVIS 2016 (10 frames each), original 2016 layout.
+DAVIS2016_SAMPLE = ROOT / "sample" / "DAVIS2016"
+# Every annotation of those 3 sequences (82, 75, 75 frames): the toolkit parity is pinned on whole sequences.
+DAVIS2016_ANNOTATIONS = ROOT / "sample" / "DAVIS2016-annotations"
 
 
 def repo_modules() -> dict[str, Path]:
@@ -145,9 +149,7 @@ def square_davis(root: Path, train: dict[str, tuple], val: dict[str, tuple], fra
 
 @pytest.fixture(scope="session")
 def davis2016_root() -> Path:
-    """The real DAVIS 2016 sample, original layout (ImageSets/480p/train.txt only)."""
-    if not (DAVIS2016_SAMPLE / "ImageSets" / "480p" / "train.txt").is_file():
-        pytest.skip(f"real DAVIS 2016 sample not found at {DAVIS2016_SAMPLE}")
+    """The real DAVIS 2016 sample, original layout (ImageSets/480p/train.txt and val.txt)."""
     return DAVIS2016_SAMPLE
 
 
@@ -179,7 +181,8 @@ def davis2017_root(davis2016_root: Path, tmp_path_factory: pytest.TempPathFactor
 
 @pytest.fixture
 def davis2016_copy(davis2016_root: Path, tmp_path: Path) -> Path:
-    """A writable 2016-layout tree: the sample's list file over symlinked sequence folders, safe to break."""
+    """A writable 2016-layout tree: the sample's train list (not its val list) over symlinked sequence folders, safe
+    to break."""
     root = tmp_path / "DAVIS2016"
     for sub in ("JPEGImages/480p", "Annotations/480p"):
         (root / sub).mkdir(parents=True)
@@ -364,8 +367,13 @@ def no_process_outlives_its_test() -> Iterator[None]:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Under pytest-xdist (`-n N`) each worker gets its share of the cores as intra-op threads: N workers with all
-    cores each would contend for them and make every convolution slower."""
+    """Writes the golden folder (GOLDEN_WEIGHTS, GOLDEN_CASES) once per run, before any test is collected. Under
+    pytest-xdist (`-n N`) each worker gets its share of the cores as intra-op threads: N workers with all cores each
+    would contend for them and make every convolution slower."""
+    if not hasattr(config, "workerinput"):  # the only process, or xdist's controller before its workers start
+        from tools import golden
+
+        golden.materialize(GOLDEN_BUILD)
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:
         import torch

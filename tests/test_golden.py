@@ -1,20 +1,25 @@
-"""Parity with the official EMVOS code (suhwan-cho/EMVOS @ 7e1e200) on ../shared/golden, in float64."""
+"""Parity with the official EMVOS code (suhwan-cho/EMVOS @ 7e1e200) on the golden vectors, in float64.
 
+tests/golden/ holds the outputs of the authors' code (tools/make_golden.py) for weights generated from a hash
+(tools/golden.py) on frames cut from sample/; conftest writes them as GOLDEN_WEIGHTS and GOLDEN_CASES.
+docs/faithfulness.md describes the cases and how to regenerate and check them.
+"""
+
+import json
 
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED
+from conftest import GOLDEN_CASES, GOLDEN_WEIGHTS
 
 from core.framework import Runtime
 from core.methods import load_weights
 from core.segmenter import VideoSegmenter
 from model import EMVOS, EMVOSRuntime, from_official, to_official
+from tools import golden
 
-GOLDEN = SHARED / "golden"
-CASES = GOLDEN / "cases.npz"
-WEIGHTS = GOLDEN / "emvos_official.pth"
-pytestmark = pytest.mark.skipif(not CASES.exists(), reason=f"golden vectors not found at {GOLDEN}")
+WEIGHTS = GOLDEN_WEIGHTS
+CASES = GOLDEN_CASES
 
 
 @pytest.fixture(scope="module")
@@ -76,3 +81,75 @@ def test_chunked_readout_gives_identical_masks(model64: EMVOS, cases: dict) -> N
     runtime = EMVOSRuntime(readout_bytes=3 * 2 * 8 * 1000)  # a few query positions per chunk, not a divisor of HW
     out = _run(model64, cases["b_imgs"], {0: cases["b_first_mask"], 2: cases["b_frame2_mask"]}, runtime)
     np.testing.assert_array_equal(out, cases["b_masks_out"])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The golden vectors themselves
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _splitmix64_reference(name: str, n: int) -> list[float]:
+    """tools/golden.unit_floats written again in Python integers (arbitrary precision, masked to 64 bits)."""
+    import hashlib
+
+    m = (1 << 64) - 1
+    seed = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little")
+    out = []
+    for i in range(1, n + 1):
+        z = (seed + i * 0x9E3779B97F4A7C15) & m
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & m
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m
+        z ^= z >> 31
+        out.append((z >> 11) * 2.0**-53)
+    return out
+
+
+def test_hash_is_splitmix64_in_exact_integer_arithmetic() -> None:
+    """Fails if numpy's uint64 arithmetic does not wrap as splitmix64 needs (a cast to float or int64 on the way, a
+    shift by a float), or the generator stops being the documented one: the weights would then differ between
+    platforms and no longer be those the official outputs were computed with."""
+    for name in ("vos.encoder.conv0.weight", "vos.decoder.deconv3.deconv.bias"):
+        np.testing.assert_array_equal(golden.unit_floats(name, 2000), np.array(_splitmix64_reference(name, 2000)))
+
+
+def test_weights_are_those_the_official_outputs_were_computed_with() -> None:
+    """Fails if the generator, its ranges or the layout file change without regenerating tests/golden/ (the stored
+    fingerprint of the weights would no longer match), or if the file conftest wrote is not the generated one."""
+    state = golden.golden_state_dict()
+    assert golden.weights_digest(state) == golden.expected_weights_digest()
+    written = torch.load(WEIGHTS, map_location="cpu", weights_only=True)
+    assert list(written) == list(state) and all(torch.equal(written[k], state[k]) for k in state)
+
+
+def test_weights_cover_the_official_layout_at_sensible_scales() -> None:
+    """Fails if a tensor of the authors' state dict is missing or constant, a BatchNorm running variance is not
+    positive (the encoder would divide by the square root of a negative number), or a convolution's weights leave
+    He's bound (activations would vanish or explode through DenseNet-121 and every case would be trivial)."""
+    layout = json.loads(golden.LAYOUT.read_text())["tensors"]
+    assert len(layout) == 576 and layout[0][0] == "vos.encoder.mean"
+    state = golden.golden_state_dict()
+    for name, shape, _, role in layout:
+        t = state[name]
+        assert tuple(t.shape) == tuple(shape), name
+        if role == "bn_count":
+            continue
+        assert t.dtype == torch.float32 and t.numel() > 0 and (t.numel() == 1 or t.std() > 0), name
+        if role == "bn_var":
+            assert t.min() > 0, name
+        if role == "conv_weight":
+            bound = (6 / (shape[1] * int(np.prod(shape[2:])))) ** 0.5
+            assert t.abs().max() <= bound and t.abs().max() > 0.9 * bound, name
+
+
+def test_official_outputs_are_not_trivial(cases: dict) -> None:
+    """Fails if the golden weights make the official outputs degenerate (one class everywhere, every object lost,
+    flat scores): then a broken implementation could match them. Every object keeps at least 5% of every frame in
+    a and b, and case c's scores vary and pick both classes."""
+    for case, objects in (("a", [0, 1]), ("b", [0, 1, 2])):
+        for frame in cases[f"{case}_masks_out"]:
+            share = np.bincount(frame.ravel(), minlength=4) / frame.size
+            assert (share[objects] >= 0.05).all(), (case, share)
+    assert (cases["b_masks_out"][3] == 3).mean() >= 0.02  # the late object is tracked after its frame
+    scores = cases["c_scores_out"]
+    picked = scores.argmax(axis=2)
+    assert scores.std() > 1 and 0.05 < (picked == 1).mean() < 0.95

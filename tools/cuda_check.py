@@ -1,6 +1,6 @@
 """One command that proves the CUDA path on a GPU: parity, speed and memory, training, resume and DDP.
 
-    python tools/cuda_check.py --golden shared/golden                 # on a CUDA machine; about --budget seconds
+    python tools/cuda_check.py                                        # on a CUDA machine; about --budget seconds
     python tools/cuda_check.py --device cpu --tiny                    # TEST MODE: every part's code path, tiny sizes
 
 It refuses to run where CUDA is missing (exit 2), so CI never runs it; `--device cpu --tiny` is the test mode that
@@ -55,6 +55,7 @@ import model as emvos  # noqa: E402
 from core.flags import OneLineParser  # noqa: E402
 from core.methods import load_weights  # noqa: E402
 from core.segmenter import PRECISIONS, VideoSegmenter  # noqa: E402
+from tools.golden import materialize as materialize_golden  # noqa: E402
 from utils import read_frame, read_mask, save_mask  # noqa: E402
 
 PARTS = {"parity": 0.15, "speed": 0.40, "train": 0.20, "resume": 0.15, "ddp": 0.10}  # shares of --budget
@@ -695,8 +696,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="TEST MODE: tiny frames, clips and runs, so that a CPU exercises every part's code path in "
                         "seconds; its numbers say nothing about speed")
     p.add_argument("--golden", type=Path, default=None,
-                   help="folder with cases.npz and emvos_official.pth (default: $EMVOS_SHARED/golden, else "
-                        "../shared/golden, else shared/golden in the tree)")
+                   help="folder with cases.npz and emvos_official.pth (default: the repository's golden vectors, "
+                        "tests/golden/, written out into the run's folder as golden/)")
     p.add_argument("--parts", nargs="+", choices=list(PARTS), default=list(PARTS))
     p.add_argument("--budget", type=float, default=300.0,
                    help="total seconds; the parts share it (parity 15%%, speed 40%%, train 20%%, resume 15%%, "
@@ -704,11 +705,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=ROOT / "outputs" / "cuda-check",
                    help="a new folder per run is made in here (default outputs/cuda-check)")
     args = p.parse_args(argv)
-    if args.golden is None:
-        candidates = [Path(os.environ["EMVOS_SHARED"]) / "golden"] if "EMVOS_SHARED" in os.environ else []
-        candidates += [ROOT.parent / "shared" / "golden", ROOT / "shared" / "golden"]
-        args.golden = next((c for c in candidates if (c / "cases.npz").is_file()), None)
-    elif not (args.golden / "cases.npz").is_file():
+    if args.golden is not None and not (args.golden / "cases.npz").is_file():
         p.exit(2, f"--golden {args.golden}: no cases.npz there; copy the golden folder there or drop --golden\n")
     if args.budget <= 0:
         p.exit(2, "--budget must be more than 0 seconds\n")
@@ -732,11 +729,11 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out / f"{stamp}{'-tiny' if args.tiny else ''}-{n}"
     out.mkdir(parents=True)
     device = torch.device(args.device)
-    ctx = Context(device, args.tiny, args.golden, out, sys.executable)
+    ctx = Context(device, args.tiny, args.golden or materialize_golden(out / "golden"), out, sys.executable)
     info = {"torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
             "device": torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or "cpu",
             "gpus": torch.cuda.device_count() if device.type == "cuda" else 0, "tiny": args.tiny,
-            "golden": str(args.golden), "budget_s": args.budget}
+            "golden": str(ctx.golden), "budget_s": args.budget}
     print(f"cuda_check: {info}; writing {out}", flush=True)
     start = time.monotonic()
     share = 0.0

@@ -1,6 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check on a bare CUDA machine that received a copy of this repository (and, optionally, the golden
-# vectors copied to shared/golden inside it):
+# The GPU check on a bare CUDA machine that received a copy of this repository (the golden vectors ship in it):
 #
 #     bash tools/gpu_check.sh [tools/cuda_check.py flags, e.g. --budget 420]
 #
@@ -8,8 +7,7 @@
 #    python3), so that a machine's preinstalled PyTorch is used as is;
 # 2. times `pip install -r requirements.txt` into it (an offline machine makes pip fail on what is not installed
 #    yet; the check still runs when the modules it needs import);
-# 3. runs tools/cuda_check.py under `timeout` ($CHECK_TIMEOUT seconds, default 600), with --golden shared/golden
-#    when that folder holds cases.npz;
+# 3. runs tools/cuda_check.py under `timeout` ($CHECK_TIMEOUT seconds, default 600);
 # 4. prints the install time again at the end, next to the check's table; exits with the check's status.
 set -u
 cd "$(dirname "$0")/.."
@@ -40,10 +38,8 @@ if ! "$VENV/bin/python" -c 'import torch, torchvision, numpy, PIL, cv2, tqdm, ps
 fi
 [ "$pip_rc" -ne 0 ] && echo "gpu_check: pip failed (offline?); the check runs with the packages already there"
 
-golden=()
-[ -f shared/golden/cases.npz ] && golden=(--golden shared/golden)
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null
-timeout -k 20 "$CHECK_TIMEOUT" "$VENV/bin/python" tools/cuda_check.py "${golden[@]}" "$@"
+timeout -k 20 "$CHECK_TIMEOUT" "$VENV/bin/python" tools/cuda_check.py "$@"
 rc=$?
 [ "$rc" -eq 124 ] && echo "gpu_check: tools/cuda_check.py ran past CHECK_TIMEOUT=${CHECK_TIMEOUT} s and was stopped"
 echo "gpu_check: $install; check exit $rc"
