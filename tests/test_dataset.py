@@ -160,14 +160,14 @@ def test_davis_2016_original_layout(davis2016_root: Path) -> None:
     assert len(videos) == 1
     v = videos[0]
     assert isinstance(v, VideoReader) and v.name == "boat" and v.binary
-    assert len(v.frames) == 75 and v.frames[0].name == "00000.jpg" and v.frames[-1].name == "00074.jpg"
+    assert len(v.frames) == 10 and v.frames[0].name == "00000.jpg" and v.frames[-1].name == "00009.jpg"
     assert all(p.is_file() for p in v.frames)
     assert v.given_masks == {0: davis2016_root / "Annotations" / "480p" / "boat" / "00000.png"}
-    assert v.output_names[0] == "00000.png" and len(v.output_names) == 75
+    assert v.output_names[0] == "00000.png" and len(v.output_names) == 10
     assert ds.submission_prefix is None  # the val/train splits are scored here, never zipped
     gt = ds.ground_truth(["boat"])
-    assert list(gt) == ["boat"] and len(gt["boat"]) == 75 and all(p.is_file() for p in gt["boat"])
-    assert ds.frames("bear")[-1].name == "00081.jpg" and len(ds.annotations("bear")) == 82
+    assert list(gt) == ["boat"] and len(gt["boat"]) == 10 and all(p.is_file() for p in gt["boat"])
+    assert ds.frames("bear")[-1].name == "00009.jpg" and len(ds.annotations("bear")) == 10
     assert list(ds.ground_truth()) == ["bear", "boat", "hockey"]
 
 

@@ -9,7 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED
+from conftest import DAVIS2016_SAMPLE, GOLDEN_CASES
 from PIL import Image
 
 from core.methods import load_weights
@@ -17,12 +17,8 @@ from core.segmenter import VideoSegmenter
 from model import DEFAULT_RUNTIME as DEFAULT
 from model import EMVOS, Decoder, EMVOSRuntime, FrameFeatures
 
-GOLDEN = SHARED / "golden"
-DAVIS = SHARED / "data" / "DAVIS2016"
-needs_golden = pytest.mark.skipif(not (GOLDEN / "cases.npz").is_file(), reason=f"golden vectors not found at {GOLDEN}")
-needs_bear = pytest.mark.skipif(not (GOLDEN / "emvos_official.pth").is_file()
-                                or not (DAVIS / "JPEGImages" / "480p" / "bear").is_dir(),
-                                reason=f"golden weights or the DAVIS 2016 sample not found under {SHARED}")
+GOLDEN = GOLDEN_CASES.parent  # cases.npz and emvos_official.pth
+DAVIS = DAVIS2016_SAMPLE
 
 
 def _decoder(dtype: torch.dtype = torch.float32) -> Decoder:
@@ -135,7 +131,6 @@ def _frame(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(a).permute(2, 0, 1).double() / 255
 
 
-@needs_golden
 @pytest.mark.parametrize("case", ["a", "b"])
 def test_golden_cases_split_equals_unsplit(model64: EMVOS, case: str) -> None:
     # a: one object with reflect padding; b: two objects plus a third first given at frame 2 (a late object)
@@ -150,7 +145,6 @@ def test_golden_cases_split_equals_unsplit(model64: EMVOS, case: str) -> None:
     np.testing.assert_array_equal(np.stack(out), cases[f"{case}_masks_out"])  # and the split path is the official
 
 
-@needs_golden
 def test_golden_case_c_training_forward_split_equals_unsplit(model64: EMVOS) -> None:
     cases = np.load(GOLDEN / "cases.npz")
     imgs = torch.from_numpy(cases["c_imgs"]).permute(0, 1, 4, 2, 3).double() / 255
@@ -199,7 +193,6 @@ def _stream(model: EMVOS, objects: int, split: bool) -> tuple[list[torch.Tensor]
     return [labels for labels, _ in out], [probs for _, probs in out], torch.cat(sink)
 
 
-@needs_bear
 @pytest.mark.parametrize("objects", [1, 3])
 def test_float32_split_masks_equal_unsplit_on_real_frames(objects: int) -> None:
     model, _ = load_weights(GOLDEN / "emvos_official.pth")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import DAVIS2016_ANNOTATIONS
 from PIL import Image
 
 import evaluation
@@ -424,8 +425,8 @@ def _sample_gt(root: Path) -> dict[str, list[Path]]:
     return {s: sorted((root / "Annotations" / "480p" / s).glob("*.png")) for s in ("bear", "boat", "hockey")}
 
 
-def test_real_sample_matches_official_toolkit(davis2016_root: Path, tmp_path: Path) -> None:
-    gt = _sample_gt(davis2016_root)
+def test_real_sample_matches_official_toolkit(tmp_path: Path) -> None:
+    gt = _sample_gt(DAVIS2016_ANNOTATIONS)  # whole sequences: bear 82 frames, boat 75, hockey 75
     for seq, paths in gt.items():
         for t, path in enumerate(paths[1:-1], 1):
             mask = np.asarray(Image.open(path).convert("L")) != 0  # bear/00077.png is LA

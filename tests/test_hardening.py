@@ -21,8 +21,6 @@ import run
 from core import methods, segmenter
 from training import trainer
 
-pytestmark = pytest.mark.skipif(not GOLDEN_WEIGHTS.is_file(), reason=f"golden weights not found at {GOLDEN_WEIGHTS}")
-
 TRAIN = ["--train", "--device", "cpu", "--davis", str(DAVIS2016_SAMPLE), "--davis-year", "2016", "--stages", "davis",
          "--crop", "32", "32", "--clip-len", "2", "--batch-size", "2", "--clips-per-epoch", "2", "--epochs", "1",
          "--workers", "0", "--val-every", "0"]

@@ -29,18 +29,18 @@ BOTH = "run.py or evaluation.py"
 LIBRARY_OF = {"benchmarks": BOTH}
 
 
-SCRIPTS = ("run.py", "evaluation.py", "bench.py", "tools/cuda_check.py")
+SCRIPTS = ("run.py", "evaluation.py", "bench.py", "tools/cuda_check.py", "tools/make_golden.py")
 
 
 def defined_flags() -> dict[str, set[str]]:
     """{script: its option strings}: run.py's, evaluation.py's and bench.py's parsers built (so that generated flags
-    count), every `add_argument` of tools/cuda_check.py read from the source, with the `--no-X` of
-    BooleanOptionalAction flags."""
+    count), every `add_argument` of tools/cuda_check.py and tools/make_golden.py read from the source, with the
+    `--no-X` of BooleanOptionalAction flags."""
     flags = {"run.py": set(run.build_parser()._option_string_actions),
              "evaluation.py": set(evaluation.build_parser()._option_string_actions),
              "bench.py": set(bench.build_parser()._option_string_actions)}
     flags[BOTH] = flags["run.py"] | flags["evaluation.py"]
-    for name in ("tools/cuda_check.py",):
+    for name in ("tools/cuda_check.py", "tools/make_golden.py"):
         flags[name] = set()
         for node in ast.walk(ast.parse((ROOT / name).read_text())):
             if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "add_argument":

@@ -28,7 +28,6 @@ from utils import VOSInputError
 ROOT = Path(__file__).resolve().parents[1]
 H, W = SHORT_SIDE, 64
 BOX = (slice(2, 10), slice(2, 14))  # object 2: a box in the top-left corner, away from the bear
-pytestmark = pytest.mark.skipif(not DAVIS2016_SAMPLE.is_dir(), reason=f"DAVIS 2016 sample not at {DAVIS2016_SAMPLE}")
 
 
 def frame(t: int) -> np.ndarray:

@@ -117,8 +117,6 @@ def perturbed_run(gt: dict[str, list[Path]], out: Path, shift: int) -> None:
 @pytest.fixture
 def sample_gt(tmp_path: Path) -> tuple[dict[str, list[Path]], Path]:
     """The bundled sample's GT (bear, boat) plus a copy of boat under a hostile folder name; frames folder."""
-    if not (SAMPLE / "Annotations" / "480p" / "boat").is_dir():
-        pytest.skip(f"bundled sample missing at {SAMPLE}")
     root = tmp_path / "DAVIS"
     for sub in ("Annotations/480p", "JPEGImages/480p"):
         (root / sub).mkdir(parents=True)
@@ -349,8 +347,8 @@ def test_compare_refuses_other_split_or_benchmark(tmp_path: Path, capsys: pytest
 
 
 def synthetic_davis16_val(tmp: Path, data: Path) -> report.RunScores:
-    """20 sequences, 1376 frames at 854x480 (DAVIS 2016 val's size): real frames and GT of the shared data set
-    (cycled), predictions = GT moved sideways, random per-frame scores."""
+    """20 sequences, 1376 frames at 854x480 (DAVIS 2016 val's size): real frames and GT of the DAVIS 2016 tree `data`
+    (its sequences cycled; each needs 69 annotated frames), predictions = GT moved sideways, random per-frame scores."""
     rng = np.random.default_rng(0)
     seqs = sorted(p.name for p in (data / "JPEGImages" / "480p").iterdir())
     lengths = [69] * 16 + [68] * 4  # 1376 frames
@@ -376,7 +374,10 @@ def synthetic_davis16_val(tmp: Path, data: Path) -> report.RunScores:
 if __name__ == "__main__":
     import tempfile
 
-    data = Path(os.environ.get("EMVOS_SHARED", ROOT.parent / "shared")) / "data" / "DAVIS2016"
+    if len(sys.argv) != 2:
+        sys.exit("usage: python tests/test_report.py DAVIS2016_ROOT (a DAVIS 2016 tree, 69 annotated frames or more "
+                 "per sequence: the full download, not the bundled sample)")
+    data = Path(sys.argv[1])
     with tempfile.TemporaryDirectory() as tmp:
         scores = synthetic_davis16_val(Path(tmp), data)
         objects = scores.result.objects

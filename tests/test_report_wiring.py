@@ -20,8 +20,6 @@ from benchmarks import davis, generic, lvos, mose, sav
 from core import weights
 from reports import report
 
-pytestmark = pytest.mark.skipif(not WEIGHTS.exists(), reason=f"golden weights not found at {WEIGHTS}")
-
 
 def perturbed_weights(path: Path) -> Path:
     """The golden checkpoint with its decoder's last convolution halved: another model of the same layout."""

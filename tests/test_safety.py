@@ -337,7 +337,6 @@ def test_a_frame_whose_matching_cannot_fit_is_refused_up_front(tmp_path: Path, m
             segmenter.check_frame_memory(model, video, settings)
 
 
-@pytest.mark.skipif(not GOLDEN_WEIGHTS.is_file(), reason=f"golden weights not found at {GOLDEN_WEIGHTS}")
 def test_run_py_refuses_the_frame_before_the_first_step(tmp_path: Path, steps: list[int],
                                                         capsys: pytest.CaptureFixture) -> None:
     """Bug: the driver did not ask the model's estimate before the first frame (the refusal came from inside the

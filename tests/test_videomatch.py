@@ -295,7 +295,6 @@ def test_losses_by_hand() -> None:
 
 # --- training ----------------------------------------------------------------------------------------------------
 
-@pytest.mark.skipif(not (DAVIS2016 / "JPEGImages").is_dir(), reason=f"DAVIS 2016 sample not found at {DAVIS2016}")
 def test_training_on_real_pairs_lowers_the_loss() -> None:
     # Two frame pairs of the real sample from the training sampler (samplers.TrainDAVIS, clip_len 2, a tiny 48x80
     # crop), the paper's optimiser (Adam, lr 1e-5, weight decay 5e-4) and BCE, on this one batch: from random
@@ -322,7 +321,6 @@ def test_training_on_real_pairs_lowers_the_loss() -> None:
     assert losses[-1] < 0.95 * losses[0], losses
 
 
-@pytest.mark.skipif(not (DAVIS2016 / "JPEGImages").is_dir(), reason=f"DAVIS 2016 sample not found at {DAVIS2016}")
 def test_trainer_preset_trains_videomatch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     adam = []
     original = torch.optim.Adam

@@ -233,7 +233,6 @@ def test_heldout_pairs_are_apart_and_fixed(tmp_path: Path) -> None:
     assert held["imgs"].shape == (2, 3, 32, 48) and held["masks"][0].sum() > 0
 
 
-@pytest.mark.skipif(not DAVIS2016_SAMPLE.is_dir(), reason=f"DAVIS 2016 sample not found at {DAVIS2016_SAMPLE}")
 def test_port_recipe_reaches_the_training_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # `run.py --train --method videomatch` with no recipe flag but a small size and one pair: what the loop gets is
     # the port's recipe (every-pair sampler, batch 1, Dice, Adam 1e-5 / 5e-4, model kept by held-out pair IoU)

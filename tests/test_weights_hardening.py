@@ -24,8 +24,6 @@ from core import inference, methods, weights
 from training import trainer
 from utils import VOSInputError
 
-pytestmark = pytest.mark.skipif(not GOLDEN_WEIGHTS.is_file(), reason=f"golden weights not found at {GOLDEN_WEIGHTS}")
-
 DAVIS = "coco_davis_best.pth"
 TRAIN = ["--train", "--device", "cpu", "--no-pretrained", "--davis", str(DAVIS2016_SAMPLE), "--davis-year", "2016",
          "--stages", "davis", "--crop", "32", "32", "--clip-len", "2", "--batch-size", "2", "--clips-per-epoch", "2",
