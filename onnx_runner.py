@@ -3,7 +3,7 @@
     python onnx_runner.py --model model.onnx --frames video/ --mask first.png --output masks/
 
 The official test-time processing, in numpy, as the PyTorch driver does it (dataset.py, core/framework.py,
-core/inference.py): the short side to 480 (bicubic frames, nearest masks) unless a given object would then have
+core/segmenter.py): the short side to 480 (bicubic frames, nearest masks) unless a given object would then have
 fewer than 1000 pixels; the normalisation (ImageNet's mean and deviation, or the ones the exported checkpoint holds,
 from the graph's metadata); reflect padding to multiples of 16 (the odd pixel left / top);
 each object's [bg, fg] softmax; the soft aggregation of the objects (the minimum background and normalised odds, as
@@ -215,7 +215,7 @@ class State:
 
 @dataclass
 class OnnxSegmenter:
-    """One video, frame by frame, as `inference.VideoSegmenter`: `step(frame, mask=None)` -> (id mask, each object's
+    """One video, frame by frame, as `segmenter.VideoSegmenter`: `step(frame, mask=None)` -> (id mask, each object's
     aggregated foreground probability). The first frame needs a mask with an object; a later mask adds its new
     objects and overwrites the prediction with its pixels (a correction of the objects it holds)."""
 

@@ -266,7 +266,7 @@ def register(method: Method) -> Method:
 
 
 def config_classes() -> dict[str, type]:
-    """method name -> its config dataclass, for the model flags (config_flags.add_model_flags)."""
+    """method name -> its config dataclass, for the model flags (flags.add_model_flags)."""
     return {m.name: m.config for m in METHODS.values()}
 
 

@@ -1,6 +1,6 @@
 """Test-time augmentation: a horizontally flipped pass and passes at other scales, merged frame by frame.
 
-`TTAModel` wraps any `framework.VOSModel` and is one itself, so the driver (`inference.VideoSegmenter`) runs it as it
+`TTAModel` wraps any `framework.VOSModel` and is one itself, so the segmenter (`segmenter.VideoSegmenter`) runs it as it
 runs the method: its padding, its handling of given and late objects, its soft aggregation and output are unchanged.
 Each pass sees the frame at its own scale (and mirrored, for a flipped pass), runs the wrapped model with its own
 state, and its per-object [bg, fg] probabilities come back to the frame's size (bilinear) and orientation. The
@@ -223,10 +223,10 @@ def wrap(model: VOSModel, tta: TTA) -> VOSModel:
 
 
 def augment(segmenter: Any, flip: bool = False, scales: tuple[int, ...] | list[int] = (TEST_SHORT_SIDE,)) -> Any:
-    """An `inference.VideoSegmenter` like `segmenter` (its precision and run-time settings, a fresh video; the given
+    """A `segmenter.VideoSegmenter` like `segmenter` (its precision and run-time settings, a fresh video; the given
     one is left as it is) whose model runs under test-time augmentation, with the same `step` / `propagate`:
 
-        seg = tta.augment(inference.load("emvos"), flip=True, scales=(480, 560))
+        seg = tta.augment(segmenter.load("emvos"), flip=True, scales=(480, 560))
         for index, labels, probs in seg.propagate("video_frames/", {0: first_mask}): ...
 
     Frames run at the size given, which the scales are relative to (module docstring).

@@ -430,7 +430,7 @@ def preview_augmentation(image: str | Path, mask: str | Path, out_path: str | Pa
 
 
 class KeptProbabilities(Protocol):
-    """What Visualizer reads of the segmenter (inference.VideoSegmenter with keep_probabilities)."""
+    """What Visualizer reads of the segmenter (segmenter.VideoSegmenter with keep_probabilities)."""
 
     last_probs: torch.Tensor | None  # (N, 2, h, w) each object's [bg, fg] probabilities of the last frame
     object_ids: list[int]
