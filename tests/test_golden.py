@@ -6,11 +6,14 @@ docs/faithfulness.md describes the cases and how to regenerate and check them.
 """
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from conftest import GOLDEN_CASES, GOLDEN_WEIGHTS
+from PIL import Image
 
 from core.framework import Runtime
 from core.methods import load_weights
@@ -153,3 +156,30 @@ def test_official_outputs_are_not_trivial(cases: dict) -> None:
     scores = cases["c_scores_out"]
     picked = scores.argmax(axis=2)
     assert scores.std() > 1 and 0.05 < (picked == 1).mean() < 0.95
+
+
+def test_frames_that_are_not_the_golden_ones_are_refused(tmp_path: Path) -> None:
+    """Fails if the frames cut from sample/ are not checked against the fingerprint stored with the outputs: a sample
+    changed (or decoded to other pixels) would give other inputs, and the tests would report a mask difference that
+    no change of the model caused."""
+    sample = tmp_path / "DAVIS2016"
+    shutil.copytree(golden.SAMPLE, sample)
+    frame = sample / "JPEGImages" / "480p" / "boat" / "00002.jpg"
+    Image.open(frame).save(frame, quality=50)
+    with pytest.raises(ValueError, match="golden case b: the frames cut from .* are not those"):
+        golden.load_cases(sample=sample)
+
+
+def test_make_golden_refuses_a_folder_that_is_not_the_authors_code(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    """Fails if tools/make_golden.py runs on a folder without the authors' emvos.py, or on another version of it
+    (outputs of other code would be stored as the official ones), instead of one line and exit code 2."""
+    from tools import make_golden
+
+    for content in (None, "print('not the authors' code')\n"):
+        if content is not None:
+            (tmp_path / "emvos.py").write_text(content)
+        with pytest.raises(SystemExit) as stop:
+            make_golden.main([str(tmp_path)])
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and err.count("\n") == 1 and "emvos.py" in err and "7e1e200" in err

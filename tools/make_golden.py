@@ -69,17 +69,22 @@ def apply_shims(official: types.ModuleType) -> types.ModuleType:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+def _refuse(message: str) -> None:
+    """Bad input: one line on stderr and exit code 2, before any work."""
+    print(f"make_golden: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def load_official(official_dir: Path) -> types.ModuleType:
     """Import OFFICIAL_DIR/emvos.py (checked to be the file of commit 7e1e200) as a module, with the shims applied."""
     path = official_dir / "emvos.py"
     if not path.is_file():
-        raise SystemExit(f"make_golden: {path} not found; OFFICIAL_DIR must be a checkout of suhwan-cho/EMVOS at "
-                         f"{OFFICIAL_COMMIT[:7]}")
+        _refuse(f"{path} not found; pass a checkout of suhwan-cho/EMVOS as OFFICIAL_DIR (git clone "
+                f"https://github.com/suhwan-cho/EMVOS DIR && git -C DIR checkout {OFFICIAL_COMMIT[:7]})")
     blob = git_blob_id(path.read_bytes())
     if blob != OFFICIAL_EMVOS_BLOB:
-        raise SystemExit(f"make_golden: {path} has git blob id {blob}, not {OFFICIAL_EMVOS_BLOB} (emvos.py at "
-                         f"{OFFICIAL_COMMIT[:7]}); check out that commit: git -C {official_dir} checkout "
-                         f"{OFFICIAL_COMMIT[:7]}")
+        _refuse(f"{path} has git blob id {blob}, not {OFFICIAL_EMVOS_BLOB} (emvos.py at {OFFICIAL_COMMIT[:7]}); "
+                f"check out that commit: git -C {official_dir} checkout {OFFICIAL_COMMIT[:7]}")
     spec = importlib.util.spec_from_file_location("emvos_official", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
