@@ -246,13 +246,29 @@ def _hidden(path: Path) -> bool:
     return path.name.startswith(".")
 
 
-def _list_files(folder: Path, exts: set[str]) -> list[Path]:
-    """Visible files in `folder` whose suffix (case-insensitive) is in `exts`, naturally sorted; [] if the folder is
-    absent."""
+def _list_files(folder: Path, exts: set[str], skip: Path | None = None) -> list[Path]:
+    """Visible files in `folder` whose suffix (case-insensitive) is in `exts`, but `skip` (a mask stored beside
+    its frames), naturally sorted; [] if the folder is absent.
+
+    Every frame and mask listing of the readers goes through here, so two files of one name ('00001.jpg' beside
+    '00001.JPG', '00002.jpg' beside '00002.png') are refused for all of them: both frames would run and write the
+    one mask '00001.png', the later overwriting the earlier, and a frame's given mask is found by that name."""
     if not folder.is_dir():
         return []
-    files = (p for p in folder.iterdir() if not _hidden(p) and p.is_file() and p.suffix.lower() in exts)
-    return sorted(files, key=_natural_key)
+    skipped = skip.resolve() if skip is not None else None
+    files = sorted((p for p in folder.iterdir() if not _hidden(p) and p.is_file() and p.suffix.lower() in exts
+                    and (skipped is None or p.resolve() != skipped)), key=_natural_key)
+    seen: dict[str, Path] = {}
+    for path in files:
+        if path.stem in seen:
+            first, second = sorted((seen[path.stem], path))
+            raise VOSInputError(
+                f"'{first}' and '{second}' share the name '{path.stem}', and frames, masks and the masks written "
+                f"('{path.stem}.png') are matched by name, so one would overwrite or stand in for the other; keep one "
+                f"of them in '{folder}'"
+            )
+        seen[path.stem] = path
+    return files
 
 
 def frame_files(folder: Path) -> list[Path]:
@@ -293,9 +309,15 @@ def video_frames(folder: Path, exts: Iterable[str] = (".jpg",)) -> list[Path]:
 
 
 def _select(requested: list[str] | None, available: list[str], what: str) -> list[str]:
-    """The requested subset of sequence names, in the requested order; an unknown name is an error."""
+    """The requested subset of sequence names, in the requested order; an unknown name is an error, and so is a
+    name given twice (run.py --sequences bear bear): that video would be run and written twice, and its objects
+    scored twice in the means."""
     if requested is None:
         return list(available)
+    twice = list(dict.fromkeys(s for s in requested if requested.count(s) > 1))
+    if twice:
+        raise VOSInputError(f"the video(s) {', '.join(twice)} of {what} are asked for more than once (run.py "
+                            "--sequences); name each video once")
     known = set(available)
     unknown = [s for s in requested if s not in known]
     if unknown:
@@ -333,17 +355,9 @@ class SingleVideo(Layout):
         self._cleanup = None
         if self.video.is_dir():
             # A mask stored next to the frames is not a frame.
-            frames = [p for p in _list_files(self.video, _IMAGE_EXTS) if p.resolve() != self.mask.resolve()]
+            frames = _list_files(self.video, _IMAGE_EXTS, skip=self.mask)
             if not frames:
                 raise VOSInputError(f"folder '{self.video}' holds no frames (.jpg, .jpeg or .png files)")
-            seen: dict[str, Path] = {}
-            for frame in frames:
-                if frame.stem in seen:
-                    raise VOSInputError(
-                        f"frames '{seen[frame.stem]}' and '{frame}' would both write the mask '{frame.stem}.png'; "
-                        "keep one of them in the folder"
-                    )
-                seen[frame.stem] = frame
             self._frames = frames
         else:
             if self.video.suffix.lower() in _IMAGE_EXTS:

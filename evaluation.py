@@ -14,16 +14,18 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import time
 from pathlib import Path
 
 from benchmarks import registry
-from benchmarks.common import ScoreRequest, Scores, Scoring
+from benchmarks.common import ScoreRequest, Scores, Scoring, remove_stale
 from benchmarks.metrics import BOUND_TH, boundary_f, boundary_map, boundary_radius, disk, jaccard  # noqa: F401 (re-exported)
+from core import flags
 from core.flags import OneLineParser
-from utils import VOSInputError
+from utils import VOSInputError, check_output_outside, writable_dir, write_failure
 
 # the options defined here (argparse dests); a scorer's other options (Scoring.options) become --<name> PATH
 COMMON_OPTIONS = ("gt", "davis", "year", "split", "results", "out", "workers")
@@ -61,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     for option, texts in options.items():  # dest `option`, flag with dashes (toy_videos: --toy-videos)
         parser.add_argument(f"--{option.replace('_', '-')}", type=Path, help=_per_scoring(texts))
     parser.add_argument("--out", type=Path, help="folder for the result files (default: the --results folder)")
-    parser.add_argument("--workers", type=int, default=2, help="processes; 1 evaluates in this process")
+    parser.add_argument("--workers", type=flags.positive_int, default=2,
+                        help="processes (1 or more); 1 evaluates in this process")
     parser.add_argument("--no-report", action="store_true",
                         help="write only the toolkit's files, not report.html and scores.json beside them")
     parser.add_argument("--compare", nargs="+", metavar="RESULTS", default=None,
@@ -80,17 +83,31 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.perf_counter()
     try:
-        if args.results is None:
-            raise VOSInputError("pass --results DIR, the folder with one sub-folder of PNGs per video (or --compare)")
-        if (args.out or args.results).is_dir():
-            from reports import report
-
-            report.remove_outputs(args.out or args.results)  # no page of an earlier scoring beside the new files
         _score(registry.scorings()[args.benchmark], args, command, start)
     except VOSInputError as err:  # the DAVIS scorer's EvaluationError included
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a full disk, a read-only --out: one line (atomic writes leave no partial file)
+        line = write_failure(err)
+        if line is None:
+            raise
+        print(f"error: {line}; every file is written whole or not at all (report.html and scores.json together)",
+              file=sys.stderr)
+        return 2
     return 0
+
+
+def check_paths(args: argparse.Namespace) -> None:
+    """Refuse --results that is the ground truth (--gt or --davis: it would be scored against itself), and an output
+    folder (--out, default --results) that is, holds or lies inside the ground truth, which the result files,
+    scores.json and report.html would be written into."""
+    truth = [(flag, path) for flag, path in (("--gt", args.gt), ("--davis", args.davis)) if path is not None]
+    for flag, path in truth:
+        if os.path.realpath(args.results) == os.path.realpath(path):
+            raise VOSInputError(f"--results {args.results} is the {flag} folder, which would be scored against "
+                                "itself; pass the folder of the predictions")
+    check_output_outside(args.out or args.results, [path for _, path in truth],
+                         "--out" if args.out is not None else "--results")
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -123,25 +140,48 @@ def _compare(args: argparse.Namespace) -> int:
 def _score(scoring: Scoring, args: argparse.Namespace, command: str, start: float) -> None:
     """Score --results with `scoring` (--benchmark's), print its table and the files written, and (unless
     --no-report) write the report; `start` is when the scoring began (the time printed)."""
+    if args.results is None:
+        raise VOSInputError("pass --results DIR, the folder with one sub-folder of PNGs per video (or --compare)")
+    from reports import report  # the names of its files, and the weights an earlier report recorded
+
+    out = args.out or args.results
+    weights = report.weights_of(args.results, out)  # read before the earlier scores.json goes
+    earlier: list[Path] = []
+
+    def checked() -> None:
+        """Called by the scorer once its flags and the ground truth are checked: the paths checked against the
+        ground truth, then the earlier scores.json, report.html and every scoring's result files in `out` removed
+        (this tool's outputs, made from these predictions, which would otherwise stand beside a report of others)."""
+        check_paths(args)
+        writable_dir(out, "--out" if args.out is not None else "--results")
+        earlier.extend(registry.result_files(out))
+        remove_stale([*report.output_files(out), *earlier])
+
     request = ScoreRequest(args.gt, args.results, args.out, args.workers, args.split,
-                           {name: getattr(args, name) for name in scoring.options})
+                           {name: getattr(args, name) for name in scoring.options}, on_checked=checked)
     scored = scoring.score(request)
     print(scoring.format(scored))
     print(f"\nwrote {' and '.join(str(p) for p in scored.files)} ({time.perf_counter() - start:.1f} s)")
+    gone = [p.name for p in earlier if p not in scored.files]
+    if gone:
+        print(f"removed {', '.join(gone)} from {out}: result files of an earlier scoring, which this report does not "
+              "describe")
     if not args.no_report:
         folders = scoring.report_folders(request)
         if folders is not None:
-            write_report(scored, scored.files[0].parent, *folders, args.results, command)
+            write_report(scored, scored.files[0].parent, *folders, args.results, command, weights)
 
 
 def write_report(scores: Scores, out_dir: Path, frames_dir: Path, gt_dir: Path, layout: str, pred_dir: Path,
-                 command: str) -> None:
-    """scores.json and report.html beside the result files, recording the command line and the date."""
+                 command: str, weights: tuple[str, str] = ("", "")) -> None:
+    """scores.json and report.html beside the result files, recording the command line, the date and `weights`
+    ((name, id) of the checkpoint that made the masks, as report.weights_of finds it; empty when unknown)."""
     from reports import report  # matplotlib and the page code only when a report is written
 
     start = time.perf_counter()
     run = report.run_scores(scores, frames_dir=frames_dir, gt_dir=gt_dir, pred_dir=pred_dir, mask_layout=layout,
                             command=command)
+    run.weights_name, run.weights_id = weights
     paths = report.publish(run, out_dir)
     print(f"wrote {' and '.join(str(p) for p in paths)} ({time.perf_counter() - start:.1f} s)")
 

@@ -9,6 +9,7 @@ parsing memory sizes and probing free memory.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import socket
 import sys
@@ -217,6 +218,20 @@ def check_output_outside(out: str | os.PathLike, inputs: list[Path], flag: str) 
         shown = f"'{given}'" + (f" (= '{real}')" if Path(given).absolute() != real else "")
         raise VOSInputError(f"{flag} {out} {how} the input {shown} of this run, which writing there could overwrite; "
                             f"pass an {flag} folder outside the dataset, the frames and the masks")
+
+
+# What a full disk, a quota, a read-only or unwritable folder or a file past the size limit raise: the user's to fix,
+# told in one line (`write_failure`); any other OSError is a bug, shown whole.
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG)
+
+
+def write_failure(err: OSError) -> str | None:
+    """The one line for an OSError of `WRITE_ERRNOS`, naming the file (atomic_write fills in the name a file object
+    leaves out); None for any other errno."""
+    if err.errno not in WRITE_ERRNOS:
+        return None
+    verb = "could not access" if err.errno == errno.EACCES else "could not write"
+    return f"{verb} {err.filename or '(a file)'}: {err.strerror}"
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object], mode: int = 0o644) -> Path:

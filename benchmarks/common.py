@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import metrics
-from utils import VOSInputError, atomic_write, read_mask
+from utils import VOSInputError, atomic_write, read_mask, writable_dir
 
 # ----------------------------------------------------------------------------------------------------------------
 # The result
@@ -95,7 +95,11 @@ class ObjectScores:
 class Scores:
     """A scored run: the toolkit's global table (ordered (column, value) pairs in its order and scale, NaN where it
     leaves a field empty), printed with `decimals` decimals (the benchmark module's constant), its objects, the
-    files written and one-line notes (an empty seen/unseen group, videos without predictions)."""
+    files written and one-line notes (an empty seen/unseen group, videos without predictions).
+
+    percent: the toolkit prints its measures as percentages (the table and each object's `jf` x100); False: as
+    fractions in [0, 1]. The reports show every number in that unit (each benchmark module sets it).
+    title: the benchmark's name as its papers write it ("DAVIS 2017"); "" shows `benchmark`."""
 
     benchmark: str  # the Scoring's name: "davis", "vos-benchmark", ...
     split: str
@@ -104,6 +108,8 @@ class Scores:
     decimals: int
     files: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    percent: bool = False
+    title: str = ""
 
     def __post_init__(self) -> None:
         self.global_table = [(str(c), float(v)) for c, v in self.global_table]
@@ -116,6 +122,16 @@ class Scores:
     def jf_mean(self) -> float:
         """The headline J&F: the first column of every toolkit's table (DAVIS's J&F-Mean, vos-benchmark's J&F, ...)."""
         return self.global_table[0][1]
+
+    @property
+    def scale(self) -> float:
+        """What a fraction in [0, 1] (an `ObjectScores.j` or `f` entry) is multiplied by in the toolkit's unit."""
+        return 100.0 if self.percent else 1.0
+
+    @property
+    def name(self) -> str:
+        """"SA-V val", "DAVIS 2017 val", "vos-benchmark": the title and the split, for page titles."""
+        return " ".join(p for p in (self.title or self.benchmark, self.split) if p)
 
 
 def format_scores(result: Scores, empty: str = "nan") -> str:
@@ -152,7 +168,8 @@ class DataKey:
 @dataclass(frozen=True)
 class ScoreRequest:
     """What evaluation.py --benchmark hands a scorer: the files (--gt, --results, --out), the workers, --split (None:
-    the scorer's default) and the scorer's own file options (`Scoring.options`, None when not given)."""
+    the scorer's default), the scorer's own file options (`Scoring.options`, None when not given) and `on_checked`,
+    which the scorer calls through `begin_writing` (see there)."""
 
     gt: Path | None
     results: Path
@@ -160,6 +177,7 @@ class ScoreRequest:
     workers: int = 2
     split: str | None = None
     options: Mapping[str, Path | None] = field(default_factory=dict)
+    on_checked: Callable[[], object] | None = None
 
 
 @dataclass(frozen=True)
@@ -169,7 +187,9 @@ class Scoring:
     gt: what --gt is for it (for the help and the refusal). options: the file options it reads beyond --gt and
     --results, {name: what it is} (evaluation.py adds `--<name> PATH` for each). split: what --split means to it
     (None: it reads no split). report_folders(gt): (frames folder, ground-truth folder, report mask layout) of the
-    report. format: its printed table.
+    report. format: its printed table. result_files: glob patterns of the files it writes into the output folder,
+    whatever the split (evaluation.py removes every scoring's from --out, so that no other scoring's numbers stay
+    beside a new report).
     """
 
     name: str
@@ -180,6 +200,7 @@ class Scoring:
     options: Mapping[str, str] = field(default_factory=dict)
     split: str | None = None
     format: Callable[[Scores], str] = format_scores
+    result_files: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -251,6 +272,19 @@ def remove_stale(paths: Iterable[Path]) -> None:
     numbers of other predictions must never be read as these."""
     for path in paths:
         Path(path).unlink(missing_ok=True)
+
+
+def begin_writing(out: Path, flag: str, own: Iterable[Path], on_checked: Callable[[], object] | None) -> Path:
+    """Where a scorer's checks of its flags, the ground truth and the results folder end, before it writes or removes
+    anything and before it reads or requires any prediction PNG: `on_checked` (evaluation.py's checks of --out
+    against the ground truth, and its removal of the files of earlier scorings), then `out` created and checked
+    writable (flag names it), then the scorer's `own` result files of an earlier run removed. A refused command so
+    deletes nothing; predictions changed since the last scoring (a PNG missing) leave no stale numbers. -> out."""
+    if on_checked is not None:
+        on_checked()
+    out = writable_dir(Path(out), flag)
+    remove_stale(own)
+    return out
 
 
 def write_text(path: Path, text: str) -> Path:

@@ -20,7 +20,7 @@ import io
 import math
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -35,10 +35,11 @@ from benchmarks.common import (
     Scores,
     Scoring,
     TestScoring,
+    begin_writing,
     parallel_map,
 )
 from dataset import Layout, VideoReader, _list_files, _select, plain_name
-from utils import VOSInputError, atomic_write, read_mask, writable_dir
+from utils import VOSInputError, atomic_write, read_mask
 
 DECIMALS = 3  # the toolkit's CSVs and printout: %.3f
 
@@ -445,7 +446,7 @@ def object_scores(sequence: str, object_id: int, frames: list[str], j: np.ndarra
                         np.r_[math.nan, f, math.nan], counted, (jm + fm) / 2, values)
 
 
-def scores_of(objects: list[ObjectScores], split: str = "") -> Scores:
+def scores_of(objects: list[ObjectScores], split: str = "", title: str = "DAVIS") -> Scores:
     """The toolkit's global table of `objects` (means over all objects, not sequences; NaN when there are none, like
     the official np.mean), in the order of GLOBAL_COLUMNS."""
 
@@ -457,16 +458,18 @@ def scores_of(objects: list[ObjectScores], split: str = "") -> Scores:
     j_mean, f_mean = mean("J"), mean("F")
     values = ((j_mean + f_mean) / 2, j_mean, mean("J-Recall"), mean("J-Decay"), f_mean, mean("F-Recall"),
               mean("F-Decay"))
-    return Scores("davis", split, list(zip(GLOBAL_COLUMNS, values, strict=True)), objects, DECIMALS)
+    return Scores("davis", split, list(zip(GLOBAL_COLUMNS, values, strict=True)), objects, DECIMALS, title=title)
 
 
 def evaluate_sequences(
-    gt: dict[str, list[Path]], results_dir: Path, binary: bool, workers: int = 2, split: str = ""
+    gt: dict[str, list[Path]], results_dir: Path, binary: bool, workers: int = 2, split: str = "",
+    on_checked: Callable[[], None] | None = None,
 ) -> Scores:
     """Score every sequence of `gt` ({sequence: sorted GT PNG paths}) against `results_dir/<sequence>/*.png`.
 
     binary: True for DAVIS 2016 (masks binarised). workers: processes; 1 runs in this process (no pool).
     Frames are split into small tasks so that both cores stay busy whatever the sequence lengths.
+    on_checked: called once every sequence is checked, before any frame is scored (the removal of stale files).
     """
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
@@ -481,6 +484,8 @@ def evaluate_sequences(
             tasks.append((seq, scored[start : start + FRAMES_PER_TASK]))
 
     args = [(paths, results_dir / seq, binary, n_objects[seq]) for seq, paths in tasks]
+    if on_checked is not None:
+        on_checked()
     chunks = parallel_map(_score_frames, args, workers)
 
     per_seq: dict[str, list[np.ndarray]] = {seq: [] for seq in gt}
@@ -491,7 +496,7 @@ def evaluate_sequences(
         scores = np.concatenate(parts, axis=2)  # (2, n_objects, frames)
         frames = [Path(p).stem for p in gt[seq]]
         objects += [object_scores(seq, k + 1, frames, scores[0, k], scores[1, k]) for k in range(n_objects[seq])]
-    return scores_of(objects, split)
+    return scores_of(objects, split, "DAVIS 2016" if binary else "DAVIS 2017")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -547,15 +552,22 @@ def evaluate_and_write(
     binary: bool,
     workers: int = 2,
     out_dir: str | Path | None = None,
+    on_checked: Callable[[], object] | None = None,
 ) -> tuple[Scores, Path, Path]:
     """Score `results_dir` (see `evaluate_sequences`) and write its CSVs into out_dir (default results_dir):
     (result, global CSV, sequence CSV); the result lists both files.
 
-    The CSVs of `split` already in out_dir are deleted first (`remove_csvs`), so a failed evaluation leaves none.
+    The CSVs of `split` already in out_dir are deleted once every sequence is checked and before any frame is
+    scored (`common.begin_writing`, after `on_checked`), so a failed evaluation leaves none and a refused one deletes
+    nothing.
     """
+    flag = "--results" if out_dir is None else "--out"
     out_dir = results_dir if out_dir is None else out_dir
-    remove_csvs(out_dir, split)
-    result = evaluate_sequences(gt, Path(results_dir), binary, workers, split)
+
+    def checked() -> None:
+        begin_writing(Path(out_dir), flag, csv_paths(out_dir, split), on_checked)
+
+    result = evaluate_sequences(gt, Path(results_dir), binary, workers, split, checked)
     result.files = list(write_csvs(result, out_dir, split))
     return (result, *result.files)
 
@@ -590,11 +602,9 @@ def _open(request: ScoreRequest) -> DAVIS:
 def score(request: ScoreRequest) -> Scores:
     """evaluation.py's default: --results scored on the DAVIS root's --split (default val) and --year, as
     davis2017-evaluation does; the CSVs go to --out (default --results)."""
-    if request.out is not None:
-        writable_dir(request.out, "--out")
     ds = _open(request)
     return evaluate_and_write(ds.ground_truth(), request.results, ds.split, ds.binary, request.workers,
-                              request.out)[0]
+                              request.out, request.on_checked)[0]
 
 
 def report_folders(request: ScoreRequest) -> tuple[Path, Path, str] | None:
@@ -620,5 +630,6 @@ BENCHMARK = Benchmark(
     scorings=(Scoring("davis", "davis2017-evaluation", "the DAVIS root (as --davis)", score, report_folders,
                       options={"davis": "the DAVIS root", "year": "2016 (binary masks) or 2017"},
                       split="image set (default val)",
-                      format=lambda result: format_table(result, result.split)),),
+                      format=lambda result: format_table(result, result.split),
+                      result_files=("global_results-*.csv", "per-sequence_results-*.csv")),),
 )

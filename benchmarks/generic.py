@@ -11,7 +11,7 @@ by hkchengrex/vos-benchmark's rules (evaluation.py --benchmark vos-benchmark).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,10 +25,10 @@ from benchmarks.common import (
     ScoreRequest,
     Scores,
     Scoring,
+    begin_writing,
     need_dir,
     parallel_map,
     pngs,
-    remove_stale,
     report_folders_beside,
     require_gt,
     score_from_appearance,
@@ -46,7 +46,7 @@ from dataset import (
     plain_name,
     video_frames,
 )
-from utils import VOSInputError, save_mask, writable_dir
+from utils import VOSInputError, save_mask
 
 DECIMALS = 1  # results.csv and the printed table, as vos-benchmark writes them
 
@@ -97,7 +97,8 @@ class Generic(Layout):
                                     f"first frame of '{name}'")
             for m in masks:
                 if m.stem not in index:
-                    raise VOSInputError(f"mask '{m}' has no frame named '{m.stem}' in '{self.image_dir / name}'")
+                    raise VOSInputError(f"mask '{m}' has no frame named '{m.stem}' in '{self.image_dir / name}'; "
+                                        "rename the mask after the frame it was drawn on, or remove it")
             offset = min(index[m.stem] for m in masks)
             names = [f.stem + ".png" for f in frames]
             yield GenericVideo(name, frames[offset:], {index[m.stem] - offset: m for m in masks}, names[offset:],
@@ -164,48 +165,64 @@ def _common_videos(gt: Path, results: Path, what: str) -> tuple[list[str], list[
     return videos, notes
 
 
-def finish_vos(benchmark: str, objects: list[ObjectScores], out: Path, notes: list[str]) -> Scores:
-    """vos-benchmark's reduction of `objects` and its results.csv in `out`, as the `benchmark`'s result."""
+def finish_vos(benchmark: str, objects: list[ObjectScores], out: Path, notes: list[str], title: str = "",
+               split: str = "") -> Scores:
+    """vos-benchmark's reduction of `objects` and its results.csv in `out`, as the `benchmark`'s result (titled
+    `title`, of `split`), in percent as the toolkit prints it."""
     if not objects:
         raise VOSInputError("no object appears in the evaluated GT frames; nothing to score")
     table = reduce_vos_benchmark(objects)
     path = out / "results.csv"
     write_text(path, vos_benchmark_text(table, objects))
-    return Scores(benchmark, "", table, objects, DECIMALS, [path], notes)
+    return Scores(benchmark, split, table, objects, DECIMALS, [path], notes, percent=True, title=title)
 
 
-def open_results_csv(gt: Path, results: Path, out: Path | None, gt_holds: str,
-                     results_hold: str) -> tuple[Path, Path, Path, list[str], list[str]]:
-    """The checked folders of a scoring that writes vos-benchmark's results.csv (vos-benchmark, SA-V), the stale
-    results.csv removed, and the videos in both trees with the notes about the others."""
+def open_results_csv(gt: Path, results: Path, gt_holds: str,
+                     results_hold: str) -> tuple[Path, Path, list[str], list[str]]:
+    """The checked folders of a scoring that writes vos-benchmark's results.csv (vos-benchmark, SA-V), and the
+    videos in both trees with the notes about the others. The output folder is the caller's to check and its stale
+    results.csv to remove (`common.begin_writing`), once the ground truth is checked."""
     gt = need_dir(gt, "--gt", gt_holds)
     results = need_dir(results, "--results", results_hold)
-    out = writable_dir(Path(out or results), "--out" if out else "--results")
-    remove_stale([out / "results.csv"])
     videos, notes = _common_videos(gt, results, "the predictions of these videos")
-    return gt, results, out, videos, notes
+    return gt, results, videos, notes
 
 
-def score_vos_benchmark(gt: Path, results: Path, out: Path | None = None, workers: int = 2) -> Scores:
+def gt_pngs(folder: Path) -> list[str]:
+    """The GT PNGs of one video folder, sorted; a folder without any is refused (the toolkit would skip the video
+    without a word, and its objects would be missing from the table)."""
+    names = pngs(folder)
+    if not names:
+        raise VOSInputError(f"ground-truth folder {folder} holds no .png mask; re-extract its annotations or remove "
+                            "the empty folder")
+    return names
+
+
+def score_vos_benchmark(gt: Path, results: Path, out: Path | None = None, workers: int = 2,
+                        on_checked: Callable[[], object] | None = None) -> Scores:
     """Score `results/<video>/<frame>.png` on a GT folder of `<video>/<frame>.png` id maps (vos-benchmark -g), as
     vos-benchmark: frames = sorted GT files without the first and the last, each object counted from its first
-    appearance in GT or prediction, DAVIS J and F. Writes results.csv into `out` (default `results`)."""
-    gt, results, out, videos, notes = open_results_csv(
-        gt, results, out, "the folder of GT video folders (vos-benchmark -g)",
+    appearance in GT or prediction, DAVIS J and F. Writes results.csv into `out` (default `results`), the last one
+    removed once the ground truth is checked (`common.begin_writing`, which calls `on_checked`)."""
+    gt, results, videos, notes = open_results_csv(
+        gt, results, "the folder of GT video folders (vos-benchmark -g)",
         "the folder with one sub-folder of PNGs per video")
     tasks, frames_of = [], []
     for video in videos:
-        names = pngs(gt / video)[1:-1]
+        names = gt_pngs(gt / video)[1:-1]
         tasks.append(([(gt / video / x, results / video / x) for x in names],))
         frames_of.append([x[: -len(".png")] for x in names])
+    target = Path(out or results)
+    out = begin_writing(target, "--out" if out else "--results", [target / "results.csv"], on_checked)
     objects = []
     for video, frames, res in zip(videos, frames_of, parallel_map(score_from_appearance, tasks, workers), strict=True):
         objects += appearance_objects(video, res, frames)
-    return finish_vos("vos-benchmark", objects, out, notes)
+    return finish_vos("vos-benchmark", objects, out, notes, "vos-benchmark")
 
 
 def _score(request: ScoreRequest) -> Scores:
-    return score_vos_benchmark(require_gt(request, "vos-benchmark"), request.results, request.out, request.workers)
+    return score_vos_benchmark(require_gt(request, "vos-benchmark"), request.results, request.out, request.workers,
+                               request.on_checked)
 
 
 BENCHMARK = Benchmark(
@@ -214,5 +231,6 @@ BENCHMARK = Benchmark(
     holds="JPEGImages/<video>/ and Annotations/<video>/ (every mask given)",
     root="generic",
     scorings=(Scoring("vos-benchmark", "hkchengrex/vos-benchmark", "the vos-benchmark GT folder (-g)", _score,
-                      lambda request: report_folders_beside(require_gt(request, "vos-benchmark"))),),
+                      lambda request: report_folders_beside(require_gt(request, "vos-benchmark")),
+                      result_files=("results.csv",)),),
 )

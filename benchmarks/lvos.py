@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,17 +30,17 @@ from benchmarks.common import (
     Scores,
     Scoring,
     TestScoring,
+    begin_writing,
     format_scores,
     nan_mean,
     need_dir,
     parallel_map,
-    remove_stale,
     require_gt,
     score_fixed,
     write_text,
 )
 from dataset import Layout, VideoReader, _select, need_part, plain_name, video_frames
-from utils import VOSInputError, read_mask, writable_dir
+from utils import VOSInputError, read_mask
 
 # lvos-evaluation's own unseen_videos.txt (51 ids), copied with a header naming its source.
 LVOS_UNSEEN = Path(__file__).resolve().parent / "lvos_unseen_videos.txt"
@@ -84,9 +84,12 @@ class LVOS(Layout):
                                                 videos[v]["objects"].items()}
                 for v in videos
             }
+            # the last frame an object is scored on (lvos_frames: its range at step 5 without its last entry)
+            self.last_scored = {v: {int(k): int(o["frame_range"]["end"]) - LVOS_STEP for k, o in
+                                    videos[v]["objects"].items() if "end" in o["frame_range"]} for v in videos}
         except (ValueError, KeyError, TypeError, AttributeError) as err:
             raise VOSInputError(f"LVOS meta {self.meta_path} has no videos/<video>/objects/<id>/frame_range/start "
-                                f"({err!r}); pass the split's meta json from the LVOS download") from err
+                                f"and end ({err!r}); pass the split's meta json from the LVOS download") from err
         self.sequences = sorted(self.starts)  # the toolkit's order
 
     def videos(self, sequences: list[str] | None = None) -> Iterator[VideoReader]:
@@ -107,6 +110,13 @@ class LVOS(Layout):
                 if not path.is_file():
                     raise VOSInputError(f"mask '{path}' of LVOS object(s) {starting[i]} (their first frame in "
                                         f"{self.meta_path.name}) does not exist; re-extract the annotations")
+                check_given(path, starting[i], name, self.meta_path)
+            for obj, last in self.last_scored[name].items():
+                if last > max(index):  # else its last scored frames would have no mask, found after the whole run
+                    raise VOSInputError(
+                        f"{self.meta_path}: video {name} object {obj} has frame_range end {last + LVOS_STEP}, so it is "
+                        f"scored up to frame {last:08d}, but '{self.image_dir / name}' ends at {frames[-1].name}; "
+                        "re-extract the video or fix the meta")
             frames = frames[offset:]
             yield LVOSVideo(name, frames, dict(sorted(given.items())), [f.stem + ".png" for f in frames],
                             starting=starting)
@@ -148,12 +158,30 @@ LVOS_GLOBAL_COLUMNS = (
 LVOS_SEQUENCE_COLUMNS = ("Sequence", "J-Mean", "F-Mean", "V-Mean")
 
 
+def check_given(mask: Path, objects: list[int], video: str, meta: Path) -> None:
+    """Refuse LVOS objects whose frame_range starts at a frame whose mask `mask` lacks them: such an object is never
+    given, and scored on frames where the ground truth and the prediction both lack it, it would get J = F = 1."""
+    present = set(np.unique(read_mask(mask, raw=True)).tolist())
+    absent = [k for k in objects if k not in present]
+    if absent:
+        raise VOSInputError(
+            f"{meta}: video {video} object(s) {', '.join(map(str, absent))} start at {mask.stem} (frame_range start), "
+            f"but the mask '{mask}' does not hold them; fix the meta's start or re-extract the annotations")
+
+
 def read_video_list(path: Path) -> set[str]:
     """Video ids of a list file, one per line; blank lines and '#' comments are skipped."""
     path = Path(path)
+    if path.is_dir():
+        raise VOSInputError(f"--unseen {path} is a folder; pass a text file with one LVOS video id per line")
     if not path.is_file():
         raise VOSInputError(f"--unseen {path} does not exist; pass a file with one LVOS video id per line")
-    lines = [line.strip() for line in path.read_text().splitlines()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError) as err:
+        raise VOSInputError(f"--unseen {path} is not a text file ({err}); pass a text file with one LVOS video id "
+                            "per line") from err
+    lines = [line.strip() for line in text.splitlines()]
     return {line for line in lines if line and not line.startswith("#")}
 
 
@@ -221,12 +249,15 @@ def score_lvos(
     unseen: Path | None = None,
     out: Path | None = None,
     workers: int = 2,
+    on_checked: Callable[[], object] | None = None,
 ) -> Scores:
     """Score `results/<video>/<8-digit frame>.png` on an LVOS split folder `gt` (lvos-evaluation's --lvos_path).
 
     Per object (json order), the frames of its range at step 5 without its first and last; J and F as DAVIS (no
     void), V as `lvos_variance`; seen/unseen by `unseen` (default: the toolkit's list). Writes
-    global_results-<split>.csv and per-sequence_results-<split>.csv into `out` (default `results`).
+    global_results-<split>.csv and per-sequence_results-<split>.csv into `out` (default `results`), the last ones
+    removed once the meta, the unseen list and every GT frame scored are checked (`common.begin_writing`, which calls
+    `on_checked`): a frame_range that ends past the frames on disk is told before anything is removed or scored.
     """
     gt, results = (
         need_dir(gt, "--gt", "the LVOS split folder (holding Annotations/ and <split>_meta.json)"),
@@ -237,9 +268,6 @@ def score_lvos(
         raise VOSInputError(f"LVOS meta {meta} does not exist; pass --meta FILE or --split valid|test")
     unseen_ids = read_video_list(unseen or LVOS_UNSEEN)
     need_dir(results, "--results", "the folder with one sub-folder of PNGs per video")
-    out = writable_dir(Path(out or results), "--out" if out else "--results")
-    paths = lvos_files(out, split)
-    remove_stale(paths)
     try:
         videos = json.loads(meta.read_text())["videos"]
     except (ValueError, KeyError, TypeError) as err:
@@ -270,11 +298,18 @@ def score_lvos(
                     f"{LVOS_STEP} holds {(end - start) // LVOS_STEP + 1} frames (at least 3 are needed); fix the meta"
                 )
             frames = lvos_frames(start, end, n)
-            if not (results / video).is_dir():
-                raise VOSInputError(f"no results folder {results / video} for LVOS video {video}; predict every video")
+            # An object absent from its start mask is scored as the toolkit scores it (from the frame after its
+            # start); run.py --test refuses it (LVOS.videos), since it could never be given to the model.
             pairs = [(gt / "Annotations" / video / f"{x}.png", results / video / f"{x}.png") for x in frames]
+            _check_pairs(pairs, meta, video, label, end)
             tasks.append((pairs, (int(label),)))
             keys.append((video, label, f"{video}_{k}", frames))
+    target = Path(out or results)
+    out = begin_writing(target, "--out" if out else "--results", lvos_files(target, split), on_checked)
+    paths = lvos_files(out, split)
+    for video in sorted(videos):
+        if not (results / video).is_dir():
+            raise VOSInputError(f"no results folder {results / video} for LVOS video {video}; predict every video")
 
     objects = []
     for (video, label, name, frames), (scores, _) in zip(keys, parallel_map(score_fixed, tasks, workers), strict=True):
@@ -288,7 +323,16 @@ def score_lvos(
     write_text(paths[1], "\n".join([",".join(LVOS_SEQUENCE_COLUMNS), *seq_rows]) + "\n")
     global_text = ",".join(LVOS_GLOBAL_COLUMNS) + "\n" + ",".join(_fmt3(v) for _, v in table) + "\n"
     write_text(paths[0], global_text)  # last, so that its presence means both are complete
-    return Scores("lvos", split, table, objects, DECIMALS, list(paths), notes)
+    return Scores("lvos", split, table, objects, DECIMALS, list(paths), notes, title="LVOS")
+
+
+def _check_pairs(pairs: list[tuple[Path, Path]], meta: Path, video: str, label: str, end: int) -> None:
+    """Every GT PNG an object is scored on exists: a frame_range that ends past the frames on disk is told before
+    any scoring, naming the meta (a missing prediction is told by the scoring, once the stale results are gone)."""
+    for gt_path, _ in pairs:
+        if not gt_path.is_file():
+            raise VOSInputError(f"{meta}: video {video} object {label} has frame_range end {end}, but its scored frame "
+                                f"{gt_path} does not exist; fix the meta's end or re-extract the annotations")
 
 
 def format_lvos(result: Scores) -> str:
@@ -298,7 +342,8 @@ def format_lvos(result: Scores) -> str:
 
 def _score(request: ScoreRequest) -> Scores:
     return score_lvos(require_gt(request, "lvos"), request.results, request.split or "valid",
-                      request.options.get("meta"), request.options.get("unseen"), request.out, request.workers)
+                      request.options.get("meta"), request.options.get("unseen"), request.out, request.workers,
+                      request.on_checked)
 
 
 def _report_folders(request: ScoreRequest) -> tuple[Path, Path, str]:
@@ -318,5 +363,6 @@ BENCHMARK = Benchmark(
                                "unseen": f"file of unseen video ids, one per line (default {LVOS_UNSEEN.name}, the "
                                          "toolkit's list)"},
                       split="valid or test (default valid), which names <split>_meta.json and the CSVs",
-                      format=format_lvos),),
+                      format=format_lvos,
+                      result_files=("global_results-*.csv", "per-sequence_results-*.csv")),),
 )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,11 +25,11 @@ from benchmarks.common import (
     ScoreRequest,
     Scores,
     Scoring,
+    begin_writing,
     nan_mean,
     need_dir,
     parallel_map,
     pngs,
-    remove_stale,
     report_folders_beside,
     require_gt,
     score_fixed,
@@ -37,7 +37,7 @@ from benchmarks.common import (
     write_text,
 )
 from dataset import Layout, VideoReader, _list_folders, _select, need_part, plain_name, video_frames
-from utils import VOSInputError, writable_dir
+from utils import VOSInputError
 
 MOSE_CHUNK = 15  # frames per worker task, as score.py's MAX_FRAMES_PER_CHUNK
 MOSE_AREA_TH = 0.1  # F_new: radius ceil(0.1 * sqrt(GT area)), capped at 0.008 * diagonal
@@ -183,12 +183,9 @@ def mose_scores_text(table: list[tuple[str, float]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _mose_video_frames(
-    gt: Path, results: Path, meta: Path, videos_meta: dict, video: str
-) -> tuple[list, tuple[int, ...], list[str]]:
+def _mose_video_gt(gt: Path, meta: Path, videos_meta: dict, video: str) -> tuple[list, tuple[int, ...], int]:
     """One MOSE v2 video checked against its meta entry and its GT folder: (its object ids as the meta lists them,
-    the same as ints, the frames score.py scores: positions 1..length-2 of the sorted prediction listing, without
-    '.png'). Raises VOSInputError when the meta, the GT or the predictions do not fit together."""
+    the same as ints, its length). Raises VOSInputError when the meta and the GT do not fit together."""
     if video not in videos_meta:
         raise VOSInputError(f"video {video} of {gt} is not in {meta}; pass the meta json of these annotations")
     try:
@@ -203,6 +200,12 @@ def _mose_video_frames(
             f"{gt / video} holds {n_gt} files but {meta} says length {length} (at least 3); score.py needs every "
             "frame annotated and the meta of these annotations"
         )
+    return objs, ids, length
+
+
+def _mose_video_frames(gt: Path, results: Path, video: str, length: int) -> list[str]:
+    """The frames score.py scores of one MOSE v2 video (checked by `_mose_video_gt`): positions 1..length-2 of the
+    sorted prediction listing, without '.png'. Raises VOSInputError when the predictions do not fit the GT."""
     if not (results / video).is_dir():
         # score.py would score the video 0 silently; a missing folder is almost always a mistake.
         raise VOSInputError(f"no results folder {results / video} for MOSE video {video}; predict every video")
@@ -225,7 +228,7 @@ def _mose_video_frames(
             f"{results / video} holds PNGs that are not frames of {gt / video} among its first {length}; "
             "score.py would pair them with the wrong GT frames: remove them"
         )
-    return objs, ids, [x[: -len(".png")] for x in names[1 : length - 1]]
+    return [x[: -len(".png")] for x in names[1 : length - 1]]
 
 
 def _mose_objects(
@@ -251,12 +254,14 @@ def _mose_objects(
 
 
 def score_mosev2(
-    gt: Path, results: Path, meta: Path | None, out: Path | None = None, workers: int = 2
+    gt: Path, results: Path, meta: Path | None, out: Path | None = None, workers: int = 2,
+    on_checked: Callable[[], object] | None = None,
 ) -> Scores:
     """Score `results/<video>/<frame>.png` on the MOSE v2 annotations folder `gt` (score.py --ann) with its meta
     json (--meta), as score.py: frames at positions 1..length-2 of the sorted prediction listing, J with +1
     smoothing, F_new and the classic F of `mose_radii`, disappear/reappear segments. Writes scores.txt and
-    metrics.json into `out` (default `results`).
+    metrics.json into `out` (default `results`), the last ones removed once every video's GT is checked against the
+    meta (`common.begin_writing`, which calls `on_checked`) and before the predictions are.
     """
     gt = need_dir(gt, "--gt", "the MOSE v2 Annotations folder (score.py --ann)")
     if meta is None:
@@ -264,9 +269,6 @@ def score_mosev2(
     if not Path(meta).is_file():
         raise VOSInputError(f"--meta {meta} is not a file; pass --meta meta.json, the meta of these annotations")
     results = need_dir(results, "--results", "the folder with one sub-folder of PNGs per video")
-    out = writable_dir(Path(out or results), "--out" if out else "--results")
-    paths = mose_files(out)
-    remove_stale(paths)
     start_time = time.perf_counter()
     try:
         videos_meta = json.loads(Path(meta).read_text())["videos"]
@@ -278,9 +280,13 @@ def score_mosev2(
     if len(top) == 1 and top[0] not in videos and not pngs(results):
         results = results / top[0]
 
+    checked = [_mose_video_gt(gt, meta, videos_meta, video) for video in videos]
+    target = Path(out or results)
+    out = begin_writing(target, "--out" if out else "--results", mose_files(target), on_checked)
+    paths = mose_files(out)
     tasks, keys = [], []
-    for video in videos:
-        objs, ids, frames = _mose_video_frames(gt, results, meta, videos_meta, video)
+    for video, (objs, ids, length) in zip(videos, checked, strict=True):
+        frames = _mose_video_frames(gt, results, video, length)
         pairs = [(gt / video / f"{x}.png", results / video / f"{x}.png") for x in frames]
         for c in range(0, len(pairs), MOSE_CHUNK):
             tasks.append((pairs[c : c + MOSE_CHUNK], ids, 1, mose_radii))
@@ -292,7 +298,7 @@ def score_mosev2(
     per_object["total_time"] = time.perf_counter() - start_time
     write_text(paths[1], json.dumps(per_object, indent=4))
     write_text(paths[0], mose_scores_text(table))
-    return Scores("mosev2", "", table, objects, DECIMALS, list(paths), notes)
+    return Scores("mosev2", "", table, objects, DECIMALS, list(paths), notes, percent=True, title="MOSE v2")
 
 
 def format_mose(result: Scores) -> str:
@@ -305,7 +311,7 @@ def format_mose(result: Scores) -> str:
 
 def _score(request: ScoreRequest) -> Scores:
     return score_mosev2(require_gt(request, "mosev2"), request.results, request.options.get("meta"), request.out,
-                        request.workers)
+                        request.workers, request.on_checked)
 
 
 BENCHMARK = Benchmark(
@@ -315,5 +321,6 @@ BENCHMARK = Benchmark(
     root="mose",
     scorings=(Scoring("mosev2", "MOSE-api score.py", "the MOSE v2 Annotations folder (--ann)", _score,
                       lambda request: report_folders_beside(require_gt(request, "mosev2")),
-                      options={"meta": "its meta.json (score.py --meta, required)"}, format=format_mose),),
+                      options={"meta": "its meta.json (score.py --meta, required)"}, format=format_mose,
+                      result_files=("scores.txt", "metrics.json")),),
 )

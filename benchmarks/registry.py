@@ -42,6 +42,14 @@ def scorings() -> dict[str, Scoring]:
     return {s.name: s for b in BENCHMARKS for s in b.scorings}
 
 
+def result_files(folder: Path) -> list[Path]:
+    """The result files of every scoring (`Scoring.result_files`) that `folder` holds, sorted: what an earlier
+    scoring into it left, which no new report may stand beside."""
+    patterns = {p for s in scorings().values() for p in s.result_files}
+    found = {f for p in patterns for f in Path(folder).glob(p) if f.is_file() and not f.name.startswith(".")}
+    return sorted(found)
+
+
 def root_flags() -> list[Benchmark]:
     """The benchmarks whose root flag (--<root>) run.py generates: those whose root training does not read."""
     return [b for b in BENCHMARKS if b.root]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from benchmarks.common import (
     Scores,
     Scoring,
     TestScoring,
+    begin_writing,
     format_scores,
     parallel_map,
     require_gt,
@@ -85,6 +86,10 @@ class SAV(Layout):
         listing = need_part(self.root / folder / f"{folder}.txt", "--sav", self.root, holds)
         self.sequences = [plain_name(line.strip(), listing) for line in listing.read_text().splitlines()
                           if line.strip()]
+        twice = sorted({v for v in self.sequences if self.sequences.count(v) > 1})
+        if twice:  # its masks would be written twice and its objects scored twice
+            raise VOSInputError(f"'{listing}' names the video(s) {', '.join(twice[:5])} more than once; list each "
+                                "video once (re-download the list)")
 
     def videos(self, sequences: list[str] | None = None) -> Iterator[VideoReader]:
         for name in _select(sequences, self.sequences, f"SA-V {self.split} at '{self.root}'"):
@@ -103,52 +108,78 @@ class SAV(Layout):
                            [f.stem + ".png" for f in frames], objects=objects, mask_folder=self.annotations / name)
 
     def scoring(self, key: str, out_dir: Path, videos: list[str]) -> TestScoring:
-        """sav_evaluator.py's rules on exactly `videos` (their Annotations_6fps), results.csv into out_dir."""
+        """sav_evaluator.py's rules on exactly `videos` (their Annotations_6fps), results.csv into out_dir; every
+        object is checked to appear in an evaluated frame before any frame runs (`check_objects_appear`)."""
+        for v in videos:
+            check_objects_appear(self.annotations / v)
+
         def score() -> Scores:
             # the evaluator scores every video folder of both trees: give it the ground truth of the videos run, so
             # that folders an earlier run left in out_dir are not scored as this run's
             with tempfile.TemporaryDirectory(prefix=".sav_gt_") as tmp:
-                for v in videos:
+                for v in dict.fromkeys(videos):
                     (Path(tmp) / v).symlink_to((self.annotations / v).resolve(), target_is_directory=True)
-                return score_sav(Path(tmp), out_dir, out_dir)
+                return score_sav(Path(tmp), out_dir, out_dir, split=self.split)
 
         return TestScoring([out_dir / "results.csv"], score, format_scores, (self.annotations, "per-object"))
 
 
-def score_sav(gt: Path, results: Path, out: Path | None = None, workers: int = 2) -> Scores:
+def check_objects_appear(video: Path) -> None:
+    """Refuse an object folder of Annotations_6fps/<video> that is empty in every frame the evaluator reads (its
+    sorted frames without the first and the last): sav_evaluator.py stops on it, so it is told before any work, naming
+    the user's folder. Each object's frames are read until the first that holds it (the first read, mostly)."""
+    if not video.is_dir():
+        return  # SAV.videos names the missing folder
+    for obj in sorted(p.name for p in video.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        names = sorted(p.name for p in (video / obj).iterdir() if not p.name.startswith("."))[1:-1]
+        if not any(read_mask(video / obj / x, raw=True).any() for x in names):
+            raise VOSInputError(
+                f"SA-V object {video / obj} is empty in all its evaluated GT frames (the {len(names)} between its "
+                "first and last), where sav_evaluator.py stops; re-extract its annotations or remove the folder"
+            )
+
+
+def score_sav(gt: Path, results: Path, out: Path | None = None, workers: int = 2,
+              on_checked: Callable[[], object] | None = None, split: str | None = None) -> Scores:
     """Score SA-V predictions (`results/<video>/<object folder>/<frame>.png`, binary) on Annotations_6fps `gt`
     (sav_evaluator.py --gt_root), as sav_evaluator.py: per object folder, its sorted GT frames without the first and
     the last, the object counted from its first appearance. A video whose GT folder holds only PNGs is scored as
-    vos-benchmark does. Writes results.csv into `out` (default `results`)."""
-    gt, results, out, videos, notes = open_results_csv(
-        gt, results, out, "SA-V's Annotations_6fps folder (sav_evaluator.py --gt_root)",
+    vos-benchmark does. Writes results.csv into `out` (default `results`), the last one removed once the ground truth
+    is checked (`common.begin_writing`, which calls `on_checked`). split: the result's split (default: from the
+    folder `sav_<split>` that holds `gt`, else none)."""
+    gt, results, videos, notes = open_results_csv(
+        gt, results, "SA-V's Annotations_6fps folder (sav_evaluator.py --gt_root)",
         "the folder with one sub-folder per video")
+    if split is None:
+        parent = gt.resolve().parent.name
+        split = parent.removeprefix("sav_") if parent.startswith("sav_") else ""
     tasks, keys = [], []
     for video in videos:
         entries = sorted(p.name for p in (gt / video).iterdir() if not p.name.startswith("."))
+        if not entries:
+            raise VOSInputError(f"ground-truth folder {gt / video} is empty; re-extract its annotations or remove "
+                                "the empty folder")
         if all(x.endswith(".png") for x in entries):  # DAVIS-like video: vos-benchmark's rules
             names = entries[1:-1]
             tasks.append(([(gt / video / x, results / video / x) for x in names], False))
             keys.append((video, None, [x[:-4] for x in names]))
             continue
+        check_objects_appear(gt / video)
         for obj in entries:
             names = sorted(os.listdir(gt / video / obj))[1:-1]
             pairs = [(gt / video / obj / x, results / video / obj / x) for x in names]
             tasks.append((pairs, True))
             keys.append((video, obj, [x[:-4] for x in names]))
+    target = Path(out or results)
+    out = begin_writing(target, "--out" if out else "--results", [target / "results.csv"], on_checked)
     objects = []
     for (video, obj, frames), res in zip(keys, parallel_map(score_from_appearance, tasks, workers), strict=True):
-        if obj is not None and not res:
-            raise VOSInputError(
-                f"SA-V object {gt / video / obj} is empty in all its evaluated GT frames (first and last excluded); "
-                "the official evaluator stops here too"
-            )
         objects += appearance_objects(video, res, frames, obj)
-    return finish_vos("sav", objects, out, notes)
+    return finish_vos("sav", objects, out, notes, "SA-V", split)
 
 
 def _score(request: ScoreRequest) -> Scores:
-    return score_sav(require_gt(request, "sav"), request.results, request.out, request.workers)
+    return score_sav(require_gt(request, "sav"), request.results, request.out, request.workers, request.on_checked)
 
 
 def _report_folders(request: ScoreRequest) -> tuple[Path, Path, str]:
@@ -164,5 +195,5 @@ BENCHMARK = Benchmark(
     holds="sav_val/ and sav_test/",
     root="sav",
     scorings=(Scoring("sav", "sam2 sav_evaluator.py", "SA-V's Annotations_6fps (--gt_root)", _score,
-                      _report_folders),),
+                      _report_folders, result_files=("results.csv",)),),
 )

@@ -75,7 +75,8 @@ class YouTubeVOS(Layout):
         index = {f.stem: i for i, f in enumerate(frames)}
         for stem, path in masks.items():
             if stem not in index:
-                raise VOSInputError(f"mask '{path}' has no frame '{stem}.jpg' in '{self.all_frames_dir / name}'")
+                raise VOSInputError(f"mask '{path}' has no frame '{stem}.jpg' in '{self.all_frames_dir / name}'; "
+                                    "re-extract the video's frames, or remove the mask if it belongs to no frame")
         scored = {p.stem for p in _list_files(self.image_dir / name, {".jpg"})}
         start = min(index[s] for s in masks)  # official: frame ids below the first annotated one are dropped
         frames = frames[start:]

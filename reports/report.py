@@ -24,6 +24,7 @@ import html
 import io
 import json
 import math
+import os
 import shlex
 import sys
 from collections.abc import Sequence
@@ -40,7 +41,7 @@ from utils import VOSInputError, atomic_write, read_frame, read_mask
 SCORES_NAME = "scores.json"
 REPORT_NAME = "report.html"
 COMPARE_NAME = "compare.html"
-FORMAT_VERSION = 1  # of scores.json; bump when a field changes meaning
+FORMAT_VERSION = 2  # of scores.json; bump when a field changes meaning (2: the toolkit's unit and title)
 
 # How a run's mask PNGs map to one object (`RunScores.mask_layout`):
 #   "ids"        <dir>/<sequence>/<frame>.png, pixel value = object id (DAVIS 2017 and most benchmarks)
@@ -110,7 +111,8 @@ def scores_to_json(scores: RunScores) -> str:
     data = {"benchmark": result.benchmark, "split": result.split,
             "global_table": [[c, None if math.isnan(v) else v] for c, v in result.global_table], "objects": objects,
             "frames_dir": scores.frames_dir, "gt_dir": scores.gt_dir, "pred_dir": scores.pred_dir,
-            "mask_layout": scores.mask_layout, "decimals": result.decimals, "command": scores.command,
+            "mask_layout": scores.mask_layout, "decimals": result.decimals, "percent": result.percent,
+            "title": result.title, "command": scores.command,
             "weights_name": scores.weights_name, "weights_id": scores.weights_id, "date": scores.date,
             "extra": scores.extra, "format": FORMAT_VERSION}
     return json.dumps(data, indent=1, allow_nan=False)
@@ -131,7 +133,8 @@ def scores_from_json(text: str, source: str = "scores") -> RunScores:
             obj["jf"] = math.nan if obj["jf"] is None else obj["jf"]
             objects.append(ObjectScores(**obj))
         table = [(c, math.nan if v is None else v) for c, v in data.pop("global_table")]
-        result = Scores(data.pop("benchmark"), data.pop("split"), table, objects, data.pop("decimals"))
+        result = Scores(data.pop("benchmark"), data.pop("split"), table, objects, data.pop("decimals"),
+                        percent=bool(data.pop("percent")), title=data.pop("title"))
         return RunScores(result, **data)
     except VOSInputError:
         raise
@@ -174,17 +177,51 @@ def run_scores(result: Scores, *, frames_dir: str | Path, gt_dir: str | Path, pr
                      date=date or datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 
+def output_files(out_dir: str | Path) -> list[Path]:
+    """The files `publish` writes into out_dir: scores.json and report.html."""
+    return [Path(out_dir) / SCORES_NAME, Path(out_dir) / REPORT_NAME]
+
+
 def remove_outputs(out_dir: str | Path) -> None:
     """Delete an earlier run's scores.json and report.html in out_dir, before scoring it again: a run that fails, or
     runs without a report, must not leave pages that describe other masks."""
-    for name in (SCORES_NAME, REPORT_NAME):
-        (Path(out_dir) / name).unlink(missing_ok=True)
+    for path in output_files(out_dir):
+        path.unlink(missing_ok=True)
 
 
 def publish(scores: RunScores, out_dir: str | Path) -> tuple[Path, Path]:
-    """`scores.json` (for `--compare`) and `report.html` in out_dir, beside the toolkit's files."""
+    """`scores.json` (for `--compare`) and `report.html` in out_dir, beside the toolkit's files: both or neither (a
+    full disk while writing the page removes the scores.json just written, and the error propagates)."""
     out_dir = Path(out_dir)
-    return save_scores(scores, out_dir / SCORES_NAME), write_report(scores, out_dir / REPORT_NAME)
+    saved = save_scores(scores, out_dir / SCORES_NAME)
+    try:
+        return saved, write_report(scores, out_dir / REPORT_NAME)
+    except BaseException:
+        saved.unlink(missing_ok=True)
+        raise
+
+
+def weights_of(results: str | Path, out_dir: str | Path | None = None) -> tuple[str, str]:
+    """(weights_name, weights_id) of the run that wrote the masks in `results`, for a report that scores them again:
+    from the scores.json an earlier scoring left in out_dir or `results` when it describes these masks (its pred_dir
+    is `results`), else the weights' file name from run.py's run.json in its --output (the parent of `results`);
+    ("", "") when neither says. Read before the earlier scores.json is replaced."""
+    results = Path(results)
+    for folder in dict.fromkeys(Path(f) for f in (out_dir, results) if f is not None):
+        path = folder / SCORES_NAME
+        if not path.is_file():
+            continue
+        try:
+            run = load_scores(path)
+        except (VOSInputError, OSError, UnicodeDecodeError):
+            continue  # an unreadable or older file says nothing about the weights
+        if os.path.realpath(run.pred_dir) == os.path.realpath(results) and run.weights_name:
+            return run.weights_name, run.weights_id
+    try:
+        record = json.loads((results.parent / "run.json").read_text(encoding="utf-8"))
+        return Path(record["weights"]).name, ""
+    except (OSError, ValueError, KeyError, TypeError):
+        return "", ""
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -236,7 +273,9 @@ class Thumbnail:
 def thumbnail(scores: RunScores, obj: ObjectScores, index: int, width: int = THUMB_WIDTH) -> Thumbnail:
     """Frame `index` of `obj` with its ground-truth contour (blue, wide) and predicted contour (orange, thin)."""
     frame = obj.frames[index]
-    caption = f"frame {frame}: J {obj.j[index]:.3f}, F {obj.f[index]:.3f}"
+    result = scores.result
+    j, f = (fmt(v[index] * result.scale, result.decimals) or "n/a" for v in (obj.j, obj.f))
+    caption = f"frame {frame}: J {j}, F {f}"
     frame_path = _frame_path(scores, obj.sequence, frame)
     try:
         rgb = read_frame(frame_path)
@@ -283,15 +322,37 @@ def _mpl_text(text: str) -> str:
     return text.replace("$", r"\$")
 
 
+CHART_LABEL = 40  # characters of a name a chart shows (the middle elided); the page's tables show it whole
+
+
+def _shorten(name: str, width: int = CHART_LABEL) -> str:
+    """`name`, or its start and end around '...' when longer than `width` characters."""
+    if len(name) <= width:
+        return name
+    keep = width - 3
+    return name[: (keep + 1) // 2] + "..." + name[len(name) - keep // 2 :]
+
+
 def _png_uri(fig: object) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def axis_limits(values: Sequence[float], full: float = 1.0, diverging: bool = False) -> tuple[float, float]:
+    """A bar chart's value axis: 0..full (1 for fractions, 100 for percentages), widened to hold any value beyond
+    it; diverging (changes): symmetric around 0, 5 % past the largest change (full / 100 when nothing changed)."""
+    finite = [float(v) for v in values if v is not None and math.isfinite(v)]
+    if diverging:
+        reach = 1.05 * max([abs(v) for v in finite] + [0.0]) or full / 100
+        return -reach, reach
+    return min([0.0, *finite]), max([full, *finite])
+
+
 def bar_chart(labels: list[str], values: list[float], title: str, xlabel: str, mean: float | None = None,
-              diverging: bool = False) -> str:
-    """Horizontal bars, one per label, top to bottom in the given order; a PNG data: URI."""
+              diverging: bool = False, full: float = 1.0, decimals: int = 3) -> str:
+    """Horizontal bars, one per label, top to bottom in the given order, on the axis `axis_limits` gives (`full`:
+    the top of the scale the values are in); the mean's label has `decimals` decimals. A PNG data: URI."""
     plt = _plt()
     n = len(labels)
     fig, ax = plt.subplots(figsize=(8, 1.2 + 0.22 * max(n, 1)), dpi=100, layout="constrained")
@@ -299,15 +360,16 @@ def bar_chart(labels: list[str], values: list[float], title: str, xlabel: str, m
     vals = np.nan_to_num(np.asarray(values, dtype=np.float64), nan=0.0)
     colours = np.where(vals < 0, "#d55e00", "#009e73") if diverging else "#0072b2"  # drops orange, gains green
     ax.barh(y, vals, color=colours, height=0.7)
-    ax.set_yticks(y, [_mpl_text(s) for s in labels], fontsize=8)
+    # a long name would take the whole width from the bars (matplotlib then warns that the layout collapsed); the
+    # tables beside the chart give the full names
+    ax.set_yticks(y, [_mpl_text(_shorten(s)) for s in labels], fontsize=8)
     ax.invert_yaxis()  # first label on top
     ax.set_ylim(n - 0.5, -0.5)
     if diverging:
         ax.axvline(0, color="black", linewidth=0.8)
-    else:
-        ax.set_xlim(0, 1)
+    ax.set_xlim(*axis_limits([*values, *([] if mean is None else [mean])], full, diverging))
     if mean is not None and not math.isnan(mean):
-        ax.axvline(mean, color="#cc79a7", linestyle="--", linewidth=1.2, label=f"mean {mean:.3f}")
+        ax.axvline(mean, color="#cc79a7", linestyle="--", linewidth=1.2, label=f"mean {mean:.{decimals}f}")
         ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
     ax.set_xlabel(xlabel)
     ax.set_title(_mpl_text(title), fontsize=10, loc="left")
@@ -326,9 +388,12 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
 class FramePlot:
     """J and F over one object's frames, the frames not counted shaded. One figure serves every object: its
     static parts (frame, y axis, legend) are drawn once and each object only redraws its lines, shading, x axis and
-    title over them (matplotlib blitting), several times cheaper than a new figure per object."""
+    title over them (matplotlib blitting), several times cheaper than a new figure per object. `result`'s unit
+    (`Scores.percent`) sets the y axis and the title's decimals."""
 
-    def __init__(self) -> None:
+    def __init__(self, result: Scores | None = None) -> None:
+        self.scale = result.scale if result is not None else 1.0
+        self.decimals = result.decimals if result is not None else 3
         plt = self._plt = _plt()
         from matplotlib.patches import Patch
 
@@ -341,8 +406,8 @@ class FramePlot:
         # Above the axes, so that no line ever covers it.
         ax.legend(handles=handles, loc="lower right", bbox_to_anchor=(1.0, 1.0), fontsize=8, ncol=3,
                   frameon=False, borderaxespad=0.1)
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_ylabel("score", fontsize=8)
+        ax.set_ylim(-0.02 * self.scale, 1.02 * self.scale)
+        ax.set_ylabel("score (%)" if self.scale == 100 else "score", fontsize=8)
         ax.set_xlabel("frame index", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
@@ -358,9 +423,9 @@ class FramePlot:
         n = len(obj.frames)
         x = np.arange(n)
         ax.set_xlim(-0.5, max(n - 0.5, 0.5))
-        self.j_line.set_data(x, np.asarray(obj.j, dtype=np.float64))
-        self.f_line.set_data(x, np.asarray(obj.f, dtype=np.float64))
-        self.title.set_text(_mpl_text(f"{obj.name}: J&F {obj.jf:.3f}"))
+        self.j_line.set_data(x, np.asarray(obj.j, dtype=np.float64) * self.scale)
+        self.f_line.set_data(x, np.asarray(obj.f, dtype=np.float64) * self.scale)
+        self.title.set_text(_mpl_text(f"{obj.name}: J&F {obj.jf:.{self.decimals}f}"))
         spans = [ax.axvspan(a - 0.5, b - 0.5, color=NOT_SCORED_GREY, zorder=0, linewidth=0, animated=True)
                  for a, b in _runs(~np.asarray(obj.counted, dtype=bool))]
         for artist in (*spans, ax.xaxis, self.j_line, self.f_line, self.title):
@@ -386,7 +451,8 @@ body { font-family: sans-serif; margin: 1.5em; color: #222; max-width: 1300px; }
 table { border-collapse: collapse; margin: 0.5em 0 1em; }
 th, td { border: 1px solid #bbb; padding: 3px 8px; text-align: right; }
 th { background: #eee; }
-td.name, th.name { text-align: left; font-family: monospace; }
+td.name, th.name { text-align: left; font-family: monospace; overflow-wrap: anywhere; max-width: 40em; }
+h1, h3, summary, p { overflow-wrap: anywhere; } img { max-width: 100%; }
 .meta td { text-align: left; font-family: monospace; white-space: pre-wrap; word-break: break-all; }
 .thumbs { display: flex; flex-wrap: wrap; gap: 8px; margin-bottom: 1em; }
 figure { margin: 0; } figcaption { font-size: 0.85em; }
@@ -454,6 +520,17 @@ def _global_table(scores: RunScores) -> str:
     return f'<table id="global"><tr>{head}</tr><tr>{row}</tr></table>'
 
 
+def plural(n: int, noun: str) -> str:
+    """'1 object', '2 objects'."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _unit_sentence(result: Scores) -> str:
+    if result.percent:
+        return "Every J, F and J&F on this page is a percentage (0-100), as the toolkit prints it."
+    return "Every J, F and J&F on this page is a fraction (0-1), as the toolkit prints it."
+
+
 def _sorted_objects(objects: list[ObjectScores]) -> list[ObjectScores]:
     """Worst J&F first; NaN last; ties in the toolkit's order."""
     return sorted(objects, key=lambda o: (math.isnan(o.jf), o.jf))
@@ -461,38 +538,44 @@ def _sorted_objects(objects: list[ObjectScores]) -> list[ObjectScores]:
 
 def render_report(scores: RunScores) -> str:
     """The HTML text of report.html (see `write_report`)."""
-    title = f"{scores.result.benchmark} {scores.result.split}: evaluation report"
-    ranked = _sorted_objects(scores.result.objects)
+    result = scores.result
+    title = f"{result.name}: evaluation report"
+    d, unit = result.decimals, " (%)" if result.percent else ""
+    ranked = _sorted_objects(result.objects)
     jf_mean = float(np.nanmean([o.jf for o in ranked])) if any(not math.isnan(o.jf) for o in ranked) else math.nan
-    body = [f"<h1>{esc(title)}</h1>", _meta_table(scores), "<h2>Global results</h2>", _global_table(scores)]
+    body = [f"<h1>{esc(title)}</h1>", _meta_table(scores), "<h2>Global results</h2>", _global_table(scores),
+            f'<p class="unit">{esc(_unit_sentence(result))}</p>']
 
-    body += [f"<h2>Per-object J&amp;F ({len(ranked)} objects, worst first)</h2>"]
+    body += [f"<h2>Per-object J&amp;F ({plural(len(ranked), 'object')}, worst first)</h2>"]
     if ranked:
-        chart = bar_chart([o.name for o in ranked], [o.jf for o in ranked], "J&F per object", "J&F",
-                          mean=jf_mean)
+        chart = bar_chart([o.name for o in ranked], [o.jf for o in ranked], "J&F per object", f"J&F{unit}",
+                          mean=jf_mean, full=result.scale, decimals=d)
         body.append(f'<img src="{chart}" alt="bar chart of J&amp;F per object, worst first">')
-    rows = ["<tr><th>rank</th><th class=\"name\">object</th><th>J&amp;F</th><th>J (scored frames)</th>"
-            "<th>F (scored frames)</th><th>scored frames</th></tr>"]
+    rows = [f"<tr><th>rank</th><th class=\"name\">object</th><th>J&amp;F{unit}</th><th>J{unit} (scored frames)</th>"
+            f"<th>F{unit} (scored frames)</th><th>scored frames</th></tr>"]
     for rank, o in enumerate(ranked, 1):
-        rows.append(f'<tr class="object" data-object="{esc(o.name)}" data-jf="{esc(fmt(o.jf))}"><td>{rank}</td>'
-                    f'<td class="name">{esc(o.name)}</td>{_cell(o.jf, 3)}{_cell(o.counted_mean("j"), 3)}'
-                    f'{_cell(o.counted_mean("f"), 3)}<td>{sum(o.counted)} of {len(o.frames)}</td></tr>')
+        j, f = (o.counted_mean(m) * result.scale for m in ("j", "f"))
+        rows.append(f'<tr class="object" data-object="{esc(o.name)}" data-jf="{esc(fmt(o.jf, d))}"><td>{rank}</td>'
+                    f'<td class="name">{esc(o.name)}</td>{_cell(o.jf, d)}{_cell(j, d)}{_cell(f, d)}'
+                    f'<td>{sum(o.counted)} of {len(o.frames)}</td></tr>')
     body.append(f'<table id="objects">{"".join(rows)}</table>')
 
     worst = [o for o in ranked if not math.isnan(o.jf)][:WORST_OBJECTS]
-    body += [f"<h2>The {len(worst)} worst objects: their {WORST_FRAMES} worst scored frames</h2>", _legend()]
+    body += [f"<h2>The {plural(len(worst), 'worst object')}: their {WORST_FRAMES} worst scored frames</h2>",
+             _legend()]
     for o in worst:
         figures = [_figure(thumbnail(scores, o, i)) for i in o.worst_frames(WORST_FRAMES)]
-        body.append(f'<h3 data-object="{esc(o.name)}">{esc(o.name)}: J&amp;F {esc(fmt(o.jf))}</h3>'
+        body.append(f'<h3 data-object="{esc(o.name)}">{esc(o.name)}: J&amp;F {esc(fmt(o.jf, d))}</h3>'
                     f'<div class="thumbs">{"".join(figures)}</div>')
 
     body.append("<h2>J and F over the frames of each object (shaded: frames the benchmark does not score)</h2>")
-    plot = FramePlot()
+    plot = FramePlot(result)
     try:
         for rank, o in enumerate(ranked):
             opened = " open" if rank < WORST_OBJECTS else ""  # the worst objects' curves show without a click
-            body.append(f'<details{opened} data-object="{esc(o.name)}"><summary>{esc(o.name)}: J&amp;F {esc(fmt(o.jf))}'
-                        f'</summary><img src="{plot.render(o)}" alt="{esc(o.name)}: J and F per frame"></details>')
+            body.append(f'<details{opened} data-object="{esc(o.name)}"><summary>{esc(o.name)}: J&amp;F '
+                        f'{esc(fmt(o.jf, d))}</summary><img src="{plot.render(o)}" alt="{esc(o.name)}: J and F per '
+                        'frame"></details>')
     finally:
         plot.close()
     return _page(title, body)
@@ -557,11 +640,34 @@ def compare_objects(runs: list[RunScores]) -> list[ObjectComparison]:
     return sorted(rows, key=lambda c: (math.isnan(c.delta), c.delta if not math.isnan(c.delta) else 0.0))
 
 
-def format_comparison(runs: list[RunScores], sources: list[str], rows: list[ObjectComparison]) -> str:
-    """The printed comparison: the runs, their global tables, then per-object J&F sorted by the change."""
+def coverage_notes(runs: list[RunScores]) -> list[str]:
+    """One line per run that lacks objects another run scored, naming them and their videos: runs on different
+    videos or subsets are compared (the objects scored in every run are comparable row by row), but their global
+    tables average over different objects, which each page and printout says here rather than refusing."""
     letters = run_letters(len(runs))
-    lines = [f"{k} = {s}" + (f" ({r.weights_name}, {r.date})" if r.weights_name or r.date else "")
+    every = {o.name: o.sequence for r in runs for o in r.result.objects}
+    notes = []
+    for k, r in zip(letters, runs, strict=True):
+        have = {o.name for o in r.result.objects}
+        lacking = [name for name in every if name not in have]
+        if lacking:
+            videos = list(dict.fromkeys(every[n] for n in lacking))
+            shown = ", ".join(lacking[:8]) + (", ..." if len(lacking) > 8 else "")
+            notes.append(f"note: run {k} did not score {plural(len(lacking), 'object')} that another run scored "
+                         f"({shown}; {plural(len(videos), 'video')}: {', '.join(videos[:8])}"
+                         f"{', ...' if len(videos) > 8 else ''}), so the global results are over different objects: "
+                         "compare the per-object rows scored in every run")
+    return notes
+
+
+def format_comparison(runs: list[RunScores], sources: list[str], rows: list[ObjectComparison]) -> str:
+    """The printed comparison: the runs, the notes on objects some runs lack, their global tables, then per-object
+    J&F sorted by the change."""
+    letters = run_letters(len(runs))
+    lines = [f"{k} = {s}" + (f" ({', '.join(x for x in (r.weights_name, r.date) if x)})"
+                             if r.weights_name or r.date else "")
              for k, s, r in zip(letters, sources, runs, strict=True)]
+    lines += coverage_notes(runs)
     columns = list(dict.fromkeys(c for r in runs for c, _ in r.result.global_table))
     width = max([len(c) for c in columns] + [4])
     lines += ["", f" Global results {runs[0].result.benchmark} {runs[0].result.split} ".center(78, "-")]
@@ -571,10 +677,11 @@ def format_comparison(runs: list[RunScores], sources: list[str], rows: list[Obje
         decimals = r.result.decimals
         lines.append(k.ljust(4) + " ".join(fmt(table.get(c, math.nan), decimals).rjust(width) for c in columns))
     name_w = max([len("Object")] + [len(c.name) for c in rows])
+    d = runs[0].result.decimals  # one benchmark: one unit and one number of decimals
     lines += ["", f" Per-object J&F, sorted by {letters[-1]} - {letters[0]} ".center(78, "-")]
     lines.append("Object".ljust(name_w) + "".join(f" {k:>7}" for k in letters) + f" {'delta':>7}")
     for c in rows:
-        lines.append(c.name.ljust(name_w) + "".join(f" {fmt(v):>7}" for v in c.jf) + f" {fmt(c.delta):>7}")
+        lines.append(c.name.ljust(name_w) + "".join(f" {fmt(v, d):>7}" for v in c.jf) + f" {fmt(c.delta, d):>7}")
     return "\n".join(lines)
 
 
@@ -582,8 +689,11 @@ def render_compare(runs: list[RunScores], sources: list[str], rows: list[ObjectC
     """The HTML text of compare.html (see `compare`)."""
     letters = run_letters(len(runs))
     first, last = letters[0], letters[-1]
-    title = f"{runs[0].result.benchmark} {runs[0].result.split}: comparison of {len(runs)} runs"
-    body = [f"<h1>{esc(title)}</h1>", "<h2>Runs</h2>"]
+    result = runs[0].result  # one benchmark and split (check_comparable): one unit
+    d, unit = result.decimals, " (%)" if result.percent else ""
+    title = f"{result.name}: comparison of {len(runs)} runs"
+    body = [f"<h1>{esc(title)}</h1>", *(f'<p class="note">{esc(n)}</p>' for n in coverage_notes(runs)),
+            "<h2>Runs</h2>"]
     run_rows = "".join(
         f'<tr><th>{k}</th><td class="name">{esc(s)}</td><td class="name">{esc(r.weights_name)} {esc(r.weights_id)}'
         f'</td><td class="name">{esc(r.date)}</td><td class="name">{esc(r.command)}</td></tr>'
@@ -596,22 +706,24 @@ def render_compare(runs: list[RunScores], sources: list[str], rows: list[ObjectC
     grow = "".join(f'<tr data-run="{k}"><th>{k}</th>'
                    + "".join(_cell(dict(r.result.global_table).get(c, math.nan), r.result.decimals) for c in columns)
                    + "</tr>" for k, r in zip(letters, runs, strict=True))
-    body += ["<h2>Global results</h2>", f'<table id="global"><tr><th>run</th>{head}</tr>{grow}</table>']
+    body += ["<h2>Global results</h2>", f'<table id="global"><tr><th>run</th>{head}</tr>{grow}</table>',
+             f'<p class="unit">{esc(_unit_sentence(result))}</p>']
 
     both = [c for c in rows if not math.isnan(c.delta)]
     body.append(f"<h2>Per-object J&amp;F, sorted by the change {esc(last)} &minus; {esc(first)} "
                 "(biggest drop first)</h2>")
     if both:
         chart = bar_chart([c.name for c in both], [c.delta for c in both], f"change in J&F per object, {last} - "
-                          f"{first}", f"J&F({last}) - J&F({first})", diverging=True)
+                          f"{first}", f"J&F({last}) - J&F({first}){unit}", diverging=True, full=result.scale,
+                          decimals=d)
         body.append(f'<img src="{chart}" alt="bar chart of the change in J&amp;F per object">')
     head = "".join(f"<th>J&amp;F {k}</th>" for k in letters)
     trs = [f'<tr><th class="name">object</th>{head}<th>{esc(last)} &minus; {esc(first)}</th></tr>']
     for c in rows:
         sign = "neg" if c.delta < 0 else "pos" if c.delta > 0 else ""
         trs.append(f'<tr class="object" data-object="{esc(c.name)}" data-delta="{esc(fmt(c.delta))}">'
-                   f'<td class="name">{esc(c.name)}</td>' + "".join(_cell(v, 3) for v in c.jf)
-                   + _cell(c.delta, 3, sign) + "</tr>")
+                   f'<td class="name">{esc(c.name)}</td>' + "".join(_cell(v, d) for v in c.jf)
+                   + _cell(c.delta, d, sign) + "</tr>")
     body.append(f'<table id="objects">{"".join(trs)}</table>')
 
     changed = sorted(both, key=lambda c: -abs(c.delta))[:CHANGED_OBJECTS]
@@ -621,7 +733,7 @@ def render_compare(runs: list[RunScores], sources: list[str], rows: list[ObjectC
         # Each run's worst frame, shown for every run, so that the same frame can be read side by side.
         frames = list(dict.fromkeys(o.frames[i] for o in c.objects if o is not None for i in o.worst_frames(1)))
         body.append(f'<h3 data-object="{esc(c.name)}">{esc(c.name)}: ' + ", ".join(
-            f"{k} {esc(fmt(v))}" for k, v in zip(letters, c.jf, strict=True)) + "</h3>")
+            f"{k} {esc(fmt(v, d))}" for k, v in zip(letters, c.jf, strict=True)) + "</h3>")
         for frame in frames:
             figures = []
             for k, r, o in zip(letters, runs, c.objects, strict=True):

@@ -371,7 +371,7 @@ def test_single_video_folder_with_a_gap_names_outputs_by_frame(tmp_path: Path) -
     }
     # two frames that would write one mask
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / "00004.png")
-    with pytest.raises(VOSInputError, match=r"00004\.(jpg|png)' and '.*00004\.(jpg|png)' would both write the mask"):
+    with pytest.raises(VOSInputError, match=r"00004\.(jpg|png)' and '.*00004\.(jpg|png)' share the name '00004'"):
         SingleVideo(folder, tmp_path / "mask.png")
 
 

@@ -266,7 +266,7 @@ def test_scores_json_round_trip(tmp_path: Path) -> None:
     back = report.load_scores(tmp_path)
     assert report.scores_to_json(back) == report.scores_to_json(scores)
     assert math.isnan(back.result.objects[0].j[0]) and math.isnan(back.result.value("V-Mean"))
-    path.write_text(path.read_text().replace('"format": 1', '"format": 99'))
+    path.write_text(path.read_text().replace(f'"format": {report.FORMAT_VERSION}', '"format": 99'))
     with pytest.raises(VOSInputError, match="format 99"):
         report.load_scores(path)
     with pytest.raises(VOSInputError, match="does not exist"):
