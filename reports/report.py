@@ -727,7 +727,8 @@ def render_compare(runs: list[RunScores], sources: list[str], rows: list[ObjectC
     body.append(f'<table id="objects">{"".join(trs)}</table>')
 
     changed = sorted(both, key=lambda c: -abs(c.delta))[:CHANGED_OBJECTS]
-    body += [f"<h2>The {len(changed)} objects that changed most: each run's worst scored frame, in every run</h2>",
+    body += [f"<h2>The {plural(len(changed), 'object')} that changed most: each run's worst scored frame, in every "
+             "run</h2>",
              _legend()]
     for c in changed:
         # Each run's worst frame, shown for every run, so that the same frame can be read side by side.

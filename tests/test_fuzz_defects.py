@@ -228,14 +228,16 @@ def _run(names: list[str], jf: float, weights_name: str = "") -> report.RunScore
 
 def test_compare_of_runs_on_different_videos_names_what_differs(tmp_path: Path) -> None:
     """Bug: two runs on different videos or subsets were compared with no note, their global means read as if
-    over the same objects."""
+    over the same objects (and the page said '1 objects')."""
     runs = [_run(["bear_1", "dog_1", "dog_2"], 0.5), _run(["bear_1", "car_1"], 0.6)]
     path, table = report.compare(runs, tmp_path, ["A_dir", "B_dir"])
     notes = [line for line in table.splitlines() if line.startswith("note:")]
     assert len(notes) == 2
     assert "run A did not score 1 object" in notes[0] and "car_1" in notes[0] and "video: car" in notes[0]
     assert "run B did not score 2 objects" in notes[1] and "dog_1, dog_2" in notes[1] and "video: dog" in notes[1]
-    assert "run B did not score 2 objects" in path.read_text()
+    page = path.read_text()
+    assert "run B did not score 2 objects" in page
+    assert "The 1 object that changed most" in page  # not '1 objects'
     _, same = report.compare([_run(["bear_1"], 0.5), _run(["bear_1"], 0.6)], tmp_path, ["A", "B"])
     assert "note:" not in same
 
