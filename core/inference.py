@@ -361,13 +361,23 @@ def output_lock(job: Dist, out_root: Path) -> Iterator[None]:
 def _segment_layouts(options: TestOptions, layouts: dict[str, Layout], selection: list[str] | None,
                      out_root: Path, settings: RunSettings, roots: Roots, job: Dist) -> list[Scores]:
     """segment_benchmarks once the inputs are checked and the output folder is locked."""
-    model = open_model(options, settings, roots.trained_model or methods.TRAINED_MODEL)
-    results = []
+    # Every reader and scoring of every dataset is built (so checked) before the model loads: a bad mask, a
+    # frame_range past the frames or a --vis-frame past a video's end is told at once, not after the checkpoint.
+    plans = []
     for key, data in layouts.items():
         single = key == "video"  # --video writes OUTPUT/<video name>/, a benchmark OUTPUT/<KEY>/<sequence>/
         names = data.sequences if selection is None else selection
         scoring = None if single else data.scoring(key, out_root / key, names)
-        result = run_dataset(model, key, data.videos(selection), out_root if single else out_root / key, settings,
+        videos = list(data.videos(selection))
+        for video in videos if options.visualize else []:
+            if options.vis_frame >= len(video):
+                raise VOSInputError(f"--vis-frame {options.vis_frame} is past the last frame of {video.name} (frames "
+                                    f"0..{len(video) - 1}); pass --vis-frame 1..{len(video) - 1}")
+        plans.append((key, data, single, scoring, videos))
+    model = open_model(options, settings, roots.trained_model or methods.TRAINED_MODEL)
+    results = []
+    for key, data, single, scoring, videos in plans:
+        result = run_dataset(model, key, videos, out_root if single else out_root / key, settings,
                              scoring, data.submission_prefix, visualizer(options, out_root / "visualize" / key), job,
                              reporter(options, model.record, key, scoring, out_root / key))
         if options.visualize and job.main:

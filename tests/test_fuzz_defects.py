@@ -20,8 +20,10 @@ from test_readers import BOX, H, W, frame, ids, make_lvos, make_mose, make_sav, 
 from test_report import chromium
 
 import evaluation
+import run
 from benchmarks import davis, generic, lvos, mose, sav, ytvos
 from benchmarks.common import ObjectScores, Scores
+from core import inference
 from reports import report
 from utils import VOSInputError
 
@@ -369,6 +371,21 @@ def test_a_video_asked_for_twice_is_refused(tmp_path: Path) -> None:
     root = make_mose(tmp_path / "MOSE", {"m1": 2, "m2": 2})
     with pytest.raises(VOSInputError, match="m1 of MOSE valid .* are asked for more than once"):
         list(mose.MOSE(root).videos(["m1", "m2", "m1"]))
+
+
+def test_vis_frame_past_the_end_is_told_before_the_model_loads(tmp_path: Path, frame_folder: tuple[Path, Path],
+                                                                monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    """Bug: --vis-frame past a video's last frame was refused only after the model had loaded (7 s)."""
+    def no_model(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was loaded before --vis-frame was checked")
+
+    monkeypatch.setattr(inference, "open_model", no_model)
+    folder, mask = frame_folder
+    code = run.main(["--test", "--device", "cpu", "--video", str(folder), "--mask", str(mask), "--visualize",
+                     "--vis-frame", "9", "--output", str(tmp_path / "out")])
+    assert code == 2
+    assert "--vis-frame 9 is past the last frame of frames (frames 0..3)" in one_error_line(capsys.readouterr().err)
 
 
 @pytest.mark.parametrize("workers", ["0", "-3"])
