@@ -5,10 +5,11 @@
 
 The sample's `bear` (854 x 480, the official run size) is segmented from its given first mask. A frame's time is
 the median over the frames after the first (which only encodes the given mask). --tta runs the PyTorch model
-(fp32) with no augmentation, --flip, --scales 480 560 and both, one after the other. --onnx steps PyTorch (fp32,
-`segmenter.VideoSegmenter`) and onnxruntime (`onnx_runner.OnnxSegmenter`) through the same frames in lockstep, so
-that other load on the machine hits both alike, and prints each one's frames per second, the share of equal mask
-pixels and the largest logit difference. Without --weights the model has random weights (seed 0).
+(fp32) with no augmentation, --flip, --scales 480 560 and both, each frame through all four in turn. --onnx steps
+PyTorch (fp32, `segmenter.VideoSegmenter`) and onnxruntime (`onnx_runner.OnnxSegmenter`) through the same frames in
+lockstep. In both modes other load on the machine hits every setting alike. --onnx prints each one's frames per
+second, the share of equal mask pixels and the largest logit difference. Without --weights the model has random
+weights (seed 0).
 """
 
 from __future__ import annotations
@@ -49,14 +50,20 @@ def timed(step: object, *args: object) -> tuple[float, object]:
 
 
 def time_tta(net: torch.nn.Module, frames: list[torch.Tensor], mask: torch.Tensor) -> None:
-    base = None
+    """Every setting steps through each frame in turn (lockstep), so that other load hits them alike."""
+    segs = {name: tta.augment(VideoSegmenter(net), s.flip, s.scales) for name, s in TTA_SETTINGS.items()}
+    seconds: dict[str, list[float]] = {name: [] for name in segs}
+    for i, frame in enumerate(frames):
+        for name, seg in segs.items():
+            t = timed(seg.step, frame, mask if i == 0 else None)[0]
+            if i:
+                seconds[name].append(t)
+        print(f"frame {i}: " + ", ".join(f"{name} {s[-1]:.2f} s" for name, s in seconds.items() if i), flush=True)
+    base = statistics.median(seconds["none"])
     for name, setting in TTA_SETTINGS.items():
-        seg = tta.augment(VideoSegmenter(net), setting.flip, setting.scales)
-        seconds = [timed(seg.step, f, mask if i == 0 else None)[0] for i, f in enumerate(frames)][1:]
-        median = statistics.median(seconds)
-        base = base or median
+        median = statistics.median(seconds[name])
         print(f"{name:26s} {median:7.2f} s/frame  {1 / median:6.3f} fps  x{median / base:.2f}  "
-              f"({len(setting.passes)} pass{'es' * (len(setting.passes) > 1)})", flush=True)
+              f"({len(setting.passes)} pass{'es' * (len(setting.passes) > 1)})")
 
 
 def compare_onnx(net: torch.nn.Module, path: Path, frames: list[torch.Tensor], mask: torch.Tensor) -> None:
