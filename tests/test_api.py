@@ -1,5 +1,5 @@
 """The Python API: `segmenter.load`, `VideoSegmenter.propagate` / `remove_object`, `segmenter.read_frames`, and the
-README's "Use it from Python" block run as written."""
+docs/api.md's "Use it from Python" block run as written."""
 
 from __future__ import annotations
 
@@ -28,9 +28,9 @@ def golden() -> Path:
 
 
 def readme_snippet() -> str:
-    """The first ```python block of the README's "Use it from Python" section."""
-    text = (ROOT / "README.md").read_text()
-    assert README_SECTION in text, f"README has no '{README_SECTION}' section"
+    """The first ```python block of docs/api.md's "Use it from Python" section."""
+    text = (ROOT / "docs" / "api.md").read_text()
+    assert README_SECTION in text, f"docs/api.md has no '{README_SECTION}' section"
     section = text.split(README_SECTION, 1)[1].split("\n## ", 1)[0]
     match = re.search(r"```python\n(.*?)```", section, re.S)
     assert match, "the section has no python block"
@@ -60,9 +60,9 @@ def golden_as_official(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_readme_snippet_runs(tmp_path: Path, davis2016_root: Path, golden: Path, one_thread: None,
                              monkeypatch: pytest.MonkeyPatch) -> None:
-    """The README block, run unchanged from a folder laid out as the repository (the sample shrunk to 48x32, the
+    """The docs/api.md block, run unchanged from a folder laid out as the repository (the sample shrunk to 48x32, the
     golden weights as the official file): it prints every frame, object 2 appears at frame 2 with a probability map,
-    and is gone (mask and probabilities) after remove_object. Fails when the README drifts from the API (a renamed
+    and is gone (mask and probabilities) after remove_object. Fails when docs/api.md drifts from the API (a renamed
     function or argument), when propagate skips or repeats frames, when a later mask does not add its object, or when
     a removed object comes back."""
     tiny_sample(tmp_path, davis2016_root, frames=6, size=(48, 32))
@@ -71,7 +71,7 @@ def test_readme_snippet_runs(tmp_path: Path, davis2016_root: Path, golden: Path,
     out = io.StringIO()
     namespace: dict = {}
     with contextlib.redirect_stdout(out):
-        exec(compile(readme_snippet(), "README.md", "exec"), namespace)  # noqa: S102 - the README's own code
+        exec(compile(readme_snippet(), "docs/api.md", "exec"), namespace)  # noqa: S102 - the page's own code
     lines = out.getvalue().splitlines()
     rows = []
     for line in lines:

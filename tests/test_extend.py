@@ -186,6 +186,7 @@ def test_a_third_methods_own_sampler_check_refuses_its_data_before_training(thir
     err = capsys.readouterr().err
     assert f"{third['data']} has 1 of the 2 frames with masks a clip needs" in err and "--clip-len" in err
     assert not list((tmp_path / "ckpt").glob("*.pth")) and third["seen"] == []
+
 def test_a_third_method_trains_on_two_objects_per_clip_through_its_own_transform(
         third: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """tests/third_method.py trains with OBJECTS = 2 objects per clip and a batch transform of its own, with no edit
@@ -242,7 +243,6 @@ def test_a_third_method_trains_on_two_objects_per_clip_through_its_own_transform
         start, end = (loss(net(imgs, masks[:, 0]), masks[:, 1:]).item()
                       for net in (third_method.ColourCue(), trained))
     assert end < 0.99 * start, (start, end)  # 8 steps of lr 1e-2 lower it by 4 %
-
 
 
 def test_modules_import_as_a_tree() -> None:

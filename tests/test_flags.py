@@ -47,6 +47,16 @@ def test_out_of_range_flags_exit_2_naming_the_range(argv: list[str], says: str,
     assert f"argument {flag}:" in err and says in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("argv", [["--test", "--workers", "-3"], ["--test", "--no-such-flag"], ["--test", "--train"]])
+def test_a_flag_error_is_one_line_pointing_to_help(argv: list[str], capsys: pytest.CaptureFixture) -> None:
+    """Bug: argparse printed the whole usage (dozens of lines) before the one line that says what is wrong."""
+    with pytest.raises(SystemExit) as e:
+        run.main(argv)
+    assert e.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "error:" in lines[0] and "--help" in lines[0], lines
+
+
 @pytest.mark.parametrize(("text", "value"), [("4G", 4 * 2**30), ("512m", 512 * 2**20), ("1e9", 10**9), ("none", None),
                                              (" NONE ", None), ("auto", "auto"), ("1", 1)])
 def test_byte_size_reads_the_sizes_it_names(text: str, value: object) -> None:

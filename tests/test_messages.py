@@ -22,14 +22,17 @@ ERRORS = {"VOSInputError", "EvaluationError", "TrainingError"}
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9_]*(?:-[a-z0-9_]+)*")
 # torchrun's, in the README's multi-GPU command; SAM2's vos_inference.py option that writes SA-V's per-object PNGs
 # tensorboard's --logdir (the training curves), SLURM's --signal (sbatch's, for preemption)
-OTHER_TOOLS = {"--nproc_per_node", "--per_obj_png_file", "--logdir", "--signal"}
+# git's --stat (git diff --stat, regenerating the golden files); XMem's eval.py --size (the TTA comparison)
+OTHER_TOOLS = {"--nproc_per_node", "--per_obj_png_file", "--logdir", "--signal", "--stat", "--size"}
 # packages whose messages speak to the users of two scripts: a benchmark module's layout is opened by run.py --test
 # (its root flag), its scorer by evaluation.py --benchmark (--gt, its options); a flag there is one of either
 BOTH = "run.py or evaluation.py"
 LIBRARY_OF = {"benchmarks": BOTH}
 
 
-SCRIPTS = ("run.py", "evaluation.py", "bench.py", "tools/cuda_check.py", "tools/make_golden.py")
+SCRIPTS = ("run.py", "evaluation.py", "bench.py", "tools/cuda_check.py", "tools/make_golden.py", "export.py",
+           "onnx_runner.py", "tools/inference_speed.py", "tools/golden.py")
+AST_SCRIPTS = SCRIPTS[3:]  # their flags read from the source's add_argument calls
 
 
 def defined_flags() -> dict[str, set[str]]:
@@ -40,7 +43,7 @@ def defined_flags() -> dict[str, set[str]]:
              "evaluation.py": set(evaluation.build_parser()._option_string_actions),
              "bench.py": set(bench.build_parser()._option_string_actions)}
     flags[BOTH] = flags["run.py"] | flags["evaluation.py"]
-    for name in ("tools/cuda_check.py", "tools/make_golden.py"):
+    for name in AST_SCRIPTS:
         flags[name] = set()
         for node in ast.walk(ast.parse((ROOT / name).read_text())):
             if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "add_argument":
@@ -94,21 +97,26 @@ def message_flags() -> list[tuple[str, str, str]]:
     return found
 
 
+DOCS = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))]
+
+
 def readme_flags() -> list[tuple[str, str, str]]:
-    """(where, script, flag) for every flag in README.md, read per table row and per paragraph or code block (a
-    command wraps over lines); a flag with no script named in its row or paragraph is run.py's."""
-    found, chunk, start = [], [], 1
-    lines = (ROOT / "README.md").read_text().splitlines() + [""]
-    for n, line in enumerate(lines, 1):
-        if line.lstrip().startswith("|"):
-            found += named_flags(line, f"README.md:{n}", "run.py", row=True)
-            line = ""
-        if line.strip() and not line.lstrip().startswith("```"):
-            start = start if chunk else n
-            chunk.append(line)
-        elif chunk:
-            found += named_flags("\n".join(chunk), f"README.md:{start}", "run.py")
-            chunk = []
+    """(where, script, flag) for every flag in README.md and docs/*.md, read per table row and per paragraph or code
+    block (a command wraps over lines); a flag with no script named in its row or paragraph is run.py's."""
+    found = []
+    for doc in DOCS:
+        chunk, start = [], 1
+        lines = (ROOT / doc).read_text().splitlines() + [""]
+        for n, line in enumerate(lines, 1):
+            if line.lstrip().startswith("|"):
+                found += named_flags(line, f"{doc}:{n}", "run.py", row=True)
+                line = ""
+            if line.strip() and not line.lstrip().startswith("```"):
+                start = start if chunk else n
+                chunk.append(line)
+            elif chunk:
+                found += named_flags("\n".join(chunk), f"{doc}:{start}", "run.py")
+                chunk = []
     return found
 
 
@@ -118,6 +126,7 @@ def test_the_scanners_see_flags() -> None:
     assert ("davis.py", BOTH, "--davis") in {(w.split(":")[0], s, f) for w, s, f in messages}
     assert ("davis.py", "evaluation.py", "--year") in {(w.split(":")[0], s, f) for w, s, f in messages}
     assert len(messages) > 20 and len(readme) > 10
+    assert "docs/training.md" in DOCS and {w.split(":")[0] for w, _, _ in readme} >= {"README.md", "docs/errors.md"}
     assert ("run.py", "--test") in {(s, f) for _, s, f in readme}
     assert ("evaluation.py", "--year") in {(s, f) for _, s, f in readme}
     assert "--nproc_per_node" in (ROOT / "README.md").read_text()  # else OTHER_TOOLS is stale: drop it
