@@ -159,9 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="datasets to test on (default: DAVIS16_val DAVIS17_val, or the bundled sample)")
     for bench in registry.root_flags():  # --mose, --lvos, ...: one per benchmark module with a root of its own
         default = default_root(bench.root)
+        stages = train_stages_reading(bench.root)
         t.add_argument(f"--{bench.root}", default=None,
                        help=f"{bench.name} root, holding {bench.holds}{f' (default {default})' if default else ''}, "
-                            f"for --data {' / '.join(k.key for k in bench.keys)}")
+                            f"for --data {' / '.join(k.key for k in bench.keys)}"
+                            f"{f' and --train --stages {stages}' if stages else ''}")
     t.add_argument("--weights", default=None,
                    help="checkpoint path, or official-davis / official-ytvos for the authors' files (fetched into "
                         "trained_model/ on first use); default: the method's own, "
@@ -197,9 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("train")
     g.add_argument("--stages", nargs="+", default=None, metavar="STAGE",
                    help="stages in order, each starting from the previous one's weights (EMVOS default: coco davis, "
-                        "as the official run.py; presets: " + ", ".join(methods.get("emvos").stages) + ")")
+                        "as the official run.py; presets: " + ", ".join(methods.get("emvos").stages) + "); a+b+c is "
+                        "one stage drawing its clips from several datasets in proportion to their sizes, a:1+b:2 "
+                        "weighted (docs/training_data.md)")
     add_stage_flags(g)
-    g.add_argument("--val-sequences", nargs="+", default=None, help="validate on these DAVIS val sequences only")
+    g.add_argument("--val-sequences", nargs="+", default=None,
+                   help="validate on these DAVIS val sequences only; with a generic stage, these videos of --generic "
+                        "are held out of training and validate it (vos-benchmark J&F), the other stages using all of "
+                        "DAVIS val")
     g.add_argument("--davis-year", choices=["2016", "2017"], default=None,
                    help="DAVIS year for the davis stage's train split and for validation (2017, official); 2016 "
                         "merges the objects into one and also reads the original DAVIS 2016 download")
@@ -237,9 +244,16 @@ TRAIN_ONLY = ("stages", "val_sequences", "davis_year", "save_dir", "no_pretraine
               "workers", "train_encoder", "seed", "loss", *STAGE_FLAGS)
 
 
+def train_stages_reading(root: str) -> str:
+    """The training stages (of any method) that read the root flag `root`, as 'a / b', '' for none."""
+    names = {name: None for m in methods.METHODS.values() for name, stage in m.stages.items()
+             if root in {d.root for d in stage.data.sources()}}
+    return " / ".join(names)
+
+
 def only_in_test() -> tuple[str, ...]:
-    """The --test flags: TEST_ONLY and the root flags of the registered benchmarks."""
-    return TEST_ONLY + tuple(_dest(b.root) for b in registry.root_flags())
+    """The --test flags: TEST_ONLY and the root flags of the registered benchmarks that no training stage reads."""
+    return TEST_ONLY + tuple(_dest(b.root) for b in registry.root_flags() if not train_stages_reading(b.root))
 
 
 def train_options(args: argparse.Namespace) -> trainer.TrainOptions:

@@ -35,6 +35,7 @@ from benchmarks.common import (
     subdirs,
     write_text,
 )
+from benchmarks.lvos import LVOSVideo
 from dataset import (
     _IMAGE_EXTS,
     Layout,
@@ -46,7 +47,8 @@ from dataset import (
     plain_name,
     video_frames,
 )
-from utils import VOSInputError, save_mask
+from training.samplers import AnnotatedVideos
+from utils import VOSInputError, read_mask, save_mask
 
 DECIMALS = 1  # results.csv and the printed table, as vos-benchmark writes them
 
@@ -234,3 +236,62 @@ BENCHMARK = Benchmark(
                       lambda request: report_folders_beside(require_gt(request, "vos-benchmark")),
                       result_files=("results.csv",)),),
 )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Training and fine-tuning (run.py --train --stages generic --generic DIR [--val-sequences V ...])
+# ---------------------------------------------------------------------------------------------------------------------
+
+VAL_MIN_MASKS = 3  # vos-benchmark scores the GT frames without the first and the last: a held-out video needs 3
+
+
+def held_out(folder: Generic, names: list[str] | None) -> list[str]:
+    """The held-out videos `names` (--val-sequences) of the folder, checked: each is a video of it with at least
+    VAL_MIN_MASKS masks, so that vos-benchmark has a frame to score; [] when none are given."""
+    names = list(names or [])
+    _select(names, folder.sequences, f"--val-sequences: the generic folder '{folder.root}'")
+    for name in names:
+        count = len(_list_files(folder.mask_dir / name, {".png"}))
+        if count < VAL_MIN_MASKS:
+            raise VOSInputError(f"--val-sequences {name}: '{folder.mask_dir / name}' holds {count} mask(s); a held-out "
+                                f"video needs at least {VAL_MIN_MASKS} (vos-benchmark scores all but the first and the "
+                                f"last), so annotate more of its frames or hold out another video")
+    return names
+
+
+def train_clips(root: str | Path, val_sequences: list[str] | None = None, output_size: tuple[int, int] = (384, 384),
+                clip_len: int = 10, clips_per_epoch: int = 128) -> AnnotatedVideos:
+    """Clips of a generic folder's videos but the held-out ones: `JPEGImages/<video>/` (.jpg or .png frames) and
+    `Annotations/<video>/<frame>.png` on any subset of the frames (Cutie's and XMem's generic layout). Clips are
+    made of the annotated frames, as on YouTube-VOS (samplers.AnnotatedVideos): consecutive clip frames are
+    consecutive annotated frames, however far apart in the video."""
+    folder = Generic(root)
+    held = set(held_out(folder, val_sequences))
+    videos = [v for v in folder.sequences if v not in held]
+    if not videos:
+        raise VOSInputError(f"--val-sequences holds out every video of the generic folder '{folder.root}'; leave at "
+                            f"least one to train on")
+    return AnnotatedVideos(folder.image_dir, folder.mask_dir, videos, f"generic folder '{folder.root}'", output_size,
+                           clip_len, clips_per_epoch, image_exts=frozenset(_IMAGE_EXTS),
+                           fix="give it masks in Annotations/<video>/ named as its frames, or move it out of the "
+                               "folder")
+
+
+def validation_videos(root: str | Path, names: list[str]) -> Iterator[VideoReader]:
+    """The held-out videos as a validation runs them: each object given at its first mask only, as LVOS and SA-V
+    are run (benchmarks.lvos.LVOSVideo), so that the masks after it are predicted and scored, not handed over."""
+    for video in Generic(root).videos(names):
+        starting: dict[int, list[int]] = {}
+        seen: set[int] = set()
+        for index, path in sorted(video.given_masks.items()):
+            ids = [int(i) for i in np.unique(read_mask(path)) if i != 0 and int(i) not in seen]
+            if ids:
+                starting[index] = ids
+                seen.update(ids)
+        if not starting:
+            raise VOSInputError(f"every mask of held-out video '{video.name}' in '{Path(root) / 'Annotations'}' is "
+                                f"empty; hold out a video with an object")
+        given = {i: video.given_masks[i] for i in starting}
+        first = min(given)
+        yield LVOSVideo(video.name, video.frames[first:], {i - first: p for i, p in given.items()},
+                        video.output_names[first:], starting={i - first: ids for i, ids in starting.items()})

@@ -40,6 +40,7 @@ from benchmarks.common import (
     write_text,
 )
 from dataset import Layout, VideoReader, _select, need_part, plain_name, video_frames
+from training.samplers import AnnotatedVideos
 from utils import VOSInputError, read_mask
 
 # lvos-evaluation's own unseen_videos.txt (51 ids), copied with a header naming its source.
@@ -366,3 +367,32 @@ BENCHMARK = Benchmark(
                       format=format_lvos,
                       result_files=("global_results-*.csv", "per-sequence_results-*.csv")),),
 )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training videos (run.py --train --stages lvos)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def train_clips(root: str | Path, output_size: tuple[int, int] = (384, 384), clip_len: int = 10,
+                clips_per_epoch: int = 128) -> AnnotatedVideos:
+    """Clips of LVOS v1 or v2 train: `train/JPEGImages/<video>/00000001.jpg`, `train/Annotations/<video>/...png` and
+    `train/train_meta.json` (LingyiHongfd/LVOS README.md, "Organize as follows", both versions; the meta jsons are a
+    separate download put into the split folder). Images and masks are at 6 fps, named by the 30 fps index, so in
+    steps of 5 (lvos.github.io dataset.html; lvos-evaluation reads `range(start, end, 5)`). The videos are those of
+    the meta's `videos`; objects join and leave within their `frame_range`, which needs no special case here: a
+    clip's target is chosen among the objects of its first frame. Clips are made of the annotated frames
+    (samplers.AnnotatedVideos), so consecutive clip frames are 5 video frames apart, as on YouTube-VOS."""
+    root = Path(root)
+    holds = "train/JPEGImages, train/Annotations and train/train_meta.json (the LVOS train download and its meta json)"
+    image_dir = need_part(root / "train" / "JPEGImages", "--lvos", root, holds)
+    mask_dir = need_part(root / "train" / "Annotations", "--lvos", root, holds)
+    meta = need_part(root / "train" / "train_meta.json", "--lvos", root, holds)
+    try:
+        videos = sorted(plain_name(v, meta) for v in json.loads(meta.read_text())["videos"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise VOSInputError(f"LVOS meta {meta} is not {{'videos': {{...}}}} ({err}); put the train_meta.json of the "
+                            f"LVOS download there") from err
+    return AnnotatedVideos(image_dir, mask_dir, videos, f"LVOS train at '{root}'", output_size, clip_len,
+                           clips_per_epoch, fix="re-extract the LVOS train download (its JPEGImages/ and Annotations/ "
+                           "folders of the videos train_meta.json lists)")

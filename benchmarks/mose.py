@@ -37,6 +37,7 @@ from benchmarks.common import (
     write_text,
 )
 from dataset import Layout, VideoReader, _list_folders, _select, need_part, plain_name, video_frames
+from training.samplers import AnnotatedVideos
 from utils import VOSInputError
 
 MOSE_CHUNK = 15  # frames per worker task, as score.py's MAX_FRAMES_PER_CHUNK
@@ -324,3 +325,23 @@ BENCHMARK = Benchmark(
                       options={"meta": "its meta.json (score.py --meta, required)"}, format=format_mose,
                       result_files=("scores.txt", "metrics.json")),),
 )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training videos (run.py --train --stages mose)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def train_clips(root: str | Path, output_size: tuple[int, int] = (384, 384), clip_len: int = 10,
+                clips_per_epoch: int = 128) -> AnnotatedVideos:
+    """Clips of MOSE v1 or v2 train, `train/JPEGImages/<video>/00000.jpg` with `train/Annotations/<video>/00000.png`
+    (palette PNGs, every frame of the training set annotated: MOSE-api README.md, "File Structure"; MOSE v2 is
+    distributed in the same layout). Videos are the annotation folders, as the official loaders list them; clips are
+    drawn as YouTube-VOS clips are (samplers.AnnotatedVideos), so every frame being annotated makes them consecutive
+    video frames."""
+    root = Path(root)
+    holds = "train/JPEGImages and train/Annotations (MOSE's train.tar.gz, v1 or v2)"
+    image_dir = need_part(root / "train" / "JPEGImages", "--mose", root, holds)
+    mask_dir = need_part(root / "train" / "Annotations", "--mose", root, holds)
+    return AnnotatedVideos(image_dir, mask_dir, _list_folders(mask_dir), f"MOSE train at '{root}'", output_size,
+                           clip_len, clips_per_epoch, fix="re-extract MOSE's train.tar.gz")

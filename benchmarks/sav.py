@@ -8,13 +8,18 @@ table and results.csv are vos-benchmark's (benchmarks.generic, its decimals incl
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
+import torch
+from PIL import Image
 
 from benchmarks.common import (
     Benchmark,
@@ -31,6 +36,7 @@ from benchmarks.common import (
 )
 from benchmarks.generic import appearance_objects, finish_vos, open_results_csv
 from dataset import Layout, VideoReader, _list_folders, _select, need_part, plain_name, video_frames
+from training.samplers import ClipSampler, PairLoader, check_all, clip_of
 from utils import VOSInputError, read_mask, save_mask
 
 
@@ -197,3 +203,147 @@ BENCHMARK = Benchmark(
     scorings=(Scoring("sav", "sam2 sav_evaluator.py", "SA-V's Annotations_6fps (--gt_root)", _score,
                       _report_folders, result_files=("results.csv",)),),
 )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training videos (run.py --train --stages sav)
+# ----------------------------------------------------------------------------------------------------------------
+
+# SA-V train is annotated at 6 fps in 24 fps videos: annotated frame k is video frame 4k (sav_dataset/README.md,
+# "masklet_frame_count"; sav_utils.SAVDataset.read_frames decodes the mp4 and keeps frames[::4]).
+SAV_STEP = 4
+
+
+@dataclass(frozen=True)
+class SAVTrainVideo:
+    """One SA-V training video: its id, its mp4 and its `<id>_manual.json` beside it."""
+
+    name: str
+    mp4: Path
+    annotations: Path
+
+
+def read_masklets(video: SAVTrainVideo) -> tuple[list[list[dict]], int, int]:
+    """(masklet, height, width) of a video's `_manual.json`: masklet[k][j] is object j's COCO RLE at annotated frame
+    k (sav_dataset/README.md, "SA-V train")."""
+    try:
+        data = json.loads(video.annotations.read_text())
+        masklet = data["masklet"]
+        height, width = int(data["video_height"]), int(data["video_width"])
+        if not isinstance(masklet, list) or not all(isinstance(frame, list) for frame in masklet):
+            raise TypeError("masklet is not a list of lists")
+    except (ValueError, KeyError, TypeError, OSError) as err:
+        raise VOSInputError(f"'{video.annotations}' is not an SA-V masklet json ({err!r}); re-extract it from the "
+                            f"SA-V train download") from err
+    return masklet, height, width
+
+
+def masklet_ids(video: SAVTrainVideo, rles: list[dict], height: int, width: int) -> np.ndarray:
+    """(H, W) uint8 ids of one annotated frame's RLE masks, object j as id j + 1; where masklets overlap (a person
+    and their hand), the one listed later holds the pixel, as SAVVideo merges the val/test masks."""
+    from pycocotools import mask as mask_utils  # only SA-V train needs pycocotools
+
+    if len(rles) > 255:
+        raise VOSInputError(f"'{video.annotations}' has {len(rles)} masklets in a frame; at most 255 fit in an id mask")
+    ids = np.zeros((height, width), np.uint8)
+    for obj, rle in enumerate(rles, 1):
+        try:
+            size = tuple(rle["size"])
+            mask = mask_utils.decode(rle)
+        except (ValueError, KeyError, TypeError) as err:
+            raise VOSInputError(f"'{video.annotations}': masklet {obj - 1} does not decode as COCO RLE ({err}); "
+                                f"re-extract the json") from err
+        if size != (height, width) or mask.shape != (height, width):
+            raise VOSInputError(f"'{video.annotations}': masklet {obj - 1} is {size[1]}x{size[0]} but the video is "
+                                f"{width}x{height}; re-extract the json")
+        ids[mask > 0] = obj
+    return ids
+
+
+def read_video_frames(mp4: Path, first: int, last: int) -> dict[int, np.ndarray]:
+    """The RGB frames first, first + SAV_STEP, ..., last of an mp4, decoded with OpenCV as sav_utils does (seek to
+    `first`, then read on, so a clip costs its own stretch of the video, not the whole of it)."""
+    capture = cv2.VideoCapture(str(mp4))
+    try:
+        if first:
+            capture.set(cv2.CAP_PROP_POS_FRAMES, first)
+        frames = {}
+        for index in range(first, last + 1):
+            ok, bgr = capture.read()
+            if not ok:
+                raise VOSInputError(f"'{mp4}' does not decode at frame {index} (its json annotates frame {last}); "
+                                    f"re-download the video")
+            if (index - first) % SAV_STEP == 0:
+                frames[index] = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        return frames
+    finally:
+        capture.release()
+
+
+class SAVTrainClips(ClipSampler):
+    """Clips of SA-V train: `sav_train/**/<id>.mp4` with `<id>_manual.json` beside it (the download's
+    `sav_train/sav_000/`... folders; sav_dataset/README.md, "SA-V train"). Only the manual masklets are read. A clip
+    is made of consecutive annotated frames (4 video frames apart), drawn as every video clip is (samplers.clip_of);
+    the frames come from the mp4 (OpenCV), the masks from the RLE masklets (pycocotools), objects as ids in list
+    order."""
+
+    def __init__(self, root: str | Path, output_size: tuple[int, int] = (384, 384), clip_len: int = 10,
+                 clips_per_epoch: int = 128) -> None:
+        self.root = Path(root)
+        folder = need_part(self.root / "sav_train", "--sav", self.root,
+                           "sav_train/ (the SA-V train download: <id>.mp4 with <id>_manual.json)")
+        suffix = "_manual.json"
+        self.videos = [SAVTrainVideo(plain_name(p.name[: -len(suffix)], p.parent), p.with_name(
+            p.name[: -len(suffix)] + ".mp4"), p) for p in sorted(folder.rglob(f"*{suffix}"), key=lambda p: p.name)
+            if not p.name.startswith(".")]
+        if not self.videos:
+            raise VOSInputError(f"'{folder}' holds no <id>_manual.json; extract the SA-V train download there")
+        super().__init__(output_size, clip_len, clips_per_epoch)
+
+    @property
+    def size(self) -> int:
+        return len(self.videos)
+
+    def check(self) -> None:
+        """Before the first step, per video: its json parses, every RLE decodes at the video's size, some masklet
+        has an object; its mp4 opens at that size and decodes its first frame and its last annotated one (decoding
+        every frame of SA-V's 50,583 videos up front would take hours; a truncated file fails at its end)."""
+        check_all(self._check_video, self.videos, f"checking SA-V train at '{self.root}'")
+
+    def _check_video(self, video: SAVTrainVideo) -> None:
+        masklet, height, width = read_masklets(video)
+        if not masklet or not any([masklet_ids(video, rles, height, width).any() for rles in masklet]):  # each decoded
+            raise VOSInputError(f"'{video.annotations}' has no masklet with an object in any frame; re-extract it, "
+                                f"or move the video and its jsons out of sav_train/")
+        if not video.mp4.is_file():
+            raise VOSInputError(f"SA-V video '{video.mp4}' of '{video.annotations}' does not exist; re-extract it")
+        last = SAV_STEP * (len(masklet) - 1)
+        for index, rgb in {**read_video_frames(video.mp4, 0, 0), **read_video_frames(video.mp4, last, last)}.items():
+            if rgb.shape[:2] != (height, width):
+                raise VOSInputError(f"frame {index} of '{video.mp4}' is {rgb.shape[1]}x{rgb.shape[0]} but its json "
+                                    f"says {width}x{height}; re-download the video")
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        """A random clip; `index` only counts clips."""
+        video = random.choice(self.videos)
+        masklet, height, width = read_masklets(video)
+        return clip_of(len(masklet), self._loader(video, masklet, height, width), self.clip_len, self.output_size)
+
+    def _loader(self, video: SAVTrainVideo, masklet: list[list[dict]], height: int, width: int) -> PairLoader:
+        """Annotated frame k -> (frame, id mask). The first call decodes every frame a clip through k may need (up
+        to clip_len - 1 annotated frames either way: clips are played backwards too)."""
+        frames: dict[int, np.ndarray] = {}
+
+        def load(k: int) -> tuple[Image.Image, Image.Image]:
+            if SAV_STEP * k not in frames:
+                lo, hi = max(0, k - self.clip_len + 1), min(len(masklet) - 1, k + self.clip_len - 1)
+                frames.update(read_video_frames(video.mp4, SAV_STEP * lo, SAV_STEP * hi))
+            return Image.fromarray(frames[SAV_STEP * k]), Image.fromarray(masklet_ids(video, masklet[k], height, width))
+
+        return load
+
+
+def train_clips(root: str | Path, output_size: tuple[int, int] = (384, 384), clip_len: int = 10,
+                clips_per_epoch: int = 128) -> SAVTrainClips:
+    """Clips of SA-V train under `root` (--sav): see SAVTrainClips."""
+    return SAVTrainClips(root, output_size, clip_len, clips_per_epoch)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,6 +23,7 @@ import torch.nn as nn
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
+from benchmarks import generic, lvos, mose, sav
 from core import config_flags
 from core.framework import VOSModel as VOSModel  # re-exported: the interface each method's class meets
 from core.weights import OFFICIAL_BLOB_IDS, as_state_dict, check_finite, load_file
@@ -57,6 +58,10 @@ class StageContext:
     # J&F on DAVIS val through the driver of `run.py --test`, opened on the first call and shared by the stages;
     # None when that DAVIS val is not on disk (the trainer says so once)
     davis_val: Callable[[], Selection | None]
+    # --val-sequences: the held-out videos of a stage whose data holds out its own (StageData.holds_out)
+    val_sequences: list[str] | None = None
+    # J&F by vos-benchmark's rules on held-out videos (folder, names) of a generic folder, through the same driver
+    heldout_val: Callable[[Path, list[str]], Selection] | None = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,14 @@ class StageData:
     # the stage's model selection, given its training data; None: nothing to select on (the last weights stand)
     selection: Callable[[StageConfig, TrainSet, StageContext], Selection | None]
     column: str  # the train_log.csv column that records the selection's score
+    # --val-sequences names videos of this data's own folder, held out of training to select on (generic); else
+    # they are DAVIS val sequences
+    holds_out: bool = False
+    parts: tuple[StageData, ...] = ()  # a mixture's datasets (mixed_data), each with its own root; () = not a mixture
+
+    def sources(self) -> tuple[StageData, ...]:
+        """The datasets this data reads: a mixture's parts, else itself."""
+        return self.parts or (self,)
 
 
 @dataclass(frozen=True)
@@ -210,6 +223,82 @@ DAVIS_CLIPS = StageData(
 YTVOS_CLIPS = StageData(
     "ytvos", "ytvos", "train/JPEGImages, train/Annotations (and train/meta.json) of YouTube-VOS 2018",
     lambda s, c: samplers.TrainYTVOS(c.roots.ytvos, **_clip_args(s, c)), _davis_val, "val_jf")
+# The training splits of the other benchmarks (each module's train_clips), selected on DAVIS val as the official stages
+MOSE_CLIPS = StageData(
+    "mose", "mose", "train/JPEGImages and train/Annotations of MOSE (v1 or v2)",
+    lambda s, c: mose.train_clips(c.roots.get("mose"), **_clip_args(s, c)), _davis_val, "val_jf")
+LVOS_CLIPS = StageData(
+    "lvos", "lvos", "train/JPEGImages, train/Annotations and train/train_meta.json of LVOS (v1 or v2)",
+    lambda s, c: lvos.train_clips(c.roots.get("lvos"), **_clip_args(s, c)), _davis_val, "val_jf")
+SAV_CLIPS = StageData(
+    "sav", "sav", "sav_train/ of SA-V (<id>.mp4 with <id>_manual.json)",
+    lambda s, c: sav.train_clips(c.roots.get("sav"), **_clip_args(s, c)), _davis_val, "val_jf")
+
+
+def _heldout_val(stage: StageConfig, data: TrainSet, ctx: StageContext) -> Selection | None:
+    names = ctx.val_sequences or []
+    return ctx.heldout_val(Path(ctx.roots.get("generic")), names) if names and ctx.heldout_val else None
+
+
+# A folder of one's own videos: fine-tuning on it selects on its held-out videos (--val-sequences), scored as
+# vos-benchmark scores a generic folder; with none held out, nothing is selected on and the last weights stand.
+GENERIC_CLIPS = StageData(
+    "generic", "generic", "JPEGImages/<video>/ and Annotations/<video>/ (masks on any subset of the frames)",
+    lambda s, c: generic.train_clips(c.roots.get("generic"), c.val_sequences, **_clip_args(s, c)), _heldout_val,
+    "val_heldout_jf", holds_out=True)
+
+
+def mixed_data(parts: list[StageData], weights: list[float] | None) -> StageData:
+    """One stage's data drawn from several datasets (samplers.MixedClips): by the weights, else by their sizes.
+    Its model selection is the first dataset's, given that dataset's sampler."""
+    for part in parts:
+        if part.parts:
+            raise VOSInputError(f"a mixture cannot hold the mixture {part.name}; list its datasets once")
+
+    def open_mix(stage: StageConfig, ctx: StageContext) -> TrainSet:
+        opened = [(part.name, part.open(stage, ctx)) for part in parts]
+        for name, data in opened:
+            if not isinstance(data, samplers.ClipSampler):
+                raise VOSInputError(f"stage {stage.name}: {name} gives {type(data).__name__} items, not random "
+                                    f"clips, so it cannot be mixed; mix the clip stages (davis_clips for VideoMatch)")
+        return samplers.MixedClips(opened, weights, stage.clips_per_epoch // ctx.world)
+
+    def select(stage: StageConfig, data: TrainSet, ctx: StageContext) -> Selection | None:
+        return parts[0].selection(stage, data.parts[0][1], ctx)
+
+    return StageData("+".join(p.name for p in parts), parts[0].root, parts[0].holds, open_mix, select,
+                     parts[0].column, holds_out=any(p.holds_out for p in parts), parts=tuple(parts))
+
+
+def stage_preset(method: Method, name: str) -> StageConfig:
+    """The preset --stages NAME names: one of the method's stages, or a mixture `a+b+c` of them, optionally weighted
+    `a:1+b:1+c:2` (every part weighted, or none: then each dataset weighs its size). A mixture trains with its first
+    stage's settings and selection, on the data of all; it writes `<first stage's save name>+b+c_*.pth`."""
+    if "+" not in name and ":" not in name:
+        if name not in method.stages:
+            raise VOSInputError(f"unknown stage {name} in --stages; choose from {', '.join(method.stages)}, or mix "
+                                f"them as a+b (weighted a:1+b:2)")
+        return method.stages[name]
+    parts = [p.partition(":") for p in name.split("+")]
+    stages = [p[0] for p in parts]
+    unknown = [n for n in stages if n not in method.stages]
+    if unknown or len(set(stages)) != len(stages) or len(stages) < 2:
+        raise VOSInputError(f"--stages {name}: a mixture is two or more of {', '.join(method.stages)} joined by '+' "
+                            f"(each at most once), optionally weighted as davis:1+mose:2"
+                            f"{f'; unknown: {chr(44).join(unknown)}' if unknown else ''}")
+    given = [w for _, colon, w in parts if colon]
+    if given and len(given) != len(parts):
+        raise VOSInputError(f"--stages {name}: weight every dataset of the mixture (davis:1+mose:2) or none (then "
+                            f"each weighs its size)")
+    try:
+        weights = [float(w) for w in given] if given else None
+    except ValueError as e:
+        raise VOSInputError(f"--stages {name}: a weight is not a number ({e})") from e
+    if weights is not None and (any(not w >= 0 or w == float("inf") for w in weights) or sum(weights) <= 0):
+        raise VOSInputError(f"--stages {name}: the weights must be non-negative numbers, not all 0")
+    first = method.stages[stages[0]]
+    data = mixed_data([method.stages[n].data for n in stages], weights)
+    return replace(first, name=name, save_name="+".join([first.save_name, *stages[1:]]), data=data)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -52,6 +52,11 @@ class TrainSet(Dataset, ABC):
     @abstractmethod
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]: ...
 
+    def describe(self) -> str | None:
+        """A line for the training log about what the data is made of (a mixture's datasets and shares); None:
+        nothing beyond the stage's own line."""
+        return None
+
 
 # ----------------------------------------------------------------------------------------------------------------------
 # EMVOS: clip samplers, as the official EMVOS loaders sample and augment clips
@@ -181,19 +186,28 @@ def _load_pair(frame: Path, mask: Path, binary: bool = False) -> tuple[Image.Ima
     return Image.fromarray(read_frame(frame)), Image.fromarray(read_mask(mask, binary=binary))
 
 
+PairLoader = Callable[[int], tuple[Image.Image, Image.Image]]  # annotated frame k -> (RGB frame, id mask)
+
+
+def clip_of(count: int, load: PairLoader, clip_len: int, output_size: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """One training clip from a video of `count` annotated frames, `load(k)` reading the k-th (official TrainDAVIS /
+    TrainYTVOS sampling): reversal, flips, then consecutive annotated frames from a random start, the last one
+    repeated at the end of the video. Every video sampler (DAVIS, YouTube-VOS, MOSE, LVOS, SA-V, a generic folder)
+    draws its clips here, so they share the official draws in the official order."""
+    backwards = random.random() > 0.5  # play the video backwards
+    h_flip = random.random() > 0.5
+    v_flip = random.random() > 0.5
+    start = random.sample(range(count), 1)[0]
+    ids = [min(start + i, count - 1) for i in range(clip_len)]
+    pairs = (load(count - 1 - i if backwards else i) for i in ids)
+    return make_clip(pairs, output_size, h_flip, v_flip)
+
+
 def _video_clip(
     frames: list[Path], masks: list[Path], clip_len: int, output_size: tuple[int, int], binary: bool = False
 ) -> dict[str, torch.Tensor]:
-    """One training clip from a video whose frames are all annotated (official TrainDAVIS / TrainYTVOS sampling)."""
-    if random.random() > 0.5:  # play the video backwards
-        frames, masks = frames[::-1], masks[::-1]
-    h_flip = random.random() > 0.5
-    v_flip = random.random() > 0.5
-    # Consecutive frames from a random start; at the end of the video the last frame repeats.
-    start = random.sample(range(len(frames)), 1)[0]
-    ids = [min(start + i, len(frames) - 1) for i in range(clip_len)]
-    pairs = (_load_pair(frames[i], masks[i], binary) for i in ids)
-    return make_clip(pairs, output_size, h_flip, v_flip)
+    """One training clip from a video's annotated frames and their masks (files on disk)."""
+    return clip_of(len(frames), lambda k: _load_pair(frames[k], masks[k], binary), clip_len, output_size)
 
 
 # The up-front data check decodes every file a sampler reads, on a few threads (PIL decodes without the GIL).
@@ -201,7 +215,7 @@ CHECK_THREADS = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaff
 CHECK_PROGRESS_FROM = 2000  # frames (with their masks); fewer are checked without a progress bar
 
 
-def _check_all(check: Callable[[T], None], items: Sequence[T], desc: str) -> None:
+def check_all(check: Callable[[T], None], items: Sequence[T], desc: str) -> None:
     """`check(item)` for every item on CHECK_THREADS threads, with a progress bar when there are many; the first
     item in order that fails raises its VOSInputError, and what was not started yet is cancelled."""
     pool = ThreadPoolExecutor(CHECK_THREADS)
@@ -228,7 +242,7 @@ def check_files(pairs: Sequence[tuple[Path, Path]], where: str) -> None:
     Checked before the first step because later it is worse: a corrupt file stops the run hours in, inside a
     DataLoader worker, with that worker's traceback; a mask of another size is silently stretched onto its frame.
     """
-    _check_all(_check_pair, pairs, f"checking {where}")
+    check_all(_check_pair, pairs, f"checking {where}")
 
 
 def check_videos(videos: Iterable[tuple[str, list[Path], list[Path]]], where: str, binary: bool = False) -> None:
@@ -236,9 +250,10 @@ def check_videos(videos: Iterable[tuple[str, list[Path], list[Path]]], where: st
 
     videos: (name, frames, their masks) for every video a sampler draws from, only the frames it reads; where: the
     root and split, for the message. An empty list of videos, a video without an annotated frame, a frame or mask
-    that does not decode or a mask of another size than its frame (check_files), and data whose masks hold no
-    object at all (every batch would be skipped by the official rule) are errors. Masks are read as ids until one
-    with an object is found, so a normal dataset costs one such read besides the decoding.
+    that does not decode or a mask of another size than its frame (check_files), and a video whose masks hold no
+    object at all (each of its clips would have no target, and the official rule skips its batches) are errors.
+    Each video's masks are read as ids until one with an object is found, so a normal dataset costs one such read
+    per video besides the decoding.
     """
     videos = list(videos)
     without_masks = [name for name, _, masks in videos if not masks]
@@ -249,10 +264,16 @@ def check_videos(videos: Iterable[tuple[str, list[Path], list[Path]]], where: st
                             f"({', '.join(without_masks[:5])}{', ...' if len(without_masks) > 5 else ''}); "
                             f"re-extract the annotations or take them out of the split list")
     check_files([pair for _, frames, masks in videos for pair in zip(frames, masks, strict=True)], where)
-    if not any(read_mask(m, binary=binary).any() for _, _, masks in videos for m in masks):
+    empty = [(name, masks) for name, _, masks in videos if not any(read_mask(m, binary=binary).any() for m in masks)]
+    if len(empty) == len(videos):
         raise VOSInputError(f"{where}: every mask of its {len(videos)} video(s) is empty (no object, all pixels 0), "
                             f"so no training clip has a target and every batch would be skipped; these are not the "
                             f"annotations (check that Annotations/ holds the object masks)")
+    if empty:
+        name, masks = empty[0]
+        raise VOSInputError(f"{where}: video '{name}' has no object in any of its {len(masks)} mask(s) (first "
+                            f"'{masks[0]}'), so its clips have no target; re-extract its annotations or move it out"
+                            f"{f' ({len(empty)} such videos)' if len(empty) > 1 else ''}")
 
 
 class ClipSampler(TrainSet):
@@ -266,6 +287,11 @@ class ClipSampler(TrainSet):
 
     def __len__(self) -> int:
         return self.clips_per_epoch
+
+    @property
+    @abstractmethod
+    def size(self) -> int:
+        """How many videos (COCO: images) clips are drawn from: a mixed stage's default weight."""
 
 
 class TrainDAVIS(ClipSampler):
@@ -285,6 +311,10 @@ class TrainDAVIS(ClipSampler):
             raise VOSInputError("DAVIS test-dev has no training annotations; pass split='train'")
         super().__init__(output_size, clip_len, clips_per_epoch)
 
+    @property
+    def size(self) -> int:
+        return len(self.data.sequences)
+
     def check(self) -> None:
         """Refuse data that cannot train (check_videos), before the first step."""
         check_videos(((s, self.data.frames(s), self.data.annotations(s)) for s in self.data.sequences),
@@ -298,7 +328,66 @@ class TrainDAVIS(ClipSampler):
         )
 
 
-class TrainYTVOS(ClipSampler):
+class AnnotatedVideos(ClipSampler):
+    """Clips of videos stored as `<image_dir>/<video>/<frame>` with masks `<mask_dir>/<video>/<frame>.png` on some of
+    the frames: clips are made of the annotated frames alone (a frame with a mask of its name), consecutive clip
+    frames being consecutive annotated frames, as the official YouTube-VOS loader pairs the sorted image and mask lists.
+    YouTube-VOS train, MOSE train, LVOS train and a generic folder are this (each module names its folders and videos).
+
+    `where` names the data in messages ("MOSE train at '...'"); `fix` is what to do about a video without an
+    annotated frame.
+    """
+
+    def __init__(
+        self,
+        image_dir: Path,
+        mask_dir: Path,
+        videos: list[str],
+        where: str,
+        output_size: tuple[int, int] = (384, 384),
+        clip_len: int = 10,
+        clips_per_epoch: int = 128,
+        image_exts: frozenset[str] = frozenset({".jpg"}),
+        fix: str = "re-extract the download",
+    ) -> None:
+        self.image_dir, self.mask_dir, self.videos, self.where = Path(image_dir), Path(mask_dir), list(videos), where
+        self.image_exts, self.fix = set(image_exts), fix
+        if not self.videos:
+            raise VOSInputError(f"'{self.mask_dir}' holds no videos; {fix}")
+        super().__init__(output_size, clip_len, clips_per_epoch)
+
+    @property
+    def size(self) -> int:
+        """How many videos clips are drawn from (a mixed stage's default weight)."""
+        return len(self.videos)
+
+    def _annotated(self, video: str) -> tuple[list[Path], list[Path]]:
+        masks = {p.stem: p for p in _list_files(self.mask_dir / video, {".png"})}
+        frames = [f for f in _list_files(self.image_dir / video, self.image_exts) if f.stem in masks]
+        return frames, [masks[f.stem] for f in frames]
+
+    def annotated_frames(self, video: str) -> tuple[list[Path], list[Path]]:
+        """(frames, masks) of the annotated frames of `video`, in order."""
+        frames, masks = self._annotated(video)
+        if not frames:
+            raise VOSInputError(
+                f"video '{video}' has no frame in '{self.image_dir / video}' with a mask in '{self.mask_dir / video}'; "
+                f"{self.fix}"
+            )
+        return frames, masks
+
+    def check(self) -> None:
+        """Refuse data that cannot train (check_videos on the annotated frames, those clips are made of), before
+        the first step."""
+        check_videos(((v, *self._annotated(v)) for v in self.videos), self.where)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        """A random clip; `index` only counts clips."""
+        video = random.choice(self.videos)
+        return _video_clip(*self.annotated_frames(video), self.clip_len, self.output_size)
+
+
+class TrainYTVOS(AnnotatedVideos):
     """Clips of YouTube-VOS train: `train/JPEGImages/<video>` with masks in `train/Annotations/<video>`.
 
     Only annotated frames are used (every 5th frame of the original video), so consecutive clip frames are 5 video
@@ -313,9 +402,9 @@ class TrainYTVOS(ClipSampler):
         clips_per_epoch: int = 128,
     ) -> None:
         self.root = Path(root)
-        self.image_dir = self.root / "train" / "JPEGImages"
-        self.mask_dir = self.root / "train" / "Annotations"
-        for folder in (self.image_dir, self.mask_dir):
+        image_dir = self.root / "train" / "JPEGImages"
+        mask_dir = self.root / "train" / "Annotations"
+        for folder in (image_dir, mask_dir):
             if not folder.is_dir():
                 raise VOSInputError(
                     f"YouTube-VOS root '{self.root}' has no train/{folder.name}; pass --ytvos PATH (the folder that "
@@ -324,42 +413,16 @@ class TrainYTVOS(ClipSampler):
         meta = self.root / "train" / "meta.json"
         if meta.is_file():
             try:
-                self.videos = sorted(plain_name(v, meta) for v in json.loads(meta.read_text())["videos"])
+                videos = sorted(plain_name(v, meta) for v in json.loads(meta.read_text())["videos"])
             except (ValueError, KeyError, TypeError) as e:
                 raise VOSInputError(
                     f"'{meta}' is not a YouTube-VOS meta.json ({e}); re-download it or delete it "
                     "to use the folder listing"
                 ) from e
         else:
-            self.videos = sorted(plain_name(p.name, self.mask_dir) for p in self.mask_dir.iterdir() if p.is_dir())
-        if not self.videos:
-            raise VOSInputError(f"'{self.mask_dir}' holds no videos; re-extract the YouTube-VOS train download")
-        super().__init__(output_size, clip_len, clips_per_epoch)
-
-    def _annotated(self, video: str) -> tuple[list[Path], list[Path]]:
-        masks = {p.stem: p for p in _list_files(self.mask_dir / video, {".png"})}
-        frames = [f for f in _list_files(self.image_dir / video, {".jpg"}) if f.stem in masks]
-        return frames, [masks[f.stem] for f in frames]
-
-    def annotated_frames(self, video: str) -> tuple[list[Path], list[Path]]:
-        """(frames, masks) of the annotated frames of `video`, in order."""
-        frames, masks = self._annotated(video)
-        if not frames:
-            raise VOSInputError(
-                f"video '{video}' has no frame in '{self.image_dir / video}' with a mask in '{self.mask_dir / video}'; "
-                "re-extract the YouTube-VOS train download"
-            )
-        return frames, masks
-
-    def check(self) -> None:
-        """Refuse data that cannot train (check_videos on the annotated frames, those clips are made of), before
-        the first step."""
-        check_videos(((v, *self._annotated(v)) for v in self.videos), f"YouTube-VOS train at '{self.root}'")
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        """A random clip; `index` only counts clips."""
-        video = random.choice(self.videos)
-        return _video_clip(*self.annotated_frames(video), self.clip_len, self.output_size)
+            videos = sorted(plain_name(p.name, mask_dir) for p in mask_dir.iterdir() if p.is_dir())
+        super().__init__(image_dir, mask_dir, videos, f"YouTube-VOS train at '{self.root}'", output_size, clip_len,
+                         clips_per_epoch, fix="re-extract the YouTube-VOS train download")
 
 
 def _coco_instances(ann_file: Path) -> tuple[dict[int, tuple[str, int, int]], dict[int, list[tuple[float, object]]]]:
@@ -465,6 +528,10 @@ class TrainCOCO(ClipSampler):
         """How many images clips are drawn from."""
         return len(self.images) if self.layout == "converted" else len(self.image_ids)
 
+    @property
+    def size(self) -> int:
+        return self.num_images
+
     def check(self) -> None:
         """Refuse data that cannot train, before the first step. The converted folder needs an Annotations/ PNG per
         image, every image and mask decoding at one size, and at least one mask with an object (check_videos). The
@@ -478,7 +545,7 @@ class TrainCOCO(ClipSampler):
                                     f"...); re-run the conversion")
             check_videos([("COCO", self.images, masks)], f"COCO at '{self.root}'")
         else:
-            _check_all(self._check_image, self.image_ids, f"checking COCO {self.image_dir}")
+            check_all(self._check_image, self.image_ids, f"checking COCO {self.image_dir}")
 
     def _check_image(self, image_id: int) -> None:
         file_name, h, w = self._infos[image_id]
@@ -532,6 +599,44 @@ class TrainCOCO(ClipSampler):
         v_flip = random.random() > 0.5
         k = random.choice(range(self.num_images))
         return make_clip(self._pseudo_video(k), self.output_size, h_flip, v_flip)
+
+
+class MixedClips(TrainSet):
+    """One stage's clips drawn from several datasets (`--stages davis+ytvos+mose`): each clip first picks its dataset,
+    at random with the mixture's shares, then is that dataset's clip. The shares are the given weights normalised,
+    or by default each dataset's size (its videos; COCO: images) over the total, so that every video of the mixture
+    is equally likely, as if the datasets were one. The pick is one draw from Python's generator, the one the samplers
+    draw their videos from, so the trainer's seeding and --resume replay cover it as they cover a single dataset."""
+
+    def __init__(self, parts: Sequence[tuple[str, ClipSampler]], weights: Sequence[float] | None,
+                 clips_per_epoch: int) -> None:
+        self.parts = list(parts)
+        self.clips_per_epoch = clips_per_epoch
+        given = list(weights) if weights is not None else [float(data.size) for _, data in self.parts]
+        if len(given) != len(self.parts) or any(not math.isfinite(w) or w < 0 for w in given) or sum(given) <= 0:
+            raise VOSInputError(f"the weights {given} of the mixture {'+'.join(n for n, _ in self.parts)} must be one "
+                                f"non-negative number per dataset, not all 0")
+        self.weighted = weights is not None
+        self.shares = [w / sum(given) for w in given]
+
+    def __len__(self) -> int:
+        return self.clips_per_epoch
+
+    def check(self) -> None:
+        """Every dataset of the mixture checked as it is checked alone."""
+        for _, data in self.parts:
+            data.check()
+
+    def describe(self) -> str:
+        how = "the given weights" if self.weighted else "their sizes"
+        parts = ", ".join(f"{name} ({data.size} {'images' if isinstance(data, TrainCOCO) else 'videos'}, share "
+                          f"{share:.3f})" for (name, data), share in zip(self.parts, self.shares, strict=True))
+        return f"mixture by {how}: {parts}"
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        """A clip of a dataset drawn by the shares; `index` only counts clips."""
+        k = random.choices(range(len(self.parts)), weights=self.shares)[0]
+        return self.parts[k][1][index]
 
 
 # ----------------------------------------------------------------------------------------------------------------------

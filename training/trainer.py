@@ -40,7 +40,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, RandomSampler
 from tqdm import tqdm
 
-from benchmarks import davis
+from benchmarks import davis, generic
 from core import config_flags, distributed, methods, weights
 from core.distributed import Dist
 from core.methods import Batch, Method, Selection, StageConfig, StageContext
@@ -118,10 +118,8 @@ def resolve_options(options: TrainOptions, method: Method, saved: dict | None = 
     if values.get("val_sequences") is not None:
         values["val_sequences"] = list(values["val_sequences"])
     opts = TrainOptions(**values)
-    unknown = [s for s in opts.stages if s not in method.stages]
-    if unknown:
-        raise VOSInputError(f"unknown stage(s) {', '.join(unknown)} in --stages; "
-                            f"choose from {', '.join(method.stages)}")
+    for name in opts.stages:
+        methods.stage_preset(method, name)  # an unknown stage or a malformed mixture is refused here
     return opts
 
 
@@ -169,14 +167,14 @@ def stage_configs(opts: TrainOptions, method: Method) -> list[StageConfig]:
     it opens). An override of a field a stage lacks (EMVOS's swap_above on a VideoMatch stage) is refused: it would
     do nothing."""
     for name in opts.stages:
-        preset = method.stages[name]
+        preset = methods.stage_preset(method, name)
         own = {f.name for f in fields(preset)}
         for key in opts.overrides:
             if key not in own:
                 flag = "--" + key.replace("_", "-")
                 raise VOSInputError(f"{flag} is not a setting of {method.name}'s stage '{name}' (its recipe has "
                                     f"no such step), so it would do nothing; drop {flag}")
-    stages = [replace(method.stages[name], **opts.overrides) for name in opts.stages]
+    stages = [replace(methods.stage_preset(method, name), **opts.overrides) for name in opts.stages]
     for s in stages:
         least = {"epochs": (s.epochs, 1), "batch_size": (s.batch_size, 1), "clips_per_epoch": (s.clips_per_epoch, 0),
                  "save_every": (s.save_every, 1)}
@@ -335,6 +333,36 @@ def open_validation(root: str | None, year: str, sequences: list[str] | None, se
         raise VOSInputError(f"--val-sequences {' '.join(unknown)}: not in DAVIS {year} val at '{data.root}' "
                             f"(it has {', '.join(data.sequences[:5])}{', ...' if len(data.sequences) > 5 else ''})")
     return DavisValidation(data, names, settings, stop), None
+
+
+@dataclass
+class HeldoutValidation:
+    """J&F of held-out videos of a generic folder (--val-sequences), each object given at its first mask, segmented
+    by the driver of `run.py --test` and scored as vos-benchmark scores a generic folder (its frames but the first
+    and the last, each object from its first appearance): the selection of a fine-tuning stage. Reported as a
+    fraction, as the DAVIS J&F."""
+
+    root: Path
+    sequences: list[str]
+    settings: RunSettings
+    stop: StopRequest
+
+    @property
+    def title(self) -> str:
+        return f"vos-benchmark J&F of {len(self.sequences)} held-out video(s) of {self.root}"
+
+    def __call__(self, net: nn.Module) -> float | None:
+        net.eval()
+        try:
+            with tempfile.TemporaryDirectory(prefix="emvos_val_") as tmp:
+                for video in generic.validation_videos(self.root, self.sequences):
+                    if self.stop.requested:
+                        return None
+                    segment_video(net, video, Path(tmp) / video.name, self.settings)
+                scores = generic.score_vos_benchmark(self.root / "Annotations", Path(tmp), workers=1)
+                return dict(scores.global_table)["J&F"] / 100
+        finally:
+            net.train()
 
 
 class DavisVal:
@@ -620,14 +648,13 @@ def select(t: Trainer, run: StageRun, stats: EpochStats) -> float:
 def open_stages(stages: list[StageConfig], ctx: StageContext) -> list[tuple[TrainSet, Selection | None]]:
     """Every stage's training data (its root first, then the data itself checked) and model selection, before any
     training starts."""
-    roots = asdict(ctx.roots)
     problems = []
-    for data in dict.fromkeys(s.data for s in stages):
-        root = roots[data.root]
+    for data in dict.fromkeys(d for s in stages for d in s.data.sources()):
+        root = ctx.roots.get(data.root)
         if root is None or not Path(root).is_dir():
             given = ("is not set" if root is None else f"'{root}' is a file, not a folder" if Path(root).exists()
                      else f"'{root}' does not exist")
-            needed_by = ", ".join(s.name for s in stages if s.data == data)
+            needed_by = ", ".join(s.name for s in stages if data in s.data.sources())
             problems.append(f"stage(s) {needed_by} train on {data.name}, but --{data.root} {given}; pass "
                             f"--{data.root} PATH (the folder with {data.holds}) or leave the stage out of --stages")
     for s in stages:
@@ -681,6 +708,9 @@ def describe(t: Trainer, run: StageRun) -> None:
         note = transform.note(stage, run.loader.batch_size)
         if note is not None:
             t.say(note)
+    mixture = run.data.describe()
+    if mixture is not None:
+        t.say(f"stage '{stage.name}': {mixture}")
     selecting = run.selection is not None and stage.val_every
     val_note = f"validating on {run.selection.title} every {stage.val_every} epochs" if selecting else "no validation"
     world = t.dist_info.world
@@ -735,6 +765,7 @@ def save(t: Trainer, run: StageRun, name: str, what: str, resumable: bool = Fals
             **asdict(run.state), "world_size": t.dist_info.world, "optimizer": run.optimizer.state_dict(),
             "scaler": run.scaler.state_dict() if run.scaler is not None else None,
             "stage_config": run.stage.record(), "train_options": recorded_options(t.opts),
+            "data": run.data.describe(),
         }, checkpoint.training_state_path(path))
     t.say(f"saved {what}: {path}{' (+ .train.pth to resume)' if resumable else ''}")
 
@@ -743,9 +774,9 @@ def interrupted(t: Trainer, run: StageRun, where: str) -> TrainingInterrupted:
     """Write the resumable checkpoint of a stopped run and say how to go on from it."""
     path = t.save_dir / f"{run.stage.save_name}_interrupted.pth"
     save(t, run, path.name, "resumable checkpoint", resumable=True)
-    roots = asdict(t.roots)
-    needed = [s.data.root for s in t.stages] + (["davis"] if t.davis_val.selection is not None else [])
-    data_flags = {name: roots[name] for name in needed if roots[name] is not None}
+    needed = [d.root for s in t.stages for d in s.data.sources()] + (
+        ["davis"] if t.davis_val.selection is not None else [])
+    data_flags = {name: str(t.roots.get(name)) for name in dict.fromkeys(needed) if t.roots.get(name) is not None}
     command = checkpoint.resume_command(path, t.method.name, data_flags, t.dist_info.world)
     t.say(f"interrupted in stage '{run.stage.name}' at {where}. Resume with:\n  {command}")
     return TrainingInterrupted(path)
@@ -761,7 +792,9 @@ def build_network(method: Method, opts: TrainOptions, resumed: dict | None, verb
     if resumed is not None:
         return methods.model_from_payload(resumed["weights"], Path(resumed["path"]), "--resume", resumed["config"])[0]
     if opts.init is not None:
-        net, meta = methods.load_weights(opts.init, "--init", overrides)
+        # --init official-davis / official-ytvos: the authors' files, as --weights names them (fetched when missing)
+        init = weights.resolve_weights(opts.init, methods.TRAINED_MODEL, wording=weights.Wording("--init {}"))
+        net, meta = methods.load_weights(init, "--init", overrides)
         if meta["method"] != method.name:
             raise VOSInputError(f"--init {opts.init} is a {meta['method']} checkpoint, not {method.name}")
         unused = config_flags.unused_flags(net.config, opts.model)
@@ -801,8 +834,14 @@ def train(method: str | None, options: TrainOptions, roots: Roots) -> nn.Module:
             held.enter_context(RunLock(Path(opts.save_dir), "--save-dir"))
         settings = replace(settings, device=distributed.process_device(d, settings.device))
         stop = StopRequest(verbose=d.main)
-        davis_val = DavisVal(roots.davis, opts, settings, stop, d.main)
-        opened = open_stages(stages[first:], StageContext(roots, opts.davis_year, d.world, settings.device, davis_val))
+        # --val-sequences names the held-out videos of a stage that holds out its own (generic); the other stages
+        # of such a run validate on the whole of DAVIS val
+        holds_out = any(s.data.holds_out for s in stages)
+        davis_val = DavisVal(roots.davis, replace(opts, val_sequences=None) if holds_out else opts, settings, stop,
+                             d.main)
+        context = StageContext(roots, opts.davis_year, d.world, settings.device, davis_val, opts.val_sequences,
+                               lambda root, names: HeldoutValidation(root, names, settings, stop))
+        opened = open_stages(stages[first:], context)
         if d.main:
             checkpoint.prepare_save_dir(Path(opts.save_dir))
         amp_dtype(opts.amp, settings.device)  # refuse an unsupported --amp before building anything
