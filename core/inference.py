@@ -264,8 +264,9 @@ def run_dataset(model: RunModel, key: str, videos: Iterable[VideoReader], out_di
                 scoring: TestScoring | None, zip_prefix: str | None,
                 make_hook: Callable[[VideoReader], Any] | None = None, job: Dist | None = None,
                 on_scored: Callable[[Scores, Path], None] | None = None) -> Scores | None:
-    """Segment every video of one dataset into out_dir/<video>/, then score them by `scoring` (the layout's, if the
-    split is scored here), and zip (if zip_prefix).
+    """Segment every video of one dataset with `model` (open_model's: the PyTorch model or the ONNX graphs) into
+    out_dir/<video>/, then score them by `scoring` (the layout's, if the split is scored here), and zip (if
+    zip_prefix).
 
     Every reader is built (and so checked) before any frame runs. In a torchrun job (`job`) each process segments
     its share of the videos (`balance`) and writes their masks; all meet in one gather, and rank 0 alone scores and
