@@ -6,6 +6,7 @@ with the authors' checkpoint (fetched into trained_model/ on first use).
 
 import argparse
 import errno
+import os
 import shlex
 import signal
 import sys
@@ -378,6 +379,12 @@ def _run_mode(args: argparse.Namespace, command: str | None) -> None:
         inference.segment_benchmarks(test_options(args, data, command), roots(args))
 
 
+def speaks() -> bool:
+    """Whether this process tells the user what happened: a plain run, or process 0 of a torchrun job (torchrun sets
+    RANK in every process it starts)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser, command: str | None) -> int:
     """Check the flags and run the mode; each expected failure becomes its line on stderr and its exit status."""
     try:
@@ -394,8 +401,9 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser, command
     except inference.OtherRankFailedError:
         return 1
     except KeyboardInterrupt as e:
-        print(f"\ninterrupted: the masks written so far are complete files in {args.output}; run the same command "
-              f"again to redo the rest", file=sys.stderr)
+        if speaks():  # torchrun signals every process: one line for the job, not one per rank
+            print(f"\ninterrupted: the masks written so far are complete files in {args.output}; run the same "
+                  f"command again to redo the rest", file=sys.stderr)
         return 143 if isinstance(e, Terminated) else 130
     except VOSInputError as e:  # benchmarks.davis.EvaluationError included
         print(f"error: {e}", file=sys.stderr)

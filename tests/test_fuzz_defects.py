@@ -470,3 +470,21 @@ def test_compare_keeps_long_names_on_screen_without_matplotlib_warnings(tmp_path
         capture_output=True, text=True, timeout=60, check=True).stdout
     width = int(dom.split('data-width="')[1].split('"')[0])
     assert width <= 1300, width
+
+
+@pytest.mark.parametrize(("rank", "says"), [(None, True), ("0", True), ("1", False)])
+def test_an_interrupted_torchrun_job_says_so_once(rank: str | None, says: bool, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    """Bug: SIGTERM to a torchrun job printed "interrupted" once per rank. Process 0 (or a plain run) says it; every
+    process still exits 143, which torchrun reports (its own SignalException traceback is the launcher's)."""
+    if rank is None:
+        monkeypatch.delenv("RANK", raising=False)
+    else:
+        monkeypatch.setenv("RANK", rank)
+
+    def stopped(*_: object) -> None:
+        raise run.Terminated
+
+    monkeypatch.setattr(run, "_run_mode", stopped)
+    assert run.main(["--test", "--device", "cpu"]) == 143
+    assert ("interrupted" in capsys.readouterr().err) == says
