@@ -196,6 +196,19 @@ class VideoReader:
         return [out_dir / name]
 
 
+@dataclass
+class StartingVideo(VideoReader):
+    """A video whose given masks give only the objects that start there: a later mask of a tracked object is ground
+    truth to predict, not a correction (a benchmark whose masks hold every object in every frame, or a held-out
+    video of one's own, would otherwise give the answer away)."""
+
+    starting: dict[int, list[int]] = field(default_factory=dict)  # frame index -> ids of the objects that start there
+
+    def load_mask(self, index: int) -> np.ndarray:
+        mask = read_mask(self.given_masks[index])
+        return np.where(np.isin(mask, self.starting[index]), mask, 0).astype(mask.dtype)
+
+
 class Layout:
     """A test-time dataset on disk: its video names, and one `VideoReader` per video.
 

@@ -600,17 +600,16 @@ EMVOS_STAGES = {
     # --val-every N turns DAVIS validation on for it.
     "ytvos": EMVOSStage("ytvos", "coco_ytvos", methods.YTVOS_CLIPS, clip_len=10, clips_per_epoch=128, batch_size=8,
                         epochs=8000, save_every=2000, val_every=0),
-    # Not in the official code: the other benchmarks' training splits with the ytvos stage's settings (a large
-    # video set after coco), and fine-tuning on a folder of one's own videos (from --init) with the davis stage's,
-    # fewer epochs, selected on its held-out videos (--val-sequences). --stages a+b mixes any of them in one stage.
-    "mose": EMVOSStage("mose", "coco_mose", methods.MOSE_CLIPS, clip_len=10, clips_per_epoch=128, batch_size=8,
-                       epochs=8000, save_every=2000, val_every=0),
-    "lvos": EMVOSStage("lvos", "coco_lvos", methods.LVOS_CLIPS, clip_len=10, clips_per_epoch=128, batch_size=8,
-                       epochs=8000, save_every=2000, val_every=0),
-    "sav": EMVOSStage("sav", "coco_sav", methods.SAV_CLIPS, clip_len=10, clips_per_epoch=128, batch_size=8,
-                      epochs=8000, save_every=2000, val_every=0),
-    "generic": EMVOSStage("generic", "generic", methods.GENERIC_CLIPS, clip_len=10, clips_per_epoch=128,
-                          batch_size=8, epochs=200, save_every=100, val_every=20),
+    # Not in the official code: every other dataset module's training split (methods.benchmark_clips) with the ytvos
+    # stage's settings (a large video set after coco), and fine-tuning on a folder of one's own videos (from --init)
+    # with the davis stage's, fewer epochs, selected on its held-out videos (--val-sequences). --stages a+b mixes any
+    # of them in one stage.
+    **{name: EMVOSStage(name, f"coco_{name}", data, clip_len=10, clips_per_epoch=128, batch_size=8, epochs=8000,
+                        save_every=2000, val_every=0)
+       for name, data in methods.benchmark_clips().items() if not data.holds_out},
+    **{name: EMVOSStage(name, name, data, clip_len=10, clips_per_epoch=128, batch_size=8, epochs=200,
+                        save_every=100, val_every=20)
+       for name, data in methods.benchmark_clips().items() if data.holds_out},
 }
 
 

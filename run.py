@@ -30,9 +30,9 @@ DAVIS_ROOT = "../DB/DAVIS"
 YTVOS18_ROOT = "../DB/YTVOS18"
 YTVOS19_ROOT = "../DB/YTVOS19"
 COCO_ROOT = "../DB/COCO"
-MOSE_ROOT = "../DB/MOSE"  # holds valid/
-LVOS_ROOT = "../DB/LVOS"  # holds valid/ and test/
-SAV_ROOT = "../DB/SAV"  # holds sav_val/ and sav_test/
+MOSE_ROOT = "../DB/MOSE"  # holds valid/ (and train/ to train on)
+LVOS_ROOT = "../DB/LVOS"  # holds valid/ and test/ (and train/ to train on)
+SAV_ROOT = "../DB/SAV"  # holds sav_val/ and sav_test/ (and sav_train/ to train on)
 SAMPLE_ROOT = Path(__file__).resolve().parent / "sample" / "DAVIS2016"  # CC BY 4.0, see sample/README.md
 TRAINED_MODEL = methods.TRAINED_MODEL  # the authors' files are fetched here; --train writes here by default
 

@@ -449,17 +449,13 @@ VIDEOMATCH_STAGES = {
                                        val_every=100, lr=1e-5, weight_decay=5e-4),
     "ytvos": methods.StageConfig("ytvos", "videomatch_ytvos", methods.YTVOS_CLIPS, clip_len=2, clips_per_epoch=128,
                                  batch_size=8, epochs=2000, save_every=1000, val_every=0, lr=1e-5, weight_decay=5e-4),
-    # the other benchmarks' training splits with the ytvos stage's settings, and fine-tuning on one's own videos
-    # (from --init), selected on its held-out videos (--val-sequences); --stages a+b mixes clip stages
-    "mose": methods.StageConfig("mose", "videomatch_mose", methods.MOSE_CLIPS, clip_len=2, clips_per_epoch=128,
-                                batch_size=8, epochs=2000, save_every=1000, val_every=0, lr=1e-5, weight_decay=5e-4),
-    "lvos": methods.StageConfig("lvos", "videomatch_lvos", methods.LVOS_CLIPS, clip_len=2, clips_per_epoch=128,
-                                batch_size=8, epochs=2000, save_every=1000, val_every=0, lr=1e-5, weight_decay=5e-4),
-    "sav": methods.StageConfig("sav", "videomatch_sav", methods.SAV_CLIPS, clip_len=2, clips_per_epoch=128,
-                               batch_size=8, epochs=2000, save_every=1000, val_every=0, lr=1e-5, weight_decay=5e-4),
-    "generic": methods.StageConfig("generic", "videomatch_generic", methods.GENERIC_CLIPS, clip_len=2,
-                                   clips_per_epoch=128, batch_size=8, epochs=200, save_every=100, val_every=20,
-                                   lr=1e-5, weight_decay=5e-4),
+    # every other dataset module's training split (methods.benchmark_clips) with the ytvos stage's settings, and
+    # fine-tuning on one's own videos (from --init), selected on its held-out videos (--val-sequences); --stages a+b
+    # mixes clip stages
+    **{name: methods.StageConfig(name, f"videomatch_{name}", data, clip_len=2, clips_per_epoch=128, batch_size=8,
+                                 epochs=2000 if not data.holds_out else 200, save_every=1000 if not data.holds_out
+                                 else 100, val_every=0 if not data.holds_out else 20, lr=1e-5, weight_decay=5e-4)
+       for name, data in methods.benchmark_clips().items()},
 }
 
 

@@ -218,6 +218,21 @@ class Benchmark:
     holds: str = ""  # what the root holds, e.g. "valid/" (help texts and the refusal of a missing root)
     root: str | None = None
     scorings: tuple[Scoring, ...] = ()
+    training: Training | None = None  # its training split, a --stages preset of every method (core.methods)
+
+
+@dataclass(frozen=True)
+class Training:
+    """A dataset module's training split, which every method trains on as `--stages <its name>` (read from its root).
+
+    clips(root, val_sequences, output_size=, clip_len=, clips_per_epoch=) -> its clip sampler (training.samplers).
+    holds_out: the --val-sequences videos are held out of training and validate it (a folder of one's own videos);
+    else the stage is selected on DAVIS val, as the official stages are.
+    """
+
+    holds: str  # what the root holds for training (the refusal of a missing root)
+    clips: Callable[..., Any]
+    holds_out: bool = False
 
 
 def wrote_files(result: Scores, key: str, fps: float) -> str:

@@ -25,6 +25,7 @@ from benchmarks.common import (
     ScoreRequest,
     Scores,
     Scoring,
+    Training,
     begin_writing,
     need_dir,
     parallel_map,
@@ -35,10 +36,10 @@ from benchmarks.common import (
     subdirs,
     write_text,
 )
-from benchmarks.lvos import LVOSVideo
 from dataset import (
     _IMAGE_EXTS,
     Layout,
+    StartingVideo,
     VideoReader,
     _list_files,
     _list_folders,
@@ -232,6 +233,8 @@ BENCHMARK = Benchmark(
     keys=(DataKey("generic", "generic", Generic),),
     holds="JPEGImages/<video>/ and Annotations/<video>/ (every mask given)",
     root="generic",
+    training=Training("JPEGImages/<video>/ and Annotations/<video>/ (masks on any subset of the frames)",
+                      lambda root, held_out, **clips: train_clips(root, held_out, **clips), holds_out=True),
     scorings=(Scoring("vos-benchmark", "hkchengrex/vos-benchmark", "the vos-benchmark GT folder (-g)", _score,
                       lambda request: report_folders_beside(require_gt(request, "vos-benchmark")),
                       result_files=("results.csv",)),),
@@ -278,8 +281,9 @@ def train_clips(root: str | Path, val_sequences: list[str] | None = None, output
 
 
 def validation_videos(root: str | Path, names: list[str]) -> Iterator[VideoReader]:
-    """The held-out videos as a validation runs them: each object given at its first mask only, as LVOS and SA-V
-    are run (benchmarks.lvos.LVOSVideo), so that the masks after it are predicted and scored, not handed over."""
+    """The held-out videos as a validation runs them: each object given at its first mask only, as the benchmarks
+    whose objects join late are run (dataset.StartingVideo), so that the masks after it are predicted and scored,
+    not handed over."""
     for video in Generic(root).videos(names):
         starting: dict[int, list[int]] = {}
         seen: set[int] = set()
@@ -293,5 +297,5 @@ def validation_videos(root: str | Path, names: list[str]) -> Iterator[VideoReade
                                 f"empty; hold out a video with an object")
         given = {i: video.given_masks[i] for i in starting}
         first = min(given)
-        yield LVOSVideo(video.name, video.frames[first:], {i - first: p for i, p in given.items()},
+        yield StartingVideo(video.name, video.frames[first:], {i - first: p for i, p in given.items()},
                         video.output_names[first:], starting={i - first: ids for i, ids in starting.items()})

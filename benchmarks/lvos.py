@@ -16,7 +16,7 @@ import json
 import math
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,7 @@ from benchmarks.common import (
     Scores,
     Scoring,
     TestScoring,
+    Training,
     begin_writing,
     format_scores,
     nan_mean,
@@ -39,7 +40,7 @@ from benchmarks.common import (
     score_fixed,
     write_text,
 )
-from dataset import Layout, VideoReader, _select, need_part, plain_name, video_frames
+from dataset import Layout, StartingVideo, VideoReader, _select, need_part, plain_name, video_frames
 from training.samplers import AnnotatedVideos
 from utils import VOSInputError, read_mask
 
@@ -50,17 +51,6 @@ DECIMALS = 3  # the CSVs (pandas float_format='%.3f') and the printed table
 
 
 @dataclass
-class LVOSVideo(VideoReader):
-    """An LVOS video: at each given frame only the objects whose `frame_range` starts there are given (the
-    validation masks hold every object in every frame; giving those would be giving away the answer)."""
-
-    starting: dict[int, list[int]] = field(default_factory=dict)  # frame index -> ids of the objects that start there
-
-    def load_mask(self, index: int) -> np.ndarray:
-        mask = read_mask(self.given_masks[index])
-        return np.where(np.isin(mask, self.starting[index]), mask, 0).astype(mask.dtype)
-
-
 class LVOS(Layout):
     """LVOS v1 / v2 `valid` or `test` (the layouts are one): objects are given at the first frame of their
     `frame_range` in `<split>_meta.json`, as Cutie (`use_all_masks`) and SAM2
@@ -119,7 +109,7 @@ class LVOS(Layout):
                         f"scored up to frame {last:08d}, but '{self.image_dir / name}' ends at {frames[-1].name}; "
                         "re-extract the video or fix the meta")
             frames = frames[offset:]
-            yield LVOSVideo(name, frames, dict(sorted(given.items())), [f.stem + ".png" for f in frames],
+            yield StartingVideo(name, frames, dict(sorted(given.items())), [f.stem + ".png" for f in frames],
                             starting=starting)
 
     def scoring(self, key: str, out_dir: Path, videos: list[str]) -> TestScoring | None:
@@ -357,8 +347,10 @@ BENCHMARK = Benchmark(
     name="lvos",
     keys=(DataKey("LVOS_val", "lvos", lambda root: LVOS(root, "valid")),
           DataKey("LVOS_test", "lvos", lambda root: LVOS(root, "test"))),
-    holds="valid/ and test/",
+    holds="valid/ and test/ (and train/ for --train)",
     root="lvos",
+    training=Training("train/JPEGImages, train/Annotations and train/train_meta.json (LVOS v1 or v2)",
+                      lambda root, held_out, **clips: train_clips(root, **clips)),
     scorings=(Scoring("lvos", "lvos-evaluation", "the LVOS split folder (--lvos_path)", _score, _report_folders,
                       options={"meta": "overrides <gt>/<split>_meta.json",
                                "unseen": f"file of unseen video ids, one per line (default {LVOS_UNSEEN.name}, the "

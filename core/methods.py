@@ -23,7 +23,8 @@ import torch.nn as nn
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
-from benchmarks import generic, lvos, mose, sav
+from benchmarks import registry
+from benchmarks.common import Benchmark
 from core import config_flags
 from core.framework import VOSModel as VOSModel  # re-exported: the interface each method's class meets
 from core.weights import OFFICIAL_BLOB_IDS, as_state_dict, check_finite, load_file
@@ -223,29 +224,30 @@ DAVIS_CLIPS = StageData(
 YTVOS_CLIPS = StageData(
     "ytvos", "ytvos", "train/JPEGImages, train/Annotations (and train/meta.json) of YouTube-VOS 2018",
     lambda s, c: samplers.TrainYTVOS(c.roots.ytvos, **_clip_args(s, c)), _davis_val, "val_jf")
-# The training splits of the other benchmarks (each module's train_clips), selected on DAVIS val as the official stages
-MOSE_CLIPS = StageData(
-    "mose", "mose", "train/JPEGImages and train/Annotations of MOSE (v1 or v2)",
-    lambda s, c: mose.train_clips(c.roots.get("mose"), **_clip_args(s, c)), _davis_val, "val_jf")
-LVOS_CLIPS = StageData(
-    "lvos", "lvos", "train/JPEGImages, train/Annotations and train/train_meta.json of LVOS (v1 or v2)",
-    lambda s, c: lvos.train_clips(c.roots.get("lvos"), **_clip_args(s, c)), _davis_val, "val_jf")
-SAV_CLIPS = StageData(
-    "sav", "sav", "sav_train/ of SA-V (<id>.mp4 with <id>_manual.json)",
-    lambda s, c: sav.train_clips(c.roots.get("sav"), **_clip_args(s, c)), _davis_val, "val_jf")
-
-
 def _heldout_val(stage: StageConfig, data: TrainSet, ctx: StageContext) -> Selection | None:
     names = ctx.val_sequences or []
-    return ctx.heldout_val(Path(ctx.roots.get("generic")), names) if names and ctx.heldout_val else None
+    root = ctx.roots.get(stage.data.root)
+    return ctx.heldout_val(Path(root), names) if names and ctx.heldout_val else None
 
 
-# A folder of one's own videos: fine-tuning on it selects on its held-out videos (--val-sequences), scored as
-# vos-benchmark scores a generic folder; with none held out, nothing is selected on and the last weights stand.
-GENERIC_CLIPS = StageData(
-    "generic", "generic", "JPEGImages/<video>/ and Annotations/<video>/ (masks on any subset of the frames)",
-    lambda s, c: generic.train_clips(c.roots.get("generic"), c.val_sequences, **_clip_args(s, c)), _heldout_val,
-    "val_heldout_jf", holds_out=True)
+def benchmark_clips() -> dict[str, StageData]:
+    """{name: stage data} of every dataset module with a training split (benchmarks.registry, `Benchmark.training`),
+    read from that module's root. Selected on DAVIS val, as the official stages are; a folder of one's own videos
+    (`Training.holds_out`) is selected on its videos held out by --val-sequences, scored as vos-benchmark scores a
+    generic folder, and with none held out the last weights stand."""
+    stages = {}
+    for bench in registry.BENCHMARKS:
+        if bench.training is None:
+            continue
+
+        def open_clips(stage: StageConfig, ctx: StageContext, bench: Benchmark = bench) -> TrainSet:
+            return bench.training.clips(ctx.roots.get(bench.root), ctx.val_sequences, **_clip_args(stage, ctx))
+
+        held = bench.training.holds_out
+        stages[bench.name] = StageData(bench.name, bench.root, bench.training.holds, open_clips,
+                                       _heldout_val if held else _davis_val, "val_heldout_jf" if held else "val_jf",
+                                       holds_out=held)
+    return stages
 
 
 def mixed_data(parts: list[StageData], weights: list[float] | None) -> StageData:
@@ -284,11 +286,11 @@ def stage_preset(method: Method, name: str) -> StageConfig:
     unknown = [n for n in stages if n not in method.stages]
     if unknown or len(set(stages)) != len(stages) or len(stages) < 2:
         raise VOSInputError(f"--stages {name}: a mixture is two or more of {', '.join(method.stages)} joined by '+' "
-                            f"(each at most once), optionally weighted as davis:1+mose:2"
+                            f"(each at most once), optionally weighted as davis:1+ytvos:2"
                             f"{f'; unknown: {chr(44).join(unknown)}' if unknown else ''}")
     given = [w for _, colon, w in parts if colon]
     if given and len(given) != len(parts):
-        raise VOSInputError(f"--stages {name}: weight every dataset of the mixture (davis:1+mose:2) or none (then "
+        raise VOSInputError(f"--stages {name}: weight every dataset of the mixture (davis:1+ytvos:2) or none (then "
                             f"each weighs its size)")
     try:
         weights = [float(w) for w in given] if given else None

@@ -164,7 +164,7 @@ def test_root_messages_name_the_flag_that_fills_that_root(tmp_path: Path) -> Non
             flag, given = f"--{stage.data.root}", str(tmp_path / stage.data.root)
             assert flag in parser._option_string_actions, (spec.name, stage.name, flag)
             roots = run.roots(parser.parse_args(["--train", flag, given]))
-            assert getattr(roots, stage.data.root) == given
+            assert str(roots.get(stage.data.root)) == given
     for key in registry.data_keys():
         with pytest.raises(VOSInputError) as missing:
             registry.open_layout(key, dataset.Roots())

@@ -192,8 +192,8 @@ PairLoader = Callable[[int], tuple[Image.Image, Image.Image]]  # annotated frame
 def clip_of(count: int, load: PairLoader, clip_len: int, output_size: tuple[int, int]) -> dict[str, torch.Tensor]:
     """One training clip from a video of `count` annotated frames, `load(k)` reading the k-th (official TrainDAVIS /
     TrainYTVOS sampling): reversal, flips, then consecutive annotated frames from a random start, the last one
-    repeated at the end of the video. Every video sampler (DAVIS, YouTube-VOS, MOSE, LVOS, SA-V, a generic folder)
-    draws its clips here, so they share the official draws in the official order."""
+    repeated at the end of the video. Every video sampler (DAVIS, YouTube-VOS, every dataset module's training split,
+    a generic folder) draws its clips here, so they share the official draws in the official order."""
     backwards = random.random() > 0.5  # play the video backwards
     h_flip = random.random() > 0.5
     v_flip = random.random() > 0.5
@@ -332,9 +332,10 @@ class AnnotatedVideos(ClipSampler):
     """Clips of videos stored as `<image_dir>/<video>/<frame>` with masks `<mask_dir>/<video>/<frame>.png` on some of
     the frames: clips are made of the annotated frames alone (a frame with a mask of its name), consecutive clip
     frames being consecutive annotated frames, as the official YouTube-VOS loader pairs the sorted image and mask lists.
-    YouTube-VOS train, MOSE train, LVOS train and a generic folder are this (each module names its folders and videos).
+    YouTube-VOS train, the training splits of most dataset modules and a generic folder are this (each module names
+    its folders and videos).
 
-    `where` names the data in messages ("MOSE train at '...'"); `fix` is what to do about a video without an
+    `where` names the data in messages ("YouTube-VOS train at '...'"); `fix` is what to do about a video without an
     annotated frame.
     """
 
@@ -602,11 +603,12 @@ class TrainCOCO(ClipSampler):
 
 
 class MixedClips(TrainSet):
-    """One stage's clips drawn from several datasets (`--stages davis+ytvos+mose`): each clip first picks its dataset,
-    at random with the mixture's shares, then is that dataset's clip. The shares are the given weights normalised,
-    or by default each dataset's size (its videos; COCO: images) over the total, so that every video of the mixture
-    is equally likely, as if the datasets were one. The pick is one draw from Python's generator, the one the samplers
-    draw their videos from, so the trainer's seeding and --resume replay cover it as they cover a single dataset."""
+    """One stage's clips drawn from several datasets (`--stages davis+ytvos`, any of them): each clip first picks its
+    dataset, at random with the mixture's shares, then is that dataset's clip. The shares are the given weights
+    normalised, or by default each dataset's size (its videos; COCO: images) over the total, so that every video of
+    the mixture is equally likely, as if the datasets were one. The pick is one draw from Python's generator, the one
+    the samplers draw their videos from, so the trainer's seeding and --resume replay cover it as they cover a single
+    dataset."""
 
     def __init__(self, parts: Sequence[tuple[str, ClipSampler]], weights: Sequence[float] | None,
                  clips_per_epoch: int) -> None:
