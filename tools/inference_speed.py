@@ -2,14 +2,16 @@
 
     python tools/inference_speed.py --tta --weights W --frames 4              # seconds per frame of each TTA setting
     python tools/inference_speed.py --onnx model.onnx --weights W --frames 6   # the export against its checkpoint
+    python tools/inference_speed.py --api --weights W                         # the Python API against run.py --test
 
 The sample's `bear` (854 x 480, the official run size) is segmented from its given first mask. A frame's time is
 the median over the frames after the first (which only encodes the given mask). --tta runs the PyTorch model
 (fp32) with no augmentation, --flip, --scales 480 560 and both, each frame through all four in turn. --onnx steps
 PyTorch (fp32, `segmenter.VideoSegmenter`) and onnxruntime (`onnx_runner.OnnxSegmenter`) through the same frames in
 lockstep. In both modes other load on the machine hits every setting alike. --onnx prints each one's frames per
-second, the share of equal mask pixels and the largest logit difference. Without --weights the model has random
-weights (seed 0).
+second, the share of equal mask pixels and the largest logit difference. --api times `segmenter.load(W).propagate`
+on the sample's bear against `run.py --test` on the same frames (its model time per frame, as it prints it), in one
+process, alternating, two rounds. Without --weights the model has random weights (seed 0).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a script in tool
 
 import onnx_runner  # noqa: E402
 from core import methods, tta  # noqa: E402
+from core.flags import OneLineParser  # noqa: E402
 from core.segmenter import VideoSegmenter  # noqa: E402
 from utils import read_frame, read_mask  # noqa: E402
 
@@ -89,20 +92,54 @@ def compare_onnx(net: torch.nn.Module, path: Path, frames: list[torch.Tensor], m
     print(f"masks: {equal / total:.5%} of {total} pixels equal; largest logit difference {diff:.3g}")
 
 
+def time_api(weights: str, rounds: int = 2) -> None:
+    """--api: seconds per frame of the Python API (median over the frames after the first) against run.py --test's
+    model time per frame (the fps it prints for the video), alternating so that load hits both alike."""
+    import contextlib
+    import io
+    import re
+    import tempfile
+
+    import run
+    from core import segmenter
+
+    folder = SAMPLE / "JPEGImages" / "480p" / "bear"
+    first = read_mask(SAMPLE / "Annotations" / "480p" / "bear" / "00000.png")
+    seg = segmenter.load(weights, device="cpu")
+    for r in range(rounds):
+        steps, start = [], time.perf_counter()
+        for _ in seg.propagate(segmenter.read_frames(folder), {0: first}):
+            steps.append(time.perf_counter() - start)
+            start = time.perf_counter()
+        out, printed = tempfile.mkdtemp(prefix="inference_speed_"), io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            run.main(["--test", "--data", "DAVIS16_val", "--davis", str(SAMPLE), "--sequences", "bear", "--weights",
+                      weights, "--device", "cpu", "--output", out, "--no-report"])
+        fps = float(re.search(r"bear: \d+ frames, ([0-9.]+) fps", printed.getvalue()).group(1))
+        api = statistics.median(steps[1:])
+        print(f"round {r}: propagate {api:.3f} s/frame, run.py --test {1 / fps:.3f} s/frame, ratio {api * fps:.2f}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="inference_speed.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog="inference_speed.py", description=__doc__,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--tta", action="store_true", help="seconds per frame of each TTA setting (PyTorch, fp32)")
     mode.add_argument("--onnx", type=Path, metavar="MODEL", help="export.py's step graph, from --weights")
+    mode.add_argument("--api", action="store_true", help="the Python API's propagate against run.py --test")
     p.add_argument("--weights", default=None, help="the checkpoint (default: random weights, seed 0)")
-    p.add_argument("--frames", type=int, default=4, help="frames of the sample's bear (2 to 8)")
+    p.add_argument("--frames", type=int, default=4, help="frames of the sample's bear (2 to 10)")
     p.add_argument("--threads", type=int, default=None, help="torch's CPU threads (default: torch's choice)")
     args = p.parse_args(argv)
-    if not 2 <= args.frames <= 8:
-        p.error("--frames must be 2 to 8 (the sample's bear has 8 frames; the first only encodes its mask)")
+    if not 2 <= args.frames <= 10:
+        p.error("--frames must be 2 to 10 (the sample's bear has 10 frames; the first only encodes its mask)")
+    if args.api and not args.weights:
+        p.error("--api needs --weights (run.py --test loads a checkpoint file)")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.api:
+        time_api(args.weights)
+        return 0
     torch.manual_seed(0)
     net = methods.load_weights(args.weights)[0] if args.weights else methods.build_model("emvos").eval()
     frames, mask = sample_video(args.frames)
