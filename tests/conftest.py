@@ -69,6 +69,17 @@ def import_graph() -> dict[str, set[str]]:
     return graph
 
 
+def closure(start: str, graph: dict[str, set[str]]) -> set[str]:
+    """start and every module it imports, transitively, in an import_graph()."""
+    seen, todo = {start}, [start]
+    while todo:
+        for dep in graph[todo.pop()]:
+            if dep not in seen:
+                seen.add(dep)
+                todo.append(dep)
+    return seen
+
+
 def random_checkpoint(method: str, path: Path) -> Path:
     """A checkpoint of `method` with its default config and random weights (seed 0), written to path: building the
     network is most of a test's time, so module fixtures make one and share it."""

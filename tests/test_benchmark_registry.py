@@ -11,19 +11,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+import test_readers
 import toy_benchmark
 from conftest import ROOT, save_mask, square_frame, write_jpeg
-from propagate_run import SHORT_SIDE, propagate_method
+from propagate_run import SHORT_SIDE
 
-import dataset
 import evaluation
 import run
 from benchmarks import registry
 from benchmarks.common import Benchmark
-from core import methods
 from reports import report
 from utils import read_mask
+
+weights = test_readers.weights  # the fixture: test_extend's Propagate registered, its checkpoint
 
 
 @pytest.fixture
@@ -31,17 +31,6 @@ def toy(monkeypatch: pytest.MonkeyPatch) -> None:
     """The toy benchmark registered, undone after the test (registry.BENCHMARKS is a copy while it runs)."""
     monkeypatch.setattr(registry, "BENCHMARKS", list(registry.BENCHMARKS))
     registry.register(toy_benchmark.BENCHMARK)  # the one call a new benchmark needs
-
-
-@pytest.fixture
-def weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """test_extend's Propagate registered (undone after the test), run at the toy frames' size, and its checkpoint."""
-    entry = propagate_method()
-    monkeypatch.setitem(methods.METHODS, entry.name, entry)
-    monkeypatch.setattr(dataset, "TEST_SHORT_SIDE", SHORT_SIDE)
-    path = tmp_path / "propagate.pth"
-    torch.save(methods.weights_payload(entry.model(), entry.name), path)
-    return path
 
 
 def toy_tree(root: Path) -> Path:

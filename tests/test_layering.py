@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
-from conftest import import_graph, repo_modules
+from conftest import closure, import_graph, repo_modules
 from torch import Tensor
 
 import run
@@ -26,16 +26,6 @@ COMMAND_LINE = "core.flags"
 
 def is_entry_point(module: str) -> bool:
     return module in ENTRY_POINTS or module.startswith("tools.")
-
-
-def closure(start: str, graph: dict[str, set[str]]) -> set[str]:
-    seen, todo = {start}, [start]
-    while todo:
-        for dep in graph[todo.pop()]:
-            if dep not in seen:
-                seen.add(dep)
-                todo.append(dep)
-    return seen
 
 
 def imports_argparse(path: Path) -> bool:

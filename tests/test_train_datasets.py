@@ -8,9 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import random
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import pytest
 import torch
 from conftest import DAVIS2016_SAMPLE, save_mask, single_thread
 from PIL import Image
+from test_train import _interrupt_at
 from train_trees import generic_tree, lvos_tree, mose_tree, rle, sample_frames, sav_tree
 
 import run
@@ -287,21 +286,6 @@ def test_a_weighted_mixture_names_its_checkpoints_after_its_first_stage() -> Non
     assert (stage.name, stage.save_name, stage.data.name) == ("davis:1+mose:3", "coco_davis+mose", "davis+mose")
     assert stage.epochs == emvos.stages["davis"].epochs and stage.data.column == "val_jf"
     assert [d.name for d in stage.data.sources()] == ["davis", "mose"]
-
-
-def _interrupt_at(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
-    """SIGINT (Ctrl+C) inside the loss of the given step."""
-    calls = []
-    losses = methods.get("emvos").losses
-    original = losses["cross_entropy"]
-
-    def loss(logits: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-        calls.append(1)
-        if len(calls) == step:
-            os.kill(os.getpid(), signal.SIGINT)
-        return original(logits, gt)
-
-    monkeypatch.setitem(losses, "cross_entropy", loss)
 
 
 @pytest.mark.parametrize("workers", ["0", "2"])
