@@ -183,3 +183,22 @@ def test_make_golden_refuses_a_folder_that_is_not_the_authors_code(tmp_path: Pat
             make_golden.main([str(tmp_path)])
         err = capsys.readouterr().err
         assert stop.value.code == 2 and err.count("\n") == 1 and "emvos.py" in err and "7e1e200" in err
+
+
+def test_the_golden_writer_is_a_command_that_never_overwrites(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Bugs: `python tools/golden.py --help` wrote 46 MB into a folder named --help, and a DEST holding another file
+    of the same name would have been overwritten."""
+    from tools import golden
+
+    with pytest.raises(SystemExit) as e:
+        golden.main(["--help"])
+    assert e.value.code == 0 and not Path("--help").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / golden.WEIGHTS_NAME).write_bytes(b"my own checkpoint")
+    assert golden.main([str(mine)]) == 2
+    assert (mine / golden.WEIGHTS_NAME).read_bytes() == b"my own checkpoint" and not (mine / golden.CASES_NAME).exists()
+    assert "is not the golden file" in capsys.readouterr().err
+    assert golden.main([str(tmp_path / "new")]) == 0
+    assert (tmp_path / "new" / golden.WEIGHTS_NAME).read_bytes() == GOLDEN_WEIGHTS.read_bytes()
+    assert golden.main([str(tmp_path / "new")]) == 0  # the same files again: nothing to refuse

@@ -211,10 +211,12 @@ def _write_if_changed(path: Path, data: bytes) -> None:
         raise
 
 
-def materialize(dest: Path, outputs: Path = OUTPUTS, sample: Path = SAMPLE, layout: Path = LAYOUT) -> Path:
+def materialize(dest: Path, outputs: Path = OUTPUTS, sample: Path = SAMPLE, layout: Path = LAYOUT,
+                overwrite: bool = True) -> Path:
     """Write dest/emvos_official.pth (the golden weights, a plain state dict in the official layout) and
     dest/cases.npz (load_cases' arrays); returns dest. Raises ValueError when the generated weights are not those
-    the stored outputs were computed with (the generator or the layout changed without regenerating the outputs)."""
+    the stored outputs were computed with (the generator or the layout changed without regenerating the outputs);
+    with overwrite=False, FileExistsError when either file exists with other contents."""
     state = golden_state_dict(layout)
     digest, expected = weights_digest(state), expected_weights_digest(outputs)
     if digest != expected:
@@ -224,13 +226,40 @@ def materialize(dest: Path, outputs: Path = OUTPUTS, sample: Path = SAMPLE, layo
     dest.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     torch.save(state, buf)
-    _write_if_changed(dest / WEIGHTS_NAME, buf.getvalue())
+    weights = buf.getvalue()
     buf = io.BytesIO()
     np.savez(buf, **cases)
+    for path in (dest / WEIGHTS_NAME, dest / CASES_NAME):  # both checked before either is written
+        if not overwrite and path.exists() and path.read_bytes() != (weights if path.name == WEIGHTS_NAME else
+                                                                     buf.getvalue()):
+            raise FileExistsError(f"{path} exists and is not the golden file; choose another folder, or move it "
+                                  f"away")
+    _write_if_changed(dest / WEIGHTS_NAME, weights)
     _write_if_changed(dest / CASES_NAME, buf.getvalue())
     return dest
 
 
-if __name__ == "__main__":
-    folder = materialize(Path(sys.argv[1]) if len(sys.argv) > 1 else GOLDEN_DIR / "build")
+def main(argv: list[str] | None = None) -> int:
+    """`python tools/golden.py [DEST]`: the golden weights and cases into DEST (default tests/golden/build/); a file
+    of those names that holds anything else is never overwritten (exit 2)."""
+    sys.path.insert(0, str(ROOT))  # a script in tools/: the modules live one folder up
+    from core.flags import OneLineParser
+
+    p = OneLineParser(prog="tools/golden.py", description="Write the golden weights (emvos_official.pth, a plain state "
+                      "dict in the authors' layout) and the golden cases (cases.npz) into DEST.")
+    p.add_argument("dest", nargs="?", type=Path, default=GOLDEN_DIR / "build", metavar="DEST",
+                   help="a folder (created if missing; default tests/golden/build)")
+    args = p.parse_args(argv)
+    if args.dest.exists() and not args.dest.is_dir():
+        p.error(f"DEST {args.dest} is a file; pass a folder")
+    try:
+        folder = materialize(args.dest, overwrite=False)
+    except (FileExistsError, ValueError) as e:
+        print(f"tools/golden.py: error: {e}", file=sys.stderr)
+        return 2
     print(f"wrote {folder / WEIGHTS_NAME} and {folder / CASES_NAME}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
