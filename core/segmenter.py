@@ -111,12 +111,13 @@ class VideoSegmenter:
         return Propagation(_propagate(self, iter(frames), masks, token))
 
     @torch.inference_mode()
-    def step(self, frame: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """frame: (3, H, W) RGB in [0, 1]; mask: (H, W) object ids or None.
+    def step(self, frame: Tensor, mask: np.ndarray | Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """frame: (3, H, W) RGB in [0, 1]; mask: (H, W) object ids (read by `as_mask`) or None.
 
         Returns (labels (H, W) long object ids, probs (N, H, W) each object's aggregated foreground probability).
         Raises ValueError, naming the sizes, for a frame or mask of another shape than this video's.
         """
+        mask = None if mask is None else as_mask(mask)
         self.size = check_step_inputs(frame, mask, self.size, self.frames_seen)
         self.frames_seen += 1
         if self.state is None and self.frames_seen > 1 and (mask is None or not bool(mask.any())):
@@ -125,7 +126,7 @@ class VideoSegmenter:
                 torch.zeros((0, *frame.shape[-2:]), device=self.device)
         padding = get_padding(*frame.shape[-2:], self.model.stride)
         img = pad(frame[None].to(self.device, self.dtype), padding)
-        given = pad_mask(mask[None].to(self.device).long(), padding) if mask is not None else None
+        given = pad_mask(mask[None].to(self.device), padding) if mask is not None else None
         with torch.autocast(self.device.type, self.autocast, enabled=self.autocast is not None):
             labels, probs = self._step(img, given)
         if self.keep_probabilities and self.last_probs is not None:
@@ -179,11 +180,9 @@ def check_step_inputs(frame: Tensor, mask: Tensor | None, size: tuple[int, int] 
     if size is not None and here != size:
         raise ValueError(f"frame {index} is {here[0]}x{here[1]} (H x W), but this video's frames are "
                          f"{size[0]}x{size[1]}; every frame of a video has one size")
-    if mask is not None:
-        mask = as_mask(mask)
-        if tuple(mask.shape) != here:
-            raise ValueError(f"the mask of frame {index} is {tuple(mask.shape)}, but the frame is "
-                             f"{here} (H, W); give an (H, W) mask of object ids at the frame's size")
+    if mask is not None and tuple(mask.shape) != here:  # mask: as_mask's (H, W) ids
+        raise ValueError(f"the mask of frame {index} is {tuple(mask.shape)}, but the frame is "
+                         f"{here} (H, W); give an (H, W) mask of object ids at the frame's size")
     return here
 
 
@@ -209,7 +208,7 @@ def _propagate(seg: VideoSegmenter, frames: Iterator, masks: dict[int, np.ndarra
             raise RuntimeError("another propagate (or reset) started on this segmenter, so this video's state is "
                                "gone; run one video at a time, or use one segmenter per video (load() twice)")
         mask = masks.get(index)
-        labels, probs = seg.step(as_frame(frame), None if mask is None else as_mask(mask))
+        labels, probs = seg.step(as_frame(frame), mask)
         yield index, labels, dict(zip(seg.object_ids, probs, strict=True))
     if index < 0:
         raise ValueError("frames gave no frame (an iterator that was already read to its end?)")
