@@ -604,12 +604,11 @@ EMVOS_STAGES = {
     # stage's settings (a large video set after coco), and fine-tuning on a folder of one's own videos (from --init)
     # with the davis stage's, fewer epochs, selected on its held-out videos (--val-sequences). --stages a+b mixes any
     # of them in one stage.
-    **{name: EMVOSStage(name, f"coco_{name}", data, clip_len=10, clips_per_epoch=128, batch_size=8, epochs=8000,
-                        save_every=2000, val_every=0)
-       for name, data in methods.benchmark_clips().items() if not data.holds_out},
     **{name: EMVOSStage(name, name, data, clip_len=10, clips_per_epoch=128, batch_size=8, epochs=200,
-                        save_every=100, val_every=20)
-       for name, data in methods.benchmark_clips().items() if data.holds_out},
+                        save_every=100, val_every=20) if data.holds_out else
+       EMVOSStage(name, f"coco_{name}", data, clip_len=10, clips_per_epoch=128, batch_size=8, epochs=8000,
+                  save_every=2000, val_every=0)
+       for name, data in methods.benchmark_clips().items()},
 }
 
 
