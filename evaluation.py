@@ -22,7 +22,6 @@ from pathlib import Path
 
 from benchmarks import registry
 from benchmarks.common import ScoreRequest, Scores, Scoring, remove_stale
-from benchmarks.metrics import BOUND_TH, boundary_f, boundary_map, boundary_radius, disk, jaccard  # noqa: F401 (re-exported)
 from core import flags
 from core.flags import OneLineParser
 from utils import VOSInputError, check_output_outside, writable_dir, write_failure

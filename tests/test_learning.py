@@ -21,8 +21,8 @@ import pytest
 import torch
 from conftest import write_moving_squares
 
-import evaluation
 import run
+from benchmarks.metrics import jaccard
 from core import methods
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny steps run faster on one thread
@@ -119,7 +119,7 @@ def check_labels_on_their_objects(step: dict, colours: int) -> list[int]:
         assert colour >= 0, f"clip {b}: the first mask lies on no object"
         for t in range(imgs.shape[1]):
             sure = (labels[b, t] != UNSURE) & ~edge_band(masks[b, t])
-            iou = evaluation.jaccard(labels[b, t][sure] == colour, masks[b, t][sure])
+            iou = jaccard(labels[b, t][sure] == colour, masks[b, t][sure])
             where = "first mask (model input)" if t == 0 else f"target of frame {t} (loss input)"
 
             assert iou >= MIN_IOU, f"clip {b}: the {where} is not on its object (IoU {iou:.3f} with its colour)"

@@ -21,8 +21,8 @@ import pytest
 import torch
 from conftest import write_moving_squares
 
-import evaluation
 import run
+from benchmarks.metrics import jaccard
 from core import methods
 from core.segmenter import VideoSegmenter, load
 from utils import read_mask
@@ -83,7 +83,7 @@ def heldout_iou(segmenter: VideoSegmenter, root: Path, videos: list[str]) -> flo
         gt = [read_mask(m) for m in sorted((root / "Annotations" / "480p" / name).glob("*.png"))]
         for index, labels, _ in segmenter.propagate(root / "JPEGImages" / "480p" / name, {0: gt[0]}):
             if index:
-                scores.append(evaluation.jaccard(labels.numpy() == 1, gt[index] == 1))
+                scores.append(jaccard(labels.numpy() == 1, gt[index] == 1))
     return float(np.mean(scores))
 
 

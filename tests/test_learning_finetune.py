@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from conftest import save_mask, write_jpeg, write_moving_squares
 
-import evaluation
 import run
+from benchmarks.metrics import jaccard
 from core.segmenter import load
 from utils import read_frame, read_mask
 
@@ -86,7 +86,7 @@ def heldout_iou(checkpoint: Path, root: Path, videos: list[str]) -> float:
         gt = {t: read_mask(root / "Annotations" / name / f"{t:05d}.png") for t in range(0, FRAMES, 2)}
         for index, labels, _ in segmenter.propagate(frames, {0: gt[0]}):
             if index and index in gt:
-                scores.append(evaluation.jaccard(labels.numpy() == 1, gt[index] == 1))
+                scores.append(jaccard(labels.numpy() == 1, gt[index] == 1))
     return float(np.mean(scores))
 
 
