@@ -137,9 +137,16 @@ class Matcher(nn.Module):
         self.conv2 = conv(c_in, c_key, 1)
 
     def forward(self, f16: Tensor) -> "Keys":
-        nk = matching.l2_normalise(self.conv1(f16)).flatten(2)  # (B, C, HW)
-        k = self.conv2(f16).flatten(2)  # (B, C, HW)
+        # The keys leave the network in at least float32, normalised there: the matching reads maxima and a softmax
+        # off their products, which bf16 (8 significant bits) would reorder (EMVOS.match).
+        nk = matching.l2_normalise(at_least_fp32(self.conv1(f16))).flatten(2)  # (B, C, HW)
+        k = at_least_fp32(self.conv2(f16)).flatten(2)  # (B, C, HW)
         return Keys(nk, k)
+
+
+def at_least_fp32(x: Tensor) -> Tensor:
+    """x in float32 when it is in a narrower float type (bf16, fp16); float32 and float64 as they are."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 class CBAM(nn.Module):
@@ -420,8 +427,13 @@ class EMVOS(nn.Module, VOSModel):
 
         Per branch, in the official channel order: global bg, fg (against each object's first frame), then local bg,
         fg (against the previous frame). A similarity matrix depends only on the two frames, so each is computed
-        once per frame and read out for all objects together.
+        once per frame and read out for all objects together. The matching runs in the keys' precision, at least
+        float32 (Matcher), outside autocast: a bf16 similarity moves its maxima and softmax (docs/performance.md).
         """
+        with torch.autocast(feats.keys.nk.device.type, enabled=False):
+            return self._match(feats, state, runtime)
+
+    def _match(self, feats: FrameFeatures, state: VideoState, runtime: Runtime | None) -> Tensor:
         runtime = EMVOSRuntime.of(runtime)
         q = (feats.keys.nk, feats.keys.k)
         b, n = state.prev_mask16.shape[:2]
@@ -434,7 +446,7 @@ class EMVOS(nn.Module, VOSModel):
         def readout(branch: str, keys: Keys, mask16: Tensor) -> Tensor:  # mask16 (B, n, 2, HW_r) -> (B, n, 2, HW_q)
             sim = matching.similarity(branch, (keys.nk, keys.k), q, self.config.topk)  # (B, HW_r, HW_q)
             masks = mask16.flatten(1, 2)  # (B, 2n, HW_r)
-            # under autocast the product sim * mask takes the wider of the two dtypes
+            # the product sim * mask takes the wider of the two dtypes
             mask_chunk, chunk = matching.readout_tiles(limit, b, masks.shape[1], sim.shape[1], hw_q,
                                                        max(sim.element_size(), masks.element_size()))
             return matching.max_readout(sim, masks, chunk, mask_chunk).unflatten(1, mask16.shape[1:3])
@@ -494,9 +506,20 @@ class EMVOS(nn.Module, VOSModel):
         return 2 * positions * positions * element_size
 
     def compile_modules(self, **options: object) -> "EMVOS":
-        """torch.compile the encoder and the decoder in place (options go to torch.compile; keys stay unchanged)."""
-        self.encoder.compile(**options)
-        self.decoder.compile(**options)
+        """torch.compile, for inference, what runs once per frame and per object: the encoder, the matcher's key
+        projections and the decoder (forward, and the split decoder's project / forward_split). The matching between
+        them stays eager: its tiling depends on the object count and the memory budget.
+
+        Inductor's freezing is on: the weights become constants of the compiled graphs, so batch norms fold into
+        convolutions and the convolution weights are laid out once (prepacked for oneDNN on CPU) instead of at every
+        call; the compiled graphs then run only without autograd (run.py --test, under torch.inference_mode).
+        options go to torch.compile. The state dict keys stay unchanged (the compiled callables are instance
+        attributes over the methods)."""
+        options = {"options": {"freezing": True}, **options}
+        for module in (self.encoder, self.matcher):
+            module.compile(**options)
+        for name in ("forward", "project", "forward_split"):
+            setattr(self.decoder, name, torch.compile(getattr(self.decoder, name), **options))
         return self
 
     # --- memory ----------------------------------------------------------------------------------------------------

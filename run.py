@@ -146,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--coco", default=COCO_ROOT, help="COCO root (converted JPEGImages/+Annotations/ or raw download)")
     p.add_argument("--device", default=None, choices=["cpu", "cuda"], help="default: cuda when available")
     p.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
-                   help="fp32; bf16/fp16 by autocast (fp16 needs CUDA); fp64 to compare with a reference")
+                   help="fp32; bf16: the weights cast to bf16 once, the matching in fp32 (the fast path with "
+                        "--compile); fp16 by autocast over fp32 weights (needs CUDA); fp64 to compare with a reference")
     p.add_argument("--no-download", action="store_true",
                    help=f"never download weights (also: {weights.DOWNLOAD_ENV}=1); missing files are an error that "
                         f"says where to put them")
@@ -180,7 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: automatic, from free memory")
     t.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                    help="channels_last convolutions (default on)")
-    t.add_argument("--compile", action="store_true", help="torch.compile the encoder and decoder (fixed sizes pay)")
+    t.add_argument("--compile", action="store_true",
+                   help="torch.compile the encoder, the key projections and the decoder, with inductor freezing "
+                        "(weights prepacked); compiled graphs are cached on disk for later runs")
     t.add_argument("--visualize", action="store_true",
                    help="also write OUTPUT/visualize/<KEY>/<sequence>/overlay.mp4 and the probability maps of "
                         "--vis-frame (kept apart from the masks and the zips; KEY is 'video' for --video)")

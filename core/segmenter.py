@@ -31,8 +31,24 @@ from core.framework import Runtime, VOSModel, aggregate_objects, get_padding, on
 from dataset import MIN_OBJECT_PIXELS, TEST_SHORT_SIDE, VideoReader, frame_files
 from utils import VOSInputError, available_memory, read_frame
 
-PRECISIONS = {"fp32": (torch.float32, None), "fp64": (torch.float64, None),
-              "bf16": (torch.float32, torch.bfloat16), "fp16": (torch.float32, torch.float16)}
+
+@dataclass(frozen=True)
+class Precision:
+    """What --precision sets: the dtype of frames, masks and probabilities (and so of the soft aggregation), the dtype
+    the network's weights are cast to once (`place`), and the autocast dtype its layers run in (None: no autocast)."""
+
+    frames: torch.dtype
+    weights: torch.dtype
+    autocast: torch.dtype | None = None
+
+
+# bf16 casts the weights once: over float32 weights autocast casts every convolution's weights again at every call
+# (and oneDNN reorders them), which cost a third of a frame's time at 854x480 (docs/performance.md). Autocast stays
+# to cast each layer's float32 inputs (the frame, the matching scores) at the boundaries. fp16 keeps float32 weights
+# under autocast: float16 has the range of neither the BatchNorm statistics nor the raw keys' products.
+PRECISIONS = {"fp32": Precision(torch.float32, torch.float32), "fp64": Precision(torch.float64, torch.float64),
+              "bf16": Precision(torch.float32, torch.bfloat16, torch.bfloat16),
+              "fp16": Precision(torch.float32, torch.float32, torch.float16)}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -294,12 +310,14 @@ def read_frames(source: str | Path | cv2.VideoCapture) -> Iterator[np.ndarray]:
 
 @dataclass
 class RunSettings:
-    """How to run a model: device, precision (frames' dtype, autocast dtype) and the run-time memory settings."""
+    """How to run a model: device, precision (frames' dtype, autocast dtype, the weights' dtype) and the run-time
+    memory settings."""
 
     device: torch.device
     dtype: torch.dtype = torch.float32
     autocast: torch.dtype | None = None
     runtime: Runtime = field(default_factory=Runtime)
+    weights: torch.dtype = torch.float32  # what `place` casts the network to
 
 
 def run_settings(device: str | None, precision: str = "fp32", runtime: Runtime | None = None) -> RunSettings:
@@ -307,12 +325,12 @@ def run_settings(device: str | None, precision: str = "fp32", runtime: Runtime |
     if device == "cuda" and not torch.cuda.is_available():
         raise VOSInputError("--device cuda was asked for but PyTorch sees no CUDA device; pass --device cpu")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype, autocast = PRECISIONS[precision]
+    chosen = PRECISIONS[precision]
     if precision == "fp16" and dev.type != "cuda":
         raise VOSInputError("--precision fp16 needs --device cuda; on CPU use --precision bf16 or fp32")
     if precision == "bf16" and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise VOSInputError("this GPU has no bfloat16; pass --precision fp16 or fp32")
-    return RunSettings(dev, dtype, autocast, runtime or Runtime())
+    return RunSettings(dev, chosen.frames, chosen.autocast, runtime or Runtime(), chosen.weights)
 
 
 @dataclass
@@ -451,6 +469,7 @@ def load(checkpoint: str | Path = "emvos", device: str | None = None, precision:
 
 
 def place(net: torch.nn.Module, settings: RunSettings) -> torch.nn.Module:
-    """The network on the run's device, in float64 when the frames are (fp64 compares with a reference)."""
+    """The network on the run's device, its weights in the run's dtype (bf16: cast once; fp64 compares with a
+    reference)."""
     net = net.to(settings.device)
-    return net.to(torch.float64) if settings.dtype == torch.float64 else net
+    return net.to(settings.weights) if settings.weights != torch.float32 else net
