@@ -385,10 +385,26 @@ def _segment_layouts(options: TestOptions, layouts: dict[str, Layout], selection
             print(f"{key}: overlays and probability maps in {out_root / 'visualize' / key}")
         if result is not None:
             results.append(result)
+    if options.compile and job.main:
+        print(compile_account())
     if job.main:  # what made these outputs (the checkpoint, its config, this run's overrides), once they are whole
         text = json.dumps(model.record, indent=2) + "\n"
         atomic_write(out_root / "run.json", lambda f: f.write(text.encode()))
     return results
+
+
+def compile_account() -> str:
+    """--compile's cost in this process, from torch.compile's own counters: seconds spent compiling (tracing, and
+    building or loading the inductor graphs) and how many graphs came from inductor's on-disk cache. A first run
+    builds every graph; a later run with the same frame sizes (and a second size, which makes them dynamic) loads
+    them from the cache and pays only the tracing."""
+    from torch._dynamo.utils import calculate_time_spent, counters
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    seconds = calculate_time_spent().get("entire_frame_compile", 0.0)
+    hits, misses = counters["inductor"]["fxgraph_cache_hit"], counters["inductor"]["fxgraph_cache_miss"]
+    return (f"torch.compile: {seconds:.1f} s compiling in this run; {misses} graphs built, {hits} loaded from the "
+            f"inductor cache {cache_dir()} (TORCHINDUCTOR_CACHE_DIR moves it)")
 
 
 def visualizer(options: TestOptions, out_dir: Path) -> Callable[[VideoReader], Any] | None:

@@ -15,6 +15,10 @@ Three ways to segment the same video with the same modules and weights:
   convolutions run as a 1x1 convolution and col2im. Float32 numbers differ from the official ones by summation order
   only.
 
+Precisions are run.py's: bf16 runs every path on a copy of the model with its weights cast to bf16 once (the matching
+in float32), fp16 autocast over the float32 weights (CUDA); --compile compiles `ours` in each precision with inductor
+freezing (model.EMVOS.compile_modules). `% peak` is of the measured matrix-product peak in the row's precision.
+
 channels_last (default on) applies to all paths, so that the comparison is of structure; run with
 --no-channels-last for the NCHW layout of the official code.
 
@@ -45,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import ctypes
 import dataclasses
 import json
@@ -73,8 +78,8 @@ from tools.reference import PerObjectSegmenter, blob_mask, capture_logits, rando
 from utils import VOSInputError  # noqa: E402
 
 RESOLUTIONS = {"480p": (480, 854), "720p": (720, 1280), "1080p": (1080, 1920), "tiny": (96, 160)}
-# precision -> autocast dtype, from the one table run.py uses (fp64 is for comparisons, not for speed)
-PRECISIONS = {name: autocast for name, (_, autocast) in segmenter.PRECISIONS.items() if name != "fp64"}
+# run.py's precisions (segmenter.Precision: weights dtype, autocast dtype); fp64 is for comparisons, not for speed
+PRECISIONS = {name: p for name, p in segmenter.PRECISIONS.items() if name != "fp64"}
 PATHS = ("per-object", "unsplit", "ours")
 TIE = 1e-4  # probability gap below which two labels count as a tie (clear diff)
 
@@ -177,7 +182,7 @@ def matmul_peak(device: torch.device, precision: str, size: int = 2048, repeats:
     channels over size pixels (oneDNN on CPU, cuDNN on CUDA), the library EMVOS's convolutions run on. The two can
     differ a lot, by a factor of two or more on some CPUs.
     """
-    dtype = PRECISIONS[precision] or torch.float32
+    dtype = PRECISIONS[precision].autocast or PRECISIONS[precision].weights
     g = torch.Generator().manual_seed(0)
     a = torch.randn(size, size, generator=g).to(device, dtype)
     b = torch.randn(size, size, generator=g).to(device, dtype)
@@ -231,7 +236,8 @@ class Row:
 
 
 def make_segmenter(path: str, model: emvos.EMVOS, precision: str, runtime: framework.Runtime | None = None) -> object:
-    autocast = PRECISIONS[precision]
+    """A segmenter of `path` on model, whose weights are already in the precision's dtype (precision_models)."""
+    autocast = PRECISIONS[precision].autocast
     if path == "per-object":
         return PerObjectSegmenter(model, autocast=autocast)
     runtime = dataclasses.replace(emvos.EMVOSRuntime.of(runtime), split_decoder=path == "ours")
@@ -245,20 +251,40 @@ def label_margin(probs: Tensor) -> Tensor:
     return top[0] - top[1]
 
 
-def run_configuration(models: dict[str, emvos.EMVOS], device: torch.device, resolution: str, objects: int,
+def precision_models(models: dict[str, torch.nn.Module], precisions: list[str],
+                     compile_ours: bool = False) -> dict[str, dict[str, torch.nn.Module]]:
+    """Per precision, every path's model with its weights in that precision's dtype, cast once as run.py --precision
+    does (bf16: a bf16 copy); paths that share a model share its copy. compile_ours: `ours` (and what shares it)
+    compiled, per copy (model.EMVOS.compile_modules)."""
+    out: dict[str, dict[str, torch.nn.Module]] = {}
+    for q in precisions:
+        dtype = PRECISIONS[q].weights
+        copies: dict[int, torch.nn.Module] = {}
+        for net in models.values():
+            if id(net) not in copies:
+                copies[id(net)] = net if dtype == torch.float32 else copy.deepcopy(net).to(dtype)
+        if compile_ours:
+            copies[id(models["ours"])].compile_modules()
+        out[q] = {path: copies[id(net)] for path, net in models.items()}
+    return out
+
+
+def run_configuration(models: dict[str, dict[str, emvos.EMVOS]], device: torch.device, resolution: str, objects: int,
                       precisions: list[str], paths: list[str], frames: int, seed: int = 0, warmup: int = 1,
                       runtime: framework.Runtime | None = None) -> list[Row]:
     """Stream one synthetic video through every (path, precision) in lockstep; see the module docstring.
 
     Frame 0 gives the masks, frames 1..warmup are untimed (FLOPs counted on frame 1), the next `frames` are timed.
-    models: the model each path runs on (the same weights; `ours` may carry fast paths).
+    models: per precision, the model each path runs on (precision_models: the same weights; `ours` may carry fast
+    paths).
     """
     height, width = RESOLUTIONS[resolution]
-    reference = "per-object" if "per-object" in models else next(iter(models))  # what the diffs are measured from
-    paths = [p for p in paths if p in models]
+    fp32 = models["fp32"]
+    reference = "per-object" if "per-object" in fp32 else next(iter(fp32))  # what the diffs are measured from
+    paths = [p for p in paths if p in fp32]
     combos = [(reference, "fp32")] + [(p, q) for q in precisions for p in paths if (p, q) != (reference, "fp32")]
     rows = [Row(device.type, resolution, objects, p, q) for p, q in combos]
-    segs = [make_segmenter(p, models[p], q, runtime) for p, q in combos]
+    segs = [make_segmenter(p, models[q][p], q, runtime) for p, q in combos]
     mask = blob_mask(height, width, objects, seed)
     for t in range(frames + warmup + 1):
         frame = random_frame(height, width, seed * 1000 + t)
@@ -535,10 +561,8 @@ def build_models(args: argparse.Namespace, device: torch.device) -> dict[str, to
     if args.channels_last:  # both paths: the comparison is of structure, at bit-identical float32 numbers
         plain.to(memory_format=torch.channels_last)
         ours.to(memory_format=torch.channels_last)
-    if args.compile:
-        if not methods.get(args.method).compilable:
-            raise VOSInputError(f"--compile is implemented for EMVOS only; drop it with --method {args.method}")
-        ours.compile_modules()
+    if args.compile and not methods.get(args.method).compilable:
+        raise VOSInputError(f"--compile is implemented for EMVOS only; drop it with --method {args.method}")
     if not isinstance(plain, emvos.EMVOS):
         return {"ours": ours}
     if not emvos.is_official_architecture(plain.config):  # the per-object path is the official code's network
@@ -630,11 +654,13 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         runtime = emvos.EMVOSRuntime(memory_budget=args.max_memory, decoder_batch=args.decoder_batch or None)
         if args.profile:
-            print_profiles(args, models, device)
+            print_profiles(args, precision_models(models, ["fp32"], args.compile)["fp32"], device)
         elif args.memory_growth:
-            print_memory_growth(args, models, device, precisions[0], runtime)
+            cast = precision_models(models, precisions[:1], args.compile)[precisions[0]]
+            print_memory_growth(args, cast, device, precisions[0], runtime)
         else:
-            rows += time_device(args, models, device, precisions, runtime, peaks)
+            rows += time_device(args, precision_models(models, precisions, args.compile), device, precisions,
+                                runtime, peaks)
     if rows:
         print_table(args, rows, peaks)
     return 0
@@ -668,7 +694,7 @@ def print_memory_growth(args: argparse.Namespace, models: dict[str, torch.nn.Mod
         print(f"{statistics.median(g.times[1:] or g.times):.2f} s/frame (median)")
 
 
-def time_device(args: argparse.Namespace, models: dict[str, torch.nn.Module], device: torch.device,
+def time_device(args: argparse.Namespace, models: dict[str, dict[str, torch.nn.Module]], device: torch.device,
                 precisions: list[str], runtime: framework.Runtime, peaks: dict[tuple[str, str], float]) -> list[Row]:
     """The table's rows on one device: its matmul peak per precision (into `peaks`, keyed by device type and
     precision), then every --configs row through `run_configuration`."""

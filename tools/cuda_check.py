@@ -9,11 +9,12 @@ tests/test_cuda_check.py runs on CPU (tiny frames, tiny clips, gloo instead of n
 Parts (--parts), each run on its own: a part that breaks is reported as `error` in the table and the others still run.
 - parity: the golden cases (official outputs, --golden) in float64 on the device: masks equal, training logits to
   1e-8; the bundled sample's frames (sample/DAVIS2016) in float32 on the device against the same run on CPU (pixels
-  equal, largest logit difference); bf16 and fp16 autocast against the device's float32 (differing pixels per
-  object).
+  equal, largest logit difference); bf16 (weights cast once) and fp16 (autocast) against the device's float32
+  (differing pixels per object).
 - speed: bench.py (a subprocess, --json) at 480p, 720p and 1080p with 1, 3 and 10 objects, fp32/bf16/fp16, the
-  official per-object structure and this repository's model in the same run, without and with --compile; and the
-  wall time of whole `run.py --test` processes on synthetic DAVIS-layout sets of those sizes.
+  official per-object structure and this repository's model in the same run, without and with --compile; the
+  wall time of whole `run.py --test` processes on synthetic DAVIS-layout sets of those sizes; and the fast path
+  (`--precision bf16 --compile`) at 480p twice, compiling into a fresh inductor cache and then loading from it.
 - train: 20 iterations of the `davis` stage at the official batch and crop (8 clips of 10 frames, 384x384) on a
   synthetic DAVIS-layout set, without and with --amp: s/iteration, peak memory, finite loss.
 - resume: the same run with deterministic algorithms, once straight through and once stopped by SIGINT after the
@@ -29,6 +30,7 @@ report.json, table.txt and the subprocesses' logs into a new folder under --out 
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import json
 import math
@@ -360,7 +362,8 @@ def object_pixels_differ(a: list[torch.Tensor], b: list[torch.Tensor]) -> dict[i
 
 
 def precision_parity(ctx: Context) -> None:
-    """fp32 on the device against fp32 on CPU; bf16 / fp16 autocast against the device's fp32 (per object), on the
+    """fp32 on the device against fp32 on CPU; bf16 (weights cast once) and fp16 (autocast) against the device's fp32
+    (per object), on the
     bundled sample and (not in --tiny) the golden case b's frames, with the golden weights when given."""
     weights = weights_file(ctx)
     cpu_net = load_weights(weights)[0].float()
@@ -387,7 +390,9 @@ def precision_parity(ctx: Context) -> None:
             if q == "fp16" and on_cpu:
                 ctx.add("parity", f"{name} {q} vs fp32", "skip", "fp16 autocast is a CUDA path")
                 continue
-            q_labels, q_logits = segment(net, frames, masks, torch.float32, PRECISIONS[q][1])
+            chosen = PRECISIONS[q]  # bf16: a copy with its weights cast once, as run.py --precision bf16 runs
+            q_net = net if chosen.weights == torch.float32 else copy.deepcopy(net).to(chosen.weights)
+            q_labels, q_logits = segment(q_net, frames, masks, chosen.frames, chosen.autocast)
             per_object = object_pixels_differ(labels, q_labels)
             logit = max(float((x - y).abs().max()) for x, y in zip(logits, q_logits, strict=True))
             total = sum(x.numel() for x in labels)
@@ -465,9 +470,32 @@ def speed_wall(ctx: Context) -> None:
                 wall_s=proc.wall, frames=total)
 
 
+def speed_fast_path(ctx: Context) -> None:
+    """The fast path, `run.py --test --precision bf16 --compile`, twice on the 480p set of speed_wall: the first run
+    compiles (into a fresh inductor cache of this check), the second loads the compiled graphs from it. Wall time and
+    run.py's own compile line of each. Not in the test mode (minutes of compilation on a CPU)."""
+    root = ctx.out / "data" / "test_480p"
+    if ctx.tiny or not root.is_dir():
+        return
+    weights = weights_file(ctx)
+    env = {"TORCHINDUCTOR_CACHE_DIR": str(ctx.out / "inductor_cache")}
+    for run in ("first", "warm"):
+        cmd = [ctx.python, "run.py", "--test", "--device", ctx.device.type, "--davis", str(root), "--data",
+               "DAVIS17_val", "--weights", str(weights), "--output", str(ctx.out / f"masks_fast_{run}"),
+               "--no-download", "--precision", "bf16", "--compile"]
+        proc = run_process(ctx, f"run_test_fast_{run}", cmd, env=env)
+        if proc.rc != 0:
+            ctx.add("speed", f"run.py --test 480p bf16 --compile ({run} run)", status_of(proc), failure(proc))
+            continue
+        compiled = [line for line in proc.stdout.splitlines() if line.startswith("torch.compile:")]
+        ctx.add("speed", f"run.py --test 480p bf16 --compile ({run} run), whole process", "info",
+                f"{proc.wall:.1f} s wall; {compiled[0] if compiled else 'no compile line'}", wall_s=proc.wall)
+
+
 def part_speed(ctx: Context) -> None:
     # compiled runs last: they take the longest, and what the budget cuts should be the least needed
     for name, check in (("bench.py", lambda: speed_bench(ctx, False)), ("run.py --test", lambda: speed_wall(ctx)),
+                        ("run.py --test fast path", lambda: speed_fast_path(ctx)),
                         ("bench.py --compile", lambda: speed_bench(ctx, True))):
         try:
             check()
