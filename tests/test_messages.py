@@ -31,7 +31,7 @@ LIBRARY_OF = {"benchmarks": BOTH}
 
 
 SCRIPTS = ("run.py", "evaluation.py", "bench.py", "tools/cuda_check.py", "tools/make_golden.py", "export.py",
-           "onnx_runner.py", "tools/inference_speed.py", "tools/golden.py")
+           "onnx_runner.py", "tools/inference_speed.py", "tools/golden.py", "tools/vs_official.py")
 AST_SCRIPTS = SCRIPTS[3:]  # their flags read from the source's add_argument calls
 
 
