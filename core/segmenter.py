@@ -366,7 +366,9 @@ def check_frame_memory(model: VOSModel, video: VideoReader, settings: RunSetting
     if budget is None:
         return
     h, w = video.run_size
-    element = torch.finfo(settings.autocast or settings.dtype).bits // 8
+    # the frames' dtype: EMVOS matches in at least float32 whatever --precision (a model that matches under autocast
+    # in a narrower type is overestimated, which only refuses earlier)
+    element = torch.finfo(settings.dtype).bits // 8
     need = model.frame_bytes(h, w, element)
     if need == 0:
         return
