@@ -10,12 +10,30 @@ Pure functions on key tensors, shared by the model, the tests and the benchmark.
 A similarity matrix is always laid out (B, HW_r, HW_q): one row per reference pixel.
 """
 
+import functools
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
 BRANCHES = ("surjective", "bijective", "equalized")
+
+
+def outside_autocast(fn: Callable[P, R]) -> Callable[P, R]:
+    """fn with autocast off on CPU and CUDA: its tensors' own dtypes decide its precision. Under autocast a matrix
+    product runs in bf16 / fp16 whatever its inputs, and the matching's maxima and softmax would read rounded
+    similarities."""
+    @functools.wraps(fn)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
+            return fn(*args, **kwargs)
+
+    return run
 
 
 def l2_normalise(key: Tensor) -> Tensor:

@@ -422,18 +422,15 @@ class EMVOS(nn.Module, VOSModel):
             f4, f8, f16 = self.encoder(img)
         return FrameFeatures(f4, f8, f16, self.matcher(f16), (f16.shape[-2], f16.shape[-1]))
 
+    @matching.outside_autocast
     def match(self, feats: FrameFeatures, state: VideoState, runtime: Runtime | None = None) -> Tensor:
         """Matching scores of every object: (B, N, 4 * branches, h, w).
 
         Per branch, in the official channel order: global bg, fg (against each object's first frame), then local bg,
         fg (against the previous frame). A similarity matrix depends only on the two frames, so each is computed
         once per frame and read out for all objects together. The matching runs in the keys' precision, at least
-        float32 (Matcher), outside autocast: a bf16 similarity moves its maxima and softmax (docs/performance.md).
+        float32 (Matcher), outside autocast (what bf16 matching would change: docs/performance.md).
         """
-        with torch.autocast(feats.keys.nk.device.type, enabled=False):
-            return self._match(feats, state, runtime)
-
-    def _match(self, feats: FrameFeatures, state: VideoState, runtime: Runtime | None) -> Tensor:
         runtime = EMVOSRuntime.of(runtime)
         q = (feats.keys.nk, feats.keys.k)
         b, n = state.prev_mask16.shape[:2]
@@ -506,15 +503,11 @@ class EMVOS(nn.Module, VOSModel):
         return 2 * positions * positions * element_size
 
     def compile_modules(self, **options: object) -> "EMVOS":
-        """torch.compile, for inference, what runs once per frame and per object: the encoder, the matcher's key
-        projections and the decoder (forward, and the split decoder's project / forward_split). The matching between
-        them stays eager: its tiling depends on the object count and the memory budget.
-
-        Inductor's freezing is on: the weights become constants of the compiled graphs, so batch norms fold into
-        convolutions and the convolution weights are laid out once (prepacked for oneDNN on CPU) instead of at every
-        call; the compiled graphs then run only without autograd (run.py --test, under torch.inference_mode).
-        options go to torch.compile. The state dict keys stay unchanged (the compiled callables are instance
-        attributes over the methods)."""
+        """torch.compile, for inference, the encoder, the matcher's key projections and the decoder (forward, and the
+        split decoder's project / forward_split); the matching between them stays eager (its tiling depends on the
+        object count). Inductor's freezing makes the weights constants: batch norms fold into convolutions and the
+        weights are laid out once (prepacked for oneDNN on CPU), so the graphs run only without autograd. options go
+        to torch.compile; the state dict keys stay unchanged (compiled callables are instance attributes)."""
         options = {"options": {"freezing": True}, **options}
         for module in (self.encoder, self.matcher):
             module.compile(**options)
