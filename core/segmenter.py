@@ -343,8 +343,12 @@ class VideoRun:
 
 
 def prefetch(items: list, load: Callable, depth: int = 2) -> Iterator:
-    """Yield load(item) for each item, reading up to `depth` ahead in a thread so disk and model overlap.
-    Only `depth` items are ever held, so memory does not grow with the video's length."""
+    """Yield load(item) for each item, reading up to `depth` ahead in a thread so disk and model overlap (depth 0:
+    in the caller's thread, when it comes). Only `depth` items are ever held, so memory does not grow with the
+    video's length."""
+    if depth == 0:
+        yield from map(load, items)
+        return
     with ThreadPoolExecutor(1) as pool:
         pending: deque[Future] = deque(pool.submit(load, x) for x in items[:depth])
         for nxt in items[depth:] + [None] * depth:
@@ -385,6 +389,32 @@ def check_frame_memory(model: VOSModel, video: VideoReader, settings: RunSetting
         f"more than {what}; downscale the video, pass a larger --max-memory, or --max-memory none to try anyway")
 
 
+class InlineExecutor:
+    """ThreadPoolExecutor's submit, run at once in the caller's thread: the writes of a CPU run (see overlap_io)."""
+
+    def __enter__(self) -> InlineExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def submit(self, fn: Callable, *args: Any) -> Future:
+        done: Future = Future()
+        try:
+            done.set_result(fn(*args))
+        except Exception as e:  # raised from result(), where the driver surfaces a threaded write's error
+            done.set_exception(e)
+        return done
+
+
+def overlap_io(device: torch.device) -> bool:
+    """Whether frame reading and mask writing run in threads beside the model: on a GPU, yes (the CPU is free while
+    it computes); on the CPU, no. There the model's threads take every core, and a reading or writing thread that
+    preempts one of them stalls the whole parallel region: measured on 2 cores, 854x480 bf16, the model's time per
+    frame was 14 % longer with the threads, and the whole process 1.5 s longer over 40 frames (docs/performance.md)."""
+    return device.type != "cpu"
+
+
 class Stepper(Protocol):
     """What `segment_video` steps: `VideoSegmenter`, or another runtime's segmenter of one video (run.py --test
     --onnx: core/inference.py's ArraySegmenter around onnx_runner's)."""
@@ -400,12 +430,12 @@ def segment_video(model: VOSModel | None, video: VideoReader, out_dir: Path, set
     """Run one video frame by frame and write its masks under out_dir as the reader says (`VideoReader.write`).
 
     The reader decides the sizes (the official run size, masks back at the original size); this loop only times the
-    model, overlaps reading and writing with it, and surfaces write errors. on_frame(index, rgb frame, id mask,
-    segmenter) is called after each frame (visualisation hooks); with keep_probabilities the segmenter keeps each
-    frame's per-object probabilities for it. progress: a bar of the video's frames on stderr (a long video is
-    minutes of model time on a CPU, with nothing else to show before its last frame). stepper: a fresh segmenter
-    of this video to step instead of a VideoSegmenter of `model` (run.py --test --onnx; model None: no PyTorch
-    model, so no memory estimate to check).
+    model, overlaps reading and writing with it on a GPU (overlap_io), and surfaces write errors. on_frame(index,
+    rgb frame, id mask, segmenter) is called after each frame (visualisation hooks); with keep_probabilities the
+    segmenter keeps each frame's per-object probabilities for it. progress: a bar of the video's frames on stderr
+    (a long video is minutes of model time on a CPU, with nothing else to show before its last frame). stepper: a
+    fresh segmenter of this video to step instead of a VideoSegmenter of `model` (run.py --test --onnx; model None:
+    no PyTorch model, so no memory estimate to check).
     """
     video.check()
     if stepper is None:
@@ -420,9 +450,10 @@ def segment_video(model: VOSModel | None, video: VideoReader, out_dir: Path, set
         return index, rgb, *video.model_input(index, rgb)
 
     bar = tqdm(total=len(video), desc=video.name, unit="frame", leave=False, disable=not progress)
-    with ThreadPoolExecutor(1) as writer, bar:
+    threads = overlap_io(settings.device)
+    with ThreadPoolExecutor(1) if threads else InlineExecutor() as writer, bar:
         writes: deque[Future] = deque()
-        for index, rgb, frame, mask in prefetch(list(range(len(video))), load):
+        for index, rgb, frame, mask in prefetch(list(range(len(video))), load, 2 if threads else 0):
             sync(settings.device)
             t0 = time.perf_counter()
             labels, _ = stepper.step(frame, mask)

@@ -180,9 +180,13 @@ def test_a_run_warms_up_then_alternates_and_writes_every_number(tmp_path: Path, 
              "ours_3": 3.0}
     calls, roots = [], []
 
-    def fake_timed(side: str, cmd: list[str], cwd: Path, log: Path) -> vs_official.Process:
+    envs = []
+
+    def fake_timed(side: str, cmd: list[str], cwd: Path, log: Path, env: dict | None = None
+                   ) -> vs_official.Process:
         name, output = log.stem, Path(cmd[-1])
         calls.append(name)
+        envs.append((side, cmd, env))
         if side == "ours":
             root = Path(cmd[cmd.index("--davis") + 1])
             roots.append(root)
@@ -212,3 +216,11 @@ def test_a_run_warms_up_then_alternates_and_writes_every_number(tmp_path: Path, 
     assert (result["agreement_pixels"], result["differing_pixels"], result["agreement_frames"]) == (192, 15, 3)
     printed = capsys.readouterr().out
     assert "2.33x" in printed and "first run (ours, warm-up): 9.0 s" in printed and "15 differ" in printed
+    # --compile and --no-report reach our side only; ours then compiles into a cache of the run's own folder
+    assert not any(env for _, _, env in envs)
+    envs.clear()
+    assert vs_official.main([*argv, "--compile", "--no-report"]) == 0
+    third = sorted(out.iterdir())[-1]
+    for side, cmd, env in envs:
+        assert ("--compile" in cmd and "--no-report" in cmd) == (side == "ours")
+        assert env == ({"TORCHINDUCTOR_CACHE_DIR": str(third / "inductor_cache")} if side == "ours" else None)

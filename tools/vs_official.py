@@ -2,7 +2,7 @@
 the CPU.
 
     python tools/vs_official.py OFFICIAL_DIR --davis DAVIS2017_ROOT --sequence car-shadow --weights W \\
-        [--frames 40] [--rounds 3] [--precision bf16] [--compile] [--out outputs/vs-official]
+        [--frames 40] [--rounds 3] [--precision bf16] [--compile] [--no-report] [--out outputs/vs-official]
 
 OFFICIAL_DIR is a checkout of https://github.com/suhwan-cho/EMVOS at commit 7e1e200 (its emvos.py is checked by git
 blob id, as tools/make_golden.py does; evaluation/ and dataset_loaders/ must be there too). Its code is only run, in
@@ -18,7 +18,8 @@ What it does, in order:
 2. Builds a temporary DAVIS 2017 root (removed at the end) holding only SEQ: symlinks to its first --frames frames
    and masks, and ImageSets/2017/val.txt naming SEQ. This repository's `--data DAVIS17_val` and the authors'
    `TestDAVIS(root, '2017', 'val')` both read that layout.
-3. Runs one warm-up process of ours (with --compile it fills torch.compile's inductor cache; printed as "first run"),
+3. Runs one warm-up process of ours (with --compile it fills a fresh inductor cache in the run folder, which the
+   rounds then load; printed as "first run"),
    then --rounds rounds, each the authors' process and then ours, so that other load on the machine hits both alike:
    - the authors': `python DRIVER OFFICIAL_DIR W ROOT OUTDIR`, where DRIVER (written into the temporary folder)
      imports their modules with the shims a CPU and today's torchvision need (`.cuda()` of tensors and modules
@@ -27,8 +28,8 @@ What it does, in order:
      W, and under `torch.no_grad()` `evaluation.Evaluator(TestDAVIS(ROOT, '2017', 'val')).evaluate(model, OUTDIR)`;
      it joins the Evaluator's PNG-writing thread, so that every mask is on disk when the process ends;
    - ours: `python run.py --test --data DAVIS17_val --davis ROOT --weights W --device cpu --precision P [--compile]
-     --output OUTDIR` in the repository root. It does what run.py --test does with ground truth: the masks, J&F
-     scoring and report.html (the authors' test() writes masks only).
+     [--no-report] --output OUTDIR` in the repository root. It does what run.py --test does with ground truth: the
+     masks, J&F scoring and (unless --no-report) report.html; the authors' test() writes masks only.
    Each process is started by a small timer process (a Python without site packages, see TIMER) and timed there
    from spawn to exit (time.perf_counter around Popen and os.wait4); its peak RSS is wait4's ru_maxrss, the largest
    resident set of the process and of the children it waited for (not their sum). A process that fails stops the
@@ -251,11 +252,11 @@ class Process:
     log: str
 
 
-def timed(side: str, cmd: list[str], cwd: Path, log: Path) -> Process:
-    """Run cmd in cwd (stdout and stderr into log) through TIMER: its wall time from spawn to exit, its peak RSS
-    (wait4's ru_maxrss, KiB on Linux) and its exit status."""
+def timed(side: str, cmd: list[str], cwd: Path, log: Path, env: dict[str, str] | None = None) -> Process:
+    """Run cmd in cwd (stdout and stderr into log; env added to this process's environment) through TIMER: its wall
+    time from spawn to exit, its peak RSS (wait4's ru_maxrss, KiB on Linux) and its exit status."""
     timer = subprocess.run([sys.executable, "-S", "-c", TIMER, str(log), *cmd], cwd=cwd, capture_output=True,
-                           text=True)
+                           text=True, env={**os.environ, **(env or {})})
     if timer.returncode != 0:
         raise RuntimeError(f"the timer of the {side} process failed: {timer.stderr.strip()[-300:]}")
     got = json.loads(timer.stdout.splitlines()[-1])
@@ -307,7 +308,8 @@ def format_table(result: dict) -> str:
     """The rounds, the medians and the ratio, peak RSS and agreement, as aligned text."""
     lines = [f"{result['sequence']}: {result['frames']} frames of {result['frame_size']}, "
              f"{result['objects']} object(s); ours --precision {result['precision']}"
-             f"{' --compile' if result['compile'] else ''}; torch {result['torch']}; {result['cpu']}",
+             f"{' --compile' if result['compile'] else ''}{' --no-report' if result.get('no_report') else ''}; "
+             f"torch {result['torch']}; {result['cpu']}",
              f"first run (ours, warm-up): {result['first_run_s']:.1f} s", "",
              f"{'round':>8} {'authors (s)':>12} {'ours (s)':>10}"]
     for r in result["rounds"]:
@@ -353,7 +355,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="rounds of (the authors' process, ours) after our warm-up run (default 3)")
     p.add_argument("--precision", choices=list(PRECISIONS), default="fp32",
                    help="ours: run.py's --precision (default fp32; fp16 needs CUDA and is refused)")
-    p.add_argument("--compile", action="store_true", help="ours: run.py's --compile")
+    p.add_argument("--compile", action="store_true",
+                   help="ours: run.py's --compile, with an inductor cache of this run's own (the warm-up builds it)")
+    p.add_argument("--no-report", action="store_true",
+                   help="ours: run.py's --no-report (masks and the J&F CSVs, no report.html and scores.json)")
     p.add_argument("--out", type=Path, default=ROOT / "outputs" / "vs-official",
                    help="a new folder per run is made in here (default outputs/vs-official)")
     return p.parse_args(argv)
@@ -363,11 +368,15 @@ def run_rounds(args: argparse.Namespace, root: Path, driver: Path, folder: Path)
     """The warm-up of ours, then --rounds of (the authors', ours). Raises RuntimeError naming a failed process."""
     official = args.official_dir.resolve()
 
+    # --compile: a cache of this run's own, so that the warm-up builds every graph and the rounds load them
+    env = {"TORCHINDUCTOR_CACHE_DIR": str(folder / "inductor_cache")} if args.compile else None
+
     def ours(name: str) -> Process:
         cmd = [sys.executable, str(ROOT / "run.py"), "--test", "--data", DATA_KEY, "--davis", str(root),
                "--weights", str(args.weights.resolve()), "--device", "cpu", "--precision", args.precision,
-               *(["--compile"] if args.compile else []), "--output", str(folder / name)]
-        return checked(timed("ours", cmd, ROOT, folder / f"{name}.log"))
+               *(["--compile"] if args.compile else []), *(["--no-report"] if args.no_report else []),
+               "--output", str(folder / name)]
+        return checked(timed("ours", cmd, ROOT, folder / f"{name}.log", env))
 
     def authors(name: str) -> Process:
         cmd = [sys.executable, str(driver), str(official), str(args.weights.resolve()), str(root), str(folder / name)]
@@ -408,7 +417,8 @@ def summarize(args: argparse.Namespace, frames: list[Path], masks: list[Path], f
     return {
         "sequence": args.sequence, "frames": len(frames), "frame_size": size,
         "objects": len(set(np.unique(read_mask(masks[0])).tolist()) - {0}),
-        "precision": args.precision, "compile": args.compile, "first_run_s": first.wall_s, "first_run": asdict(first),
+        "precision": args.precision, "compile": args.compile, "no_report": args.no_report,
+        "first_run_s": first.wall_s, "first_run": asdict(first),
         "rounds": rounds, "authors_median_s": theirs, "ours_median_s": mine, "ratio": theirs / mine,
         "authors_peak_rss_mib": max(r["authors"]["peak_rss_mib"] for r in rounds),
         "ours_peak_rss_mib": max(r["ours"]["peak_rss_mib"] for r in rounds),
