@@ -309,9 +309,9 @@ def segment_benchmarks(options: TestOptions, roots: Roots) -> list[Scores]:
     the videos)."""
     settings = run_settings(options.device, options.precision, Runtime(memory_budget=options.max_memory))
     # oneDNN's primitive cache keeps every convolution it has built together with memory of its own: 60-90 MiB
-    # resident at 854x480, for about 3 % of fp32's speed when they are built anew each frame (README, "Memory"). bf16
-    # convolutions are JIT-compiled kernels, whose rebuilding cost a tenth of a bf16 frame (docs/performance.md):
-    # the cache stays on for them. Read at the first convolution; ONEDNN_PRIMITIVE_CACHE_CAPACITY set in the
+    # resident at 854x480, for about 3 % of fp32's speed when they are built anew each frame (docs/performance.md,
+    # "Memory"). bf16 convolutions are JIT-compiled kernels, whose rebuilding cost a tenth of a bf16 frame: the cache
+    # stays on for them. Read at the first convolution; ONEDNN_PRIMITIVE_CACHE_CAPACITY set in the
     # environment wins.
     if options.precision != "bf16":
         os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "0")
