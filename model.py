@@ -138,7 +138,7 @@ class Matcher(nn.Module):
 
     def forward(self, f16: Tensor) -> "Keys":
         # The keys leave the network in at least float32, normalised there: the matching reads maxima and a softmax
-        # off their products, which bf16 (8 significant bits) would reorder (EMVOS.match).
+        # off their products, which bf16's 8 significant bits can reorder (EMVOS.match).
         nk = matching.l2_normalise(at_least_fp32(self.conv1(f16))).flatten(2)  # (B, C, HW)
         k = at_least_fp32(self.conv2(f16)).flatten(2)  # (B, C, HW)
         return Keys(nk, k)

@@ -42,9 +42,10 @@ class Precision:
     autocast: torch.dtype | None = None
 
 
-# bf16 casts the weights once: over float32 weights autocast casts every convolution's weights again at every call
-# (and oneDNN reorders them), which cost a third of a frame's time at 854x480 (docs/performance.md). Autocast stays
-# to cast each layer's float32 inputs (the frame, the matching scores) at the boundaries. fp16 keeps float32 weights
+# bf16 casts the weights once: over float32 weights autocast casts every convolution's weights again at every call.
+# (On a 2-core CPU without AMX both ran at the same speed, 0.493 and 0.496 s per frame at 854x480; the copies are
+# what a compiled, prepacked run must not pay: docs/performance.md.) Autocast stays to cast each layer's float32
+# inputs (the frame, the matching scores) at the boundaries. fp16 keeps float32 weights
 # under autocast: float16 has the range of neither the BatchNorm statistics nor the raw keys' products.
 PRECISIONS = {"fp32": Precision(torch.float32, torch.float32), "fp64": Precision(torch.float64, torch.float64),
               "bf16": Precision(torch.float32, torch.bfloat16, torch.bfloat16),
