@@ -399,8 +399,7 @@ def _segment_layouts(options: TestOptions, layouts: dict[str, Layout], selection
 def compile_account() -> str:
     """--compile's cost in this process, from torch.compile's own counters: seconds spent compiling (tracing, and
     building or loading the inductor graphs) and how many graphs came from inductor's on-disk cache. A first run
-    builds every graph; a later run with the same frame sizes (and a second size, which makes them dynamic) loads
-    them from the cache and pays only the tracing."""
+    builds every graph; a later run with the same frame sizes loads them from the cache and pays only the tracing."""
     from torch._dynamo.utils import calculate_time_spent, counters
     from torch._inductor.runtime.cache_dir_utils import cache_dir
 

@@ -204,3 +204,18 @@ def test_bench_quick_prints_the_table(capsys: pytest.CaptureFixture) -> None:
             assert mask == 0 and logit == 0, out.out
         else:
             assert clear == 0 and logit <= 2e-4, out.out
+
+
+def test_precision_models_compile_each_copy_on_its_own_weights() -> None:
+    """Bug: bench.py --compile with fp32 before bf16 compiled the fp32 model, then deep-copied it for bf16; the copy's
+    compiled decoder methods stayed bound to the fp32 original, so the bf16 rows timed fp32's decoder. Each precision's
+    `ours` must carry its own weights' dtype and compiled methods bound to itself (compilation is lazy: nothing
+    compiles here)."""
+    net = EMVOS().eval()
+    out = bench.precision_models({"per-object": net, "ours": net}, ["fp32", "bf16"], compile_ours=True)
+    for q, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        ours = out[q]["ours"]
+        assert next(ours.parameters()).dtype == dtype and out[q]["per-object"] is ours
+        for name in ("forward", "project", "forward_split"):
+            assert getattr(ours.decoder, name)._torchdynamo_orig_callable.__self__ is ours.decoder, (q, name)
+    assert out["bf16"]["ours"] is not net

@@ -255,7 +255,8 @@ def precision_models(models: dict[str, torch.nn.Module], precisions: list[str],
                      compile_ours: bool = False) -> dict[str, dict[str, torch.nn.Module]]:
     """Per precision, every path's model with its weights in that precision's dtype, cast once as run.py --precision
     does (bf16: a bf16 copy); paths that share a model share its copy. compile_ours: `ours` (and what shares it)
-    compiled, per copy (model.EMVOS.compile_modules)."""
+    compiled, per copy (model.EMVOS.compile_modules), once every copy is made: a copy of a compiled model would
+    call the original's compiled methods."""
     out: dict[str, dict[str, torch.nn.Module]] = {}
     for q in precisions:
         dtype = PRECISIONS[q].weights
@@ -263,9 +264,10 @@ def precision_models(models: dict[str, torch.nn.Module], precisions: list[str],
         for net in models.values():
             if id(net) not in copies:
                 copies[id(net)] = net if dtype == torch.float32 else copy.deepcopy(net).to(dtype)
-        if compile_ours:
-            copies[id(models["ours"])].compile_modules()
         out[q] = {path: copies[id(net)] for path, net in models.items()}
+    if compile_ours:
+        for paths in out.values():
+            paths["ours"].compile_modules()
     return out
 
 
